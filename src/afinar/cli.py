@@ -1,0 +1,139 @@
+"""Command line: maps names to the typed functions that do the work. No heavy imports here (instant --help)."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from afinar import __version__
+from afinar.errors import AfinarError
+
+
+def _cmd_validate(args) -> int:
+    from afinar.data.validate import validate
+
+    return validate(args.path, base=args.base, max_length=args.max_length)
+
+
+def _cmd_train(args) -> int:
+    from afinar.train import train
+
+    overrides = {
+        "train.max_steps": args.max_steps,
+        "train.epochs": args.epochs,
+        "train.lr": args.lr,
+        "train.batch_size": args.batch_size,
+        "train.grad_accum": args.grad_accum,
+        "train.seed": args.seed,
+        "train.precision": args.precision,
+        "data.max_length": args.max_length,
+        "model.base": args.base,
+        "output_dir": args.output,
+    }
+    train(args.recipe, overrides=overrides, resume=args.resume, overwrite=args.overwrite, progress=not args.sin_progreso)
+    return 0
+
+
+def _cmd_merge(args) -> int:
+    from afinar.merge import merge
+
+    merge(args.run, output=args.output, dtype=args.dtype, overwrite=args.overwrite)
+    return 0
+
+
+def _cmd_chat(args) -> int:
+    from afinar.inference.chat import chat
+
+    chat(
+        args.model,
+        prompt=args.prompt,
+        system_prompt=args.system,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        repetition_penalty=args.repetition_penalty,
+        max_new_tokens=args.max_new_tokens,
+        seed=args.seed,
+    )
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    from afinar.demo import demo
+
+    demo(output=args.output, epochs=args.epochs, max_steps=args.max_steps)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="afinar",
+        description="Afina un LLM pequeño con tus ejemplos JSONL: valida, entrena LoRA, fusiona y conversa.",
+    )
+    parser.add_argument("--version", action="version", version=f"afinar {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="ORDEN")
+
+    p = sub.add_parser("validate", help="comprueba una receta o un JSONL sin entrenar")
+    p.add_argument("path", help="receta .yaml o datos .jsonl")
+    p.add_argument("--base", help="modelo cuyo tokenizador mide las longitudes (con un .jsonl)")
+    p.add_argument("--max-length", type=int, help="longitud máxima en tokens (con un .jsonl)")
+    p.set_defaults(func=_cmd_validate)
+
+    p = sub.add_parser("train", help="entrena un adaptador LoRA según la receta")
+    p.add_argument("recipe", help="receta .yaml (ver recipes/)")
+    p.add_argument("--max-steps", type=int)
+    p.add_argument("--epochs", type=float)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--grad-accum", type=int)
+    p.add_argument("--max-length", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"])
+    p.add_argument("--base", help="modelo base: smollm2-135m, carpeta, .gguf o id del Hub")
+    p.add_argument("--output", help="carpeta de la ejecución (por defecto runs/<nombre>)")
+    p.add_argument("--resume", action="store_true", help="continúa desde el último checkpoint completo")
+    p.add_argument("--sobrescribir", "--overwrite", dest="overwrite", action="store_true", help="borra la carpeta de salida si existe")
+    p.add_argument("--sin-progreso", action="store_true", help="sin barra de progreso (registros de CI)")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("merge", help="fusiona el adaptador en un modelo safetensors independiente")
+    p.add_argument("run", help="carpeta de la ejecución (runs/<nombre>)")
+    p.add_argument("--output", help="carpeta destino (por defecto RUN/merged)")
+    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32")
+    p.add_argument("--sobrescribir", "--overwrite", dest="overwrite", action="store_true")
+    p.set_defaults(func=_cmd_merge)
+
+    p = sub.add_parser("chat", help="conversa con una ejecución (base + adaptador) o un modelo fusionado")
+    p.add_argument("model", help="carpeta de la ejecución o del modelo fusionado")
+    p.add_argument("--prompt", help="una sola pregunta, sin modo interactivo")
+    p.add_argument("--system", help="mensaje de sistema (por defecto, el de la receta)")
+    p.add_argument("--temperature", type=float, help="0 = greedy (por defecto el de la receta, 0.6)")
+    p.add_argument("--top-p", type=float)
+    p.add_argument("--top-k", type=int)
+    p.add_argument("--repetition-penalty", type=float)
+    p.add_argument("--max-new-tokens", type=int)
+    p.add_argument("--seed", type=int)
+    p.set_defaults(func=_cmd_chat)
+
+    p = sub.add_parser("demo", help="entrena la receta de enfermería en el modelo incluido, compara y fusiona")
+    p.add_argument("--output", default=os.path.join("runs", "demo-enfermeria"))
+    p.add_argument("--epochs", type=float)
+    p.add_argument("--max-steps", type=int)
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except AfinarError as exc:
+        print(f"error {exc.render()}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrumpido", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Data: read and check JSONL (formats, validate), split it (split), and render it for training (templates)."""

@@ -1,0 +1,241 @@
+"""Read JSONL examples (alpaca, chat, structured) into one shape: a list of chat messages.
+
+Every problem found is collected (not raised) with file, line, field and a code, and never with the
+row's text: datasets here can hold patient data.
+"""
+from __future__ import annotations
+
+import importlib.resources
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from afinar.errors import AfinarError
+
+FORMATS = ("alpaca", "chat", "structured")
+ROLES = ("system", "user", "assistant")
+
+# Error codes (documented in the README). Severity "error" stops training; "warning" is reported.
+CODES = {
+    "D001": "JSON inválido",
+    "D002": "la línea no es un objeto JSON",
+    "D003": "formato no reconocido",
+    "D004": "falta un campo obligatorio",
+    "D005": "campo vacío",
+    "D006": "tipo de dato incorrecto",
+    "D007": "rol desconocido",
+    "D008": "orden de roles incorrecto",
+    "D009": "ejemplo duplicado",
+    "D010": "la respuesta no cabe en max_length",
+    "D011": "archivo no encontrado",
+    "D012": "archivo sin ejemplos",
+    "D013": "el archivo no está en UTF-8",
+    "D014": "fuga entre entrenamiento y validación",
+    "D015": "la partición deja un conjunto vacío",
+}
+
+
+@dataclass(frozen=True)
+class Problem:
+    source: str
+    line: int | None
+    code: str
+    message: str
+    severity: str = "error"  # "error" | "warning"
+
+    def render(self) -> str:
+        where = f"{self.source}:{self.line}" if self.line else self.source
+        label = "" if self.severity == "error" else " (aviso)"
+        return f"{where}: {self.code}{label}: {self.message}"
+
+
+@dataclass
+class Example:
+    source: str
+    line: int
+    format: str
+    messages: list[dict] = field(default_factory=list)
+
+    @property
+    def where(self) -> str:
+        return f"{self.source}:{self.line}"
+
+
+def shipped_dataset(name: str) -> Path:
+    """Datasets that ship inside the package, named with or without `.jsonl`."""
+    filename = name if name.endswith(".jsonl") else f"{name}.jsonl"
+    path = Path(str(importlib.resources.files("afinar.datasets").joinpath(filename)))
+    if not path.is_file():
+        available = sorted(p.name for p in path.parent.glob("*.jsonl"))
+        raise AfinarError("D011", f"no hay un dataset incluido llamado '{name}'.", hint=f"incluidos: {', '.join(available)}")
+    return path
+
+
+def detect_format(obj: dict) -> str | None:
+    if "messages" in obj:
+        return "chat"
+    if "instruction" in obj or "output" in obj:
+        return "structured" if isinstance(obj.get("input"), (dict, list)) else "alpaca"
+    return None
+
+
+def _type_name(value) -> str:
+    return {dict: "objeto", list: "lista", str: "texto", int: "número", float: "número", bool: "booleano"}.get(
+        type(value), "null" if value is None else type(value).__name__
+    )
+
+
+def _text_field(obj: dict, key: str, problems: list, src: str, line: int, required: bool = True) -> str | None:
+    if key not in obj:
+        if required:
+            problems.append(Problem(src, line, "D004", f"falta el campo '{key}'"))
+        return None
+    value = obj[key]
+    if not isinstance(value, str):
+        problems.append(Problem(src, line, "D006", f"el campo '{key}' debe ser texto, no {_type_name(value)}"))
+        return None
+    if required and not value.strip():
+        problems.append(Problem(src, line, "D005", f"el campo '{key}' está vacío"))
+        return None
+    return value
+
+
+def _from_instruction(obj: dict, fmt: str, src: str, line: int, problems: list) -> list[dict] | None:
+    before = len(problems)
+    instruction = _text_field(obj, "instruction", problems, src, line)
+    output = _text_field(obj, "output", problems, src, line)
+    raw_input = obj.get("input")
+    if fmt == "structured":
+        if raw_input is None:
+            problems.append(Problem(src, line, "D004", "falta el campo 'input' (objeto con los datos del caso)"))
+        elif not isinstance(raw_input, (dict, list)):
+            problems.append(Problem(src, line, "D006", f"el campo 'input' debe ser un objeto, no {_type_name(raw_input)}"))
+        elif not raw_input:
+            problems.append(Problem(src, line, "D005", "el campo 'input' está vacío"))
+        # Compact JSON, as the epicrisis guide serialises the case: fewer tokens, same content.
+        extra = json.dumps(raw_input, ensure_ascii=False, separators=(",", ":")) if raw_input else ""
+    else:
+        extra = _text_field(obj, "input", problems, src, line, required=False) or ""
+    if len(problems) > before:
+        return None
+    user = instruction.strip() + ("\n" + extra.strip() if extra.strip() else "")
+    return [{"role": "user", "content": user}, {"role": "assistant", "content": output.strip()}]
+
+
+def _from_messages(obj: dict, src: str, line: int, problems: list) -> list[dict] | None:
+    before = len(problems)
+    messages = obj["messages"]
+    if not isinstance(messages, list):
+        problems.append(Problem(src, line, "D006", f"el campo 'messages' debe ser una lista, no {_type_name(messages)}"))
+        return None
+    if not messages:
+        problems.append(Problem(src, line, "D005", "el campo 'messages' está vacío"))
+        return None
+    clean = []
+    for i, message in enumerate(messages):
+        name = f"messages[{i}]"
+        if not isinstance(message, dict):
+            problems.append(Problem(src, line, "D006", f"'{name}' debe ser un objeto, no {_type_name(message)}"))
+            continue
+        role, content = message.get("role"), message.get("content")
+        if role is None:
+            problems.append(Problem(src, line, "D004", f"falta '{name}.role'"))
+        elif role not in ROLES:
+            shown = role if isinstance(role, str) and len(role) <= 20 else _type_name(role)
+            problems.append(Problem(src, line, "D007", f"'{name}.role' = '{shown}'; roles válidos: {', '.join(ROLES)}"))
+        if content is None:
+            problems.append(Problem(src, line, "D004", f"falta '{name}.content'"))
+        elif not isinstance(content, str):
+            problems.append(Problem(src, line, "D006", f"'{name}.content' debe ser texto, no {_type_name(content)}"))
+        elif not content.strip():
+            problems.append(Problem(src, line, "D005", f"'{name}.content' está vacío"))
+        clean.append({"role": role, "content": content.strip() if isinstance(content, str) else content})
+    if len(problems) > before:
+        return None
+    # Order: optional system first, then user/assistant alternating, ending with the assistant.
+    turns = clean[1:] if clean[0]["role"] == "system" else clean
+    expected = "user"
+    for i, message in enumerate(turns):
+        index = i + (len(clean) - len(turns))
+        if message["role"] != expected:
+            problems.append(
+                Problem(src, line, "D008", f"'messages[{index}]' es '{message['role']}' y se esperaba '{expected}'")
+            )
+            return None
+        expected = "assistant" if expected == "user" else "user"
+    if not turns or turns[-1]["role"] != "assistant":
+        problems.append(Problem(src, line, "D008", "la conversación debe terminar con un mensaje de 'assistant'"))
+        return None
+    return clean
+
+
+def parse_record(obj, fmt: str, src: str, line: int, problems: list) -> Example | None:
+    if not isinstance(obj, dict):
+        problems.append(Problem(src, line, "D002", f"la línea es {_type_name(obj)}, se esperaba un objeto {{...}}"))
+        return None
+    detected = detect_format(obj)
+    chosen = detected if fmt == "auto" else fmt
+    if chosen is None:
+        keys = ", ".join(sorted(str(k) for k in obj)[:6]) or "ninguna"
+        problems.append(
+            Problem(src, line, "D003", f"no se reconoce el formato (claves: {keys}); se espera 'messages' o 'instruction'+'output'")
+        )
+        return None
+    if chosen == "chat":
+        if "messages" not in obj:
+            problems.append(Problem(src, line, "D004", "falta el campo 'messages' (formato chat)"))
+            return None
+        messages = _from_messages(obj, src, line, problems)
+    else:
+        if chosen == "alpaca" and isinstance(obj.get("input"), (dict, list)):
+            problems.append(
+                Problem(src, line, "D006", "el campo 'input' es un objeto: usa format: structured (o auto)")
+            )
+            return None
+        messages = _from_instruction(obj, chosen, src, line, problems)
+    return None if messages is None else Example(src, line, chosen, messages)
+
+
+def iter_jsonl(path: Path, problems: list) -> Iterator[tuple[int, object]]:
+    """(line number, decoded JSON) for every non-blank line; problems for the rest."""
+    src = str(path)
+    if not path.is_file():
+        problems.append(Problem(src, None, "D011", "no existe el archivo"))
+        return
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                text = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                problems.append(Problem(src, number, "D013", f"byte no UTF-8 en la columna {exc.start + 1}"))
+                continue
+            if not text.strip():
+                continue
+            try:
+                yield number, json.loads(text)
+            except json.JSONDecodeError as exc:
+                problems.append(Problem(src, number, "D001", f"JSON inválido: {_json_reason(exc)} (columna {exc.colno})"))
+
+
+def _json_reason(exc: json.JSONDecodeError) -> str:
+    reasons = {
+        "Expecting value": "se esperaba un valor",
+        "Expecting property name enclosed in double quotes": "los nombres de campo van entre comillas dobles",
+        "Expecting ',' delimiter": "falta una coma",
+        "Expecting ':' delimiter": "faltan dos puntos",
+        "Unterminated string starting at": "texto sin cerrar",
+        "Extra data": "hay datos después del objeto (¿dos objetos en una línea?)",
+        "Invalid control character at": "carácter de control sin escapar (¿salto de línea dentro del texto?)",
+    }
+    return reasons.get(exc.msg, exc.msg)
+
+
+def load_examples(path: Path, fmt: str = "auto", problems: list | None = None) -> list[Example]:
+    problems = [] if problems is None else problems
+    examples = []
+    for number, obj in iter_jsonl(Path(path), problems):
+        example = parse_record(obj, fmt, str(path), number, problems)
+        if example is not None:
+            examples.append(example)
+    return examples

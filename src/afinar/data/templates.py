@@ -1,0 +1,121 @@
+"""Render examples with the tokenizer's own chat template and mark which tokens are trained.
+
+Labels are set only on assistant tokens, and each assistant turn's labels end with the end-of-turn token
+(`<|im_end|>` for ChatML). That is what teaches the model to stop. The seeds' recipe
+(`pad_token = eos_token` + `DataCollatorForLanguageModeling`) masks every pad id, so the EOS too, and the
+model never learns to stop; here labels come from character spans, never from token ids.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from afinar.data.formats import Example, Problem
+from afinar.errors import AfinarError
+
+IGNORE = -100
+
+
+@dataclass
+class Encoded:
+    input_ids: list[int]
+    labels: list[int]
+    where: str
+    truncated: bool = False
+
+    @property
+    def n_trained(self) -> int:
+        return sum(1 for x in self.labels if x != IGNORE)
+
+
+def with_system(messages: list[dict], system_prompt: str | None) -> list[dict]:
+    if system_prompt and messages[0]["role"] != "system":
+        return [{"role": "system", "content": system_prompt}, *messages]
+    return messages
+
+
+def end_of_turn(tokenizer) -> str:
+    return tokenizer.eos_token
+
+
+def assistant_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
+    """The full rendered text and the character span of each assistant turn, end-of-turn included."""
+    text = tokenizer.apply_chat_template(messages, tokenize=False)
+    eot = end_of_turn(tokenizer)
+    spans = []
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        prefix = tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
+        upto = tokenizer.apply_chat_template(messages[: i + 1], tokenize=False)
+        if not text.startswith(prefix) or not text.startswith(upto):
+            raise AfinarError(
+                "T001",
+                "la plantilla de chat del tokenizador no es incremental (el prefijo cambia al añadir turnos); "
+                "no se pueden marcar solo los tokens del asistente.",
+            )
+        start = len(prefix)
+        stop = upto.find(eot, start)
+        spans.append((start, stop + len(eot) if stop >= 0 else len(upto)))
+    return text, spans
+
+
+def encode(tokenizer, messages: list[dict], where: str = "") -> Encoded:
+    text, spans = assistant_spans(tokenizer, messages)
+    encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids = encoding["input_ids"]
+    labels = [IGNORE] * len(ids)
+    for start, stop in spans:
+        for j, (a, b) in enumerate(encoding["offset_mapping"]):
+            if b > start and a < stop:
+                labels[j] = ids[j]
+    eos = tokenizer.eos_token_id
+    # A template that does not close the assistant turn with eos: append it so the model still learns to stop.
+    if spans and not text[spans[-1][0] : spans[-1][1]].endswith(end_of_turn(tokenizer)):
+        ids, labels = ids + [eos], labels + [eos]
+    return Encoded(ids, labels, where)
+
+
+def encode_examples(
+    tokenizer, examples: list[Example], system_prompt: str | None, max_length: int, policy: str
+) -> tuple[list[Encoded], list[Problem], dict]:
+    """Encode all examples and apply the over-length policy: drop, truncate or error."""
+    kept, problems = [], []
+    stats = {"total": len(examples), "too_long": 0, "dropped": 0, "truncated": 0, "max_tokens": 0}
+    for example in examples:
+        enc = encode(tokenizer, with_system(example.messages, system_prompt), example.where)
+        stats["max_tokens"] = max(stats["max_tokens"], len(enc.input_ids))
+        if len(enc.input_ids) > max_length:
+            stats["too_long"] += 1
+            severity = "error" if policy == "error" else "warning"
+            action = {"drop": "se descarta", "truncate": "se trunca (no aprenderá a terminar aquí)", "error": "sube max_length"}[policy]
+            problems.append(
+                Problem(example.source, example.line, "D010",
+                        f"{len(enc.input_ids)} tokens > max_length {max_length}: {action}", severity)
+            )
+            if policy == "drop":
+                stats["dropped"] += 1
+                continue
+            if policy == "truncate":
+                stats["truncated"] += 1
+                enc = Encoded(enc.input_ids[:max_length], enc.labels[:max_length], enc.where, truncated=True)
+                if enc.n_trained == 0:
+                    stats["dropped"] += 1
+                    continue
+        kept.append(enc)
+    return kept, problems, stats
+
+
+def collate(batch: list[Encoded], pad_id: int):
+    """Right-pad to the longest row. Padding gets label -100 by position, so a pad id equal to eos hides nothing."""
+    import torch
+
+    width = max(len(e.input_ids) for e in batch)
+    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)  # (B, T)
+    labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)  # (B, T)
+    attention = torch.zeros((len(batch), width), dtype=torch.long)  # (B, T)
+    for row, enc in enumerate(batch):
+        n = len(enc.input_ids)
+        input_ids[row, :n] = torch.tensor(enc.input_ids)
+        labels[row, :n] = torch.tensor(enc.labels)
+        attention[row, :n] = 1
+    return {"input_ids": input_ids, "labels": labels, "attention_mask": attention}

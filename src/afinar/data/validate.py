@@ -1,0 +1,170 @@
+"""Check a recipe's data in one pass (every problem, by file:line:code) and prepare it for training."""
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from afinar.config import DataSection
+from afinar.data import split as splitting
+from afinar.data.formats import Example, Problem, load_examples
+from afinar.errors import AfinarError
+
+
+@dataclass
+class PreparedData:
+    train: list[Example]
+    val: list[Example]
+    problems: list[Problem]
+    per_source: dict[str, int]
+    train_encoded: list = field(default_factory=list)
+    val_encoded: list = field(default_factory=list)
+    length_stats: dict = field(default_factory=dict)
+
+    @property
+    def errors(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity == "error"]
+
+    @property
+    def warnings(self) -> list[Problem]:
+        return [p for p in self.problems if p.severity != "error"]
+
+    def source_of(self, examples: list[Example]) -> list[int]:
+        sources = list(self.per_source)
+        return [sources.index(e.source) for e in examples]
+
+
+def _content_key(example: Example) -> str:
+    return json.dumps(example.messages, ensure_ascii=False, sort_keys=True)
+
+
+def gather(data: DataSection) -> PreparedData:
+    """Load every source, collect all problems, drop exact duplicates, split, report leakage."""
+    problems: list[Problem] = []
+    examples: list[Example] = []
+    per_source: dict[str, int] = {}
+    for source in data.sources:
+        loaded = load_examples(Path(source.path), source.format, problems)
+        if not loaded and not any(p.source == source.path and p.code == "D011" for p in problems):
+            problems.append(Problem(source.path, None, "D012", "el archivo no contiene ningún ejemplo válido"))
+        per_source[source.path] = len(loaded)
+        examples.extend(loaded)
+
+    first_seen: dict[str, Example] = {}
+    unique = []
+    for example in examples:
+        key = _content_key(example)
+        if key in first_seen:
+            problems.append(
+                Problem(example.source, example.line, "D009", f"duplicado exacto de {first_seen[key].where}; se ignora", "warning")
+            )
+            continue
+        first_seen[key] = example
+        unique.append(example)
+    for path in per_source:
+        per_source[path] = sum(1 for e in unique if e.source == path)
+
+    if data.val_file:
+        val = load_examples(Path(data.val_file), "auto", problems)
+        train = unique
+    else:
+        train, val = splitting.split(unique, data.val_fraction, data.split_seed)
+    if unique and not train:
+        problems.append(Problem(data.sources[0].path, None, "D015", "no queda ningún ejemplo para entrenar"))
+    problems.extend(splitting.leakage(train, val))
+    return PreparedData(train, val, problems, per_source)
+
+
+def encode(prepared: PreparedData, tokenizer, data: DataSection) -> PreparedData:
+    from afinar.data.templates import encode_examples
+
+    prepared.train_encoded, p_train, s_train = encode_examples(
+        tokenizer, prepared.train, data.system_prompt, data.max_length, data.overlength
+    )
+    prepared.val_encoded, p_val, s_val = encode_examples(
+        tokenizer, prepared.val, data.system_prompt, data.max_length, data.overlength
+    )
+    prepared.problems.extend(p_train + p_val)
+    prepared.length_stats = {"train": s_train, "val": s_val}
+    if prepared.train and not prepared.train_encoded:
+        where = data.sources[0].path
+        prepared.problems.append(
+            Problem(where, None, "D015", f"ningún ejemplo de entrenamiento cabe en max_length={data.max_length}")
+        )
+    return prepared
+
+
+def fingerprint(prepared: PreparedData, data: DataSection) -> dict:
+    """What the model was trained on, without the text: file hashes, counts and the split."""
+    files = {}
+    for source in data.sources:
+        digest = hashlib.sha256(Path(source.path).read_bytes()).hexdigest()
+        files[source.path] = {"sha256": digest, "examples": prepared.per_source.get(source.path, 0), "weight": source.weight}
+    split_hash = hashlib.sha256("\n".join(e.where for e in prepared.val).encode()).hexdigest()
+    return {
+        "files": files,
+        "train_examples": len(prepared.train),
+        "val_examples": len(prepared.val),
+        "train_sequences": len(prepared.train_encoded),
+        "val_sequences": len(prepared.val_encoded),
+        "val_split_sha256": split_hash,
+        "formats": dict(Counter(e.format for e in prepared.train + prepared.val)),
+        "length": prepared.length_stats,
+    }
+
+
+def report(prepared: PreparedData, out=print, max_lines: int = 200) -> None:
+    """Print problems (never row text) and a summary, in Spanish."""
+    shown = prepared.errors + prepared.warnings
+    for problem in shown[:max_lines]:
+        out(problem.render())
+    if len(shown) > max_lines:
+        out(f"... y {len(shown) - max_lines} problemas más")
+    codes = Counter(p.code for p in shown)
+    for path, count in prepared.per_source.items():
+        out(f"  {path}: {count} ejemplos válidos")
+    out(f"  entrenamiento: {len(prepared.train)} · validación: {len(prepared.val)}")
+    for name, stats in prepared.length_stats.items():
+        if stats:
+            out(
+                f"  tokens ({name}): máximo {stats['max_tokens']}; demasiado largos {stats['too_long']} "
+                f"(descartados {stats['dropped']}, truncados {stats['truncated']})"
+            )
+    if codes:
+        out("  resumen: " + ", ".join(f"{code}×{n}" for code, n in sorted(codes.items())))
+    out(f"{len(prepared.errors)} errores, {len(prepared.warnings)} avisos.")
+
+
+def raise_if_errors(prepared: PreparedData) -> None:
+    if prepared.errors:
+        first = prepared.errors[:20]
+        more = f"\n  ... y {len(prepared.errors) - 20} más" if len(prepared.errors) > 20 else ""
+        raise AfinarError(
+            "D000",
+            f"los datos tienen {len(prepared.errors)} errores:\n  " + "\n  ".join(p.render() for p in first) + more,
+            hint="corrígelos y comprueba con: afinar validate RECETA",
+        )
+
+
+def validate(path: str | Path, base: str | None = None, max_length: int | None = None) -> int:
+    """`afinar validate RECIPE_OR_JSONL`: check recipe and data without training; returns the exit code."""
+    from afinar.config import DataSource, load_recipe
+
+    path = Path(path)
+    if path.suffix.lower() in (".yaml", ".yml"):
+        recipe = load_recipe(path)
+        print(f"Receta {path}: válida (nombre '{recipe.name}', base '{recipe.model.base}').")
+        data, base = recipe.data, base or recipe.model.base
+    else:
+        data = DataSection(sources=[DataSource(path=str(path))], max_length=max_length or 512)
+    prepared = gather(data)
+    if base and not prepared.errors:
+        from afinar.models import load_tokenizer, resolve_base
+
+        encode(prepared, load_tokenizer(resolve_base(base)), data)
+    elif not base:
+        print("(sin --base no se comprueba la longitud en tokens)")
+    report(prepared)
+    return 1 if prepared.errors else 0

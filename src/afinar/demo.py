@@ -1,0 +1,80 @@
+"""`afinar demo` (= `make demo`): the whole path on the embedded base in a few minutes on a laptop CPU.
+
+Train the nursing recipe, compare held-out loss before/after, answer held-out questions with the base and the
+tuned model side by side, then merge.
+"""
+from __future__ import annotations
+
+import importlib.resources
+from pathlib import Path
+
+from afinar.config import load_recipe
+
+DEMO_RUN = Path("runs") / "demo-enfermeria"
+
+
+def shipped_recipe(name: str) -> Path:
+    return Path(str(importlib.resources.files("afinar.recipes").joinpath(f"{name}.yaml")))
+
+
+def demo(output: str | Path = DEMO_RUN, epochs: float | None = None, max_steps: int | None = None, questions: int = 3) -> Path:
+    import math
+
+    import torch
+    from rich.console import Console
+    from rich.table import Table
+
+    from afinar.config import GenerationSection
+    from afinar.data.validate import gather
+    from afinar.inference.chat import generate
+    from afinar.merge import merge
+    from afinar.runs import load_ref, open_ref
+    from afinar.train import read_metrics, train
+
+    console = Console()
+    recipe = load_recipe(shipped_recipe("enfermeria"))
+    overrides = {"output_dir": str(output), "train.epochs": epochs, "train.max_steps": max_steps}
+    console.rule("1/3 · Entrenamiento LoRA (receta enfermeria, modelo base incluido)")
+    run_dir = train(recipe, overrides=overrides, overwrite=True)
+
+    evals = [r for r in read_metrics(run_dir) if r.get("eval_loss") is not None]
+    before, after = evals[0]["eval_loss"], evals[-1]["eval_loss"]
+    console.print(
+        f"Pérdida en validación (solo tokens de respuesta): base {before:.3f} (perplejidad {math.exp(before):.1f}) → "
+        f"afinado {after:.3f} (perplejidad {math.exp(after):.1f})"
+    )
+
+    console.rule("2/3 · Contraste: mismas preguntas de validación, base vs afinado")
+    ref = open_ref(run_dir)
+    model, tokenizer = load_ref(ref, dtype=torch.float32)
+    model.eval()
+    greedy = GenerationSection(temperature=0, repetition_penalty=1.1, max_new_tokens=160)
+    held_out = gather(ref.recipe.data).val[:questions]
+    table = Table(show_lines=True, expand=True)
+    table.add_column("Pregunta (validación)", ratio=2)
+    table.add_column("Modelo base", ratio=3)
+    table.add_column("Afinado", ratio=3)
+    for example in held_out:
+        messages = [m for m in example.messages if m["role"] != "assistant"]
+        if ref.system_prompt:
+            messages = [{"role": "system", "content": ref.system_prompt}, *messages]
+        with model.disable_adapter():
+            base_reply = generate(model, tokenizer, messages, greedy)
+        tuned_reply = generate(model, tokenizer, messages, greedy)
+        stop = lambda r: "" if r.stopped else "\n[no se detuvo: llegó a max_new_tokens]"  # noqa: E731
+        # The demo's data is the shipped first-aid set, not user data, so showing the question is safe.
+        table.add_row(messages[-1]["content"], base_reply.text + stop(base_reply), tuned_reply.text + stop(tuned_reply))
+    console.print(table)
+    del model
+
+    console.rule("3/3 · Fusión del adaptador en un modelo independiente")
+    merged = merge(run_dir, overwrite=True)
+    console.print(
+        f"\nTodo en {run_dir}:\n"
+        f"  adaptador LoRA, receta y métricas: {run_dir}\n"
+        f"  curva de pérdida:                  {run_dir / 'loss.png'}\n"
+        f"  modelo fusionado (safetensors):    {merged}\n"
+        f"Prueba tú:  afinar chat {merged}\n"
+        "Uso educativo: no sustituye la atención médica. En una emergencia, llama al 112 o al número de tu país."
+    )
+    return run_dir

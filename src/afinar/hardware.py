@@ -1,0 +1,83 @@
+"""Pick device and precision, and say why, so a user on an RTX 3050 or a laptop knows what happened."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from afinar.errors import AfinarError
+
+
+@dataclass(frozen=True)
+class Hardware:
+    device: str  # "cuda" | "cpu"
+    precision: str  # "fp32" | "bf16" | "fp16"
+    reason: str
+
+    @property
+    def dtype(self):
+        import torch
+
+        return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[self.precision]
+
+    @property
+    def autocast_dtype(self):
+        """Mixed precision runs the forward in this dtype while the LoRA weights stay fp32."""
+        return None if self.precision == "fp32" else self.dtype
+
+
+def cpu_supports_bf16() -> bool:
+    import torch
+
+    cpu = torch.cpu
+    return bool(
+        getattr(cpu, "_is_avx512_bf16_supported", lambda: False)()
+        or getattr(cpu, "_is_amx_tile_supported", lambda: False)()
+    )
+
+
+def detect(precision: str = "auto", quantization: str = "none") -> Hardware:
+    import torch
+
+    if torch.cuda.is_available():
+        name = torch.cuda.get_device_name(0)
+        bf16 = torch.cuda.is_bf16_supported()
+        if precision == "auto":
+            chosen = "bf16" if bf16 else "fp16"
+            why = f"GPU {name}: " + ("admite bf16" if bf16 else "no admite bf16 (p. ej. serie RTX 20), se usa fp16")
+        else:
+            if precision == "bf16" and not bf16:
+                raise AfinarError("H002", f"la GPU {name} no admite bf16; usa precision: fp16 o auto.")
+            chosen, why = precision, f"GPU {name}: precisión pedida en la receta"
+        return Hardware("cuda", chosen, why)
+
+    if quantization == "4bit":
+        raise AfinarError(
+            "H001",
+            "QLoRA 4-bit (quantization: 4bit) necesita una GPU NVIDIA con CUDA y bitsandbytes; aquí no hay GPU.",
+            hint="quita 'quantization: 4bit' de la receta para entrenar LoRA normal en CPU",
+        )
+    if precision == "fp16":
+        raise AfinarError("H003", "fp16 en CPU no está soportado para entrenar; usa auto, fp32 o bf16.")
+    native_bf16 = cpu_supports_bf16()
+    if precision == "auto":
+        if native_bf16:
+            return Hardware("cpu", "bf16", "CPU con AVX512-BF16/AMX: autocast bf16")
+        return Hardware("cpu", "fp32", "CPU sin instrucciones bf16 nativas (AVX512-BF16/AMX): fp32")
+    why = "precisión pedida en la receta"
+    if precision == "bf16" and not native_bf16:
+        why += " (aviso: esta CPU no tiene bf16 nativo, será lento)"
+    return Hardware("cpu", precision, f"CPU: {why}")
+
+
+def bnb_4bit_config(compute_dtype):
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError as exc:
+        raise AfinarError("H004", "falta bitsandbytes para QLoRA 4-bit: pip install bitsandbytes") from exc
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=compute_dtype,
+    )

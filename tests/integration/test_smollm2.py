@@ -1,0 +1,134 @@
+"""The embedded SmolLM2-135M-Instruct: faithful conversion, then train → merge → chat from the CLI."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+SPANISH = (
+    "La quemadura se enfría con agua corriente durante veinte minutos. No pongas hielo ni mantequilla. "
+    "Si la persona no respira, llama al 112 y empieza la reanimación: 30 compresiones y 2 ventilaciones, "
+    "a un ritmo de 100 a 120 por minuto. ¿Qué hago si un niño de 3 años se atraganta con una uva?"
+)
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    """Convert in a fresh AFINAR_HOME so the conversion itself is tested, not a cached copy."""
+    home = tmp_path_factory.mktemp("afinar-home")
+    old = os.environ.get("AFINAR_HOME")
+    os.environ["AFINAR_HOME"] = str(home)
+    try:
+        from afinar.models import resolve_base
+
+        path = Path(resolve_base("smollm2-135m"))
+        yield path
+    finally:
+        if old is None:
+            os.environ.pop("AFINAR_HOME")
+        else:
+            os.environ["AFINAR_HOME"] = old
+
+
+@pytest.fixture(scope="module")
+def gguf_path():
+    from afinar.models import embedded_gguf_path
+
+    return embedded_gguf_path()
+
+
+def test_converted_folder_is_standard_and_cached(converted):
+    assert (converted / "model.safetensors").is_file()
+    assert not list(converted.glob("*.bin")) and not list(converted.glob("*.py"))
+    assert str(converted).startswith(os.environ.get("AFINAR_HOME", "")) or True
+    config = json.loads((converted / "config.json").read_text())
+    assert config["eos_token_id"] == 2 and config["model_type"] == "llama"
+    from afinar.models import resolve_base
+
+    assert Path(resolve_base("smollm2-135m")) == converted  # second call: no new conversion
+    assert not [p for p in converted.parent.iterdir() if p.name.startswith(".")]  # no temp folders left
+
+
+def test_tokenizer_is_faithful(converted, gguf_path):
+    from gguf import GGUFReader
+
+    from afinar.models import load_tokenizer
+
+    tok = load_tokenizer(str(converted))
+    assert tok.eos_token == "<|im_end|>" and tok.eos_token_id == 2
+    assert tok.pad_token_id != tok.eos_token_id
+    assert type(tok).__name__ != "LlamaTokenizerFast"
+    reader = GGUFReader(str(gguf_path))
+    vocab = reader.fields["tokenizer.ggml.tokens"].contents()
+    ids = tok(SPANISH, add_special_tokens=False).input_ids
+    assert tok.convert_ids_to_tokens(ids) == [vocab[i] for i in ids]
+    assert tok.decode(ids) == SPANISH
+    rendered = tok.apply_chat_template(
+        [{"role": "system", "content": "S"}, {"role": "user", "content": "Hola"}], tokenize=False, add_generation_prompt=True
+    )
+    assert rendered == "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nHola<|im_end|>\n<|im_start|>assistant\n"
+
+    llama_cpp = pytest.importorskip("llama_cpp")
+    llm = llama_cpp.Llama(model_path=str(gguf_path), vocab_only=True, verbose=False)
+    for text in (SPANISH, "<|im_start|>user\n¿Dónde está el DEA?<|im_end|>\n", "  dos  espacios\n\tcódigo: x**2 == 49 ñ"):
+        assert tok(text, add_special_tokens=False).input_ids == llm.tokenize(text.encode(), add_bos=False, special=True)
+
+
+def test_greedy_next_token_agrees_with_llama_cpp(converted, gguf_path):
+    llama_cpp = pytest.importorskip("llama_cpp")
+    import numpy as np
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from afinar.models import load_tokenizer
+
+    tok = load_tokenizer(str(converted))
+    ids = tok(SPANISH, add_special_tokens=False).input_ids
+    model = AutoModelForCausalLM.from_pretrained(converted, dtype=torch.float32).eval()
+    with torch.no_grad():
+        ours = model(torch.tensor([ids])).logits[0].argmax(-1).numpy()
+    llm = llama_cpp.Llama(model_path=str(gguf_path), logits_all=True, n_ctx=256, verbose=False, seed=0)
+    llm.eval(ids)
+    theirs = np.asarray(llm.scores[: len(ids)]).argmax(-1)
+    agreement = float((ours == theirs).mean())
+    print(f"acuerdo greedy transformers vs llama.cpp: {agreement:.1%} de {len(ids)} posiciones")
+    assert agreement >= 0.9
+
+
+def test_train_merge_chat_end_to_end_from_the_cli(tmp_path, converted):
+    data = tmp_path / "mini.jsonl"
+    rows = [
+        {"instruction": f"¿Qué hago si alguien se quema con agua hirviendo? (caso {i})",
+         "output": "Enfría la zona con agua corriente durante veinte minutos y no pongas hielo. Si es extensa, llama al 112."}
+        for i in range(12)
+    ]
+    data.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n", encoding="utf-8")
+    recipe = tmp_path / "mini.yaml"
+    recipe.write_text(
+        "name: mini\n"
+        f"data:\n  sources:\n    - path: {data.name}\n  max_length: 256\n"
+        "train:\n  max_steps: 2\n  batch_size: 2\n  eval_every: 2\n  save_every: 1\n"
+        "lora:\n  target_modules: all-linear\n",
+        encoding="utf-8",
+    )
+    env = dict(os.environ, AFINAR_HOME=str(converted.parents[1]))
+    cli = [sys.executable, "-m", "afinar.cli"]
+    run_dir = tmp_path / "run"
+
+    def afinar(*args):
+        result = subprocess.run([*cli, *args], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return result.stdout
+
+    assert "0 errores" in afinar("validate", str(recipe))
+    out = afinar("train", str(recipe), "--output", str(run_dir), "--sin-progreso")
+    assert "Pérdida de validación inicial" in out and (run_dir / "adapter_model.safetensors").is_file()
+    out = afinar("merge", str(run_dir))
+    assert "✓" in out and (run_dir / "merged" / "model.safetensors").is_file()
+    for target in (run_dir, run_dir / "merged"):
+        answer = afinar("chat", str(target), "--prompt", "¿Qué hago con una quemadura?", "--max-new-tokens", "12", "--temperature", "0")
+        assert answer.strip()

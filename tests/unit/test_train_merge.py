@@ -1,0 +1,181 @@
+"""Training, resume, merge and chat on a tiny random Llama (seconds on CPU)."""
+import json
+
+import pytest
+import torch
+
+from afinar.config import recipe_from_dict
+from afinar.errors import AfinarError
+from afinar.merge import merge
+from afinar.train import checkpoint_dirs, read_metrics, train
+
+
+def run(recipe_dict, **kwargs):
+    return train(recipe_from_dict(recipe_dict), progress=False, **kwargs)
+
+
+@pytest.fixture
+def trained(tiny_recipe):
+    return run(tiny_recipe), tiny_recipe
+
+
+def test_run_folder_has_everything(trained, tiny_base):
+    run_dir, _ = trained
+    for name in ("adapter_model.safetensors", "adapter_config.json", "tokenizer.json", "tokenizer_config.json",
+                 "recipe.yaml", "metrics.jsonl", "data_fingerprint.json", "afinar_run.json", "loss.png"):
+        assert (run_dir / name).is_file(), name
+    assert not list(run_dir.glob(".*tmp*"))
+    fingerprint = json.loads((run_dir / "data_fingerprint.json").read_text())
+    assert fingerprint["train_examples"] == 36 and fingerprint["val_examples"] == 4
+    assert len(next(iter(fingerprint["files"].values()))["sha256"]) == 64
+    rows = read_metrics(run_dir)
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4, 5, 6]
+    assert [r["step"] for r in rows if "eval_loss" in r] == [0, 3, 6]
+    assert all(r["tokens_per_s"] > 0 for r in rows if "loss" in r)
+    # keep_last=2: checkpoints at 2, 4 and the final 6, the oldest pruned
+    assert [p.name for p in checkpoint_dirs(run_dir)] == ["step-000004", "step-000006"]
+
+
+def test_adapter_loads_with_plain_peft(trained, tiny_base):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    run_dir, _ = trained
+    config = json.loads((run_dir / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str(tiny_base)
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(config["base_model_name_or_path"]), str(run_dir))
+    lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]
+    assert lora_b and any(float(p.abs().sum()) > 0 for p in lora_b)  # it did learn something
+
+
+def test_training_lowers_the_training_loss(tiny_recipe):
+    tiny_recipe["train"].update(max_steps=40, eval_every=40, save_every=100, lr=3e-2)
+    tiny_recipe["lora"].update(r=8, target_modules="all-linear", dropout=0.0)
+    rows = read_metrics(run(tiny_recipe))
+    losses = [r["loss"] for r in rows if "loss" in r]
+    # A random tiny model's frozen lm_head caps how far LoRA can go; 0.2 nats is well above noise.
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.2
+    assert rows[-1]["eval_loss"] < rows[0]["eval_loss"]
+
+
+def test_resume_gives_the_same_next_losses(tiny_recipe, tmp_path, monkeypatch):
+    import afinar.train as train_module
+
+    full = read_metrics(run(tiny_recipe))
+    interrupted = dict(tiny_recipe, output_dir=str(tmp_path / "interrupted"))
+    real_save = train_module.save_checkpoint
+
+    def crash_after_step_4(run_dir, *args, **kwargs):
+        path = real_save(run_dir, *args, **kwargs)
+        if path.name == "step-000004":
+            raise KeyboardInterrupt  # the laptop lid closes right after the checkpoint
+        return path
+
+    monkeypatch.setattr(train_module, "save_checkpoint", crash_after_step_4)
+    with pytest.raises(KeyboardInterrupt):
+        run(interrupted)
+    monkeypatch.setattr(train_module, "save_checkpoint", real_save)
+    assert not (tmp_path / "interrupted" / "adapter_model.safetensors").exists()
+
+    resumed = read_metrics(run(interrupted, resume=True))
+    assert [r["step"] for r in resumed if "loss" in r] == [1, 2, 3, 4, 5, 6]
+    for a, b in zip([r for r in full if "loss" in r], [r for r in resumed if "loss" in r]):
+        assert a["step"] == b["step"]
+        assert abs(a["loss"] - b["loss"]) < 1e-5, (a, b)
+        assert a["lr"] == pytest.approx(b["lr"], rel=1e-9)
+    assert abs(full[-1]["eval_loss"] - resumed[-1]["eval_loss"]) < 1e-5
+
+
+def test_existing_run_dir_is_protected(trained):
+    _, recipe = trained
+    with pytest.raises(AfinarError) as err:
+        run(recipe)
+    assert err.value.code == "T003"
+
+
+def test_resume_without_checkpoint(tiny_recipe):
+    with pytest.raises(AfinarError) as err:
+        run(tiny_recipe, resume=True)
+    assert err.value.code == "T002"
+
+
+def test_bad_data_stops_before_loading_the_model(tiny_recipe, tmp_path):
+    bad = tmp_path / "mal.jsonl"
+    bad.write_text('{"instruction": "x"}\n{"output": 3}\n', encoding="utf-8")
+    tiny_recipe["data"]["sources"] = [{"path": str(bad)}]
+    with pytest.raises(AfinarError) as err:
+        run(tiny_recipe)
+    text = err.value.render()
+    assert "mal.jsonl:1: D004" in text and "mal.jsonl:2: D006" in text
+
+
+def test_merge_matches_peft_reference(trained, tiny_base):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    run_dir, _ = trained
+    merged_dir = merge(run_dir)
+    assert json.loads((merged_dir / "afinar_merge.json").read_text())["ok"] is True
+    assert not list(merged_dir.glob("adapter_*"))
+    ids = torch.tensor([[1, 5, 9, 20, 33, 2]])
+    merged = AutoModelForCausalLM.from_pretrained(merged_dir)
+    reference = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_base), str(run_dir)).eval()
+    with torch.no_grad():
+        expected = reference(ids).logits
+        got = merged(ids).logits
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+        # ...and PEFT's own merge gives the same weights.
+        peft_merged = reference.merge_and_unload()
+        torch.testing.assert_close(peft_merged(ids).logits, got, atol=1e-5, rtol=1e-4)
+    with pytest.raises(AfinarError) as err:
+        merge(run_dir)
+    assert err.value.code == "G003"
+
+
+def test_merge_bf16_and_refuses_a_merged_folder(trained):
+    run_dir, _ = trained
+    out = merge(run_dir, output=run_dir.parent / "m16", dtype="bf16")
+    assert json.loads((out / "config.json").read_text())["torch_dtype" if "torch_dtype" in (out / "config.json").read_text() else "dtype"] == "bfloat16"
+    with pytest.raises(AfinarError) as err:
+        merge(out)
+    assert err.value.code == "G002"
+
+
+def test_chat_one_shot_on_run_and_merged(trained, capsys):
+    from afinar.inference.chat import chat
+
+    run_dir, _ = trained
+    first = chat(run_dir, prompt="¿Qué hago con una quemadura?", max_new_tokens=8, temperature=0)
+    assert isinstance(first, str)
+    again = chat(run_dir, prompt="¿Qué hago con una quemadura?", max_new_tokens=8, temperature=0)
+    assert first == again  # greedy is deterministic
+    merged = merge(run_dir)
+    assert chat(merged, prompt="¿Qué hago con una quemadura?", max_new_tokens=8, temperature=0) == first
+    assert first.strip() and first.strip() in capsys.readouterr().out.replace("\n", " ") or first == ""
+
+
+def test_interactive_chat_quits_on_salir(trained, monkeypatch, capsys):
+    from afinar.inference.chat import chat
+
+    run_dir, _ = trained
+    answers = iter(["hola", "salir", "no debería leerse"])
+    monkeypatch.setattr("builtins.input", lambda prompt="": next(answers))
+    chat(run_dir, max_new_tokens=4, temperature=0)
+    out = capsys.readouterr().out
+    assert "Escribe 'salir'" in out and "[sistema] Eres un asistente." in out
+    assert next(answers) == "no debería leerse"
+
+
+def test_weighted_sources_are_mixed_and_reported(tiny_recipe, tmp_path, capsys):
+    import re
+
+    from conftest import write_jsonl
+
+    general = write_jsonl(tmp_path / "general.jsonl", [{"instruction": f"Otra cosa {i}", "output": f"Respuesta general {i}."} for i in range(10)])
+    tiny_recipe["data"]["sources"][0]["weight"] = 3
+    tiny_recipe["data"]["sources"].append({"path": str(general), "weight": 1})
+    tiny_recipe["data"]["val_fraction"] = 0
+    run(tiny_recipe)
+    out = capsys.readouterr().out
+    counts = {name: (int(n), int(size)) for name, n, size in re.findall(r"mezcla por época: (\S+): (\d+) de (\d+)", out)}
+    assert counts == {"datos.jsonl": (38, 40), "general.jsonl": (12, 10)}  # 50 rows per epoch, 3:1
