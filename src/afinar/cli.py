@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error {exc.render()}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("\ninterrumpido", file=sys.stderr)
+        print("\ninterrumpido (si había checkpoints, continúa con: afinar train RECETA --resume)", file=sys.stderr)
         return 130
 
 

@@ -6,8 +6,10 @@ tuned model side by side, then merge.
 from __future__ import annotations
 
 import importlib.resources
+import json
 from pathlib import Path
 
+from afinar.atomic import atomic_write_text
 from afinar.config import load_recipe
 
 DEMO_RUN = Path("runs") / "demo-enfermeria"
@@ -17,12 +19,24 @@ def shipped_recipe(name: str) -> Path:
     return Path(str(importlib.resources.files("afinar.recipes").joinpath(f"{name}.yaml")))
 
 
+def _cell(reply, gen):
+    from rich.text import Text
+
+    cell = Text(reply.text)
+    if reply.stopped:
+        cell.append("\n✓ terminó solo", style="green")
+    else:
+        cell.append(f"\n✗ cortado a los {gen.max_new_tokens} tokens: no sabe parar", style="red")
+    return cell
+
+
 def demo(output: str | Path = DEMO_RUN, epochs: float | None = None, max_steps: int | None = None, questions: int = 3) -> Path:
     import math
 
     import torch
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     from afinar.config import GenerationSection
     from afinar.data.validate import gather
@@ -54,6 +68,7 @@ def demo(output: str | Path = DEMO_RUN, epochs: float | None = None, max_steps: 
     table.add_column("Pregunta (validación)", ratio=2)
     table.add_column("Modelo base", ratio=3)
     table.add_column("Afinado", ratio=3)
+    contrast = []
     for example in held_out:
         messages = [m for m in example.messages if m["role"] != "assistant"]
         if ref.system_prompt:
@@ -61,10 +76,22 @@ def demo(output: str | Path = DEMO_RUN, epochs: float | None = None, max_steps: 
         with model.disable_adapter():
             base_reply = generate(model, tokenizer, messages, greedy)
         tuned_reply = generate(model, tokenizer, messages, greedy)
-        stop = lambda r: "" if r.stopped else "\n[no se detuvo: llegó a max_new_tokens]"  # noqa: E731
         # The demo's data is the shipped first-aid set, not user data, so showing the question is safe.
-        table.add_row(messages[-1]["content"], base_reply.text + stop(base_reply), tuned_reply.text + stop(tuned_reply))
+        # Text() so that brackets in model output are not taken for rich markup.
+        table.add_row(Text(messages[-1]["content"]), _cell(base_reply, greedy), _cell(tuned_reply, greedy))
+        contrast.append(
+            {
+                "where": example.where,
+                "question": messages[-1]["content"],
+                "base": {"text": base_reply.text, "stopped": base_reply.stopped, "tokens": base_reply.new_tokens},
+                "tuned": {"text": tuned_reply.text, "stopped": tuned_reply.stopped, "tokens": tuned_reply.new_tokens},
+            }
+        )
     console.print(table)
+    atomic_write_text(
+        run_dir / "contraste.json",
+        json.dumps({"eval_loss": {"base": before, "tuned": after}, "greedy": contrast}, indent=2, ensure_ascii=False),
+    )
     del model
 
     console.rule("3/3 · Fusión del adaptador en un modelo independiente")
@@ -73,6 +100,7 @@ def demo(output: str | Path = DEMO_RUN, epochs: float | None = None, max_steps: 
         f"\nTodo en {run_dir}:\n"
         f"  adaptador LoRA, receta y métricas: {run_dir}\n"
         f"  curva de pérdida:                  {run_dir / 'loss.png'}\n"
+        f"  contraste base vs afinado:         {run_dir / 'contraste.json'}\n"
         f"  modelo fusionado (safetensors):    {merged}\n"
         f"Prueba tú:  afinar chat {merged}\n"
         "Uso educativo: no sustituye la atención médica. En una emergencia, llama al 112 o al número de tu país."

@@ -132,3 +132,20 @@ def test_train_merge_chat_end_to_end_from_the_cli(tmp_path, converted):
     for target in (run_dir, run_dir / "merged"):
         answer = afinar("chat", str(target), "--prompt", "¿Qué hago con una quemadura?", "--max-new-tokens", "12", "--temperature", "0")
         assert answer.strip()
+
+
+def test_demo_runs_the_whole_path(tmp_path, converted, capsys):
+    """`make demo` in miniature: 2 training steps, 1 contrast question, merge."""
+    from afinar.demo import demo
+
+    run_dir = demo(output=tmp_path / "demo", max_steps=2, questions=1)
+    out = capsys.readouterr().out
+    assert "Pérdida en validación" in out and "base 3.9" in out  # the base's held-out loss, fixed by the seed
+    contrast = json.loads((run_dir / "contraste.json").read_text(encoding="utf-8"))
+    assert contrast["eval_loss"]["base"] > 3.5 and len(contrast["greedy"]) == 1
+    row = contrast["greedy"][0]
+    for side in ("base", "tuned"):
+        assert row[side]["text"] and isinstance(row[side]["stopped"], bool)
+        assert row[side]["stopped"] or row[side]["tokens"] == 160  # stopped on its own, or hit the limit
+    assert ("terminó solo" in out) or ("cortado" in out)
+    assert (run_dir / "merged" / "model.safetensors").is_file() and (run_dir / "loss.png").is_file()

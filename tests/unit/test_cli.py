@@ -32,3 +32,16 @@ def test_validate_jsonl_exit_code(tmp_path, capsys):
     assert main(["validate", str(good)]) == 0
     assert main(["validate", str(bad)]) == 1
     assert "mal.jsonl:1: D004" in capsys.readouterr().out
+
+
+def test_validate_recipe_offline_hub_base_still_checks_the_data(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    (tmp_path / "d.jsonl").write_text('{"instruction": "¿Qué hago?", "output": "Llama al 112."}\n{"instruction": 1}\n', encoding="utf-8")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("name: x\nmodel:\n  base: afinar-pruebas/no-existe\ndata:\n  sources:\n    - path: d.jsonl\n", encoding="utf-8")
+    assert main(["validate", str(recipe)]) == 1
+    out = capsys.readouterr().out
+    assert "d.jsonl:2: D006" in out
+    (tmp_path / "d.jsonl").write_text('{"instruction": "¿Qué hago?", "output": "Llama al 112."}\n', encoding="utf-8")
+    assert main(["validate", str(recipe)]) == 0
+    assert "aviso: sin tokenizador" in capsys.readouterr().out

@@ -15,6 +15,7 @@ BROKEN = [
     ('{"instruction": "' + SECRET + '", "output": ', "D001"),
     ('["' + SECRET + '"]', "D002"),
     (json.dumps({"pregunta": SECRET, "respuesta": SECRET}), "D003"),
+    (json.dumps({SECRET: "x", "texto": 1}), "D003"),  # a key can hold patient text too
     (json.dumps({"instruction": SECRET}), "D004"),
     (json.dumps({"instruction": "   ", "output": SECRET}), "D005"),
     (json.dumps({"instruction": SECRET, "output": 42}), "D006"),
@@ -48,7 +49,8 @@ def test_every_problem_in_one_pass_with_file_line_code(broken_file, capsys):
     report(prepared)
     out = capsys.readouterr().out
     assert f"{broken_file}:1: D001: JSON inválido" in out
-    assert SECRET not in out and "12345678Z" not in out
+    assert SECRET not in out and "12345678Z" not in out and "doctor" not in out
+    assert "claves: pregunta, respuesta)" in out and "claves: texto y 1 más)" in out
     assert all(p.code in CODES for p in prepared.problems)
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.resources
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -142,8 +143,7 @@ def _from_messages(obj: dict, src: str, line: int, problems: list) -> list[dict]
         if role is None:
             problems.append(Problem(src, line, "D004", f"falta '{name}.role'"))
         elif role not in ROLES:
-            shown = role if isinstance(role, str) and len(role) <= 20 else _type_name(role)
-            problems.append(Problem(src, line, "D007", f"'{name}.role' = '{shown}'; roles válidos: {', '.join(ROLES)}"))
+            problems.append(Problem(src, line, "D007", f"'{name}.role' no es un rol válido ({', '.join(ROLES)})"))
         if content is None:
             problems.append(Problem(src, line, "D004", f"falta '{name}.content'"))
         elif not isinstance(content, str):
@@ -177,7 +177,9 @@ def parse_record(obj, fmt: str, src: str, line: int, problems: list) -> Example 
     detected = detect_format(obj)
     chosen = detected if fmt == "auto" else fmt
     if chosen is None:
-        keys = ", ".join(sorted(str(k) for k in obj)[:6]) or "ninguna"
+        # Field names help diagnose a format, but only identifier-like ones: a key can hold text too.
+        names = sorted(k for k in obj if re.fullmatch(r"[A-Za-z_][\w-]{0,30}", k))
+        keys = ", ".join(names[:6]) + (f" y {len(obj) - len(names[:6])} más" if len(obj) > len(names[:6]) else "") or "ninguna"
         problems.append(
             Problem(src, line, "D003", f"no se reconoce el formato (claves: {keys}); se espera 'messages' o 'instruction'+'output'")
         )

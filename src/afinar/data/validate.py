@@ -163,7 +163,12 @@ def validate(path: str | Path, base: str | None = None, max_length: int | None =
     if base and not prepared.errors:
         from afinar.models import load_tokenizer, resolve_base
 
-        encode(prepared, load_tokenizer(resolve_base(base)), data)
+        try:
+            tokenizer = load_tokenizer(resolve_base(base))
+        except AfinarError as exc:
+            print(f"aviso: sin tokenizador no se comprueba la longitud en tokens ({exc.code}: {exc.message})")
+        else:
+            encode(prepared, tokenizer, data)
     elif not base:
         print("(sin --base no se comprueba la longitud en tokens)")
     report(prepared)
