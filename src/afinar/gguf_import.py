@@ -122,7 +122,7 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
             str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32
         )
     except (ValueError, KeyError, NotImplementedError) as exc:
-        raise AfinarError("M007", f"transformers no puede leer esta arquitectura GGUF: {exc}", where=str(gguf_path))
+        raise AfinarError("M007", f"transformers no puede leer esta arquitectura GGUF: {exc}", where=str(gguf_path)) from exc
     for attr in ("bos_token_id", "eos_token_id", "pad_token_id"):
         setattr(model.config, attr, getattr(tokenizer, attr))
     model.config.name_or_path = str(out_dir)

@@ -14,14 +14,19 @@ class Hardware:
 
     @property
     def dtype(self):
-        import torch
-
-        return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[self.precision]
+        return torch_dtype(self.precision)
 
     @property
     def autocast_dtype(self):
         """Mixed precision runs the forward in this dtype while the LoRA weights stay fp32."""
         return None if self.precision == "fp32" else self.dtype
+
+
+def torch_dtype(precision: str):
+    """'fp32' | 'bf16' | 'fp16' → the torch dtype."""
+    import torch
+
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
 def cpu_supports_bf16() -> bool:

@@ -33,6 +33,7 @@ def merge(run: str | Path, output: str | Path | None = None, dtype: str = "fp32"
     import torch
     from transformers import AutoModelForCausalLM
 
+    from afinar.hardware import torch_dtype
     from afinar.runs import load_ref, open_ref
 
     if dtype not in DTYPES:
@@ -51,8 +52,7 @@ def merge(run: str | Path, output: str | Path | None = None, dtype: str = "fp32"
     with torch.no_grad():
         reference = peft_model(probe).logits[0]  # (T, V)
     merged = peft_model.merge_and_unload()
-    target_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
-    merged = merged.to(target_dtype)
+    merged = merged.to(torch_dtype(dtype))
     merged.config.name_or_path = str(output)
 
     with atomic_dir(output, overwrite=overwrite) as tmp:

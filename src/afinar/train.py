@@ -101,7 +101,7 @@ def evaluate_loss(model, encoded: list, batch_size: int, pad_id: int, autocast) 
     """Mean loss per trained token (answer tokens only) over `encoded`."""
     import torch
 
-    from afinar.data.templates import IGNORE, collate
+    from afinar.data.templates import collate, trained_tokens
 
     if not encoded:
         return None
@@ -112,7 +112,7 @@ def evaluate_loss(model, encoded: list, batch_size: int, pad_id: int, autocast) 
         for i in range(0, len(encoded), batch_size):
             batch = collate(encoded[i : i + batch_size], pad_id)
             batch = {k: v.to(model.device) for k, v in batch.items()}
-            n = int((batch["labels"][:, 1:] != IGNORE).sum())
+            n = trained_tokens(batch["labels"])
             with autocast():
                 out = model(**batch)
             total += float(out.loss) * n
@@ -128,10 +128,9 @@ def _append_metrics(run_dir: Path, record: dict) -> None:
 
 def _trim_metrics(run_dir: Path, step: int) -> None:
     """On resume, forget metrics logged after the checkpoint: they will be logged again."""
-    path = run_dir / METRICS
-    if path.is_file():
-        rows = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
-        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows if r["step"] <= step))
+    if (run_dir / METRICS).is_file():
+        kept = [r for r in read_metrics(run_dir) if r["step"] <= step]
+        atomic_write_text(run_dir / METRICS, "".join(json.dumps(r) + "\n" for r in kept))
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
@@ -202,7 +201,7 @@ def train(
 
     from afinar import hardware
     from afinar.data.split import epoch_order
-    from afinar.data.templates import IGNORE, collate
+    from afinar.data.templates import collate, trained_tokens
     from afinar.data.validate import encode, fingerprint, gather, raise_if_errors, report
     from afinar.models import load_model, load_tokenizer, resolve_base
 
@@ -319,11 +318,11 @@ def train(
         micro = [next(stream) for _ in range(cfg.grad_accum)]
         epoch = micro[-1][0]
         # Token-weighted loss over the whole step, so accumulation equals one large batch.
-        n_step = sum(int((b["labels"][:, 1:] != IGNORE).sum()) for _, b in micro)
+        n_step = sum(trained_tokens(b["labels"]) for _, b in micro)
         step_loss, step_tokens = 0.0, 0
         for _, batch in micro:
             batch = {k: v.to(hw.device) for k, v in batch.items()}  # input_ids/labels/attention_mask: (B, T)
-            n_micro = int((batch["labels"][:, 1:] != IGNORE).sum())
+            n_micro = trained_tokens(batch["labels"])
             with autocast():
                 loss = model(**batch).loss * (n_micro / max(n_step, 1))
             (scaler.scale(loss) if scaler else loss).backward()

@@ -14,7 +14,6 @@ from pathlib import Path
 
 from afinar.errors import AfinarError
 
-FORMATS = ("alpaca", "chat", "structured")
 ROLES = ("system", "user", "assistant")
 
 # Error codes (documented in the README). Severity "error" stops training; "warning" is reported.

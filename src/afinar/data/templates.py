@@ -105,6 +105,11 @@ def encode_examples(
     return kept, problems, stats
 
 
+def trained_tokens(labels) -> int:
+    """Tokens that carry loss: labels are shifted by one inside the model, so the first column never does."""
+    return int((labels[:, 1:] != IGNORE).sum())
+
+
 def collate(batch: list[Encoded], pad_id: int):
     """Right-pad to the longest row. Padding gets label -100 by position, so a pad id equal to eos hides nothing."""
     import torch

@@ -31,10 +31,6 @@ class PreparedData:
     def warnings(self) -> list[Problem]:
         return [p for p in self.problems if p.severity != "error"]
 
-    def source_of(self, examples: list[Example]) -> list[int]:
-        sources = list(self.per_source)
-        return [sources.index(e.source) for e in examples]
-
 
 def _content_key(example: Example) -> str:
     return json.dumps(example.messages, ensure_ascii=False, sort_keys=True)
