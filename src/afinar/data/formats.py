@@ -177,8 +177,9 @@ def parse_record(obj, fmt: str, src: str, line: int, problems: list) -> Example 
     chosen = detected if fmt == "auto" else fmt
     if chosen is None:
         # Field names help diagnose a format, but only identifier-like ones: a key can hold text too.
-        names = sorted(k for k in obj if re.fullmatch(r"[A-Za-z_][\w-]{0,30}", k))
-        keys = ", ".join(names[:6]) + (f" y {len(obj) - len(names[:6])} más" if len(obj) > len(names[:6]) else "") or "ninguna"
+        shown = sorted(k for k in obj if re.fullmatch(r"[A-Za-z_][\w-]{0,30}", k))[:6]
+        hidden = len(obj) - len(shown)
+        keys = (", ".join(shown) + (f" y {hidden} más" if hidden else "")) or "ninguna"
         problems.append(
             Problem(src, line, "D003", f"no se reconoce el formato (claves: {keys}); se espera 'messages' o 'instruction'+'output'")
         )

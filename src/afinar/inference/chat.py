@@ -100,11 +100,13 @@ def chat(
     context = getattr(getattr(model, "config", None), "max_position_embeddings", None) or 2048
 
     def ask(question: str) -> Reply:
-        messages = with_system([*history, {"role": "user", "content": question}], system)
+        def conversation() -> list[dict]:
+            return with_system([*history, {"role": "user", "content": question}], system)
+
         # Forget the oldest exchanges rather than overflow the model's context window.
-        while len(history) >= 2 and len(tokenizer.apply_chat_template(messages, add_generation_prompt=True)) + gen.max_new_tokens > context:
+        while len(history) >= 2 and len(tokenizer.apply_chat_template(conversation(), add_generation_prompt=True)) + gen.max_new_tokens > context:
             del history[:2]
-            messages = with_system([*history, {"role": "user", "content": question}], system)
+        messages = conversation()
         reply = generate(model, tokenizer, messages, gen, on_text=lambda t: print(t, end="", flush=True), seed=seed)
         print("" if reply.stopped else "  [cortado: max_new_tokens]")
         return reply
