@@ -23,7 +23,14 @@ CHATML = (
 
 
 def make_tokenizer():
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
     from transformers import PreTrainedTokenizerFast
 
     backend = Tokenizer(models.BPE())
@@ -85,8 +92,7 @@ def tiny_base(tmp_path_factory, tokenizer) -> Path:
 
 def write_jsonl(path: Path, rows: list) -> Path:
     with open(path, "w", encoding="utf-8") as handle:
-        for row in rows:
-            handle.write((row if isinstance(row, str) else json.dumps(row, ensure_ascii=False)) + "\n")
+        handle.writelines((row if isinstance(row, str) else json.dumps(row, ensure_ascii=False)) + "\n" for row in rows)
     return path
 
 

@@ -7,15 +7,18 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TextIO
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike) -> Iterator[TextIO]:
+    """A text handle on a temporary sibling file, renamed onto `path` only if the block ends without error."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -23,7 +26,12 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    with atomic_open(path) as handle:
+        handle.write(text)
+    return Path(path)
 
 
 @contextlib.contextmanager
@@ -35,6 +43,10 @@ def atomic_dir(final: str | os.PathLike, overwrite: bool = False) -> Iterator[Pa
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    # mkdtemp makes the folder private (0700); the artifact should get the usual permissions.
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)
     try:
         yield tmp
         if final.exists():

@@ -15,6 +15,35 @@ def _cmd_validate(args) -> int:
     return validate(args.path, base=args.base, max_length=args.max_length)
 
 
+def _cmd_inspect(args) -> int:
+    from afinar.data.preflight import inspect
+
+    return inspect(
+        args.path,
+        base=args.base,
+        max_length=args.max_length,
+        output=args.salida,
+        show_examples=args.mostrar_ejemplos,
+        progress=not args.sin_progreso,
+    )
+
+
+def _cmd_import_smc(args) -> int:
+    from afinar.data.smc import import_smc, print_summary
+
+    summary = import_smc(
+        args.salida,
+        inputs=args.entrada,
+        specialities=args.especialidad,
+        types=args.tipo,
+        max_examples=args.max_ejemplos,
+        overwrite=args.overwrite,
+        progress=not args.sin_progreso,
+    )
+    print_summary(summary, args.salida)
+    return 0
+
+
 def _cmd_train(args) -> int:
     from afinar.train import train
 
@@ -78,6 +107,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base", help="modelo cuyo tokenizador mide las longitudes (con un .jsonl)")
     p.add_argument("--max-length", type=int, help="longitud máxima en tokens (con un .jsonl)")
     p.set_defaults(func=_cmd_validate)
+
+    p = sub.add_parser("inspect", help="informe previo de los datos (HTML + JSON): longitudes, duplicados, idioma, datos personales")
+    p.add_argument("path", help="receta .yaml o datos .jsonl")
+    p.add_argument("--base", help="modelo cuyo tokenizador mide las longitudes (por defecto el de la receta o smollm2-135m)")
+    p.add_argument("--max-length", type=int, help="longitud máxima en tokens (por defecto la de la receta o 512)")
+    p.add_argument("--salida", help="carpeta del informe (por defecto runs/<receta>/informe_datos)")
+    p.add_argument("--mostrar-ejemplos", action="store_true", help="muestra el texto de 3 ejemplos con los tokens entrenados marcados")
+    p.add_argument("--sin-progreso", action="store_true", help="sin barra de progreso")
+    p.set_defaults(func=_cmd_inspect)
+
+    p = sub.add_parser("import", help="convierte un corpus externo en ejemplos de chat JSONL")
+    importers = p.add_subparsers(dest="source", required=True, metavar="FUENTE")
+    p = importers.add_parser("smc", help="Spanish Medical Corpus (somosnlp/SMC): preguntas y casos clínicos")
+    p.add_argument("--salida", required=True, help="archivo .jsonl a escribir")
+    p.add_argument("--entrada", nargs="+", help="archivos .parquet o .jsonl locales con el esquema de SMC (sin esto, lee del Hub)")
+    p.add_argument("--especialidad", nargs="+", help="solo estas especialidades (columna speciallity)")
+    p.add_argument("--tipo", nargs="+", choices=["question", "clinic_case"], help="solo estos tipos (por defecto ambos)")
+    p.add_argument("--max-ejemplos", type=int, help="para de leer al llegar a N ejemplos")
+    p.add_argument("--sobrescribir", "--overwrite", dest="overwrite", action="store_true")
+    p.add_argument("--sin-progreso", action="store_true")
+    p.set_defaults(func=_cmd_import_smc)
 
     p = sub.add_parser("train", help="entrena un adaptador LoRA según la receta")
     p.add_argument("recipe", help="receta .yaml (ver recipes/)")

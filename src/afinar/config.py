@@ -147,7 +147,7 @@ def _translate(err: dict) -> str:
         sign = {"greater_than": ">", "greater_than_equal": "≥", "less_than": "<", "less_than_equal": "≤"}[kind]
         bound = next(iter(ctx.values()), "")
         return f"debe ser {sign} {bound}"
-    if kind.endswith("_parsing") or kind.endswith("_type"):
+    if kind.endswith(("_parsing", "_type")):
         expected = kind.split("_")[0]
         names = {"int": "un entero", "float": "un número", "bool": "true/false", "string": "un texto", "list": "una lista"}
         return f"tipo incorrecto: se esperaba {names.get(expected, expected)}"

@@ -41,7 +41,14 @@ def _field(reader, key, default=None):
 def build_bpe_tokenizer(gguf_path: Path):
     """A PreTrainedTokenizerFast equal to the GGUF's own `gpt2`-type vocabulary."""
     from gguf import GGUFReader
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
+    from tokenizers import (
+        AddedToken,
+        Tokenizer,
+        decoders,
+        models,
+        pre_tokenizers,
+        processors,
+    )
     from transformers import PreTrainedTokenizerFast
 
     reader = GGUFReader(str(gguf_path))

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from afinar.atomic import atomic_dir, atomic_write_text
 from afinar.config import Recipe, apply_overrides, dump_recipe, load_recipe
+from afinar.data.preflight import REPORT_DIR
 from afinar.errors import AfinarError
 
 CHECKPOINTS = "checkpoints"
@@ -175,7 +176,8 @@ def _prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
         if not checkpoint_dirs(run_dir):
             raise AfinarError("T002", "no hay ningún checkpoint completo para continuar.", where=str(run_dir))
         return
-    if run_dir.exists() and any(run_dir.iterdir()):
+    # A data report from `afinar inspect` may already be there: it belongs beside the run, keep it.
+    if run_dir.exists() and any(p.name != REPORT_DIR for p in run_dir.iterdir()):
         if not overwrite:
             raise AfinarError(
                 "T003",
@@ -183,7 +185,9 @@ def _prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
                 where=str(run_dir),
                 hint="usa --resume para continuar, --output OTRA_CARPETA, o --sobrescribir para empezar de cero",
             )
-        shutil.rmtree(run_dir)
+        for entry in run_dir.iterdir():
+            if entry.name != REPORT_DIR:
+                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
     run_dir.mkdir(parents=True, exist_ok=True)
 
 
@@ -202,7 +206,13 @@ def train(
     from afinar import hardware
     from afinar.data.split import epoch_order
     from afinar.data.templates import collate, trained_tokens
-    from afinar.data.validate import encode, fingerprint, gather, raise_if_errors, report
+    from afinar.data.validate import (
+        encode,
+        fingerprint,
+        gather,
+        raise_if_errors,
+        report,
+    )
     from afinar.models import load_model, load_tokenizer, resolve_base
 
     # --- recipe, run folder, seed -----------------------------------------------------------

@@ -8,10 +8,9 @@ from afinar.models import load_tokenizer, resolve_base
 
 def test_atomic_dir_leaves_nothing_on_failure(tmp_path):
     target = tmp_path / "modelo"
-    with pytest.raises(RuntimeError):
-        with atomic_dir(target) as tmp:
-            (tmp / "pesos.safetensors").write_bytes(b"medio")
-            raise RuntimeError("corte de luz")
+    with pytest.raises(RuntimeError), atomic_dir(target) as tmp:
+        (tmp / "pesos.safetensors").write_bytes(b"medio")
+        raise RuntimeError("corte de luz")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -19,9 +18,8 @@ def test_atomic_dir_replaces_only_when_allowed(tmp_path):
     target = tmp_path / "modelo"
     with atomic_dir(target) as tmp:
         (tmp / "a").write_text("1")
-    with pytest.raises(FileExistsError):
-        with atomic_dir(target) as tmp:
-            (tmp / "a").write_text("2")
+    with pytest.raises(FileExistsError), atomic_dir(target) as tmp:
+        (tmp / "a").write_text("2")
     assert (target / "a").read_text() == "1"
     with atomic_dir(target, overwrite=True) as tmp:
         (tmp / "a").write_text("3")

@@ -96,3 +96,40 @@ def test_overrides_are_validated():
 def test_all_linear_and_lists_accepted():
     recipe = recipe_from_dict({"name": "x", "data": {"sources": [{"path": "d"}]}, "lora": {"target_modules": "all-linear"}})
     assert recipe.lora.target_modules == "all-linear"
+
+
+ALL_PROJECTIONS = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+
+
+def test_each_assistant_has_its_recipe_with_the_guides_settings():
+    recipes = {p.stem: load_recipe(p) for p in RECIPES}
+    assert {"enfermeria", "epicrisis", "tutor_algoritmos", "ciencias"} <= set(recipes)
+    for name, recipe in recipes.items():
+        assert recipe.model.base == "smollm2-135m", name  # works out of the box on the embedded base
+        text = (RECIPES[0].parent / f"{name}.yaml").read_text(encoding="utf-8")
+        assert "4bit" in text and "afinar inspect" in text, name  # documents the GPU (QLoRA) settings and the report
+    enf = recipes["enfermeria"]
+    assert (enf.lora.r, enf.lora.alpha, enf.lora.target_modules) == (8, 16, ["q_proj", "v_proj"])
+    assert "TinyLlama" in (RECIPES[0].parent / "enfermeria.yaml").read_text(encoding="utf-8")
+    epi = recipes["epicrisis"]
+    assert epi.lora.r == 16 and set(epi.lora.target_modules) == ALL_PROJECTIONS
+    assert (epi.train.scheduler, epi.train.warmup_ratio, epi.train.weight_decay, epi.train.max_grad_norm) == ("cosine", 0.03, 0.01, 0.3)
+    assert (epi.train.eval_every, epi.train.epochs, epi.data.sources[0].format) == (50, 3, "structured")
+    tutor = recipes["tutor_algoritmos"]
+    assert set(tutor.lora.target_modules) == {"q_proj", "k_proj", "v_proj", "o_proj"} and tutor.train.gradient_checkpointing
+    assert "dense" in (RECIPES[0].parent / "tutor_algoritmos.yaml").read_text(encoding="utf-8")  # Phi-2's name for o_proj
+    sci = recipes["ciencias"]
+    assert sci.lora.r == 16 and set(sci.lora.target_modules) == ALL_PROJECTIONS
+    guides = {"epicrisis": "Qwen2.5-1.5B-Instruct", "tutor_algoritmos": "microsoft/phi-2", "ciencias": "Llama-3.2-1B"}
+    for name, base in guides.items():
+        assert base in (RECIPES[0].parent / f"{name}.yaml").read_text(encoding="utf-8")
+
+
+def test_mixing_weights_in_a_recipe(tmp_path):
+    (tmp_path / "a.jsonl").write_text("", encoding="utf-8")
+    (tmp_path / "b.jsonl").write_text("", encoding="utf-8")
+    recipe = load_recipe(write(tmp_path, "name: x\ndata:\n  sources:\n    - {path: a.jsonl, weight: 0.7}\n    - {path: b.jsonl, weight: 0.3}\n"))
+    assert [s.weight for s in recipe.data.sources] == [0.7, 0.3]
+    with pytest.raises(AfinarError) as info:
+        load_recipe(write(tmp_path, "name: x\ndata:\n  sources:\n    - {path: a.jsonl, weight: 0}\n"))
+    assert "weight" in info.value.message

@@ -5,6 +5,7 @@ import pytest
 from afinar.config import DataSection, DataSource
 from afinar.data.formats import CODES, load_examples
 from afinar.data.validate import gather, report
+from tests.conftest import qa_rows, write_jsonl
 
 SECRET = "Juana Pérez DNI 12345678Z"  # stands for patient data: must never be printed
 
@@ -97,3 +98,13 @@ def test_format_override_is_enforced(tmp_path):
     problems = []
     load_examples(path, "chat", problems)
     assert [p.code for p in problems] == ["D004", "D004"]
+
+
+def test_nothing_fits_max_length_is_d015(tmp_path, tokenizer):
+    from afinar.data.validate import encode, gather
+
+    path = write_jsonl(tmp_path / "d.jsonl", qa_rows(6))
+    data = DataSection(sources=[DataSource(path=str(path))], max_length=16, val_fraction=0)
+    prepared = encode(gather(data), tokenizer, data)
+    assert [p.code for p in prepared.errors] == ["D015"]
+    assert prepared.errors[0].source == str(path) and "max_length=16" in prepared.errors[0].message

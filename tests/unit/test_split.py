@@ -11,7 +11,7 @@ def examples(n, prefix="q"):
 def test_split_is_deterministic_and_90_10():
     data = examples(100)
     train, val = split(data, 0.1, 42)
-    again_train, again_val = split(examples(100), 0.1, 42)
+    _, again_val = split(examples(100), 0.1, 42)
     assert [e.line for e in val] == [e.line for e in again_val]
     assert (len(train), len(val)) == (90, 10)
     assert {e.line for e in train}.isdisjoint({e.line for e in val})

@@ -1,0 +1,122 @@
+"""Rule checks for generated text that need no model: the same functions check shipped data and model output.
+
+Epicrisis rules follow the checklist of the epicrisis guide users follow: starts with "Ingresa por", CIE-10
+and ATC codes in parentheses, no markdown, 80-200 words, and nothing (code, drug, number) that is not in
+the input. Findings name the rule and the offending token, never the surrounding text.
+"""
+from __future__ import annotations
+
+import json
+import re
+import unicodedata
+from dataclasses import dataclass
+
+# CIE-10: letter, two digits, optional .digit(s) (J18.9, I10, S72.00). ATC: level 5 (C09AA05) down to level 3 (J01C).
+CIE10 = re.compile(r"(?<![\w.])([A-Z]\d{2}(?:\.\d{1,2})?)(?![\w])")
+ATC = re.compile(r"(?<![\w])([A-V]\d{2}[A-Z](?:[A-Z](?:\d{2})?)?)(?![\w])")
+NUMBER = re.compile(r"(?<![\w.,])(\d+(?:[.,]\d+)?)")
+MARKDOWN = re.compile(r"\*\*|__|`|^\s*#|^\s*[-*•+]\s|^\s*\d+\.\s|\[|\]", re.MULTILINE)
+
+# International non-proprietary names a discharge text might mention; if one appears in the output but not in
+# the input, the model invented a drug. Spanish spellings, compared without accents.
+DRUGS = frozenset({
+    "paracetamol", "ibuprofeno", "naproxeno", "diclofenaco", "ketorolaco", "metamizol", "dexketoprofeno",
+    "tramadol", "morfina", "fentanilo", "oxicodona", "tapentadol", "codeina", "buprenorfina", "acido",
+    "acetilsalicilico", "clopidogrel", "ticagrelor", "prasugrel", "apixaban", "rivaroxaban", "edoxaban",
+    "dabigatran", "acenocumarol", "warfarina", "heparina", "enoxaparina", "bemiparina", "fondaparinux",
+    "amoxicilina", "ampicilina", "cloxacilina", "piperacilina", "tazobactam", "clavulanico", "cefazolina",
+    "cefuroxima", "ceftriaxona", "cefotaxima", "ceftazidima", "cefepima", "cefixima", "meropenem", "imipenem",
+    "ertapenem", "azitromicina", "claritromicina", "eritromicina", "levofloxacino", "ciprofloxacino",
+    "moxifloxacino", "doxiciclina", "vancomicina", "linezolid", "daptomicina", "gentamicina", "amikacina",
+    "tobramicina", "clindamicina", "metronidazol", "cotrimoxazol", "trimetoprima", "sulfametoxazol",
+    "nitrofurantoina", "fosfomicina", "rifampicina", "isoniazida", "pirazinamida", "etambutol", "fluconazol",
+    "voriconazol", "caspofungina", "aciclovir", "valaciclovir", "oseltamivir", "omeprazol", "esomeprazol",
+    "pantoprazol", "lansoprazol", "ranitidina", "famotidina", "metoclopramida", "ondansetron", "domperidona",
+    "loperamida", "lactulosa", "macrogol", "senosidos", "bisacodilo", "mesalazina", "budesonida", "prednisona",
+    "prednisolona", "metilprednisolona", "dexametasona", "hidrocortisona", "insulina", "glargina", "detemir",
+    "degludec", "aspart", "lispro", "metformina", "sitagliptina", "linagliptina", "vildagliptina",
+    "empagliflozina", "dapagliflozina", "canagliflozina", "gliclazida", "glimepirida", "liraglutida",
+    "semaglutida", "dulaglutida", "pioglitazona", "enalapril", "lisinopril", "ramipril", "captopril",
+    "perindopril", "losartan", "valsartan", "candesartan", "irbesartan", "olmesartan", "telmisartan",
+    "sacubitrilo", "amlodipino", "nifedipino", "diltiazem", "verapamilo", "bisoprolol", "carvedilol", "metoprolol",
+    "atenolol", "propranolol", "nebivolol", "furosemida", "torasemida", "hidroclorotiazida", "clortalidona",
+    "indapamida", "espironolactona", "eplerenona", "digoxina", "amiodarona", "dronedarona", "flecainida",
+    "ivabradina", "nitroglicerina", "mononitrato", "isosorbide", "ranolazina", "atorvastatina", "simvastatina",
+    "rosuvastatina", "pravastatina", "ezetimiba", "fenofibrato", "levotiroxina", "tiamazol", "carbimazol",
+    "alendronato", "risedronato", "denosumab", "calcio", "colecalciferol", "vitamina", "hierro", "sulfato",
+    "ferroso", "folico", "cianocobalamina", "salbutamol", "terbutalina", "ipratropio", "tiotropio", "bromuro",
+    "formoterol", "salmeterol", "vilanterol", "fluticasona", "beclometasona", "montelukast", "teofilina",
+    "acetilcisteina", "levetiracetam", "valproico", "valproato", "fenitoina", "carbamazepina", "lamotrigina",
+    "lacosamida", "topiramato", "gabapentina", "pregabalina", "clonazepam", "diazepam", "lorazepam", "alprazolam",
+    "midazolam", "zolpidem", "haloperidol", "quetiapina", "risperidona", "olanzapina", "aripiprazol", "sertralina",
+    "escitalopram", "citalopram", "fluoxetina", "paroxetina", "venlafaxina", "duloxetina", "mirtazapina",
+    "trazodona", "amitriptilina", "litio", "donepezilo", "rivastigmina", "memantina", "levodopa", "carbidopa",
+    "alopurinol", "febuxostat", "colchicina", "tamsulosina", "finasterida", "oxibutinina", "mirabegron",
+    "tacrolimus", "ciclosporina", "micofenolato", "azatioprina", "metotrexato", "hidroxicloroquina", "potasio",
+    "magnesio", "bicarbonato", "noradrenalina", "adrenalina", "dobutamina", "dopamina", "naloxona", "flumazenilo",
+    "tenecteplasa", "alteplasa",
+})
+_MULTIWORD = {"acido acetilsalicilico", "acido folico", "sulfato ferroso", "acido valproico"}
+_DRUG_PARTS = {"acido", "sulfato", "vitamina", "calcio", "potasio", "magnesio", "bicarbonato", "hierro", "bromuro"}
+
+
+@dataclass(frozen=True)
+class Finding:
+    code: str
+    message: str
+
+    def render(self) -> str:
+        return f"{self.code}: {self.message}"
+
+
+def _plain(text: str) -> str:
+    text = unicodedata.normalize("NFKD", text.lower())
+    return "".join(ch for ch in text if not unicodedata.combining(ch))
+
+
+def _flatten(value) -> str:
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _numbers(text: str) -> set[str]:
+    text = ATC.sub(" ", CIE10.sub(" ", text))
+    return {n.replace(",", ".") for n in NUMBER.findall(text)}
+
+
+def _drugs(text: str) -> set[str]:
+    words = re.findall(r"[a-z]+", _plain(text))
+    found = {w for w in words if w in DRUGS and w not in _DRUG_PARTS}
+    joined = " ".join(words)
+    found |= {m for m in _MULTIWORD if m in joined}
+    return found
+
+
+def check_epicrisis(case: dict | str, text: str) -> list[Finding]:
+    """All rule violations of an epicrisis `text` written from the structured `case` (dict or its JSON)."""
+    source = _flatten(case)
+    body = text.strip()
+    findings: list[Finding] = []
+    if not body.startswith("Ingresa por"):
+        findings.append(Finding("E001", "no empieza por «Ingresa por»"))
+    words = len(body.split())
+    if not 80 <= words <= 200:
+        findings.append(Finding("E002", f"tiene {words} palabras (se esperan 80–200)"))
+    if MARKDOWN.search(body):
+        findings.append(Finding("E003", "contiene formato markdown (negritas, listas, corchetes o encabezados)"))
+
+    for kind, pattern, code_missing, code_extra in (("CIE-10", CIE10, "E004", "E005"), ("ATC", ATC, "E006", "E007")):
+        wanted = set(pattern.findall(source))
+        written = set(pattern.findall(body))
+        in_parens = {c for c in written if re.search(r"\(\s*" + re.escape(c) + r"\s*\)", body)}
+        for code in sorted(wanted - in_parens):
+            findings.append(Finding(code_missing, f"el código {kind} {code} de la entrada no aparece entre paréntesis"))
+        for code in sorted(written - wanted):
+            findings.append(Finding(code_extra, f"el código {kind} {code} no está en la entrada"))
+
+    for number in sorted(_numbers(body) - _numbers(source)):
+        findings.append(Finding("E008", f"el número {number} no está en la entrada"))
+    for drug in sorted(_drugs(body) - _drugs(source)):
+        findings.append(Finding("E009", f"el fármaco «{drug}» no está en la entrada"))
+    return findings
