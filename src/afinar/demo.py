@@ -16,6 +16,9 @@ DEMO_RUN = Path("runs") / "demo-enfermeria"
 # The full recipe is 3 epochs over 288 examples (~220 steps); the demo stops at about a third of that so it
 # stays a few-minute job on a laptop CPU while the validation loss and the stop behaviour already change.
 DEMO_STEPS = 80
+# Greedy answers get room for the longest answer in the dataset (282 tokens): a cap below the typical answer
+# length (165) would cut a model that did learn to stop, and the side-by-side would call it "no sabe parar".
+DEMO_MAX_NEW_TOKENS = 320
 
 
 def shipped_recipe(name: str) -> Path:
@@ -67,7 +70,7 @@ def demo(output: str | Path = DEMO_RUN, epochs: float | None = None, max_steps: 
     ref = open_ref(run_dir)
     model, tokenizer = load_ref(ref, dtype=torch.float32)
     model.eval()
-    greedy = GenerationSection(temperature=0, repetition_penalty=1.1, max_new_tokens=160)
+    greedy = GenerationSection(temperature=0, repetition_penalty=1.1, max_new_tokens=DEMO_MAX_NEW_TOKENS)
     held_out = gather(ref.recipe.data).val[:questions]
     table = Table(show_lines=True, expand=True)
     table.add_column("Pregunta (validación)", ratio=2)

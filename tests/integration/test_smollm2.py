@@ -136,7 +136,7 @@ def test_train_merge_chat_end_to_end_from_the_cli(tmp_path, converted):
 
 def test_demo_runs_the_whole_path(tmp_path, converted, capsys):
     """`make demo` in miniature: 2 training steps, 1 contrast question, merge."""
-    from afinar.demo import demo
+    from afinar.demo import DEMO_MAX_NEW_TOKENS, demo
 
     run_dir = demo(output=tmp_path / "demo", max_steps=2, questions=1)
     out = capsys.readouterr().out
@@ -146,7 +146,7 @@ def test_demo_runs_the_whole_path(tmp_path, converted, capsys):
     row = contrast["greedy"][0]
     for side in ("base", "tuned"):
         assert row[side]["text"] and isinstance(row[side]["stopped"], bool)
-        assert row[side]["stopped"] or row[side]["tokens"] == 160  # stopped on its own, or hit the limit
+        assert row[side]["stopped"] or row[side]["tokens"] == DEMO_MAX_NEW_TOKENS  # stopped on its own, or hit the limit
     assert ("terminó solo" in out) or ("cortado" in out)
     assert (run_dir / "merged" / "model.safetensors").is_file() and (run_dir / "loss.png").is_file()
 
@@ -166,3 +166,23 @@ def test_every_shipped_recipe_fits_the_real_tokenizer(tmp_path, converted, capsy
     assert all(s["end_of_turn_trained"] for s in report["samples"])
     assert report["language"]["non_spanish_share"] < 0.02 and report["personal_data"]["count"] == 0
     assert 1.5 < report["tokens"]["spanish_vs_english"] < 2.5  # Spanish costs this tokenizer ~1.7x English
+
+
+@pytest.mark.parametrize("name", ["enfermeria", "epicrisis", "tutor_algoritmos", "ciencias"])
+def test_recipe_leaves_room_for_the_longest_answer(converted, name):
+    """A generation cap below the dataset's answers would cut a model that learned to stop."""
+    from afinar.config import load_recipe
+    from afinar.data.formats import load_examples
+    from afinar.demo import shipped_recipe
+    from afinar.models import load_tokenizer
+
+    recipe = load_recipe(shipped_recipe(name))
+    tokenizer = load_tokenizer(converted)
+    longest = max(
+        len(tokenizer(m["content"], add_special_tokens=False)["input_ids"])
+        for source in recipe.data.sources
+        for example in load_examples(Path(source.path))
+        for m in example.messages
+        if m["role"] == "assistant"
+    )
+    assert longest < recipe.generation.max_new_tokens

@@ -93,3 +93,16 @@ def test_recipe_report_goes_to_the_run_dir_and_training_accepts_it(tmp_path, cap
     (run_dir / "adapter").mkdir()
     _prepare_run_dir(run_dir, resume=False, overwrite=True)  # overwrite keeps the report
     assert (run_dir / "informe_datos").is_dir() and not (run_dir / "adapter").exists()
+
+
+def test_template_that_cannot_mark_tokens_is_reported_not_a_crash(tmp_path, capsys, tiny_base, monkeypatch):
+    import afinar.data.templates as templates
+    from afinar.errors import AfinarError
+
+    def refuse(*args, **kwargs):
+        raise AfinarError("T001", "la plantilla de chat del tokenizador no es incremental")
+
+    monkeypatch.setattr(templates, "encode", refuse)
+    code, _, report, _ = run(tmp_path, capsys, str(tiny_base))
+    assert report["tokens"]["available"] is False and report["tokens"]["reason"].startswith("T001")
+    assert report["samples"] == [] and report["duplicates"]["exact"] == 1 and code == 1

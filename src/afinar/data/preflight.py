@@ -74,12 +74,45 @@ def _resolve(path: Path, base: str | None, max_length: int | None):
     return data, base or "smollm2-135m", Path("runs") / f"inspect-{path.stem}" / REPORT_DIR, None
 
 
-def build_report(data: DataSection, tokenizer=None, tokenizer_note: str = "", show_examples: bool = False,
-                 seed: int = 0, progress: bool = True) -> dict:
-    """The whole pre-flight report as a JSON-ready dict (row text only if `show_examples`)."""
+def _token_section(examples: list[Example], tokenizer, data: DataSection, progress: bool) -> tuple[dict, dict]:
+    """Length statistics with the recipe's tokenizer and template, plus each example's encoding by place."""
     from tqdm.auto import tqdm
 
     from afinar.data.templates import encode, with_system
+
+    encoded = {}
+    prompt_len, answer_len, total_len, too_long = [], [], [], []
+    words = tokens = 0
+    for example in tqdm(examples, desc="Tokenizando", unit="ej", disable=not progress, dynamic_ncols=True):
+        enc = encode(tokenizer, with_system(example.messages, data.system_prompt), example.where)
+        encoded[example.where] = enc
+        prompt_len.append(len(enc.input_ids) - enc.n_trained)
+        answer_len.append(enc.n_trained)
+        total_len.append(len(enc.input_ids))
+        if len(enc.input_ids) > data.max_length:
+            too_long.append(example.where)
+        for message in example.messages:
+            if message["role"] in ("user", "assistant"):
+                words += len(message["content"].split())
+                tokens += len(tokenizer(message["content"], add_special_tokens=False)["input_ids"])
+    ref = {lang: len(tokenizer(t, add_special_tokens=False)["input_ids"]) / len(t.split()) for lang, t in REFERENCE.items()}
+    section = {
+        "available": True,
+        "prompt": _stats(prompt_len),
+        "answer": _stats(answer_len),
+        "total": _stats(total_len),
+        "too_long": {"count": len(too_long), "action": data.overlength, "places": _places(too_long)},
+        "tokens_per_word": round(tokens / words, 2) if words else None,
+        "reference_tokens_per_word": {k: round(v, 2) for k, v in ref.items()},
+        "spanish_vs_english": round(ref["es"] / ref["en"], 2),
+        "_lengths": {"prompt": prompt_len, "answer": answer_len, "total": total_len},
+    }
+    return section, encoded
+
+
+def build_report(data: DataSection, tokenizer=None, tokenizer_note: str = "", show_examples: bool = False,
+                 seed: int = 0, progress: bool = True) -> dict:
+    """The whole pre-flight report as a JSON-ready dict (row text only if `show_examples`)."""
     from afinar.data.validate import gather
 
     prepared = gather(data)
@@ -98,37 +131,14 @@ def build_report(data: DataSection, tokenizer=None, tokenizer_note: str = "", sh
     }
 
     # --- tokens: lengths, what does not fit, cost of Spanish -------------------------------------
-    encoded = {}
-    if tokenizer is not None:
-        prompt_len, answer_len, total_len, too_long = [], [], [], []
-        words = tokens = 0
-        for example in tqdm(examples, desc="Tokenizando", unit="ej", disable=not progress, dynamic_ncols=True):
-            enc = encode(tokenizer, with_system(example.messages, data.system_prompt), example.where)
-            encoded[example.where] = enc
-            trained = enc.n_trained
-            prompt_len.append(len(enc.input_ids) - trained)
-            answer_len.append(trained)
-            total_len.append(len(enc.input_ids))
-            if len(enc.input_ids) > data.max_length:
-                too_long.append(example.where)
-            for message in example.messages:
-                if message["role"] in ("user", "assistant"):
-                    words += len(message["content"].split())
-                    tokens += len(tokenizer(message["content"], add_special_tokens=False)["input_ids"])
-        ref = {lang: len(tokenizer(t, add_special_tokens=False)["input_ids"]) / len(t.split()) for lang, t in REFERENCE.items()}
-        report["tokens"] = {
-            "available": True,
-            "prompt": _stats(prompt_len),
-            "answer": _stats(answer_len),
-            "total": _stats(total_len),
-            "too_long": {"count": len(too_long), "action": data.overlength, "places": _places(too_long)},
-            "tokens_per_word": round(tokens / words, 2) if words else None,
-            "reference_tokens_per_word": {k: round(v, 2) for k, v in ref.items()},
-            "spanish_vs_english": round(ref["es"] / ref["en"], 2),
-            "_lengths": {"prompt": prompt_len, "answer": answer_len, "total": total_len},
-        }
-    else:
+    encoded: dict = {}
+    if tokenizer is None:
         report["tokens"] = {"available": False, "reason": tokenizer_note}
+    else:
+        try:
+            report["tokens"], encoded = _token_section(examples, tokenizer, data, progress)
+        except AfinarError as exc:  # e.g. a chat template that cannot mark assistant tokens (T001)
+            report["tokens"] = {"available": False, "reason": f"{exc.code}: {exc.message}"}
 
     # --- answers that teach little ------------------------------------------------------------
     short = [e.where for e in examples if len(_text_of(e, "assistant").split()) < SHORT_ANSWER_WORDS]
