@@ -10,12 +10,20 @@ from pathlib import Path
 from typing import TextIO
 
 
+def _usual_mode(bits: int) -> int:
+    """`bits` minus the process umask: mkstemp/mkdtemp make private files, artifacts should not be."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return bits & ~umask
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike) -> Iterator[TextIO]:
     """A text handle on a temporary sibling file, renamed onto `path` only if the block ends without error."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.chmod(tmp, _usual_mode(0o666))
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             yield handle
@@ -43,10 +51,7 @@ def atomic_dir(final: str | os.PathLike, overwrite: bool = False) -> Iterator[Pa
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
-    # mkdtemp makes the folder private (0700); the artifact should get the usual permissions.
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)
+    tmp.chmod(_usual_mode(0o777))
     try:
         yield tmp
         if final.exists():

@@ -1,3 +1,5 @@
+import os
+
 import pytest
 
 from afinar import hardware
@@ -75,3 +77,15 @@ def test_offline_hub_id_gives_a_spanish_error(monkeypatch):
     with pytest.raises(AfinarError) as err:
         load_tokenizer("afinar-pruebas/modelo-que-no-existe")
     assert err.value.code == "M003" and "conexión" in err.value.message
+
+
+def test_artifacts_get_the_usual_permissions_not_mkstemps_private_ones(tmp_path):
+    umask = os.umask(0o022)
+    try:
+        path = atomic_write_text(tmp_path / "a.json", "{}")
+        with atomic_dir(tmp_path / "carpeta") as tmp:
+            (tmp / "x").write_text("x", encoding="utf-8")
+    finally:
+        os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "carpeta").stat().st_mode & 0o777 == 0o755

@@ -96,7 +96,7 @@ def test_recipe_report_goes_to_the_run_dir_and_training_accepts_it(tmp_path, cap
 
 
 def test_template_that_cannot_mark_tokens_is_reported_not_a_crash(tmp_path, capsys, tiny_base, monkeypatch):
-    import afinar.data.templates as templates
+    from afinar.data import templates
     from afinar.errors import AfinarError
 
     def refuse(*args, **kwargs):
