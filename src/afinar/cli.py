@@ -28,6 +28,31 @@ def _cmd_inspect(args) -> int:
     )
 
 
+def _cmd_eval(args) -> int:
+    from afinar.evaluate.report import check_gates, print_summary
+    from afinar.evaluate.run import REPORT_DIR, evaluate_run
+
+    metrics = evaluate_run(
+        args.run,
+        split=args.split,
+        n=args.n,
+        passes=("greedy",) if args.solo_greedy else ("greedy", "sampled"),
+        base=args.base,
+        all_checkpoints=args.todos_los_checkpoints,
+        forgetting_threshold=args.umbral_olvido,
+        max_new_tokens=args.max_new_tokens,
+        show_examples=args.mostrar_ejemplos,
+        progress=not args.sin_progreso,
+    )
+    print_summary(metrics)
+    print(f"Informe: {metrics['run']}/{REPORT_DIR}/index.html (y metrics.json)")
+    failed = 0
+    for gate, passed, value in check_gates(metrics, args.exigir or []):
+        print(f"{'✓' if passed else '✗'} {gate} (valor: {value})")
+        failed += not passed
+    return 1 if failed else 0
+
+
 def _cmd_import_smc(args) -> int:
     from afinar.data.smc import import_smc, print_summary
 
@@ -116,6 +141,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mostrar-ejemplos", action="store_true", help="muestra el texto de 3 ejemplos con los tokens entrenados marcados")
     p.add_argument("--sin-progreso", action="store_true", help="sin barra de progreso")
     p.set_defaults(func=_cmd_inspect)
+
+    p = sub.add_parser("eval", help="contraste base vs afinado, comprobaciones de dominio, guardia contra el olvido e informe")
+    p.add_argument("run", help="carpeta de la ejecución (runs/<nombre>)")
+    p.add_argument("--split", default="val", help="'val' (la validación de la receta) o un archivo .jsonl")
+    p.add_argument("--n", type=int, default=5, help="preguntas a generar con cada modelo (por defecto 5)")
+    p.add_argument("--base", help="modelo base sobre el que cargar el adaptador (por defecto el del entrenamiento)")
+    p.add_argument("--todos-los-checkpoints", action="store_true", help="evalúa cada checkpoint guardado y nombra el mejor")
+    p.add_argument("--umbral-olvido", type=float, default=0.10, help="subida máxima de la pérdida en español general (0.10 = 10 %%)")
+    p.add_argument("--exigir", action="append", metavar="CONDICIÓN", help='p. ej. "checks.epicrisis>=0.8"; sale con 1 si no se cumple')
+    p.add_argument("--solo-greedy", action="store_true", help="sin la pasada con el muestreo de la receta (la mitad de tiempo)")
+    p.add_argument("--max-new-tokens", type=int, help="tope de tokens por respuesta (por defecto el de la receta)")
+    p.add_argument("--mostrar-ejemplos", action="store_true", help="muestra preguntas y referencias de tus datos en el informe")
+    p.add_argument("--sin-progreso", action="store_true")
+    p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("import", help="convierte un corpus externo en ejemplos de chat JSONL")
     importers = p.add_subparsers(dest="source", required=True, metavar="FUENTE")

@@ -88,6 +88,8 @@ class Recipe(Strict):
     lora: LoraSection = LoraSection()
     train: TrainSection = TrainSection()
     generation: GenerationSection = GenerationSection()
+    # Domain checks `afinar eval` runs on every generation (see afinar.evaluate.checks.CHECKS).
+    checks: list[Literal["epicrisis", "enfermeria", "tutor"]] = []
     output_dir: str | None = None
 
     def run_dir(self) -> Path:

@@ -25,30 +25,14 @@ def shipped_recipe(name: str) -> Path:
     return Path(str(importlib.resources.files("afinar.recipes").joinpath(f"{name}.yaml")))
 
 
-def _cell(reply, gen):
-    from rich.text import Text
-
-    cell = Text(reply.text)
-    if reply.stopped:
-        cell.append("\n✓ terminó solo", style="green")
-    else:
-        cell.append(f"\n✗ cortado a los {gen.max_new_tokens} tokens: no sabe parar", style="red")
-    return cell
-
-
 def demo(output: str | Path = DEMO_RUN, epochs: float | None = None, max_steps: int | None = None, questions: int = 3) -> Path:
     import math
 
-    import torch
     from rich.console import Console
-    from rich.table import Table
-    from rich.text import Text
 
-    from afinar.config import GenerationSection
-    from afinar.data.validate import gather
-    from afinar.inference.chat import generate
+    from afinar.evaluate.report import print_summary
+    from afinar.evaluate.run import evaluate_run
     from afinar.merge import merge
-    from afinar.runs import load_ref, open_ref
     from afinar.train import read_metrics, train
 
     console = Console()
@@ -66,41 +50,24 @@ def demo(output: str | Path = DEMO_RUN, epochs: float | None = None, max_steps: 
         f"afinado {after:.3f} (perplejidad {math.exp(after):.1f})"
     )
 
-    console.rule("2/3 · Contraste: mismas preguntas de validación, base vs afinado")
-    ref = open_ref(run_dir)
-    model, tokenizer = load_ref(ref, dtype=torch.float32)
-    model.eval()
-    greedy = GenerationSection(temperature=0, repetition_penalty=1.1, max_new_tokens=DEMO_MAX_NEW_TOKENS)
-    held_out = gather(ref.recipe.data).val[:questions]
-    table = Table(show_lines=True, expand=True)
-    table.add_column("Pregunta (validación)", ratio=2)
-    table.add_column("Modelo base", ratio=3)
-    table.add_column("Afinado", ratio=3)
-    contrast = []
-    for example in held_out:
-        messages = [m for m in example.messages if m["role"] != "assistant"]
-        if ref.system_prompt:
-            messages = [{"role": "system", "content": ref.system_prompt}, *messages]
-        with model.disable_adapter():
-            base_reply = generate(model, tokenizer, messages, greedy)
-        tuned_reply = generate(model, tokenizer, messages, greedy)
-        # The demo's data is the shipped first-aid set, not user data, so showing the question is safe.
-        # Text() so that brackets in model output are not taken for rich markup.
-        table.add_row(Text(messages[-1]["content"]), _cell(base_reply, greedy), _cell(tuned_reply, greedy))
-        contrast.append(
-            {
-                "where": example.where,
-                "question": messages[-1]["content"],
-                "base": {"text": base_reply.text, "stopped": base_reply.stopped, "tokens": base_reply.new_tokens},
-                "tuned": {"text": tuned_reply.text, "stopped": tuned_reply.stopped, "tokens": tuned_reply.new_tokens},
-            }
-        )
-    console.print(table)
+    console.rule("2/3 · Evaluación: mismas preguntas de validación, base vs afinado")
+    # Greedy only: the recipe-sampling pass would double the demo's generation time (`afinar eval` does both).
+    metrics = evaluate_run(
+        run_dir, n=questions, passes=("greedy",), max_new_tokens=DEMO_MAX_NEW_TOKENS, show_examples=True
+    )
+    print_summary(metrics, console)
+    contrast = [
+        {
+            "where": sample["where"],
+            "question": sample["question"],
+            **{side: {k: sample["outputs"]["greedy"][side][k] for k in ("text", "stopped", "tokens")} for side in ("base", "tuned")},
+        }
+        for sample in metrics["samples"]
+    ]
     atomic_write_text(
         run_dir / "contraste.json",
         json.dumps({"eval_loss": {"base": before, "tuned": after}, "greedy": contrast}, indent=2, ensure_ascii=False),
     )
-    del model
 
     console.rule("3/3 · Fusión del adaptador en un modelo independiente")
     merged = merge(run_dir, overwrite=True)
@@ -108,6 +75,7 @@ def demo(output: str | Path = DEMO_RUN, epochs: float | None = None, max_steps: 
         f"\nTodo en {run_dir}:\n"
         f"  adaptador LoRA, receta y métricas: {run_dir}\n"
         f"  curva de pérdida:                  {run_dir / 'loss.png'}\n"
+        f"  informe de evaluación:             {run_dir / 'informe' / 'index.html'}\n"
         f"  contraste base vs afinado:         {run_dir / 'contraste.json'}\n"
         f"  modelo fusionado (safetensors):    {merged}\n"
         f"Prueba tú:  afinar chat {merged}\n"

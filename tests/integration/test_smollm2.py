@@ -129,6 +129,23 @@ def test_train_merge_chat_end_to_end_from_the_cli(tmp_path, converted):
     assert "Pérdida de validación inicial" in out and (run_dir / "adapter_model.safetensors").is_file()
     out = afinar("merge", str(run_dir))
     assert "✓" in out and (run_dir / "merged" / "model.safetensors").is_file()
+    # the contrast on the real base: 2 held-out prompts, base vs tuned, report + metrics.json + gate
+    held_out = tmp_path / "prueba.jsonl"
+    held_out.write_text(
+        json.dumps({"instruction": "¿Qué hago si me corto con un cuchillo?", "output": "Presiona la herida con una gasa limpia."},
+                   ensure_ascii=False) + "\n"
+        + json.dumps({"instruction": "¿Cómo enfrío una quemadura?", "output": "Con agua corriente durante veinte minutos."},
+                     ensure_ascii=False) + "\n",
+        encoding="utf-8",
+    )
+    out = afinar("eval", str(run_dir), "--split", str(held_out), "--n", "2", "--max-new-tokens", "24", "--sin-progreso",
+                 "--exigir", "loss.tuned<=20")
+    assert "Antes y después" in out and "✓ loss.tuned<=20" in out
+    metrics = json.loads((run_dir / "informe" / "metrics.json").read_text(encoding="utf-8"))
+    assert metrics["generated"] == 2 and set(metrics["generation"]) == {"greedy", "sampled"}
+    assert metrics["forgetting"]["base"] > 0 and metrics["forgetting"]["examples"] == 56
+    assert all(s["outputs"]["greedy"][side]["text"] for s in metrics["samples"] for side in ("base", "tuned"))
+    assert (run_dir / "informe" / "index.html").is_file()
     for target in (run_dir, run_dir / "merged"):
         answer = afinar("chat", str(target), "--prompt", "¿Qué hago con una quemadura?", "--max-new-tokens", "12", "--temperature", "0")
         assert answer.strip()
@@ -149,6 +166,7 @@ def test_demo_runs_the_whole_path(tmp_path, converted, capsys):
         assert row[side]["stopped"] or row[side]["tokens"] == DEMO_MAX_NEW_TOKENS  # stopped on its own, or hit the limit
     assert ("terminó solo" in out) or ("cortado" in out)
     assert (run_dir / "merged" / "model.safetensors").is_file() and (run_dir / "loss.png").is_file()
+    assert (run_dir / "informe" / "index.html").is_file() and "informe" in out
 
 
 @pytest.mark.parametrize("name", ["enfermeria", "epicrisis", "tutor_algoritmos", "ciencias"])

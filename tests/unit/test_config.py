@@ -118,6 +118,7 @@ def test_each_assistant_has_its_recipe_with_the_guides_settings():
     tutor = recipes["tutor_algoritmos"]
     assert set(tutor.lora.target_modules) == {"q_proj", "k_proj", "v_proj", "o_proj"} and tutor.train.gradient_checkpointing
     assert "dense" in (RECIPES[0].parent / "tutor_algoritmos.yaml").read_text(encoding="utf-8")  # Phi-2's name for o_proj
+    assert (enf.checks, epi.checks, tutor.checks) == (["enfermeria"], ["epicrisis"], ["tutor"])
     sci = recipes["ciencias"]
     assert sci.lora.r == 16 and set(sci.lora.target_modules) == ALL_PROJECTIONS
     guides = {"epicrisis": "Qwen2.5-1.5B-Instruct", "tutor_algoritmos": "microsoft/phi-2", "ciencias": "Llama-3.2-1B"}

@@ -14,8 +14,8 @@ from afinar.data.pii import find_pii
 from afinar.data.validate import gather
 from afinar.evaluate.checks import MARKDOWN, check_epicrisis
 
-NAMES = ["primeros_auxilios", "epicrisis", "tutor_algoritmos", "ciencias_biologia"]
-MINIMUM = {"primeros_auxilios": 300, "epicrisis": 120, "tutor_algoritmos": 100, "ciencias_biologia": 100}
+NAMES = ["primeros_auxilios", "epicrisis", "tutor_algoritmos", "ciencias_biologia", "general_es"]
+MINIMUM = {"primeros_auxilios": 300, "epicrisis": 120, "tutor_algoritmos": 100, "ciencias_biologia": 100, "general_es": 50}
 TUTOR_SYSTEM = (
     "Eres un tutor de algoritmos y estructuras de datos. Explicas en español, paso a paso y con paciencia, con "
     "ejemplos cortos en Python e indicando el coste en notación O grande."
@@ -112,3 +112,11 @@ def test_science_interleaves_long_and_short():
     kinds = "".join("L" if w >= 100 else "S" for w in words)
     assert "LLL" not in kinds and "SSS" not in kinds  # interleaved, not blocks
     assert not any(MARKDOWN.search(r["output"]) for r in data)
+
+
+def test_general_set_is_general():
+    """The forgetting guard must not overlap the domains it guards."""
+    text = " ".join(r["instruction"] + " " + r["output"] for r in rows("general_es")).lower()
+    for word in ("112", "quemadura", "paciente", "algoritmo", "python", "fotosíntesis", "célula"):
+        assert word not in text, word
+    assert not any(MARKDOWN.search(r["output"]) for r in rows("general_es"))

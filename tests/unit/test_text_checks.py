@@ -77,6 +77,7 @@ def test_language_share():
         ("escribe a nombre.apellido@hospital.es", ["email"]),
         ("La paciente María López refiere dolor", ["nombre"]),
         ("Paciente masculino de 72 años. Paciente Diabético.", []),
+        ("Don Quijote sale de La Mancha con Sancho.", []),  # fiction, not a patient
         ("Amoxicilina (J01CR02) 875/125 mg cada 8 horas, J18.9, 112, 2024", []),
     ],
 )

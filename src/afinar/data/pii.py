@@ -16,7 +16,7 @@ _PHONE = re.compile(
 )
 _EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
 _CAP = r"[A-ZÁÉÍÓÚÑ][a-záéíóúñü]+"
-_NAME = re.compile(r"(?i:\b(?:paciente|pacienta|sr\.|sra\.|señor|señora|don|doña)\s+)(" + _CAP + r"(?:\s+" + _CAP + r")*)")
+_NAME = re.compile(r"(?i:\b(?:paciente|pacienta|sr\.|sra\.|señor|señora)\s+)(" + _CAP + r"(?:\s+" + _CAP + r")*)")
 # Capitalised words that follow "paciente" without being a name.
 _NOT_NAMES = {
     "Con", "De", "Del", "En", "Que", "Se", "El", "La", "Los", "Las", "Un", "Una", "Al", "Ingresa", "Ingresó",

@@ -120,3 +120,73 @@ def check_epicrisis(case: dict | str, text: str) -> list[Finding]:
     for drug in sorted(_drugs(body) - _drugs(source)):
         findings.append(Finding("E009", f"el fármaco «{drug}» no está en la entrada"))
     return findings
+
+
+# --- enfermería ------------------------------------------------------------------------------------
+
+EMERGENCY = re.compile(r"\b112\b|\b911\b|emergencias|ambulancia|urgencias|servicios? de emergencia", re.IGNORECASE)
+NEGATION = {"no", "nunca", "jamas", "evita", "evitar", "ni", "mito", "tampoco", "sin", "nada"}
+# Advice that current first-aid guidance (ERC/ILCOR 2021, Cruz Roja) calls harmful. Patterns are matched on text
+# without accents; a match is flagged unless one of the 6 words before it is a negation ("no pongas mantequilla",
+# "es un mito que…" are the right advice).
+DANGEROUS = {
+    "mantequilla, aceite o pasta de dientes en una quemadura": r"\b(mantequilla|aceite|pasta de dientes)\b",
+    "hielo directo sobre la piel": r"\bhielo\b[^.;]*\b(directamente|directo|sobre la (piel|quemadura))",
+    "provocar el vómito": r"\b(provoc|induc)\w*\b[^.;]*\bvomit",
+    "succionar el veneno": r"\b(succion|chup|sorb)\w*\b[^.;]*\bveneno",
+    "echar la cabeza hacia atrás en una hemorragia nasal": r"\bcabeza\b[^.;]*\bhacia atras",
+    "meter algo en la boca durante una convulsión": r"\b(mete|introduce|pon)\w*\b[^.;]*\ben (la|su) boca",
+    "dar de beber o comer a alguien inconsciente": r"\b(da|dale|ofrece)\w*\b[^.;]*\b(beber|agua|comer)\b[^.;]*\binconsciente",
+    "alcohol para entrar en calor en una hipotermia": r"\balcohol\b[^.;]*\b(calor|calentar|hipotermia)",
+}
+_DANGEROUS = {label: re.compile(pattern) for label, pattern in DANGEROUS.items()}
+
+
+def check_enfermeria(output: str, reference: str = "") -> list[Finding]:
+    """N001: the reference sends to emergency services and the answer does not; N002: dangerous advice."""
+    findings = []
+    if EMERGENCY.search(reference) and not EMERGENCY.search(output):
+        findings.append(Finding("N001", "la referencia indica llamar a emergencias (112) y la respuesta no"))
+    for sentence in re.split(r"(?<=[.!?;])\s+", _plain(output)):
+        for label, pattern in _DANGEROUS.items():
+            match = pattern.search(sentence)
+            if match and not NEGATION & set(re.findall(r"[a-z]+", sentence[: match.start()])[-6:]):
+                findings.append(Finding("N002", f"consejo peligroso: {label}"))
+    return findings
+
+
+# --- tutor -----------------------------------------------------------------------------------------
+
+CODE_BLOCK = re.compile(r"```(?:python|py)\s*\n(.*?)(?:```|$)", re.DOTALL)
+
+
+def check_tutor(output: str) -> list[Finding]:
+    """P001: a Python code block that does not parse (an unclosed block at the end counts as cut)."""
+    import ast
+
+    findings = []
+    for index, block in enumerate(CODE_BLOCK.findall(output), start=1):
+        try:
+            ast.parse(block)
+        except SyntaxError as exc:
+            findings.append(Finding("P001", f"el bloque de código {index} no es Python válido (línea {exc.lineno})"))
+    return findings
+
+
+def case_from_prompt(prompt: str) -> dict | str:
+    """The structured input of an epicrisis prompt (instruction + compact JSON); the raw text if it is not JSON."""
+    start = prompt.find("{")
+    if start >= 0:
+        try:
+            return json.loads(prompt[start:])
+        except json.JSONDecodeError:
+            pass
+    return prompt
+
+
+# name in a recipe's `checks:` → function(prompt, reference, output) -> findings
+CHECKS = {
+    "epicrisis": lambda prompt, reference, output: check_epicrisis(case_from_prompt(prompt), output),
+    "enfermeria": lambda prompt, reference, output: check_enfermeria(output, reference),
+    "tutor": lambda prompt, reference, output: check_tutor(output),
+}

@@ -1,0 +1,244 @@
+"""`afinar eval RUN`: the guides' "pruebas de contraste" and hand-ticked checklist, measured.
+
+One model in memory: the base is the same PEFT model with its adapter disabled, so base and tuned see exactly the
+same prompts, weights and generation settings. Everything lands in `RUN/informe/metrics.json` (stable keys, see
+README) and a self-contained `RUN/informe/index.html`.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+from afinar.config import GenerationSection
+from afinar.data.formats import Example, Problem, load_examples, shipped_dataset
+from afinar.errors import AfinarError
+from afinar.evaluate.checks import CHECKS
+from afinar.evaluate.metrics import measure
+
+SCHEMA = "afinar.eval/1"
+REPORT_DIR = "informe"
+GENERAL_SET = "general_es"
+GENERAL_SYSTEM = "Eres un asistente útil. Respondes en español de forma clara y correcta."
+PASSES = ("greedy", "sampled")
+SIDES = ("base", "tuned")
+
+
+def _examples(recipe, split: str) -> tuple[list[Example], bool]:
+    """Held-out examples and whether their text may be shown (only shipped datasets, never user data by default)."""
+    from afinar.data.validate import gather
+
+    if split == "val":
+        prepared = gather(recipe.data)
+        if not prepared.val:
+            raise AfinarError("V003", "la receta no deja ejemplos de validación (val_fraction = 0).",
+                              hint="indica un archivo: afinar eval RUN --split datos_prueba.jsonl")
+        shipped = all(Path(s.path).parent == shipped_dataset(GENERAL_SET).parent for s in recipe.data.sources)
+        return prepared.val, shipped
+    problems: list[Problem] = []
+    examples = load_examples(Path(split), "auto", problems)
+    errors = [p for p in problems if p.severity == "error"]
+    if errors or not examples:
+        detail = "\n  ".join(p.render() for p in errors[:10]) or "el archivo no tiene ejemplos"
+        raise AfinarError("V003", f"no se puede evaluar con {split}:\n  {detail}")
+    return examples, False
+
+
+def _mean(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return round(sum(values) / len(values), 4) if values else None
+
+
+def _summary(rows: list[dict]) -> dict:
+    return {
+        "stop_rate": _mean(float(r["stopped"]) for r in rows),
+        "repetition": _mean(r["repetition"] for r in rows),
+        "spanish": _mean(r["spanish"] for r in rows),
+        "words": _mean(r["words"] for r in rows),
+        "chrf": _mean(r["chrf"] for r in rows),
+    }
+
+
+def _loss_pair(model, encoded, pad_id) -> dict:
+    from afinar.train import evaluate_loss
+
+    with model.disable_adapter():
+        base = evaluate_loss(model, encoded, 4, pad_id, nullcontext)
+    tuned = evaluate_loss(model, encoded, 4, pad_id, nullcontext)
+    if base is None or tuned is None:
+        return {"base": None, "tuned": None}
+    return {
+        "base": round(base, 4),
+        "tuned": round(tuned, 4),
+        "ppl_base": round(math.exp(min(base, 50)), 3),
+        "ppl_tuned": round(math.exp(min(tuned, 50)), 3),
+        "delta": round(tuned - base, 4),
+    }
+
+
+def _checkpoint_losses(model, run_dir: Path, encoded, pad_id) -> list[dict]:
+    """Validation loss of every saved checkpoint, then the final adapter back in place."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    from afinar.train import checkpoint_dirs, evaluate_loss
+
+    rows = []
+    for folder in checkpoint_dirs(run_dir):
+        set_peft_model_state_dict(model, load_file(str(folder / "adapter_model.safetensors")))
+        loss = evaluate_loss(model, encoded, 4, pad_id, nullcontext)
+        rows.append({"checkpoint": folder.name, "step": int(folder.name.split("-")[1]), "eval_loss": round(loss, 4)})
+    set_peft_model_state_dict(model, load_file(str(run_dir / "adapter_model.safetensors")))
+    final = evaluate_loss(model, encoded, 4, pad_id, nullcontext)
+    rows.append({"checkpoint": "final", "step": None, "eval_loss": round(final, 4)})
+    return rows
+
+
+def evaluate_run(
+    run: str | Path,
+    split: str = "val",
+    n: int = 5,
+    passes: tuple[str, ...] = PASSES,
+    base: str | None = None,
+    all_checkpoints: bool = False,
+    forgetting_threshold: float = 0.10,
+    max_new_tokens: int | None = None,
+    show_examples: bool = False,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict:
+    """Evaluate a run folder (base + LoRA adapter) and write RUN/informe/{metrics.json,index.html}."""
+    import torch
+    from peft import PeftModel
+    from tqdm.auto import tqdm
+
+    from afinar.data.templates import encode_examples, with_system
+    from afinar.evaluate.report import write_report
+    from afinar.inference.chat import generate
+    from afinar.models import load_model, load_tokenizer
+    from afinar.runs import open_ref
+
+    started = time.time()
+    ref = open_ref(run)
+    if ref.kind != "run" or ref.recipe is None:
+        raise AfinarError("V001", "afinar eval necesita la carpeta de una ejecución (adaptador LoRA + recipe.yaml).",
+                          where=str(ref.path), hint="pasa runs/<nombre>, no la carpeta merged/")
+    recipe = ref.recipe
+    unknown = [c for c in passes if c not in PASSES]
+    if unknown or not passes:
+        raise AfinarError("V005", f"pasada de generación desconocida: {', '.join(unknown)}", hint="greedy, sampled")
+    examples, shippable = _examples(recipe, split)
+    show_text = show_examples or shippable
+
+    base_path = base or ref.base_path
+    tokenizer = load_tokenizer(str(ref.path))
+    model = PeftModel.from_pretrained(load_model(base_path, dtype=torch.float32), str(ref.path))
+    model.eval()
+    pad = tokenizer.pad_token_id
+
+    # --- losses: held-out answers and the general-Spanish forgetting guard -------------------------
+    encoded, _, _ = encode_examples(tokenizer, examples, recipe.data.system_prompt, recipe.data.max_length, "drop")
+    loss = _loss_pair(model, encoded, pad)
+    general = load_examples(shipped_dataset(GENERAL_SET))
+    general_encoded, _, _ = encode_examples(tokenizer, general, GENERAL_SYSTEM, 1024, "drop")
+    forgetting = _loss_pair(model, general_encoded, pad)
+    ratio = forgetting["tuned"] / forgetting["base"] if forgetting["base"] else None
+    forgetting.update(
+        ratio=round(ratio, 4) if ratio else None,
+        threshold=forgetting_threshold,
+        flagged=bool(ratio and ratio > 1 + forgetting_threshold),
+        examples=len(general_encoded),
+    )
+    checkpoints = _checkpoint_losses(model, ref.path, encoded, pad) if all_checkpoints else []
+
+    # --- the contrast: same prompts, base vs tuned, greedy and with the recipe's sampling ----------
+    settings = {
+        "greedy": recipe.generation.model_copy(update={"temperature": 0.0}),
+        "sampled": recipe.generation,
+    }
+    if max_new_tokens:
+        settings = {k: v.model_copy(update={"max_new_tokens": max_new_tokens}) for k, v in settings.items()}
+    chosen = examples[:n]
+    samples = []
+    bar = tqdm(total=len(chosen) * len(passes) * 2, desc="Generando", unit="resp", disable=not progress, dynamic_ncols=True)
+    for i, example in enumerate(chosen):
+        # The last assistant turn is the reference; earlier turns stay as context.
+        last = max(k for k, m in enumerate(example.messages) if m["role"] == "assistant")
+        prompt_messages = with_system(example.messages[:last], recipe.data.system_prompt)
+        reference = example.messages[last]["content"]
+        question = example.messages[last - 1]["content"]
+        sample = {"where": example.where, "outputs": {}}
+        if show_text:
+            sample.update(question=question, reference=reference)
+        for name in passes:
+            gen: GenerationSection = settings[name]
+            sample["outputs"][name] = {}
+            for side in SIDES:
+                context = model.disable_adapter() if side == "base" else nullcontext()
+                with context:
+                    reply = generate(model, tokenizer, prompt_messages, gen, seed=seed + i if name == "sampled" else None)
+                row = {"text": reply.text, **measure(reply.text, reference, reply.stopped, reply.new_tokens)}
+                row["findings"] = {
+                    check: [f.render() for f in CHECKS[check](question, reference, reply.text)] for check in recipe.checks
+                }
+                sample["outputs"][name][side] = row
+                bar.update(1)
+        samples.append(sample)
+    bar.close()
+
+    generation = {
+        name: {side: _summary([s["outputs"][name][side] for s in samples]) for side in SIDES} for name in passes
+    }
+    check_pass = "greedy" if "greedy" in passes else passes[0]
+    checks, checks_detail = {}, {}
+    for check in recipe.checks:
+        rates = {}
+        for side in SIDES:
+            rows = [s["outputs"][check_pass][side]["findings"][check] for s in samples]
+            rates[side] = round(sum(1 for f in rows if not f) / len(rows), 4) if rows else None
+        checks[check] = rates["tuned"]
+        failures = [
+            {"where": s["where"], "findings": s["outputs"][check_pass]["tuned"]["findings"][check]}
+            for s in samples
+            if s["outputs"][check_pass]["tuned"]["findings"][check]
+        ]
+        checks_detail[check] = {"pass": check_pass, "base": rates["base"], "tuned": rates["tuned"], "failures": failures}
+
+    best = min((c for c in checkpoints if c["eval_loss"] is not None), key=lambda c: c["eval_loss"], default=None)
+    run_dir = Path(ref.path)
+    metrics = {
+        "schema": SCHEMA,
+        "run": str(run_dir),
+        "recipe": recipe.name,
+        "base": base_path,
+        "split": split,
+        "examples": len(encoded),
+        "generated": len(samples),
+        "loss": loss,
+        "generation": generation,
+        "checks": checks,
+        "checks_detail": checks_detail,
+        "forgetting": forgetting,
+        "checkpoints": checkpoints,
+        "best_checkpoint": best,
+        "samples": samples,
+        "shows_prompts": show_text,
+        "meta": _meta(run_dir, time.time() - started),
+    }
+    write_report(run_dir / REPORT_DIR, metrics)
+    return metrics
+
+
+def _meta(run_dir: Path, seconds: float) -> dict:
+    def read(name):
+        path = run_dir / name
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+    return {
+        "eval_seconds": round(seconds, 1),
+        "run_info": read("afinar_run.json"),
+        "data_fingerprint": read("data_fingerprint.json"),
+        "recipe_yaml": (run_dir / "recipe.yaml").read_text(encoding="utf-8") if (run_dir / "recipe.yaml").is_file() else None,
+    }

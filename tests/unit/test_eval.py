@@ -1,0 +1,155 @@
+"""`afinar eval` on a tiny trained run, the domain checks on hand-written texts, and the CI gates."""
+import json
+import math
+
+import pytest
+
+from afinar.cli import main
+from afinar.config import recipe_from_dict
+from afinar.errors import AfinarError
+from afinar.evaluate.checks import (
+    CHECKS,
+    case_from_prompt,
+    check_enfermeria,
+    check_tutor,
+)
+from afinar.evaluate.metrics import chrf, repetition, spanish_share
+from afinar.evaluate.report import check_gates
+from afinar.evaluate.run import evaluate_run
+from afinar.train import train
+
+# --- checks on hand-written texts --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text, codes",
+    [
+        ("Enfría la quemadura con agua corriente 20 minutos. Si es extensa, llama al 112.", []),
+        ("No pongas mantequilla ni pasta de dientes. Enfría con agua y llama al 112.", []),  # myth, negated
+        ("Pon mantequilla en la quemadura para calmar el dolor. Llama al 112.", ["N002"]),
+        ("Aplica hielo directamente sobre la piel quemada. Llama a emergencias.", ["N002"]),
+        ("Provócale el vómito cuanto antes y llama al 112.", ["N002"]),
+        ("Inclina la cabeza hacia atrás para que deje de sangrar la nariz; si no para, acude a urgencias.", ["N002"]),
+        ("Enfría la quemadura con agua corriente durante 20 minutos.", ["N001"]),  # reference says 112
+    ],
+)
+def test_enfermeria_check(text, codes):
+    reference = "Enfría con agua corriente y, si la quemadura es grande, llama al 112."
+    assert [f.code for f in check_enfermeria(text, reference)] == codes
+
+
+def test_enfermeria_does_not_demand_112_when_the_reference_does_not():
+    assert check_enfermeria("Lava la rozadura con agua y jabón.", "Lava la zona con agua y jabón.") == []
+
+
+def test_tutor_check():
+    good = "Una pila:\n```python\npila = []\npila.append(1)\nprint(pila.pop())\n```\nCoste O(1)."
+    bad = "Así:\n```python\ndef push(x)\n    pila.append(x)\n```"
+    cut = "Así:\n```python\nfor i in range(3):\n"  # generation stopped inside the block
+    assert check_tutor(good) == [] and check_tutor("Sin código, solo prosa.") == []
+    assert [f.code for f in check_tutor(bad)] == ["P001"]
+    assert [f.code for f in check_tutor(cut)] == ["P001"]
+
+
+def test_epicrisis_check_reads_the_case_from_the_prompt():
+    prompt = 'Redacta la epicrisis.\n{"edad":72,"diagnosticos":[{"descripcion":"Neumonía","cie10":"J18.9"}]}'
+    assert case_from_prompt(prompt) == {"edad": 72, "diagnosticos": [{"descripcion": "Neumonía", "cie10": "J18.9"}]}
+    codes = [f.code for f in CHECKS["epicrisis"](prompt, "", "Ingresa por neumonía (J18.9) a los 73 años.")]
+    assert "E008" in codes and "E002" in codes and "E004" not in codes
+
+
+def test_generation_metrics():
+    assert repetition("uno dos tres cuatro cinco") == 0
+    assert repetition("la vida está " * 10) > 0.7
+    assert spanish_share("Llama al 112 y espera a que llegue la ambulancia con la persona.") == 1
+    assert spanish_share("Call the emergency number and wait for the ambulance with the person.") == 0
+    assert spanish_share("Sí.") is None
+    assert chrf("Enfría con agua", "Enfría con agua") == pytest.approx(1.0)
+    assert 0 < chrf("Enfría la quemadura con agua", "Enfría con agua corriente") < 1
+
+
+# --- gates ------------------------------------------------------------------------------------------
+
+METRICS = {"loss": {"base": 3.0, "tuned": 2.5}, "checks": {"epicrisis": 0.75}, "forgetting": {"ratio": 1.05, "flagged": False},
+           "samples": [], "meta": {}}
+
+
+def test_gates():
+    results = check_gates(METRICS, ["checks.epicrisis>=0.8", "loss.tuned <= 2.6", "forgetting.flagged==0"])
+    assert [passed for _, passed, _ in results] == [False, True, True]
+    with pytest.raises(AfinarError) as info:
+        check_gates(METRICS, ["checks.enfermeria>=0.5"])
+    assert info.value.code == "V004" and "checks.epicrisis" in info.value.hint
+    with pytest.raises(AfinarError):
+        check_gates(METRICS, ["checks.epicrisis => 0.8"])
+
+
+# --- the whole command on a tiny run ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, tiny_base):
+    from tests.conftest import qa_rows, write_jsonl
+
+    folder = tmp_path_factory.mktemp("eval")
+    data = write_jsonl(folder / "datos.jsonl", qa_rows(40))
+    recipe = {
+        "name": "tiny-eval",
+        "model": {"base": str(tiny_base)},
+        "data": {"sources": [{"path": str(data)}], "max_length": 256, "val_fraction": 0.2, "system_prompt": "Eres un asistente."},
+        "lora": {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]},
+        "train": {"max_steps": 4, "batch_size": 4, "lr": 1e-2, "eval_every": 2, "save_every": 2, "keep_last": 3,
+                  "precision": "fp32", "seed": 3},
+        "generation": {"max_new_tokens": 8},
+        "checks": ["enfermeria"],
+        "output_dir": str(folder / "run"),
+    }
+    return train(recipe_from_dict(recipe), progress=False)
+
+
+def test_eval_writes_report_and_metrics(tiny_run):
+    metrics = evaluate_run(tiny_run, n=3, all_checkpoints=True, progress=False)
+    report = tiny_run / "informe"
+    saved = json.loads((report / "metrics.json").read_text(encoding="utf-8"))
+    assert saved["schema"] == "afinar.eval/1" and saved["examples"] == 8 and saved["generated"] == 3
+    loss = saved["loss"]
+    assert loss["ppl_tuned"] == pytest.approx(math.exp(loss["tuned"]), rel=1e-3) and loss["base"] != loss["tuned"]
+    # the base side is the same weights with the adapter off: its loss equals the training run's step-0 eval
+    step0 = json.loads((tiny_run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()[0])
+    assert loss["base"] == pytest.approx(step0["eval_loss"], abs=1e-3)
+    for name in ("greedy", "sampled"):
+        for side in ("base", "tuned"):
+            summary = saved["generation"][name][side]
+            assert 0 <= summary["stop_rate"] <= 1 and summary["chrf"] is not None
+    assert 0 <= saved["checks"]["enfermeria"] <= 1
+    assert {"base", "tuned", "ratio", "flagged", "threshold"} <= set(saved["forgetting"])
+    assert saved["forgetting"]["examples"] >= 40
+    assert [c["checkpoint"] for c in saved["checkpoints"]] == ["step-000002", "step-000004", "final"]
+    assert saved["checkpoints"][1]["eval_loss"] == pytest.approx(saved["checkpoints"][2]["eval_loss"], abs=1e-4)
+    assert saved["best_checkpoint"]["eval_loss"] == min(c["eval_loss"] for c in saved["checkpoints"])
+    html = (report / "index.html").read_text(encoding="utf-8")
+    assert "Guardia contra el olvido" in html and "data:image/png;base64," in html and "Contraste" in html
+    # user data: the questions are not in the report unless asked
+    assert "quemadura" not in html and "question" not in saved["samples"][0]
+    assert metrics["loss"] == saved["loss"]
+
+
+def test_eval_cli_gate_exit_codes(tiny_run, capsys):
+    args = ["eval", str(tiny_run), "--n", "1", "--solo-greedy", "--sin-progreso"]
+    assert main([*args, "--exigir", "loss.tuned<=100"]) == 0
+    assert "✓ loss.tuned<=100" in capsys.readouterr().out
+    assert main([*args, "--exigir", "checks.enfermeria>=2"]) == 1
+    assert "✗ checks.enfermeria>=2" in capsys.readouterr().out
+    assert main([*args, "--exigir", "no.existe>1"]) == 2
+    assert "V004" in capsys.readouterr().err
+
+
+def test_eval_refuses_a_merged_folder_and_shows_prompts_when_asked(tiny_run, capsys):
+    from afinar.merge import merge
+
+    merged = merge(tiny_run, overwrite=True)
+    with pytest.raises(AfinarError) as info:
+        evaluate_run(merged, progress=False)
+    assert info.value.code == "V001"
+    metrics = evaluate_run(tiny_run, n=1, passes=("greedy",), show_examples=True, progress=False)
+    assert "quemadura" in metrics["samples"][0]["question"]
