@@ -121,6 +121,7 @@ def test_good_epicrisis_passes():
         (lambda t: t + " Se añade omeprazol (A02BC01).", "E007"),
         (lambda t: t.replace("72 años", "74 años"), "E008"),
         (lambda t: t + " Se pauta paracetamol si dolor.", "E009"),
+        (lambda t: t + " Revisión el 15/03/2025.", "E008"),  # a date that is not in the input
     ],
 )
 def test_each_epicrisis_rule(edit, code):
