@@ -53,6 +53,22 @@ def _cmd_eval(args) -> int:
     return 1 if failed else 0
 
 
+def _cmd_export(args) -> int:
+    if args.verificar:
+        from afinar.export.archive import verify_zip
+
+        manifest = verify_zip(args.verificar, progress=not args.sin_progreso)
+        print(f"✓ {args.verificar}: {len(manifest['files'])} archivos coinciden con su SHA-256 del manifiesto")
+        return 0
+    if not args.run or not args.formato:
+        raise AfinarError("X004", "indica la ejecución y el formato: afinar export RUN --formato safetensors|zip")
+    from afinar.export.run import export
+
+    export(args.run, args.formato, output=args.output, dtype=args.dtype, overwrite=args.overwrite,
+           progress=not args.sin_progreso)
+    return 0
+
+
 def _cmd_import_smc(args) -> int:
     from afinar.data.smc import import_smc, print_summary
 
@@ -155,6 +171,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mostrar-ejemplos", action="store_true", help="muestra preguntas y referencias de tus datos en el informe")
     p.add_argument("--sin-progreso", action="store_true")
     p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("export", help="exporta una ejecución (safetensors fusionado, zip) y comprueba lo escrito")
+    p.add_argument("run", nargs="?", help="carpeta de la ejecución (runs/<nombre>)")
+    p.add_argument("--formato", nargs="+", choices=["safetensors", "zip"], help="uno o varios formatos")
+    p.add_argument("--output", help="carpeta destino (por defecto RUN/export)")
+    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp16", help="precisión del modelo exportado")
+    p.add_argument("--verificar", metavar="ZIP", help="comprueba un zip exportado contra su manifiesto SHA-256")
+    p.add_argument("--sobrescribir", "--overwrite", dest="overwrite", action="store_true")
+    p.add_argument("--sin-progreso", action="store_true")
+    p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("import", help="convierte un corpus externo en ejemplos de chat JSONL")
     importers = p.add_subparsers(dest="source", required=True, metavar="FUENTE")

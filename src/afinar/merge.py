@@ -54,6 +54,20 @@ def merge(run: str | Path, output: str | Path | None = None, dtype: str = "fp32"
     merged = peft_model.merge_and_unload()
     merged = merged.to(torch_dtype(dtype))
     merged.config.name_or_path = str(output)
+    # Plain transformers users get the stop token and the recipe's sampling from generation_config.json.
+    gen = ref.generation
+    merged.generation_config.eos_token_id = tokenizer.eos_token_id
+    merged.generation_config.pad_token_id = tokenizer.pad_token_id
+    sampling = {"temperature": gen.temperature, "top_p": gen.top_p} if gen.temperature > 0 else {}
+    merged.generation_config.update(
+        do_sample=bool(sampling), repetition_penalty=gen.repetition_penalty, max_new_tokens=gen.max_new_tokens, **sampling
+    )
+    need = sum(t.numel() * t.element_size() for t in merged.state_dict().values())
+    output.parent.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(output.parent).free
+    if free < need * 1.1:
+        raise AfinarError("G005", f"no hay espacio: el modelo fusionado ocupa unos {need / 1e6:,.0f} MB y quedan "
+                          f"{free / 1e6:,.0f} MB.", where=str(output.parent))
 
     with atomic_dir(output, overwrite=overwrite) as tmp:
         merged.save_pretrained(tmp, safe_serialization=True)
