@@ -103,6 +103,25 @@ def qa_rows(n: int) -> list[dict]:
     ]
 
 
+def train_tiny_run(folder: Path, tiny_base: Path, name: str, rows: int, train: dict, **sections) -> Path:
+    """Train a tiny run in `folder` on `rows` first-aid-like rows; `sections` override recipe sections."""
+    from afinar.config import recipe_from_dict
+    from afinar.train import train as run_training
+
+    data = write_jsonl(folder / "datos.jsonl", qa_rows(rows))
+    recipe = {
+        "name": name,
+        "model": {"base": str(tiny_base)},
+        "data": {"sources": [{"path": str(data)}], "max_length": 256, "system_prompt": "Eres un asistente.",
+                 **sections.pop("data", {})},
+        "lora": {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]},
+        "train": {"batch_size": 4, "lr": 1e-2, "precision": "fp32", **train},
+        "output_dir": str(folder / "run"),
+        **sections,
+    }
+    return run_training(recipe_from_dict(recipe), progress=False)
+
+
 @pytest.fixture
 def tiny_recipe(tmp_path, tiny_base):
     """A recipe dict on the tiny base, with its own data file; tests adjust and validate it."""

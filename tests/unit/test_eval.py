@@ -5,7 +5,6 @@ import math
 import pytest
 
 from afinar.cli import main
-from afinar.config import recipe_from_dict
 from afinar.errors import AfinarError
 from afinar.evaluate.checks import (
     CHECKS,
@@ -16,7 +15,7 @@ from afinar.evaluate.checks import (
 from afinar.evaluate.metrics import chrf, repetition, spanish_share
 from afinar.evaluate.report import check_gates
 from afinar.evaluate.run import evaluate_run
-from afinar.train import train
+from tests.conftest import train_tiny_run
 
 # --- checks on hand-written texts --------------------------------------------------------------------
 
@@ -89,22 +88,11 @@ def test_gates():
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory, tiny_base):
-    from tests.conftest import qa_rows, write_jsonl
-
-    folder = tmp_path_factory.mktemp("eval")
-    data = write_jsonl(folder / "datos.jsonl", qa_rows(40))
-    recipe = {
-        "name": "tiny-eval",
-        "model": {"base": str(tiny_base)},
-        "data": {"sources": [{"path": str(data)}], "max_length": 256, "val_fraction": 0.2, "system_prompt": "Eres un asistente."},
-        "lora": {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]},
-        "train": {"max_steps": 4, "batch_size": 4, "lr": 1e-2, "eval_every": 2, "save_every": 2, "keep_last": 3,
-                  "precision": "fp32", "seed": 3},
-        "generation": {"max_new_tokens": 8},
-        "checks": ["enfermeria"],
-        "output_dir": str(folder / "run"),
-    }
-    return train(recipe_from_dict(recipe), progress=False)
+    return train_tiny_run(
+        tmp_path_factory.mktemp("eval"), tiny_base, "tiny-eval", 40,
+        {"max_steps": 4, "eval_every": 2, "save_every": 2, "keep_last": 3, "seed": 3},
+        data={"val_fraction": 0.2}, generation={"max_new_tokens": 8}, checks=["enfermeria"],
+    )
 
 
 def test_eval_writes_report_and_metrics(tiny_run):

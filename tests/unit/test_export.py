@@ -6,28 +6,17 @@ from collections import namedtuple
 import pytest
 
 from afinar.cli import main
-from afinar.config import recipe_from_dict
 from afinar.errors import AfinarError
 from afinar.export.run import export
-from afinar.train import train
+from tests.conftest import train_tiny_run
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, tiny_base):
-    from tests.conftest import qa_rows, write_jsonl
-
-    folder = tmp_path_factory.mktemp("export")
-    data = write_jsonl(folder / "datos.jsonl", qa_rows(16))
-    recipe = {
-        "name": "tiny-export",
-        "model": {"base": str(tiny_base)},
-        "data": {"sources": [{"path": str(data)}], "max_length": 256, "system_prompt": "Eres un asistente."},
-        "lora": {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]},
-        "train": {"max_steps": 2, "batch_size": 4, "lr": 1e-2, "precision": "fp32", "seed": 5},
-        "generation": {"temperature": 0.6, "top_p": 0.9, "max_new_tokens": 64},
-        "output_dir": str(folder / "run"),
-    }
-    return train(recipe_from_dict(recipe), progress=False)
+    return train_tiny_run(
+        tmp_path_factory.mktemp("export"), tiny_base, "tiny-export", 16, {"max_steps": 2, "seed": 5},
+        generation={"temperature": 0.6, "top_p": 0.9, "max_new_tokens": 64},
+    )
 
 
 def test_safetensors_and_zip(run_dir, tokenizer, capsys):
