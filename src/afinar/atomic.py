@@ -17,15 +17,29 @@ def _usual_mode(bits: int) -> int:
     return bits & ~umask
 
 
+def require_free_space(folder: str | os.PathLike, need: int, code: str, margin: float = 1.1) -> None:
+    """Refuse before writing anything, saying how much is needed, when the disk has less than `need` × `margin`."""
+    from afinar.errors import AfinarError
+
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return  # cannot tell (some network file systems): let the write itself fail
+    if free < need * margin:
+        raise AfinarError(code, f"no hay espacio: hacen falta unos {need / 1e6:,.0f} MB y quedan {free / 1e6:,.0f} MB.",
+                          where=str(folder))
+
+
 @contextlib.contextmanager
-def atomic_open(path: str | os.PathLike) -> Iterator[TextIO]:
-    """A text handle on a temporary sibling file, renamed onto `path` only if the block ends without error."""
+def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[TextIO]:
+    """A handle (text "w" or binary "wb") on a temporary sibling file, renamed onto `path` only if the block ends
+    without error."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.chmod(tmp, _usual_mode(0o666))
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        with os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8") as handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())

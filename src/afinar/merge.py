@@ -5,7 +5,7 @@ import json
 import shutil
 from pathlib import Path
 
-from afinar.atomic import atomic_dir
+from afinar.atomic import atomic_dir, require_free_space
 from afinar.errors import AfinarError
 
 PROBE = [
@@ -62,12 +62,8 @@ def merge(run: str | Path, output: str | Path | None = None, dtype: str = "fp32"
     merged.generation_config.update(
         do_sample=bool(sampling), repetition_penalty=gen.repetition_penalty, max_new_tokens=gen.max_new_tokens, **sampling
     )
-    need = sum(t.numel() * t.element_size() for t in merged.state_dict().values())
     output.parent.mkdir(parents=True, exist_ok=True)
-    free = shutil.disk_usage(output.parent).free
-    if free < need * 1.1:
-        raise AfinarError("G005", f"no hay espacio: el modelo fusionado ocupa unos {need / 1e6:,.0f} MB y quedan "
-                          f"{free / 1e6:,.0f} MB.", where=str(output.parent))
+    require_free_space(output.parent, sum(t.numel() * t.element_size() for t in merged.state_dict().values()), "G005")
 
     with atomic_dir(output, overwrite=overwrite) as tmp:
         merged.save_pretrained(tmp, safe_serialization=True)

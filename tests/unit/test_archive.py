@@ -66,9 +66,11 @@ def test_zip_slip_is_refused_and_nothing_is_extracted(tmp_path, name):
 
 
 def test_not_enough_space_is_said_before_writing(folder, tmp_path, monkeypatch):
-    from afinar.export import archive
+    import shutil
+    from collections import namedtuple
 
-    monkeypatch.setattr(archive, "_free_bytes", lambda path: 1000)
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10, 10, 1000))
     with pytest.raises(AfinarError) as info:
         create_zip(folder, tmp_path / "x.zip", progress=False)
     assert info.value.code == "X012" and "MB" in info.value.message

@@ -17,11 +17,15 @@ _SPACE = re.compile(r"\s+")
 _MERSENNE = (1 << 61) - 1
 
 
+def fold(text: str) -> str:
+    """Lower case without accents: 'Vómito' and 'vomito' compare equal."""
+    text = unicodedata.normalize("NFKD", text.lower())
+    return "".join(ch for ch in text if not unicodedata.combining(ch))
+
+
 def normalise(text: str) -> str:
     """Lower case, no accents, no punctuation, single spaces: 'equal after normalising' = exact duplicate."""
-    text = unicodedata.normalize("NFKD", text.lower())
-    text = "".join(ch for ch in text if not unicodedata.combining(ch))
-    return _SPACE.sub(" ", _PUNCT.sub(" ", text)).strip()
+    return _SPACE.sub(" ", _PUNCT.sub(" ", fold(text))).strip()
 
 
 def shingles(text: str, n: int = 3) -> set[str]:

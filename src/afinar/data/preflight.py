@@ -14,7 +14,8 @@ import statistics
 from collections import Counter
 from pathlib import Path
 
-from afinar.config import DataSection, DataSource
+from afinar import htmlpage
+from afinar.config import DataSection
 from afinar.data.duplicates import near_duplicates
 from afinar.data.formats import Example
 from afinar.data.language import LanguageShare, language_share
@@ -60,17 +61,15 @@ def _places(items: list) -> list:
 
 def _resolve(path: Path, base: str | None, max_length: int | None):
     """(DataSection, base, default report folder, recipe name) for a recipe or a bare JSONL."""
-    from afinar.config import load_recipe
+    from afinar.data.validate import data_of
 
-    if path.suffix.lower() in (".yaml", ".yml"):
-        recipe = load_recipe(path)
-        data = recipe.data
+    data, recipe = data_of(path, max_length)
+    if recipe is not None:
         if max_length:
             data.max_length = max_length
         return data, base or recipe.model.base, recipe.run_dir() / REPORT_DIR, recipe.name
     if not path.exists():
         raise AfinarError("D011", "no existe el archivo.", where=str(path))
-    data = DataSection(sources=[DataSource(path=str(path))], max_length=max_length or 512)
     return data, base or "smollm2-135m", Path("runs") / f"inspect-{path.stem}" / REPORT_DIR, None
 
 
@@ -320,23 +319,21 @@ def _sample_lines(report: dict) -> list[str]:
     return lines
 
 
+CSS = (
+    "body{font:15px/1.45 system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
+    "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}"
+    "th{background:#f2f2f2}.ok{color:#2a7a2a}.bad{color:#b00}mark{background:#ffe38a}"
+    "pre{white-space:pre-wrap;background:#fafafa;border:1px solid #ddd;padding:.6em}"
+)
+
+
 def render_html(report: dict, title: str, png: str | None) -> str:
     e = html.escape
 
     def table(rows, header):
-        head = "".join(f"<th>{e(h)}</th>" for h in header)
-        body = "".join("<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in row) + "</tr>" for row in rows)
-        return f"<table><tr>{head}</tr>{body}</table>" if rows else "<p class=ok>Nada que señalar.</p>"
+        return htmlpage.table(header, rows, empty="<p class=ok>Nada que señalar.</p>")
 
     parts = [
-        "<!doctype html><html lang=es><meta charset=utf-8>",
-        f"<title>{e(title)}</title>",
-        (
-            "<style>body{font:15px/1.45 system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
-            "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}"
-            "th{background:#f2f2f2}.ok{color:#2a7a2a}.bad{color:#b00}mark{background:#ffe38a}"
-            "pre{white-space:pre-wrap;background:#fafafa;border:1px solid #ddd;padding:.6em}</style>"
-        ),
         f"<h1>{e(title)}</h1>",
         "<h2>Resumen</h2><pre>" + e("\n".join(_summary_lines(report))) + "</pre>",
     ]
@@ -366,7 +363,7 @@ def render_html(report: dict, title: str, png: str | None) -> str:
     if not report["shows_row_text"]:
         parts.append("<p>El texto de las filas no se muestra (puede contener datos de pacientes). Para verlo: "
                      "<code>afinar inspect … --mostrar-ejemplos</code>.</p>")
-    return "\n".join(parts) + "</html>"
+    return htmlpage.page(title, CSS, parts)
 
 
 def inspect(path: str | Path, base: str | None = None, max_length: int | None = None, output: str | Path | None = None,
@@ -376,15 +373,13 @@ def inspect(path: str | Path, base: str | None = None, max_length: int | None = 
     Returns 1 if the data has schema errors (training would refuse it), else 0.
     """
     from afinar.atomic import atomic_dir
-    from afinar.models import load_tokenizer, resolve_base
+    from afinar.data.validate import try_tokenizer
 
     path = Path(path)
     data, base, default_out, name = _resolve(path, base, max_length)
-    tokenizer, note = None, ""
-    try:
-        tokenizer = load_tokenizer(resolve_base(base))
-    except AfinarError as exc:
-        note = f"no se pudo cargar el tokenizador de '{base}' ({exc.code}: {exc.message})"
+    tokenizer, reason = try_tokenizer(base)
+    note = f"no se pudo cargar el tokenizador de '{base}' ({reason})" if tokenizer is None else ""
+    if note:
         print(f"aviso: {note}")
 
     report = build_report(data, tokenizer, note, show_examples=show_examples, seed=seed, progress=progress)

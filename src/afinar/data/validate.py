@@ -144,25 +144,38 @@ def raise_if_errors(prepared: PreparedData) -> None:
         )
 
 
-def validate(path: str | Path, base: str | None = None, max_length: int | None = None) -> int:
-    """`afinar validate RECIPE_OR_JSONL`: check recipe and data without training; returns the exit code."""
+def data_of(path: Path, max_length: int | None = None):
+    """(data section, recipe or None): a recipe's data, or a section made for one bare JSONL (max_length or 512)."""
     from afinar.config import DataSource, load_recipe
 
-    path = Path(path)
     if path.suffix.lower() in (".yaml", ".yml"):
         recipe = load_recipe(path)
+        return recipe.data, recipe
+    return DataSection(sources=[DataSource(path=str(path))], max_length=max_length or 512), None
+
+
+def try_tokenizer(base: str):
+    """(tokenizer, "") or (None, "CODE: why"): checks that need no tokenizer still run without one (e.g. offline)."""
+    from afinar.models import load_tokenizer, resolve_base
+
+    try:
+        return load_tokenizer(resolve_base(base)), ""
+    except AfinarError as exc:
+        return None, f"{exc.code}: {exc.message}"
+
+
+def validate(path: str | Path, base: str | None = None, max_length: int | None = None) -> int:
+    """`afinar validate RECIPE_OR_JSONL`: check recipe and data without training; returns the exit code."""
+    path = Path(path)
+    data, recipe = data_of(path, max_length)
+    if recipe is not None:
         print(f"Receta {path}: válida (nombre '{recipe.name}', base '{recipe.model.base}').")
-        data, base = recipe.data, base or recipe.model.base
-    else:
-        data = DataSection(sources=[DataSource(path=str(path))], max_length=max_length or 512)
+        base = base or recipe.model.base
     prepared = gather(data)
     if base and not prepared.errors:
-        from afinar.models import load_tokenizer, resolve_base
-
-        try:
-            tokenizer = load_tokenizer(resolve_base(base))
-        except AfinarError as exc:
-            print(f"aviso: sin tokenizador no se comprueba la longitud en tokens ({exc.code}: {exc.message})")
+        tokenizer, reason = try_tokenizer(base)
+        if tokenizer is None:
+            print(f"aviso: sin tokenizador no se comprueba la longitud en tokens ({reason})")
         else:
             encode(prepared, tokenizer, data)
     elif not base:

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import json
 import re
-import unicodedata
 from dataclasses import dataclass
+
+from afinar.data.duplicates import fold
 
 # CIE-10: letter, two digits, optional .digit(s) (J18.9, I10, S72.00). ATC: level 5 (C09AA05) down to level 3 (J01C).
 CIE10 = re.compile(r"(?<![\w.])([A-Z]\d{2}(?:\.\d{1,2})?)(?![\w])")
@@ -69,11 +70,6 @@ class Finding:
         return f"{self.code}: {self.message}"
 
 
-def _plain(text: str) -> str:
-    text = unicodedata.normalize("NFKD", text.lower())
-    return "".join(ch for ch in text if not unicodedata.combining(ch))
-
-
 def _flatten(value) -> str:
     if isinstance(value, str):
         return value
@@ -86,7 +82,7 @@ def _numbers(text: str) -> set[str]:
 
 
 def _drugs(text: str) -> set[str]:
-    words = re.findall(r"[a-z]+", _plain(text))
+    words = re.findall(r"[a-z]+", fold(text))
     found = {w for w in words if w in DRUGS and w not in _DRUG_PARTS}
     joined = " ".join(words)
     found |= {m for m in _MULTIWORD if m in joined}
@@ -147,7 +143,7 @@ def check_enfermeria(output: str, reference: str = "") -> list[Finding]:
     findings = []
     if EMERGENCY.search(reference) and not EMERGENCY.search(output):
         findings.append(Finding("N001", "la referencia indica llamar a emergencias (112) y la respuesta no"))
-    for sentence in re.split(r"(?<=[.!?;])\s+", _plain(output)):
+    for sentence in re.split(r"(?<=[.!?;])\s+", fold(output)):
         for label, pattern in _DANGEROUS.items():
             match = pattern.search(sentence)
             if match and not NEGATION & set(re.findall(r"[a-z]+", sentence[: match.start()])[-6:]):

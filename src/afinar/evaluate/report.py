@@ -8,6 +8,7 @@ import operator
 import re
 from pathlib import Path
 
+from afinar import htmlpage
 from afinar.errors import AfinarError
 
 LABELS = {"stop_rate": "terminó sola", "repetition": "repetición (3-gramas)", "spanish": "español",
@@ -30,25 +31,23 @@ def _loss_png(run_dir: Path) -> str | None:
     return base64.b64encode(path.read_bytes()).decode() if path.is_file() else None
 
 
+CSS = (
+    "body{font:15px/1.45 system-ui,sans-serif;max-width:1150px;margin:2em auto;padding:0 1em;color:#222}"
+    "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;"
+    "vertical-align:top}th{background:#f2f2f2}.ok{color:#2a7a2a}.bad{color:#b00;font-weight:600}"
+    "pre{white-space:pre-wrap;margin:0;font:13px/1.4 ui-monospace,monospace}"
+)
+
+
 def render_html(metrics: dict, loss_png: str | None) -> str:
     e = html.escape
 
     def table(header, rows):
-        head = "".join(f"<th>{e(h)}</th>" for h in header)
-        body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
-        return f"<table><tr>{head}</tr>{body}</table>"
+        return htmlpage.table(header, rows, escape=False)  # cells here are HTML built below
 
     loss = metrics["loss"]
     forgetting = metrics["forgetting"]
     parts = [
-        "<!doctype html><html lang=es><meta charset=utf-8>",
-        f"<title>Evaluación: {e(metrics['recipe'])}</title>",
-        (
-            "<style>body{font:15px/1.45 system-ui,sans-serif;max-width:1150px;margin:2em auto;padding:0 1em;color:#222}"
-            "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;"
-            "vertical-align:top}th{background:#f2f2f2}.ok{color:#2a7a2a}.bad{color:#b00;font-weight:600}"
-            "pre{white-space:pre-wrap;margin:0;font:13px/1.4 ui-monospace,monospace}</style>"
-        ),
         f"<h1>Evaluación de «{e(metrics['recipe'])}»</h1>",
         (
             f"<p>Ejecución <code>{e(metrics['run'])}</code> · base <code>{e(str(metrics['base']))}</code> · "
@@ -108,7 +107,7 @@ def render_html(metrics: dict, loss_png: str | None) -> str:
     parts.append("<h2>Datos de la ejecución</h2>" + f"<pre>{e(json.dumps(meta.get('run_info'), ensure_ascii=False, indent=1))}</pre>"
                  + f"<h3>Huella de los datos</h3><pre>{e(json.dumps(meta.get('data_fingerprint'), ensure_ascii=False, indent=1))}</pre>"
                  + f"<h3>Receta</h3><pre>{e(meta.get('recipe_yaml') or '')}</pre>")
-    return "\n".join(parts) + "</html>"
+    return htmlpage.page(f"Evaluación: {metrics['recipe']}", CSS, parts)
 
 
 def write_report(folder: Path, metrics: dict) -> Path:

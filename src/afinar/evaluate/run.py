@@ -111,14 +111,12 @@ def evaluate_run(
 ) -> dict:
     """Evaluate a run folder (base + LoRA adapter) and write RUN/informe/{metrics.json,index.html}."""
     import torch
-    from peft import PeftModel
     from tqdm.auto import tqdm
 
     from afinar.data.templates import encode_examples, with_system
     from afinar.evaluate.report import write_report
     from afinar.inference.chat import generate
-    from afinar.models import load_model, load_tokenizer
-    from afinar.runs import open_ref
+    from afinar.runs import load_ref, open_ref
 
     started = time.time()
     ref = open_ref(run)
@@ -132,9 +130,9 @@ def evaluate_run(
     examples, shippable = _examples(recipe, split)
     show_text = show_examples or shippable
 
-    base_path = base or ref.base_path
-    tokenizer = load_tokenizer(str(ref.path))
-    model = PeftModel.from_pretrained(load_model(base_path, dtype=torch.float32), str(ref.path))
+    if base:
+        ref.base_path = base
+    model, tokenizer = load_ref(ref, dtype=torch.float32)
     model.eval()
     pad = tokenizer.pad_token_id
 
@@ -212,7 +210,7 @@ def evaluate_run(
         "schema": SCHEMA,
         "run": str(run_dir),
         "recipe": recipe.name,
-        "base": base_path,
+        "base": ref.base_path,
         "split": split,
         "examples": len(encoded),
         "generated": len(samples),

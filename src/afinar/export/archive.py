@@ -4,16 +4,14 @@ extraction refuses absolute paths, `..` and links (zip-slip).
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
 import stat
-import tempfile
 import zipfile
 import zlib
 from pathlib import Path, PurePosixPath
 
+from afinar.atomic import atomic_open, require_free_space
 from afinar.errors import AfinarError
 
 MANIFEST = "afinar_manifest.json"
@@ -40,44 +38,25 @@ def create_zip(folder: str | Path, output: str | Path, progress: bool = True) ->
     files = [p for p in _files(folder) if p.resolve() != output.resolve()]
     total = sum(p.stat().st_size for p in files)
     output.parent.mkdir(parents=True, exist_ok=True)
-    free = _free_bytes(output.parent)
-    if free is not None and free < total * 1.05:
-        raise AfinarError("X012", f"no hay espacio: hacen falta {total / 1e6:,.0f} MB y quedan {free / 1e6:,.0f} MB.",
-                          where=str(output.parent))
+    require_free_space(output.parent, total, "X012", margin=1.05)
     manifest = {"format": "afinar.zip/1", "files": {}}
-    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
-    os.close(fd)
-    try:
-        bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=f"Empaquetando {output.name}",
-                   disable=not progress, dynamic_ncols=True)
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, allowZip64=True) as archive:
-            for path in files:
-                name = path.relative_to(folder).as_posix()
-                digest = hashlib.sha256()
-                # force_zip64: a member can pass 4 GB (model weights) and the size is only known at the end.
-                with open(path, "rb") as source, archive.open(name, "w", force_zip64=True) as target:
-                    while chunk := source.read(CHUNK):
-                        digest.update(chunk)
-                        target.write(chunk)
-                        bar.update(len(chunk))
-                manifest["files"][name] = {"sha256": digest.hexdigest(), "bytes": path.stat().st_size}
-            archive.writestr(MANIFEST, json.dumps(manifest, indent=2, ensure_ascii=False))
-        bar.close()
-        os.replace(tmp, output)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=f"Empaquetando {output.name}",
+               disable=not progress, dynamic_ncols=True)
+    with atomic_open(output, "wb") as handle, zipfile.ZipFile(handle, "w", compression=zipfile.ZIP_DEFLATED,
+                                                               allowZip64=True) as archive:
+        for path in files:
+            name = path.relative_to(folder).as_posix()
+            digest = hashlib.sha256()
+            # force_zip64: a member can pass 4 GB (model weights) and the size is only known at the end.
+            with open(path, "rb") as source, archive.open(name, "w", force_zip64=True) as target:
+                while chunk := source.read(CHUNK):
+                    digest.update(chunk)
+                    target.write(chunk)
+                    bar.update(len(chunk))
+            manifest["files"][name] = {"sha256": digest.hexdigest(), "bytes": path.stat().st_size}
+        archive.writestr(MANIFEST, json.dumps(manifest, indent=2, ensure_ascii=False))
+    bar.close()
     return manifest
-
-
-def _free_bytes(folder: Path) -> int | None:
-    import shutil
-
-    try:
-        return shutil.disk_usage(folder).free
-    except OSError:
-        return None
 
 
 def _safe_name(info: zipfile.ZipInfo) -> str:
