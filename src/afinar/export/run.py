@@ -1,53 +1,218 @@
-"""`afinar export RUN --formato ...`: each export is checked by actually loading what was written.
+"""`afinar export RUN --formato ...`: each export is checked by actually running what was written.
 
-Formats available now: safetensors (merged model, reloaded with plain transformers and compared with
-base + adapter) and zip (that folder with a SHA-256 manifest, re-hashed after writing).
+- safetensors: merged model reloaded with plain transformers, logits compared with base + adapter.
+- gguf (+ ollama): llama.cpp's converter and quantiser, loaded back in llama-cpp-python (see export/gguf.py);
+  the Modelfile's template is rendered against a known conversation (export/ollama.py).
+- onnx: optimum-onnx + onnxruntime INT8 in the Transformers.js layout, run in onnxruntime (export/onnx.py).
+- zip: the safetensors folder with a SHA-256 manifest, re-hashed after writing (export/archive.py).
+
+GGUF and ONNX start from an fp32 merge (one rounding, not two) that lives in a hidden folder for the command's
+duration; the reference they are compared with is that fp32 model greedy in transformers (export/reference.py).
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import shutil
 from pathlib import Path
 
 from afinar.errors import AfinarError
 
-FORMATS = ("safetensors", "zip")
+FORMATS = ("safetensors", "gguf", "ollama", "onnx", "zip")
+ALL = "todo"
 
 
-def _size(path: Path) -> int:
+def parameter_count(model_dir: Path) -> int:
+    """Weights in a safetensors folder, read from the headers only."""
+    from safetensors import safe_open
+
+    total = 0
+    for path in Path(model_dir).glob("*.safetensors"):
+        with safe_open(path, "pt") as f:
+            for key in f.keys():  # noqa: SIM118 — safe_open is not a dict
+                n = 1
+                for d in f.get_slice(key).get_shape():
+                    n *= d
+                total += n
+    return total
+
+
+def size_of(path: Path) -> int:
     return path.stat().st_size if path.is_file() else sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
+def _mb(path: Path) -> str:
+    return f"{size_of(path) / 1e6:,.1f} MB"
+
+
 def export(run: str | Path, formats: list[str], output: str | Path | None = None, dtype: str = "fp16",
-           overwrite: bool = False, progress: bool = True) -> dict[str, Path]:
+           quants: list[str] | None = None, overwrite: bool = False, progress: bool = True) -> dict[str, Path]:
     """Export a run folder; returns {format: path}. Prints what was written and how it was verified."""
-    from afinar.export.archive import create_zip, verify_zip
+    from afinar.export.gguf import QUANTS
     from afinar.merge import merge
     from afinar.runs import open_ref
 
+    formats = list(FORMATS) if ALL in formats else list(dict.fromkeys(formats))
     unknown = [f for f in formats if f not in FORMATS]
     if unknown:
-        raise AfinarError("X001", f"formato no disponible: {', '.join(unknown)}", hint=f"formatos: {', '.join(FORMATS)}")
+        raise AfinarError("X001", f"formato no disponible: {', '.join(unknown)}",
+                          hint=f"formatos: {', '.join(FORMATS)} o {ALL}")
+    quants = list(dict.fromkeys(quants or ["q8_0"]))
+    if bad := [q for q in quants if q not in QUANTS]:
+        raise AfinarError("X001", f"cuantización GGUF no disponible: {', '.join(bad)}", hint=f"opciones: {', '.join(QUANTS)}")
     ref = open_ref(run)
     if ref.kind != "run":
         raise AfinarError("X002", "la carpeta no es una ejecución con adaptador LoRA.", where=str(run),
                           hint="exporta desde runs/<nombre> (el adaptador se fusiona y se comprueba)")
     root = Path(output) if output else ref.path / "export"
+    name = ref.recipe.name if ref.recipe else ref.path.name
+    targets = {
+        "safetensors": root / f"safetensors-{dtype}",
+        "gguf": root / "gguf" / f"{name}-f16.gguf",
+        "ollama": root / "gguf" / "Modelfile",
+        "onnx": root / "onnx",
+        "zip": root / f"{name}-{dtype}.zip",
+    }
+    planned = [targets[f] for f in formats]
+    if "gguf" in formats or "ollama" in formats:
+        planned += [root / "gguf" / f"{name}-{q}.gguf" for q in quants]
+    if not overwrite and (taken := sorted({str(p) for p in planned if p.exists()})):
+        raise AfinarError("X003", "ya existe lo que se iba a escribir: " + ", ".join(taken), hint="usa --sobrescribir u --output")
+    _preflight(ref, formats)
+
     written: dict[str, Path] = {}
-    merged = root / f"safetensors-{dtype}"
+    checks: dict[str, dict] = {}
     if "safetensors" in formats or "zip" in formats:
+        merged = targets["safetensors"]
         merge(ref.path, output=merged, dtype=dtype, overwrite=overwrite)
         check = json.loads((merged / "afinar_merge.json").read_text(encoding="utf-8"))["check"]
         gen = json.loads((merged / "generation_config.json").read_text(encoding="utf-8"))
         written["safetensors"] = merged
-        print(f"safetensors: {merged} ({_size(merged) / 1e6:,.1f} MB) — recargado con transformers: máx |Δlogits| "
+        checks["safetensors"] = {**check, "eos_token_id": gen.get("eos_token_id")}
+        print(f"safetensors: {merged} ({_mb(merged)}) — recargado con transformers: máx |Δlogits| "
               f"{check['max_abs']:.2e}, top-1 igual en {check['top1']:.0%}; eos en generation_config = {gen.get('eos_token_id')}")
     if "zip" in formats:
-        target = root / f"{ref.recipe.name if ref.recipe else ref.path.name}-{dtype}.zip"
-        if target.exists() and not overwrite:
-            raise AfinarError("X003", "el zip ya existe.", where=str(target), hint="usa --sobrescribir")
-        manifest = create_zip(merged, target, progress=progress)
-        verify_zip(target, progress=False)
-        written["zip"] = target
-        print(f"zip: {target} ({_size(target) / 1e6:,.1f} MB, {len(manifest['files'])} archivos) — manifiesto SHA-256 "
-              f"dentro, verificado tras escribirlo (afinar export --verificar {target.name})")
+        written["zip"], checks["zip"] = _zip(written["safetensors"], targets["zip"], progress)
+    if {"gguf", "ollama", "onnx"} & set(formats):
+        with _fp32_merge(ref, root, written.get("safetensors") if dtype == "fp32" else None) as fp32:
+            from afinar.export.reference import greedy_reference
+
+            gen = ref.generation
+            reference = greedy_reference(fp32, ref.system_prompt, gen.repetition_penalty, min(gen.max_new_tokens, 256))
+            print(f"Referencia: el modelo fusionado en transformers (fp32, voraz, repetition_penalty "
+                  f"{gen.repetition_penalty:g}) responde {len(reference.answer)} tokens "
+                  f"{'y termina solo' if reference.stopped else 'SIN llegar al fin de turno'}.")
+            if not reference.stopped:
+                print("  aviso: el modelo no termina sus respuestas ni en transformers: es cosa del entrenamiento, no de la "
+                      "exportación (revisa `afinar eval`). Se comprueba que cada formato haga lo mismo.")
+            if "gguf" in formats or "ollama" in formats:
+                written.update(_gguf(fp32, targets["gguf"].parent, name, quants, reference, ref, "ollama" in formats,
+                                     checks, progress))
+            if "onnx" in formats:
+                written["onnx"] = _onnx(fp32, targets["onnx"], reference, overwrite, checks, progress)
+    _write_summary(root, ref, written, checks)
     return written
+
+
+def _preflight(ref, formats: list[str]) -> None:
+    """Everything that can be refused is refused before the first file is written."""
+    if "gguf" in formats or "ollama" in formats:
+        from afinar.export.gguf import converter_dir
+
+        converter_dir()  # llama-cpp-python installed, converter cached or fetched now
+    if "ollama" in formats:
+        from afinar.export.ollama import require_chatml
+        from afinar.models import load_tokenizer
+
+        require_chatml(load_tokenizer(str(ref.path)))
+    if "onnx" in formats:
+        from afinar.export.onnx import require_optimum
+
+        require_optimum()
+
+
+@contextlib.contextmanager
+def _fp32_merge(ref, root: Path, existing: Path | None):
+    """The fp32 merged model GGUF and ONNX start from: reuse the safetensors export when it is fp32."""
+    from afinar.merge import merge
+
+    if existing is not None:
+        yield existing
+        return
+    scratch = root / ".merged-fp32"
+    shutil.rmtree(scratch, ignore_errors=True)
+    try:
+        merge(ref.path, output=scratch, dtype="fp32", overwrite=True)
+        yield scratch
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _zip(folder: Path, target: Path, progress: bool) -> tuple[Path, dict]:
+    from afinar.export.archive import create_zip, verify_zip
+
+    manifest = create_zip(folder, target, progress=progress)
+    verify_zip(target, progress=False)
+    print(f"zip: {target} ({_mb(target)}, {len(manifest['files'])} archivos) — manifiesto SHA-256 dentro, verificado tras "
+          f"escribirlo (afinar export --verificar {target.name})")
+    return target, {"archivos": len(manifest["files"]), "sha256_verificado": True}
+
+
+def _gguf(fp32: Path, folder: Path, name: str, quants: list[str], reference, ref, ollama: bool, checks: dict,
+          progress: bool) -> dict[str, Path]:
+    from transformers import AutoTokenizer
+
+    from afinar.export.gguf import export_gguf
+    from afinar.export.ollama import write_modelfile
+
+    results = export_gguf(fp32, folder, name, quants, reference, progress=progress)
+    out: dict[str, Path] = {}
+    for kind, result in results.items():
+        out[f"gguf-{kind}"] = result["path"]
+        checks[f"gguf-{kind}"] = {k: v for k, v in result.items() if k != "path"}
+        ties = f", {result['casi_empates']} por casi empate" if result["casi_empates"] else ""
+        same = (f"primeros {result['primeros_tokens_iguales']}/{result['comparados']} tokens voraces = transformers{ties} "
+                f"(máx |Δlogits| {result['max_abs_logits']:.2f}); " if kind == "f16" else "") + f"respuesta igual a la de transformers hasta el token {result['respuesta_igual_hasta']}; "
+        print(f"gguf {kind}: {result['path']} ({_mb(result['path'])}) — cargado en llama-cpp-python: plantilla y eos "
+              f"({result['eos']}) del modelo afinado, prompt tokenizado igual; {same}"
+              f"{'termina solo' if result['se_detiene'] else 'no termina'} en {result['tokens_generados']} tokens "
+              f"({result['tokens_por_s']} tok/s)")
+    if ollama:
+        # Ollama gets the first quantisation asked for (q8_0 by default): on small models q4_k_m drifts early.
+        chosen = quants[0] if quants[0] in results else "f16"
+        tokenizer = AutoTokenizer.from_pretrained(fp32)
+        modelfile = write_modelfile(folder, results[chosen]["path"].name, tokenizer, ref.system_prompt, ref.generation)
+        out["ollama"] = modelfile
+        checks["ollama"] = {"from": results[chosen]["path"].name, "plantilla_renderizada_igual": True}
+        print(f"ollama: {modelfile} (FROM {results[chosen]['path'].name}) — la plantilla Go, renderizada como Ollama con "
+              f"una conversación conocida, da el mismo texto que la plantilla del modelo. Crear: cd {folder} && "
+              f"ollama create {name} -f Modelfile")
+    return out
+
+
+def _onnx(fp32: Path, target: Path, reference, overwrite: bool, checks: dict, progress: bool) -> Path:
+    from afinar.export.onnx import export_onnx
+
+    report = export_onnx(fp32, target, reference, parameter_count(fp32), overwrite=overwrite, progress=progress)
+    checks["onnx"] = report
+    print(f"onnx: {target} — onnx/model.onnx ({_mb(target / 'onnx' / 'model.onnx')}) y onnx/model_quantized.onnx "
+          f"({_mb(target / 'onnx' / 'model_quantized.onnx')}) para Transformers.js. onnxruntime fp32: máx |Δlogits| vs torch "
+          f"{report['fp32']['max_abs']:.1e}; INT8: primer token igual, "
+          f"{'termina solo' if report['int8']['se_detiene'] else 'no termina'} en {report['int8']['tokens_generados']} tokens")
+    return target
+
+
+def _write_summary(root: Path, ref, written: dict[str, Path], checks: dict) -> None:
+    """`afinar_export.json` beside the exports: what was written, its size and how it was checked (read by push)."""
+    from afinar.atomic import atomic_write_text
+
+    previous = {}
+    summary_path = root / "afinar_export.json"
+    if summary_path.is_file():
+        previous = json.loads(summary_path.read_text(encoding="utf-8")).get("exports", {})
+    exports = {**previous}
+    for key, path in written.items():
+        exports[key] = {"ruta": str(path.relative_to(root)), "bytes": size_of(path), "comprobado": checks.get(key, {})}
+    data = {"schema": "afinar.export/1", "run": str(ref.path), "base": ref.base_path,
+            "receta": ref.recipe.name if ref.recipe else None, "exports": exports}
+    atomic_write_text(summary_path, json.dumps(data, indent=2, ensure_ascii=False, default=str))
