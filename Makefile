@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.afinar-install-stamp
 
-.PHONY: install demo test test-fast clean
+.PHONY: install browser demo test test-fast clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,10 +26,19 @@ install: $(STAMP)
 demo: install
 	$(BIN)/afinar demo
 
-test: install
+# The page test drives Debian's chromium through Playwright. Installed with apt-get when we can (root, Debian);
+# otherwise that one test is skipped and says which package is missing.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	      (apt-get install -y -qq chromium >/dev/null 2>&1 || (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq chromium >/dev/null 2>&1)) \
+	      || echo "aviso: no se pudo instalar el paquete 'chromium'; la prueba de la página web se omitirá"; \
+	    else echo "aviso: falta el paquete 'chromium' (apt-get install chromium); la prueba de la página web se omitirá"; fi; }
+
+test: install browser
 	$(BIN)/python -m pytest -q
 
-test-fast: install
+test-fast: install browser
 	$(BIN)/python -m pytest -q -m "not slow"
 
 clean:

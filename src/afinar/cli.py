@@ -131,7 +131,18 @@ def _cmd_chat(args) -> int:
         repetition_penalty=args.repetition_penalty,
         max_new_tokens=args.max_new_tokens,
         seed=args.seed,
+        engine=args.motor,
     )
+    return 0
+
+
+def _cmd_serve(args) -> int:
+    from afinar.inference.server import Limits, serve
+
+    limits = Limits(max_body_bytes=args.max_body_kb * 1024, max_prompt_tokens=args.max_prompt_tokens,
+                    max_tokens=args.max_tokens, timeout_s=args.timeout)
+    serve(args.sources, host=args.host, port=args.port, engine=args.motor, api_key=args.api_key, cors=args.cors,
+          limits=limits, log_content=args.log_contenido)
     return 0
 
 
@@ -237,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_merge)
 
     p = sub.add_parser("chat", help="conversa con una ejecución (base + adaptador) o un modelo fusionado")
-    p.add_argument("model", help="carpeta de la ejecución o del modelo fusionado")
+    p.add_argument("model", help="ejecución, modelo fusionado, o exportación (GGUF, carpeta ONNX, RUN/export)")
     p.add_argument("--prompt", help="una sola pregunta, sin modo interactivo")
     p.add_argument("--system", help="mensaje de sistema (por defecto, el de la receta)")
     p.add_argument("--temperature", type=float, help="0 = greedy (por defecto el de la receta, 0.6)")
@@ -246,7 +257,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repetition-penalty", type=float)
     p.add_argument("--max-new-tokens", type=int)
     p.add_argument("--seed", type=int)
+    p.add_argument("--motor", choices=["auto", "transformers", "llama.cpp", "onnxruntime"], default="auto",
+                   help="auto: transformers para ejecuciones, llama.cpp para GGUF, onnxruntime para ONNX")
     p.set_defaults(func=_cmd_chat)
+
+    p = sub.add_parser("serve", help="API compatible con OpenAI y página de chat (una o varias personalidades)")
+    p.add_argument("sources", nargs="+", metavar="RUN|EXPORT",
+                   help="ejecuciones sobre la misma base (cada una, una personalidad), o un modelo fusionado o exportado")
+    p.add_argument("--host", default="127.0.0.1", help="otra dirección que 127.0.0.1 exige --api-key")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--motor", choices=["auto", "transformers", "llama.cpp", "onnxruntime"], default="auto")
+    p.add_argument("--api-key", help="clave Bearer exigida en /v1 (o la variable AFINAR_API_KEY)")
+    p.add_argument("--cors", nargs="+", default=[], metavar="ORIGEN", help="orígenes web permitidos (sin comodín)")
+    p.add_argument("--max-body-kb", type=int, default=256, help="tamaño máximo de una petición (413 si se pasa)")
+    p.add_argument("--max-prompt-tokens", type=int, default=2048, help="tokens máximos de la conversación (400)")
+    p.add_argument("--max-tokens", type=int, default=1024, help="max_tokens máximo por petición (400)")
+    p.add_argument("--timeout", type=float, default=120.0, help="segundos máximos generando por petición")
+    p.add_argument("--log-contenido", action="store_true", help="escribe los mensajes en el registro (por defecto no)")
+    p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("demo", help="entrena la receta de enfermería en el modelo incluido, compara y fusiona")
     p.add_argument("--output", default=os.path.join("runs", "demo-enfermeria"))

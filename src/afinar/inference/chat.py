@@ -75,47 +75,38 @@ def chat(
     repetition_penalty: float | None = None,
     max_new_tokens: int | None = None,
     seed: int | None = None,
+    engine: str = "auto",
 ) -> str | None:
-    """Interactive loop (`salir`/`exit` to quit) or, with `prompt`, a single streamed answer."""
-    import torch
+    """Interactive loop (`salir`/`exit` to quit) or, with `prompt`, a single streamed answer, on any engine."""
+    from afinar.inference.engines import Reply as EngineReply
+    from afinar.inference.engines import Sampling, load_engine
 
-    from afinar.runs import load_ref, open_ref
-
-    ref = open_ref(model_dir)
-    gen = ref.generation.model_copy(
-        update={
-            k: v
-            for k, v in dict(
-                temperature=temperature, top_p=top_p, top_k=top_k,
-                repetition_penalty=repetition_penalty, max_new_tokens=max_new_tokens,
-            ).items()
-            if v is not None
-        }
-    )
-    system = system_prompt if system_prompt is not None else ref.system_prompt
-    model, tokenizer = load_ref(ref, dtype=torch.float32)
-    model.eval()
+    loaded = load_engine([model_dir], engine)
+    model_id, personality = next(iter(loaded.personalities.items()))
+    sampling = Sampling.from_generation(personality.generation, temperature=temperature, top_p=top_p, top_k=top_k,
+                                        repetition_penalty=repetition_penalty, max_tokens=max_new_tokens, seed=seed)
+    system = system_prompt if system_prompt is not None else personality.system_prompt
     history: list[dict] = []
+    context = 2048
 
-    context = getattr(getattr(model, "config", None), "max_position_embeddings", None) or 2048
-
-    def ask(question: str) -> Reply:
+    def ask(question: str) -> EngineReply:
         def conversation() -> list[dict]:
             return with_system([*history, {"role": "user", "content": question}], system)
 
         # Forget the oldest exchanges rather than overflow the model's context window.
-        while len(history) >= 2 and len(tokenizer.apply_chat_template(conversation(), add_generation_prompt=True)) + gen.max_new_tokens > context:
+        while len(history) >= 2 and loaded.prompt_tokens(model_id, conversation()) + sampling.max_tokens > context:
             del history[:2]
-        messages = conversation()
-        reply = generate(model, tokenizer, messages, gen, on_text=lambda t: print(t, end="", flush=True), seed=seed)
-        print("" if reply.stopped else "  [cortado: max_new_tokens]")
-        return reply
+        for item in loaded.stream(model_id, conversation(), sampling):
+            if isinstance(item, EngineReply):
+                print("" if item.stopped else "  [cortado: max_new_tokens]")
+                return item
+            print(item, end="", flush=True)
+        raise RuntimeError("el motor terminó sin respuesta")
 
     if prompt is not None:
         return ask(prompt).text
 
-    kind = "base + adaptador" if ref.kind == "run" else "modelo fusionado"
-    print(f"Chat con {ref.path} ({kind}). Escribe 'salir' o 'exit' para terminar.")
+    print(f"Chat con {personality.path} (motor {loaded.name}). Escribe 'salir' o 'exit' para terminar.")
     if system:
         print(f"[sistema] {system}")
     while True:

@@ -1,0 +1,254 @@
+"""`afinar serve`: an OpenAI-compatible API (FastAPI) and a chat page over one engine with one or more personalities.
+
+Imported only by `afinar serve` (cli.py imports lazily), so FastAPI stays off the path of every other command.
+Safe by default: binds 127.0.0.1; another host needs an API key (compared in constant time); request bodies, prompt
+tokens and max_tokens are capped; each request has a time limit; CORS only for listed origins; the log never holds
+message content unless asked (`--log-contenido`).
+"""
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Literal
+
+from fastapi import FastAPI, Request
+from fastapi.responses import (
+    FileResponse,
+    HTMLResponse,
+    JSONResponse,
+    StreamingResponse,
+)
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
+
+from afinar.errors import AfinarError
+from afinar.inference.engines import Engine, Reply, Sampling
+
+log = logging.getLogger("afinar.serve")
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+@dataclass
+class Limits:
+    max_body_bytes: int = 256 * 1024
+    max_prompt_tokens: int = 2048
+    max_tokens: int = 1024
+    timeout_s: float = 120.0
+
+
+@dataclass
+class ServeOptions:
+    api_key: str | None = None
+    cors: list[str] = field(default_factory=list)
+    limits: Limits = field(default_factory=Limits)
+    log_content: bool = False
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    include_usage: bool = False
+
+
+class ChatRequest(BaseModel):
+    """The OpenAI chat request; unknown fields are ignored, as OpenAI clients send many."""
+
+    model_config = ConfigDict(extra="ignore")
+    model: str
+    messages: list[Message] = Field(min_length=1)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    top_k: int | None = Field(default=None, ge=0)
+    repetition_penalty: float | None = Field(default=None, gt=0)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    seed: int | None = None
+    n: int = 1
+
+
+def check_bind(host: str, api_key: str | None) -> None:
+    if host not in LOOPBACK and not api_key:
+        raise AfinarError("S001", f"escuchar en {host} expone el modelo a la red: hace falta una clave.",
+                          hint="usa --api-key o la variable AFINAR_API_KEY, o deja --host 127.0.0.1")
+
+
+def _error(status: int, message: str, kind: str = "invalid_request_error", code: str | None = None):
+    return JSONResponse({"error": {"message": message, "type": kind, "param": None, "code": code}}, status_code=status)
+
+
+def create_app(engine: Engine, options: ServeOptions | None = None) -> FastAPI:
+    from afinar.data.templates import with_system
+
+    options = options or ServeOptions()
+    limits = options.limits
+    if "*" in options.cors:
+        raise AfinarError("S002", "CORS con comodín (*) no está permitido: nombra los orígenes.")
+    app = FastAPI(title="afinar", docs_url=None, redoc_url=None, openapi_url=None)
+    @app.middleware("http")
+    async def guard(request: Request, call_next):
+        started = time.perf_counter()
+        if request.url.path.startswith("/v1/") and options.api_key and request.method != "OPTIONS":
+            given = request.headers.get("authorization", "")
+            token = given[7:] if given.lower().startswith("bearer ") else ""
+            if not hmac.compare_digest(token.encode(), options.api_key.encode()):
+                return _error(401, "falta la clave o no es válida (cabecera Authorization: Bearer …)",
+                              "authentication_error", "invalid_api_key")
+        if request.method == "POST":
+            declared = request.headers.get("content-length")
+            if declared and declared.isdigit() and int(declared) > limits.max_body_bytes:
+                return _error(413, f"la petición ocupa más de {limits.max_body_bytes // 1024} KB", code="body_too_large")
+            body = await request.body()  # starlette caches it for the route
+            if len(body) > limits.max_body_bytes:
+                return _error(413, f"la petición ocupa más de {limits.max_body_bytes // 1024} KB", code="body_too_large")
+        response = await call_next(request)
+        log.info("%s %s → %s (%.0f ms)", request.method, request.url.path, response.status_code,
+                 1000 * (time.perf_counter() - started))
+        return response
+
+    if options.cors:  # added last = outermost: browsers' preflight requests carry no key
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=options.cors, allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type"])
+
+    @app.get("/health")
+    def health():
+        return {"status": "ok", "engine": engine.name, "models": list(engine.personalities)}
+
+    @app.get("/v1/models")
+    def models():
+        return {"object": "list", "data": [{"id": p, "object": "model", "created": 0, "owned_by": "afinar"}
+                                           for p in engine.personalities]}
+
+    @app.get("/api/personalidades")
+    def personalities():
+        return [{"id": p.id, "system_prompt": p.system_prompt, "temperature": p.generation.temperature,
+                 "top_p": p.generation.top_p, "max_tokens": p.generation.max_new_tokens,
+                 "informe": f"/informe/{p.id}" if p.report else None, "motor": engine.name}
+                for p in engine.personalities.values()]
+
+    @app.get("/informe/{model_id}")
+    def report(model_id: str):
+        personality = engine.personalities.get(model_id)
+        if not personality or not personality.report:
+            return _error(404, "esta personalidad no tiene informe de evaluación", code="not_found")
+        return FileResponse(personality.report, media_type="text/html")
+
+    @app.get("/", response_class=HTMLResponse)
+    def page():
+        return resources.files("afinar.inference.web").joinpath("index.html").read_text(encoding="utf-8")
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        try:
+            body = ChatRequest.model_validate_json(await request.body())
+        except ValueError as exc:
+            return _error(400, f"petición no válida: {_first_error(exc)}")
+        if body.n != 1:
+            return _error(400, "solo se admite n=1")
+        if body.model not in engine.personalities:
+            return _error(404, f"modelo desconocido: {body.model!r}; disponibles: {', '.join(engine.personalities)}",
+                          code="model_not_found")
+        personality = engine.personalities[body.model]
+        wanted = body.max_completion_tokens or body.max_tokens or personality.generation.max_new_tokens
+        if wanted > limits.max_tokens:
+            return _error(400, f"max_tokens={wanted} supera el límite del servidor ({limits.max_tokens})", code="max_tokens")
+        messages = with_system([m.model_dump() for m in body.messages], personality.system_prompt)
+        prompt_tokens = await run_in_threadpool(engine.prompt_tokens, body.model, messages)
+        if prompt_tokens > limits.max_prompt_tokens:
+            return _error(400, f"la conversación ocupa {prompt_tokens} tokens y el límite es {limits.max_prompt_tokens}",
+                          code="context_length_exceeded")
+        sampling = Sampling.from_generation(
+            personality.generation, temperature=body.temperature, top_p=body.top_p, top_k=body.top_k,
+            repetition_penalty=body.repetition_penalty, seed=body.seed, timeout_s=limits.timeout_s)
+        sampling.max_tokens = wanted
+        if options.log_content:
+            log.info("petición %s: %s", body.model, json.dumps(messages, ensure_ascii=False))
+        ident = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+        created = int(time.time())
+        if not body.stream:
+            reply: Reply = await run_in_threadpool(engine.complete, body.model, messages, sampling)
+            _log_reply(body.model, reply, options.log_content)
+            return {
+                "id": ident, "object": "chat.completion", "created": created, "model": body.model,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": reply.text},
+                             "finish_reason": "stop" if reply.stopped else "length"}],
+                "usage": _usage(reply),
+            }
+
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+
+        def chunk(delta: dict, finish: str | None = None, usage: dict | None = None) -> str:
+            data = {"id": ident, "object": "chat.completion.chunk", "created": created, "model": body.model,
+                    "choices": [] if usage else [{"index": 0, "delta": delta, "finish_reason": finish}]}
+            if usage:
+                data["usage"] = usage
+            return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+        async def events():
+            yield chunk({"role": "assistant", "content": ""})
+            async for item in iterate_in_threadpool(engine.stream(body.model, messages, sampling)):
+                if isinstance(item, Reply):
+                    _log_reply(body.model, item, options.log_content)
+                    yield chunk({}, "stop" if item.stopped else "length")
+                    if include_usage:
+                        yield chunk({}, usage=_usage(item))
+                else:
+                    yield chunk({"content": item})
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+    return app
+
+
+def _usage(reply: Reply) -> dict:
+    return {"prompt_tokens": reply.prompt_tokens, "completion_tokens": reply.completion_tokens,
+            "total_tokens": reply.prompt_tokens + reply.completion_tokens}
+
+
+def _log_reply(model: str, reply: Reply, content: bool) -> None:
+    log.info("respuesta %s: %d+%d tokens, %s", model, reply.prompt_tokens, reply.completion_tokens,
+             "terminó sola" if reply.stopped else "cortada")
+    if content:
+        log.info("respuesta %s: %s", model, reply.text)
+
+
+def _first_error(exc: Exception) -> str:
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        first = errors()[0]
+        return f"{'.'.join(str(p) for p in first.get('loc', ()))}: {first.get('msg')}"
+    return "JSON mal formado"
+
+
+def serve(sources: list[str], host: str = "127.0.0.1", port: int = 8000, engine: str = "auto",
+          api_key: str | None = None, cors: list[str] | None = None, limits: Limits | None = None,
+          log_content: bool = False) -> None:
+    import os
+
+    import uvicorn
+
+    from afinar.inference.engines import load_engine
+
+    api_key = api_key or os.environ.get("AFINAR_API_KEY") or None
+    check_bind(host, api_key)
+    loaded = load_engine(sources, engine)
+    app = create_app(loaded, ServeOptions(api_key, list(cors or []), limits or Limits(), log_content))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    names = ", ".join(loaded.personalities)
+    print(f"Sirviendo {names} con {loaded.name} en http://{host}:{port}/ (API: http://{host}:{port}/v1)"
+          + (" — con clave" if api_key else ""))
+    uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -1,0 +1,197 @@
+"""`afinar serve`: the OpenAI contract (official client), personalities, limits, auth and quiet logs."""
+import logging
+import socket
+import threading
+import time
+
+import httpx
+import pytest
+
+from afinar.errors import AfinarError
+from afinar.inference.engines import Sampling, TransformersEngine
+from afinar.inference.server import Limits, ServeOptions, check_bind, create_app
+from afinar.runs import open_ref
+from tests.conftest import train_tiny_run
+
+QUESTION = "¿Qué hago con una quemadura?"
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, tiny_base):
+    """Two personalities on one base: adapters trained apart, so their answers differ."""
+    folder = tmp_path_factory.mktemp("serve")
+    (folder / "a").mkdir(); (folder / "b").mkdir()
+    first = train_tiny_run(folder / "a", tiny_base, "enfermeria", 16, {"max_steps": 3, "seed": 1, "lr": 5e-2},
+                           generation={"temperature": 0.0, "max_new_tokens": 12})
+    second = train_tiny_run(folder / "b", tiny_base, "tutor_algoritmos", 16, {"max_steps": 3, "seed": 2, "lr": 5e-2},
+                            data={"system_prompt": "Eres un tutor de algoritmos."},
+                            generation={"temperature": 0.0, "max_new_tokens": 12})
+    return first, second
+
+
+@pytest.fixture(scope="module")
+def engine(runs):
+    return TransformersEngine([open_ref(r) for r in runs])
+
+
+class Server:
+    def __init__(self, app):
+        import uvicorn
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            assert time.monotonic() < deadline, "el servidor no arrancó"
+            time.sleep(0.05)
+        return f"http://127.0.0.1:{self.port}"
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def url(engine):
+    app = create_app(engine, ServeOptions(limits=Limits(max_body_bytes=4096, max_prompt_tokens=200, max_tokens=64)))
+    with Server(app) as base:
+        yield base
+
+
+def client(url, key="sin-clave"):
+    from openai import OpenAI
+
+    return OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0, timeout=60)
+
+
+def expected(runs, which, question=QUESTION, max_tokens=12):
+    """The answer of one adapter alone, from its own single-personality engine."""
+    single = TransformersEngine([open_ref(runs[which])])
+    personality = next(iter(single.personalities.values()))
+    from afinar.data.templates import with_system
+
+    messages = with_system([{"role": "user", "content": question}], personality.system_prompt)
+    return single.complete(personality.id, messages, Sampling(temperature=0.0, max_tokens=max_tokens))
+
+
+def test_models_health_and_personalities(url):
+    ids = [m.id for m in client(url).models.list().data]
+    assert ids == ["enfermeria", "tutor-algoritmos"]
+    assert httpx.get(f"{url}/health").json() == {"status": "ok", "engine": "transformers", "models": ids}
+    info = httpx.get(f"{url}/api/personalidades").json()
+    assert info[1]["system_prompt"] == "Eres un tutor de algoritmos." and info[0]["temperature"] == 0.0
+
+
+def test_non_streaming_answer_and_usage(url, runs, engine):
+    reply = client(url).chat.completions.create(model="enfermeria", messages=[{"role": "user", "content": QUESTION}],
+                                                temperature=0, max_tokens=12)
+    want = expected(runs, 0)
+    assert reply.choices[0].message.content == want.text and reply.choices[0].message.role == "assistant"
+    assert reply.choices[0].finish_reason == ("stop" if want.stopped else "length")
+    assert reply.usage.prompt_tokens == want.prompt_tokens and reply.usage.completion_tokens == want.completion_tokens
+    assert reply.usage.total_tokens == want.prompt_tokens + want.completion_tokens
+
+
+def test_streaming_gives_the_same_text_and_usage(url, runs):
+    stream = client(url).chat.completions.create(
+        model="tutor-algoritmos", messages=[{"role": "user", "content": QUESTION}], temperature=0, max_tokens=12,
+        stream=True, stream_options={"include_usage": True})
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    want = expected(runs, 1)
+    assert text.strip() == want.text
+    assert len([c for c in chunks if c.choices and c.choices[0].delta.content]) >= 2  # really streamed, piece by piece
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == [
+        "stop" if want.stopped else "length"]
+    assert chunks[-1].usage.completion_tokens == want.completion_tokens
+
+
+def test_interleaved_requests_to_two_personalities_each_get_their_adapter(url, runs):
+    want = {"enfermeria": expected(runs, 0).text, "tutor-algoritmos": expected(runs, 1).text}
+    assert want["enfermeria"] != want["tutor-algoritmos"]  # otherwise this test could not tell them apart
+    got: list[tuple[str, str]] = []
+
+    def ask(model, stream):
+        c = client(url)
+        if stream:
+            parts = c.chat.completions.create(model=model, messages=[{"role": "user", "content": QUESTION}],
+                                              temperature=0, max_tokens=12, stream=True)
+            got.append((model, "".join(p.choices[0].delta.content or "" for p in parts if p.choices).strip()))
+        else:
+            r = c.chat.completions.create(model=model, messages=[{"role": "user", "content": QUESTION}],
+                                          temperature=0, max_tokens=12)
+            got.append((model, r.choices[0].message.content))
+
+    threads = [threading.Thread(target=ask, args=(m, i % 3 == 0)) for i, m in
+               enumerate(["enfermeria", "tutor-algoritmos"] * 4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert len(got) == 8
+    for model, text in got:
+        assert text == want[model], model
+
+
+def test_errors_follow_the_openai_shape(url):
+    import openai
+
+    c = client(url)
+    with pytest.raises(openai.NotFoundError) as info:
+        c.chat.completions.create(model="no-existe", messages=[{"role": "user", "content": "hola"}])
+    assert "no-existe" in str(info.value)
+    with pytest.raises(openai.BadRequestError) as info:
+        c.chat.completions.create(model="enfermeria", messages=[{"role": "user", "content": "hola"}], max_tokens=65)
+    assert "límite" in str(info.value)
+    with pytest.raises(openai.BadRequestError) as info:  # 200 prompt tokens at most
+        c.chat.completions.create(model="enfermeria", messages=[{"role": "user", "content": "0 1 2 3 4 5 6 7 8 9 " * 30}])
+    assert "tokens" in str(info.value)
+    response = httpx.post(f"{url}/v1/chat/completions", content=b"{" + b" " * 5000 + b"}",
+                          headers={"Content-Type": "application/json"})
+    assert response.status_code == 413 and response.json()["error"]["code"] == "body_too_large"
+    response = httpx.post(f"{url}/v1/chat/completions", json={"model": "enfermeria", "messages": []})
+    assert response.status_code == 400 and "messages" in response.json()["error"]["message"]
+
+
+def test_api_key_cors_and_bind_rules(engine):
+    import openai
+
+    app = create_app(engine, ServeOptions(api_key="clave-secreta", cors=["http://localhost:4200"]))
+    with Server(app) as base:
+        with pytest.raises(openai.AuthenticationError):
+            client(base, "otra").models.list()
+        assert httpx.get(f"{base}/v1/models").status_code == 401
+        assert [m.id for m in client(base, "clave-secreta").models.list().data] == ["enfermeria", "tutor-algoritmos"]
+        allowed = httpx.options(f"{base}/v1/models", headers={"Origin": "http://localhost:4200",
+                                                               "Access-Control-Request-Method": "GET"})
+        assert allowed.headers.get("access-control-allow-origin") == "http://localhost:4200"
+        other = httpx.options(f"{base}/v1/models", headers={"Origin": "http://evil.example",
+                                                             "Access-Control-Request-Method": "GET"})
+        assert "access-control-allow-origin" not in other.headers
+    with pytest.raises(AfinarError) as info:
+        check_bind("0.0.0.0", None)
+    assert info.value.code == "S001"
+    check_bind("0.0.0.0", "clave")
+    check_bind("127.0.0.1", None)
+    with pytest.raises(AfinarError) as info:
+        create_app(engine, ServeOptions(cors=["*"]))
+    assert info.value.code == "S002"
+
+
+def test_logs_hold_no_message_content_unless_asked(engine, caplog):
+    secret = "paciente Ramírez con DNI 12345678Z"
+    for log_content in (False, True):
+        caplog.clear()
+        app = create_app(engine, ServeOptions(log_content=log_content))
+        with caplog.at_level(logging.INFO, logger="afinar.serve"), Server(app) as base:
+            client(base).chat.completions.create(model="enfermeria", messages=[{"role": "user", "content": secret}],
+                                                 max_tokens=4)
+        logged = "\n".join(r.getMessage() for r in caplog.records)
+        assert "POST /v1/chat/completions → 200" in logged
+        assert (secret in logged) is log_content
