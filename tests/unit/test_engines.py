@@ -99,3 +99,9 @@ def test_engine_mismatches_are_clear(smol_run, smol_export, tiny_base):
     with pytest.raises(AfinarError) as info:
         engine.get("otro")
     assert info.value.code == "S010"
+
+
+def test_time_limit_cuts_the_answer(engines):
+    for name, engine in engines.items():
+        reply = _ask(engine, Sampling(temperature=0.0, max_tokens=200, timeout_s=1e-6))
+        assert reply.completion_tokens < 200 and not reply.stopped, name

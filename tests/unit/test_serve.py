@@ -23,6 +23,8 @@ def runs(tmp_path_factory, tiny_base):
     (folder / "a").mkdir(); (folder / "b").mkdir()
     first = train_tiny_run(folder / "a", tiny_base, "enfermeria", 16, {"max_steps": 3, "seed": 1, "lr": 5e-2},
                            generation={"temperature": 0.0, "max_new_tokens": 12})
+    (first / "informe").mkdir(exist_ok=True)
+    (first / "informe" / "index.html").write_text("<h1>Informe de prueba</h1>", encoding="utf-8")
     second = train_tiny_run(folder / "b", tiny_base, "tutor_algoritmos", 16, {"max_steps": 3, "seed": 2, "lr": 5e-2},
                             data={"system_prompt": "Eres un tutor de algoritmos."},
                             generation={"temperature": 0.0, "max_new_tokens": 12})
@@ -86,6 +88,12 @@ def test_models_health_and_personalities(url):
     assert httpx.get(f"{url}/health").json() == {"status": "ok", "engine": "transformers", "models": ids}
     info = httpx.get(f"{url}/api/personalidades").json()
     assert info[1]["system_prompt"] == "Eres un tutor de algoritmos." and info[0]["temperature"] == 0.0
+    # the page links a run's evaluation report when there is one
+    assert info[0]["informe"] == "/informe/enfermeria" and info[1]["informe"] is None
+    assert "Informe de prueba" in httpx.get(f"{url}/informe/enfermeria").text
+    assert httpx.get(f"{url}/informe/tutor-algoritmos").status_code == 404
+    page = httpx.get(f"{url}/")
+    assert page.status_code == 200 and "afinar · chat" in page.text and 'lang="es"' in page.text
 
 
 def test_non_streaming_answer_and_usage(url, runs, engine):

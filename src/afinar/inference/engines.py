@@ -281,11 +281,15 @@ class LlamaCppEngine(Engine):
         self.llm = llama_cpp.Llama(model_path=str(gguf_path), n_ctx=n_ctx, n_threads=os.cpu_count() or 1, verbose=False)
         meta = self.llm.metadata
         self.eos = {int(meta.get("tokenizer.ggml.eos_token_id", self.llm.token_eos()))}
+        # Rendered the way transformers renders chat templates (same Jinja settings and variables).
         env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
         self.template = env.from_string(meta.get("tokenizer.chat_template") or "")
+        self.special = {name: self.llm.detokenize([int(meta[key])], special=True).decode("utf-8", "replace")
+                        for name, key in (("bos_token", "tokenizer.ggml.bos_token_id"),
+                                          ("eos_token", "tokenizer.ggml.eos_token_id")) if key in meta}
 
     def _ids(self, messages: list[dict]) -> list[int]:
-        text = self.template.render(messages=messages, add_generation_prompt=True)
+        text = self.template.render(messages=messages, add_generation_prompt=True, **self.special)
         return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
 
     def prompt_tokens(self, model_id: str, messages: list[dict]) -> int:
