@@ -37,6 +37,8 @@ def test_auto_choice_and_one_personality_each(engines):
     assert {k: e.name for k, e in engines.items()} == {
         "transformers": "transformers", "llama.cpp": "llama.cpp", "onnxruntime": "onnxruntime", "onnx-fp32": "onnxruntime"}
     assert isinstance(engines["llama.cpp"], LlamaCppEngine)
+    # chat trims old turns against each model's own window (the tiny model was built with 512 positions)
+    assert engines["transformers"].context == engines["onnxruntime"].context == 512
     for engine in engines.values():
         assert list(engine.personalities) == ["mini"]
         assert engine.personalities["mini"].system_prompt == "Eres un asistente."

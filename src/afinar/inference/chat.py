@@ -87,7 +87,7 @@ def chat(
                                         repetition_penalty=repetition_penalty, max_tokens=max_new_tokens, seed=seed)
     system = system_prompt if system_prompt is not None else personality.system_prompt
     history: list[dict] = []
-    context = 2048
+    context = loaded.context
 
     def ask(question: str) -> EngineReply:
         def conversation() -> list[dict]:

@@ -63,6 +63,7 @@ def personality_id(path: Path, recipe_name: str | None) -> str:
 
 class Engine:
     name = "?"
+    context = 2048  # tokens the model can attend to; chat forgets old turns to stay inside it
 
     def __init__(self, personalities: list[Personality]):
         self.personalities = {p.id: p for p in personalities}
@@ -140,6 +141,7 @@ class TransformersEngine(Engine):
                 self.model.load_adapter(str(ref.path), adapter_name=personality.id)
             self.adapters = True
         self.model.eval()
+        self.context = getattr(self.model.config, "max_position_embeddings", None) or self.context
 
     def _prompt(self, model_id: str, messages: list[dict]):
         tokenizer = self.tokenizers[model_id]
@@ -279,6 +281,7 @@ class LlamaCppEngine(Engine):
         super().__init__([personality])
         self.llama_cpp = llama_cpp
         self.llm = llama_cpp.Llama(model_path=str(gguf_path), n_ctx=n_ctx, n_threads=os.cpu_count() or 1, verbose=False)
+        self.context = self.llm.n_ctx()
         meta = self.llm.metadata
         self.eos = {int(meta.get("tokenizer.ggml.eos_token_id", self.llm.token_eos()))}
         # Rendered the way transformers renders chat templates (same Jinja settings and variables).
@@ -344,6 +347,7 @@ class OnnxEngine(Engine):
         graph = folder / "onnx" / ("model_quantized.onnx" if quantized else "model.onnx")
         config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
         self.model = OnnxCausalLM(graph, config)
+        self.context = config.get("max_position_embeddings") or self.context
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
         self.eos = {self.tokenizer.eos_token_id}
 
