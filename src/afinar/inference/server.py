@@ -96,6 +96,7 @@ def create_app(engine: Engine, options: ServeOptions | None = None) -> FastAPI:
     if "*" in options.cors:
         raise AfinarError("S002", "CORS con comodín (*) no está permitido: nombra los orígenes.")
     app = FastAPI(title="afinar", docs_url=None, redoc_url=None, openapi_url=None)
+
     @app.middleware("http")
     async def guard(request: Request, call_next):
         started = time.perf_counter()
