@@ -10,7 +10,7 @@ import torch
 from afinar.errors import AfinarError
 from afinar.export import onnx as onnx_export
 from afinar.export.reference import greedy_decode, greedy_reference
-from afinar.export.run import parameter_count
+from afinar.export.weights import parameter_count
 
 
 @pytest.fixture(scope="module")

@@ -177,7 +177,7 @@ def evaluate_run(
                 context = model.disable_adapter() if side == "base" else nullcontext()
                 with context:
                     reply = generate(model, tokenizer, prompt_messages, gen, seed=seed + i if name == "sampled" else None)
-                row = {"text": reply.text, **measure(reply.text, reference, reply.stopped, reply.new_tokens)}
+                row = {"text": reply.text, **measure(reply.text, reference, reply.stopped, reply.completion_tokens)}
                 row["findings"] = {
                     check: [f.render() for f in CHECKS[check](question, reference, reply.text)] for check in recipe.checks
                 }

@@ -28,6 +28,7 @@ from afinar.export.reference import (
     greedy_decode,
     same_prefix,
 )
+from afinar.export.weights import parameter_count, tensor_shapes
 
 QUANTS = ("f16", "q8_0", "q4_k_m")
 _FTYPES = {"q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M"}
@@ -35,6 +36,13 @@ _FTYPES = {"q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K
 BYTES_PER_WEIGHT = {"f16": 2.0, "q8_0": 1.07, "q4_k_m": 0.6}
 _VENDOR = "vendor/llama.cpp/"
 _KEEP = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/", "LICENSE")
+
+
+def check_quants(quants: list[str]) -> list[str]:
+    """The requested quantisations, without repeats, or X001 naming the unknown ones."""
+    if bad := [q for q in quants if q not in QUANTS]:
+        raise AfinarError("X001", f"cuantización GGUF no disponible: {', '.join(bad)}", hint=f"opciones: {', '.join(QUANTS)}")
+    return list(dict.fromkeys(quants))
 
 
 def llama_cpp_version() -> str:
@@ -104,16 +112,6 @@ def _extract_converter(sdist: Path, out: Path) -> None:
         raise AfinarError("X021", "el sdist no trae el conversor completo.", where=str(sdist))
 
 
-def count_tensors(model_dir: Path) -> int:
-    from safetensors import safe_open
-
-    total = 0
-    for path in model_dir.glob("*.safetensors"):
-        with safe_open(path, "pt") as f:
-            total += len(list(f.keys()))
-    return total
-
-
 def convert(model_dir: Path, out_file: Path, outtype: str = "f16", progress: bool = True) -> Path:
     """HF folder → GGUF with llama.cpp's converter; a readable AfinarError when the converter refuses."""
     from tqdm import tqdm
@@ -121,7 +119,7 @@ def convert(model_dir: Path, out_file: Path, outtype: str = "f16", progress: boo
     script = converter_dir() / "convert_hf_to_gguf.py"
     cmd = [sys.executable, str(script), str(model_dir), "--outfile", str(out_file), "--outtype", outtype]
     env = {k: v for k, v in os.environ.items() if k != "NO_LOCAL_GGUF"}  # use the converter's own gguf-py
-    n = count_tensors(model_dir)
+    n = len(tensor_shapes(model_dir))
     log: list[str] = []
     bar = tqdm(total=n + 100, desc=f"GGUF {outtype}", unit="paso", disable=not progress, leave=False)
     written = 0
@@ -288,13 +286,8 @@ def export_gguf(model_dir: Path, folder: Path, name: str, quants: list[str], ref
     """Write `folder/name-<quant>.gguf` for f16 and each requested quant; each file appears only once verified."""
     from afinar.atomic import require_free_space
 
-    quants = ["f16", *[q for q in quants if q != "f16"]]
-    unknown = [q for q in quants if q not in QUANTS]
-    if unknown:
-        raise AfinarError("X001", f"cuantización GGUF no disponible: {', '.join(unknown)}", hint=f"opciones: {', '.join(QUANTS)}")
+    quants = ["f16", *[q for q in check_quants(quants) if q != "f16"]]
     folder.mkdir(parents=True, exist_ok=True)
-    from afinar.export.run import parameter_count
-
     params = parameter_count(model_dir)
     require_free_space(folder, int(params * sum(BYTES_PER_WEIGHT[q] for q in quants)), "X012")
     results: dict[str, dict] = {}

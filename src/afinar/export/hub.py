@@ -54,7 +54,7 @@ def plan(source: str | Path) -> tuple[list[Upload], dict]:
     if export is not None:
         summary = json.loads((export / "afinar_export.json").read_text(encoding="utf-8"))
         exports = summary.get("exports", {})
-        safetensors = [k for k in exports if k == "safetensors"]
+        safetensors = "safetensors" in exports
         if safetensors:
             folder = export / exports["safetensors"]["ruta"]
             uploads += [Upload(p, p.name) for p in sorted(folder.iterdir()) if p.is_file() and p.name not in SKIP]

@@ -77,22 +77,8 @@ def parse_modelfile(text: str) -> dict:
     return out
 
 
-def ollama_prompt(modelfile: str, messages: list[dict]) -> str:
-    """The prompt Ollama's chat endpoint builds from a Modelfile and a conversation."""
-    parsed = parse_modelfile(modelfile)
-    if parsed.get("system") and (not messages or messages[0]["role"] != "system"):
-        messages = [{"role": "system", "content": parsed["system"]}, *messages]
-    collated: list[dict] = []
-    for message in messages:
-        if collated and collated[-1]["Role"] == message["role"]:
-            collated[-1]["Content"] += "\n\n" + message["content"]
-        else:
-            collated.append({"Role": message["role"], "Content": message["content"]})
-    system = "\n\n".join(m["Content"] for m in collated if m["Role"] == "system")
-    return render_go_template(parsed.get("template", "{{ .Prompt }}"), {"Messages": collated, "System": system})
-
-
 def _merge_same_role(messages: list[dict]) -> list[dict]:
+    """Consecutive turns of one role become one, joined by a blank line (Ollama's `collate`)."""
     merged: list[dict] = []
     for message in messages:
         if merged and merged[-1]["role"] == message["role"]:
@@ -100,6 +86,16 @@ def _merge_same_role(messages: list[dict]) -> list[dict]:
         else:
             merged.append(dict(message))
     return merged
+
+
+def ollama_prompt(modelfile: str, messages: list[dict]) -> str:
+    """The prompt Ollama's chat endpoint builds from a Modelfile and a conversation."""
+    parsed = parse_modelfile(modelfile)
+    if parsed.get("system") and (not messages or messages[0]["role"] != "system"):
+        messages = [{"role": "system", "content": parsed["system"]}, *messages]
+    collated = [{"Role": m["role"], "Content": m["content"]} for m in _merge_same_role(messages)]
+    system = "\n\n".join(m["Content"] for m in collated if m["Role"] == "system")
+    return render_go_template(parsed.get("template", "{{ .Prompt }}"), {"Messages": collated, "System": system})
 
 
 def check_modelfile(modelfile: str, tokenizer, system: str | None) -> None:

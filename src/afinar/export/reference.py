@@ -74,19 +74,16 @@ def greedy_decode(step, prompt_ids: list[int], eos: set[int], max_new_tokens: in
                   penalty: float = 1.0) -> tuple[list[int], bool]:
     """Greedy decoding over any runtime: `step(new_ids)` feeds tokens and returns the last position's logits (V,).
 
-    `penalty` is transformers' repetition penalty (RepetitionPenaltyLogitsProcessor: every token of prompt and answer
-    so far, logit / p when positive, × p when negative), so each runtime is held to the same rule as the reference.
-    Returns (tokens without the stop token, whether a stop token came)."""
+    `penalty` is transformers' repetition penalty (see `inference.engines.pick`), so each runtime is held to the same
+    rule as the reference. Returns (tokens without the stop token, whether a stop token came)."""
+    from afinar.inference.engines import Sampling, pick
+
+    greedy = Sampling(temperature=0.0, repetition_penalty=penalty)
     logits = step(list(prompt_ids))
     seen = set(prompt_ids)
     tokens: list[int] = []
     while len(tokens) < max_new_tokens:
-        scores = logits.astype("float32", copy=True)
-        if penalty != 1.0:
-            index = list(seen)
-            chosen = scores[index]
-            scores[index] = (chosen < 0) * chosen * penalty + (chosen >= 0) * chosen / penalty
-        token = int(scores.argmax())
+        token = pick(logits, seen, greedy, None)
         if token in eos:
             return tokens, True
         tokens.append(token)

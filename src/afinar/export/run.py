@@ -17,24 +17,10 @@ import shutil
 from pathlib import Path
 
 from afinar.errors import AfinarError
+from afinar.export.weights import parameter_count
 
 FORMATS = ("safetensors", "gguf", "ollama", "onnx", "zip")
 ALL = "todo"
-
-
-def parameter_count(model_dir: Path) -> int:
-    """Weights in a safetensors folder, read from the headers only."""
-    from safetensors import safe_open
-
-    total = 0
-    for path in Path(model_dir).glob("*.safetensors"):
-        with safe_open(path, "pt") as f:
-            for key in f.keys():  # noqa: SIM118 — safe_open is not a dict
-                n = 1
-                for d in f.get_slice(key).get_shape():
-                    n *= d
-                total += n
-    return total
 
 
 def size_of(path: Path) -> int:
@@ -48,7 +34,7 @@ def _mb(path: Path) -> str:
 def export(run: str | Path, formats: list[str], output: str | Path | None = None, dtype: str = "fp16",
            quants: list[str] | None = None, overwrite: bool = False, progress: bool = True) -> dict[str, Path]:
     """Export a run folder; returns {format: path}. Prints what was written and how it was verified."""
-    from afinar.export.gguf import QUANTS
+    from afinar.export.gguf import check_quants
     from afinar.merge import merge
     from afinar.runs import open_ref
 
@@ -57,9 +43,7 @@ def export(run: str | Path, formats: list[str], output: str | Path | None = None
     if unknown:
         raise AfinarError("X001", f"formato no disponible: {', '.join(unknown)}",
                           hint=f"formatos: {', '.join(FORMATS)} o {ALL}")
-    quants = list(dict.fromkeys(quants or ["q8_0"]))
-    if bad := [q for q in quants if q not in QUANTS]:
-        raise AfinarError("X001", f"cuantización GGUF no disponible: {', '.join(bad)}", hint=f"opciones: {', '.join(QUANTS)}")
+    quants = check_quants(quants or ["q8_0"])
     ref = open_ref(run)
     if ref.kind != "run":
         raise AfinarError("X002", "la carpeta no es una ejecución con adaptador LoRA.", where=str(run),

@@ -2,67 +2,20 @@
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 from afinar.config import GenerationSection
 from afinar.data.templates import with_system
+from afinar.inference.engines import Reply, Sampling, load_engine, transformers_stream
 
 QUIT_WORDS = {"salir", "exit", "quit"}
 
 
-@dataclass
-class Reply:
-    text: str
-    new_tokens: int
-    stopped: bool  # True when the model emitted its end-of-turn token by itself
-
-
-def sampling_kwargs(gen: GenerationSection, seed: int | None = None) -> dict:
-    kwargs = {"max_new_tokens": gen.max_new_tokens, "repetition_penalty": gen.repetition_penalty}
-    if gen.temperature <= 0:
-        kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-    else:
-        kwargs.update(do_sample=True, temperature=gen.temperature, top_p=gen.top_p, top_k=gen.top_k or None)
-    return kwargs
-
-
-def generate(model, tokenizer, messages: list[dict], gen: GenerationSection, on_text=None, seed: int | None = None) -> Reply:
-    """One assistant turn. `on_text` receives text pieces as they are produced (streaming)."""
-    import threading
-
-    import torch
-    from transformers import TextIteratorStreamer
-
-    prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt").to(model.device)  # (1, T)
-    if seed is not None:
-        torch.manual_seed(seed)
-    kwargs = dict(
-        input_ids=prompt,
-        attention_mask=torch.ones_like(prompt),
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        **sampling_kwargs(gen),
-    )
-    result = {}
-
-    def run():
-        with torch.no_grad():
-            result["ids"] = model.generate(**kwargs)
-
-    if on_text is None:
-        run()
-    else:
-        streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
-        kwargs["streamer"] = streamer
-        worker = threading.Thread(target=run, daemon=True)
-        worker.start()
-        for piece in streamer:
-            on_text(piece)
-        worker.join()
-    new = result["ids"][0, prompt.shape[1] :].tolist()
-    stopped = bool(new) and new[-1] == tokenizer.eos_token_id
-    return Reply(tokenizer.decode(new, skip_special_tokens=True).strip(), len(new), stopped)
+def generate(model, tokenizer, messages: list[dict], gen: GenerationSection, seed: int | None = None) -> Reply:
+    """One assistant turn with a loaded transformers model (what `afinar eval` compares base and tuned with)."""
+    prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt")  # (1, T)
+    *_, reply = transformers_stream(model, tokenizer, prompt, gen, seed)
+    return reply
 
 
 def chat(
@@ -78,9 +31,6 @@ def chat(
     engine: str = "auto",
 ) -> str | None:
     """Interactive loop (`salir`/`exit` to quit) or, with `prompt`, a single streamed answer, on any engine."""
-    from afinar.inference.engines import Reply as EngineReply
-    from afinar.inference.engines import Sampling, load_engine
-
     loaded = load_engine([model_dir], engine)
     model_id, personality = next(iter(loaded.personalities.items()))
     sampling = Sampling.from_generation(personality.generation, temperature=temperature, top_p=top_p, top_k=top_k,
@@ -89,7 +39,7 @@ def chat(
     history: list[dict] = []
     context = loaded.context
 
-    def ask(question: str) -> EngineReply:
+    def ask(question: str) -> Reply:
         def conversation() -> list[dict]:
             return with_system([*history, {"role": "user", "content": question}], system)
 
@@ -97,7 +47,7 @@ def chat(
         while len(history) >= 2 and loaded.prompt_tokens(model_id, conversation()) + sampling.max_tokens > context:
             del history[:2]
         for item in loaded.stream(model_id, conversation(), sampling):
-            if isinstance(item, EngineReply):
+            if isinstance(item, Reply):
                 print("" if item.stopped else "  [cortado: max_new_tokens]")
                 return item
             print(item, end="", flush=True)

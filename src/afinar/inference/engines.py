@@ -151,58 +151,73 @@ class TransformersEngine(Engine):
         return int(self._prompt(model_id, messages).shape[1])
 
     def stream(self, model_id: str, messages: list[dict], sampling: Sampling) -> Iterator[str | Reply]:
-        import torch
-        from transformers import (
-            StoppingCriteria,
-            StoppingCriteriaList,
-            TextIteratorStreamer,
-        )
-
-        from afinar.inference.chat import sampling_kwargs
-
         self.get(model_id)
-        tokenizer = self.tokenizers[model_id]
-        prompt = self._prompt(model_id, messages)
         gen = GenerationSection(temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k,
                                 repetition_penalty=sampling.repetition_penalty, max_new_tokens=sampling.max_tokens)
-        streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
-        result: dict = {}
-        cancel = threading.Event()
-
-        class Cancelled(StoppingCriteria):
-            def __call__(self, input_ids, scores, **kwargs):
-                return torch.full((input_ids.shape[0],), cancel.is_set(), dtype=torch.bool)
-
-        def run():
-            try:
-                if sampling.seed is not None:
-                    torch.manual_seed(sampling.seed)
-                with torch.no_grad():
-                    result["ids"] = self.model.generate(
-                        input_ids=prompt, attention_mask=torch.ones_like(prompt), eos_token_id=tokenizer.eos_token_id,
-                        pad_token_id=tokenizer.pad_token_id, streamer=streamer, max_time=sampling.timeout_s,
-                        stopping_criteria=StoppingCriteriaList([Cancelled()]), **sampling_kwargs(gen))
-            except BaseException as exc:  # noqa: BLE001 — re-raised in the caller's thread
-                result["error"] = exc
-                streamer.end()
-
         with self.lock:  # adapter choice + generation are one step
             if self.adapters:
                 self.model.set_adapter(model_id)
-            worker = threading.Thread(target=run, daemon=True)
-            worker.start()
-            try:
-                for piece in streamer:
-                    if piece:
-                        yield piece
-            finally:  # a client that goes away stops the generation before the next request may switch adapter
-                cancel.set()
-                worker.join()
-        if "error" in result:
-            raise result["error"]
-        new = result["ids"][0, prompt.shape[1]:].tolist()
-        stopped = bool(new) and new[-1] == tokenizer.eos_token_id
-        yield Reply(tokenizer.decode(new, skip_special_tokens=True).strip(), int(prompt.shape[1]), len(new), stopped)
+            # Closing this generator closes the inner one first: generation stops before the lock is released.
+            yield from transformers_stream(self.model, self.tokenizers[model_id], self._prompt(model_id, messages), gen,
+                                           sampling.seed, sampling.timeout_s)
+
+
+def sampling_kwargs(gen: GenerationSection) -> dict:
+    kwargs = {"max_new_tokens": gen.max_new_tokens, "repetition_penalty": gen.repetition_penalty}
+    if gen.temperature <= 0:
+        kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+    else:
+        kwargs.update(do_sample=True, temperature=gen.temperature, top_p=gen.top_p, top_k=gen.top_k or None)
+    return kwargs
+
+
+def transformers_stream(model, tokenizer, prompt, gen: GenerationSection, seed: int | None = None,
+                        timeout_s: float | None = None) -> Iterator[str | Reply]:
+    """One assistant turn with `model.generate`, streamed; `prompt` is (1, T) token ids. If the consumer stops
+    iterating, generation is stopped and waited for before this generator closes."""
+    import torch
+    from transformers import (
+        StoppingCriteria,
+        StoppingCriteriaList,
+        TextIteratorStreamer,
+    )
+
+    prompt = prompt.to(model.device)
+    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    result: dict = {}
+    cancel = threading.Event()
+
+    class Cancelled(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            return torch.full((input_ids.shape[0],), cancel.is_set(), dtype=torch.bool)
+
+    def run():
+        try:
+            if seed is not None:
+                torch.manual_seed(seed)
+            with torch.no_grad():
+                result["ids"] = model.generate(
+                    input_ids=prompt, attention_mask=torch.ones_like(prompt), eos_token_id=tokenizer.eos_token_id,
+                    pad_token_id=tokenizer.pad_token_id, streamer=streamer, max_time=timeout_s,
+                    stopping_criteria=StoppingCriteriaList([Cancelled()]), **sampling_kwargs(gen))
+        except BaseException as exc:  # noqa: BLE001 — re-raised in the caller's thread
+            result["error"] = exc
+            streamer.end()
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    try:
+        for piece in streamer:
+            if piece:
+                yield piece
+    finally:
+        cancel.set()
+        worker.join()
+    if "error" in result:
+        raise result["error"]
+    new = result["ids"][0, prompt.shape[1]:].tolist()
+    stopped = bool(new) and new[-1] == tokenizer.eos_token_id
+    yield Reply(tokenizer.decode(new, skip_special_tokens=True).strip(), int(prompt.shape[1]), len(new), stopped)
 
 
 # --- sampling shared by the llama.cpp and onnxruntime loops -------------------------------------------------------
@@ -212,14 +227,15 @@ def pick(logits, seen: set[int], sampling: Sampling, rng) -> int:
     """transformers' order: repetition penalty, temperature, top-k, top-p, then a draw (argmax at temperature 0)."""
     import numpy as np
 
-    scores = np.asarray(logits, dtype=np.float64).copy()
+    # The penalty in float32, as transformers applies it to float32 logits: the same argmax on near-ties.
+    scores = np.array(logits, dtype=np.float32)
     if sampling.repetition_penalty != 1.0 and seen:
         index = list(seen)
         chosen = scores[index]
         scores[index] = np.where(chosen < 0, chosen * sampling.repetition_penalty, chosen / sampling.repetition_penalty)
     if sampling.temperature <= 0:
         return int(scores.argmax())
-    scores /= sampling.temperature
+    scores = scores.astype(np.float64) / sampling.temperature
     if sampling.top_k and sampling.top_k < scores.size:
         kth = np.partition(scores, -sampling.top_k)[-sampling.top_k]
         scores[scores < kth] = -np.inf
@@ -376,30 +392,30 @@ def _personality(ref) -> Personality:
                        ref.generation, report if report.is_file() else None)
 
 
-def _export_parts(folder: Path):
-    """(kind, path, run ref) for an export folder or a file inside it; None if `folder` is not an export."""
+def _export_parts(path: Path):
+    """(kind, file or folder, run ref or None) for an export folder, a GGUF in it or its ONNX folder; else None."""
     import json
 
     from afinar.runs import open_ref
 
-    summary_path = folder / "afinar_export.json"
-    if folder.is_file() and folder.suffix == ".gguf":
-        summary_path = folder.parent.parent / "afinar_export.json"
-        run = json.loads(summary_path.read_text(encoding="utf-8"))["run"] if summary_path.is_file() else None
-        return "gguf", folder, open_ref(run) if run else None
-    if (folder / "onnx" / "model.onnx").is_file():
-        summary_path = folder.parent / "afinar_export.json"
-        run = json.loads(summary_path.read_text(encoding="utf-8"))["run"] if summary_path.is_file() else None
-        return "onnx", folder, open_ref(run) if run else None
-    if summary_path.is_file():
-        summary = json.loads(summary_path.read_text(encoding="utf-8"))
-        exports = summary.get("exports", {})
-        ggufs = [k for k in exports if k.startswith("gguf-")]
-        if ggufs:
-            best = "gguf-q8_0" if "gguf-q8_0" in ggufs else ggufs[0]
-            return "gguf", folder / exports[best]["ruta"], open_ref(summary["run"])
-        if "onnx" in exports:
-            return "onnx", folder / exports["onnx"]["ruta"], open_ref(summary["run"])
+    def summary_in(folder: Path) -> dict:
+        summary = folder / "afinar_export.json"
+        return json.loads(summary.read_text(encoding="utf-8")) if summary.is_file() else {}
+
+    def run_of(summary: dict):
+        return open_ref(summary["run"]) if summary.get("run") else None
+
+    if path.is_file() and path.suffix == ".gguf":  # RUN/export/gguf/x.gguf
+        return "gguf", path, run_of(summary_in(path.parent.parent))
+    if (path / "onnx" / "model.onnx").is_file():  # RUN/export/onnx
+        return "onnx", path, run_of(summary_in(path.parent))
+    exports = (summary := summary_in(path)).get("exports", {})
+    ggufs = [k for k in exports if k.startswith("gguf-")]
+    if ggufs:
+        best = "gguf-q8_0" if "gguf-q8_0" in ggufs else ggufs[0]
+        return "gguf", path / exports[best]["ruta"], run_of(summary)
+    if "onnx" in exports:
+        return "onnx", path / exports["onnx"]["ruta"], run_of(summary)
     return None
 
 

@@ -107,11 +107,11 @@ def create_app(engine: Engine, options: ServeOptions | None = None) -> FastAPI:
                 return _error(401, "falta la clave o no es válida (cabecera Authorization: Bearer …)",
                               "authentication_error", "invalid_api_key")
         if request.method == "POST":
-            declared = request.headers.get("content-length")
-            if declared and declared.isdigit() and int(declared) > limits.max_body_bytes:
-                return _error(413, f"la petición ocupa más de {limits.max_body_bytes // 1024} KB", code="body_too_large")
-            body = await request.body()  # starlette caches it for the route
-            if len(body) > limits.max_body_bytes:
+            declared = request.headers.get("content-length", "")
+            # A declared size over the limit is refused unread; otherwise the body is read (starlette keeps it for
+            # the route) and measured, for requests that declare none or lie.
+            too_big = declared.isdigit() and int(declared) > limits.max_body_bytes
+            if too_big or len(await request.body()) > limits.max_body_bytes:
                 return _error(413, f"la petición ocupa más de {limits.max_body_bytes // 1024} KB", code="body_too_large")
         response = await call_next(request)
         log.info("%s %s → %s (%.0f ms)", request.method, request.url.path, response.status_code,
