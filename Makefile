@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.afinar-install-stamp
 
-.PHONY: install browser demo test test-fast clean
+.PHONY: install test-deps demo test test-fast clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,19 +26,25 @@ install: $(STAMP)
 demo: install
 	$(BIN)/afinar demo
 
-# The page test drives Debian's chromium through Playwright. Installed with apt-get when we can (root, Debian);
-# otherwise that one test is skipped and says which package is missing.
-browser:
-	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
-	  { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	      (apt-get install -y -qq chromium >/dev/null 2>&1 || (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq chromium >/dev/null 2>&1)) \
-	      || echo "aviso: no se pudo instalar el paquete 'chromium'; la prueba de la página web se omitirá"; \
-	    else echo "aviso: falta el paquete 'chromium' (apt-get install chromium); la prueba de la página web se omitirá"; fi; }
+# Debian packages two tests use: chromium (the page test, through Playwright) and, on x86-64, qemu-user (the ONNX
+# INT8 export run on an emulated CPU without VNNI). Installed with apt-get when we can (root, Debian); otherwise those
+# tests are skipped and say which package is missing. (Transformers.js for the Node test comes from npm, into
+# ~/.cache/afinar/node, the first time the test runs.)
+test-deps:
+	@missing=""; \
+	command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || missing=" chromium"; \
+	[ "$$(uname -m)" != x86_64 ] || command -v qemu-x86_64 >/dev/null 2>&1 || missing="$$missing qemu-user"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get install -y -qq $$missing >/dev/null 2>&1 || (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq $$missing >/dev/null 2>&1)) \
+	    || echo "aviso: no se pudo instalar$$missing; las pruebas que los usan se omitirán"; \
+	  else echo "aviso: faltan los paquetes de Debian$$missing (apt-get install$$missing); las pruebas que los usan se omitirán"; fi; \
+	fi
 
-test: install browser
+test: install test-deps
 	$(BIN)/python -m pytest -q
 
-test-fast: install browser
+test-fast: install test-deps
 	$(BIN)/python -m pytest -q -m "not slow"
 
 clean:

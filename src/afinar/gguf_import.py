@@ -13,9 +13,10 @@ from pathlib import Path
 
 from afinar.atomic import atomic_dir
 from afinar.errors import AfinarError
+from afinar.models import save_tokenizer
 
 # Bump when the conversion changes, so cached folders made by an older afinar are rebuilt.
-CONVERTER_VERSION = 1
+CONVERTER_VERSION = 2  # 2: the chat template also inside tokenizer_config.json
 
 # llama.cpp's pre-tokenizer families (llama-vocab.cpp) that we can express with `tokenizers`.
 _DIGITS_THEN_GPT2 = {"smollm", "starcoder", "refact", "codeshell", "exaone", "minerva"}
@@ -141,7 +142,7 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
     model.generation_config = generation
     with atomic_dir(out_dir, overwrite=True) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
+        save_tokenizer(tokenizer, tmp)
         (tmp / "afinar_source.json").write_text(
             json.dumps(
                 {"gguf": str(gguf_path), "sha256": file_sha256(gguf_path), "converter_version": CONVERTER_VERSION},

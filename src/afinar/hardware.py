@@ -39,6 +39,31 @@ def cpu_supports_bf16() -> bool:
     )
 
 
+def int8_cpu_features() -> dict:
+    """What decides how onnxruntime's INT8 kernels behave on this CPU, recorded beside every INT8 check.
+
+    VNNI (AVX512-VNNI or AVX-VNNI) adds u8×s8 products in 32 bits; without it the AVX2 path adds pairs in 16 bits and
+    can saturate (see export/onnx.py). Linux reads /proc/cpuinfo; elsewhere the flags are unknown (None)."""
+    import platform
+
+    info = {"procesador": platform.processor() or platform.machine(), "vnni": None, "avx512": None, "avx2": None}
+    try:
+        text = open("/proc/cpuinfo", encoding="utf-8", errors="replace").read()
+    except OSError:
+        return info
+    flags: set[str] = set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and info["procesador"] in ("", platform.machine()):
+            info["procesador"] = value.strip()
+        elif key.strip() == "flags":
+            flags = set(value.split())
+            break
+    info.update(vnni=bool({"avx512_vnni", "avx_vnni", "amx_int8"} & flags), avx512="avx512f" in flags,
+                avx2="avx2" in flags)
+    return info
+
+
 def detect(precision: str = "auto", quantization: str = "none") -> Hardware:
     import torch
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from afinar.atomic import atomic_dir, require_free_space
 from afinar.errors import AfinarError
+from afinar.models import save_tokenizer
 
 PROBE = [
     {"role": "user", "content": "¿Qué debo hacer si alguien se quema la mano con agua hirviendo?"},
@@ -67,7 +68,7 @@ def merge(run: str | Path, output: str | Path | None = None, dtype: str = "fp32"
 
     with atomic_dir(output, overwrite=overwrite) as tmp:
         merged.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
+        save_tokenizer(tokenizer, tmp)
         for name in ("recipe.yaml", "data_fingerprint.json"):
             if (ref.path / name).is_file():
                 shutil.copy2(ref.path / name, tmp / name)

@@ -10,6 +10,9 @@ from pathlib import Path
 from afinar.errors import AfinarError
 
 DEFAULT_BASE = "smollm2-135m"
+TOKENIZER_CONFIG = "tokenizer_config.json"
+TEMPLATE_FILE = "chat_template.jinja"
+EXTRA_TEMPLATES_DIR = "additional_chat_templates"
 
 
 @dataclass(frozen=True)
@@ -97,9 +100,14 @@ def _hub_error(spec: str, exc: Exception) -> AfinarError:
     )
 
 
-def load_tokenizer(path_or_id: str):
+def load_tokenizer(path_or_id: str | os.PathLike):
     from transformers import AutoTokenizer
 
+    path_or_id = str(path_or_id)
+    local = Path(path_or_id)
+    if local.is_dir() and not any((local / name).is_file() for name in ("tokenizer.json", TOKENIZER_CONFIG)):
+        raise AfinarError("M008", "la carpeta no tiene tokenizador (faltan tokenizer.json y tokenizer_config.json).",
+                          where=path_or_id, hint="vuelve a exportar desde la ejecución, o copia ahí sus archivos tokenizer*")
     try:
         tokenizer = AutoTokenizer.from_pretrained(path_or_id, trust_remote_code=False)
     except OSError as exc:
@@ -136,3 +144,81 @@ def load_model(path_or_id: str, dtype=None, quantization: str = "none", device: 
     if quantization != "4bit":
         model.to(device)
     return model
+
+
+
+def save_tokenizer(tokenizer, folder: str | os.PathLike) -> None:
+    """`save_pretrained`, then the chat template written into `tokenizer_config.json` as well.
+
+    transformers ≥ 4.47 saves the template only in `chat_template.jinja`; Transformers.js, Ollama's safetensors import
+    and older llama.cpp / transformers read it only from `tokenizer_config.json` ("chat_template is not set")."""
+    tokenizer.save_pretrained(folder)
+    embed_chat_template(folder)
+
+
+def _read_templates(folder: Path, config: dict) -> str | dict | None:
+    """The folder's template(s) as transformers would load them: the .jinja files win over the config's copy."""
+    named = {}
+    if (folder / EXTRA_TEMPLATES_DIR).is_dir():
+        named = {p.stem: p.read_text(encoding="utf-8") for p in sorted((folder / EXTRA_TEMPLATES_DIR).glob("*.jinja"))}
+    if (folder / TEMPLATE_FILE).is_file():
+        default = (folder / TEMPLATE_FILE).read_text(encoding="utf-8")
+        return {"default": default, **named} if named else default
+    stored = config.get("chat_template")
+    if isinstance(stored, list):  # the config's own form for several named templates
+        stored = {t.get("name"): t.get("template") for t in stored if isinstance(t, dict)}
+    if isinstance(stored, dict) and named:
+        stored = {**stored, **named}
+    return stored
+
+
+def embed_chat_template(folder: str | os.PathLike) -> None:
+    """Make `tokenizer_config.json` and `chat_template.jinja` carry the same template, whichever has it now.
+
+    Used after our own `save_pretrained` and on folders other tools wrote (optimum's ONNX export)."""
+    import json
+
+    from afinar.atomic import atomic_write_text
+
+    folder = Path(folder)
+    config_path = folder / TOKENIZER_CONFIG
+    if not config_path.is_file():
+        raise AfinarError("M008", "la carpeta no tiene tokenizador (falta tokenizer_config.json).", where=str(folder),
+                          hint="guarda el tokenizador junto al modelo (tokenizer.save_pretrained) y repite")
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise AfinarError("M008", f"tokenizer_config.json no es JSON válido ({exc}).", where=str(config_path)) from None
+    template = _read_templates(folder, config)
+    if isinstance(template, dict):
+        if not template or not all(isinstance(k, str) and isinstance(v, str) and v for k, v in template.items()):
+            template = None
+        else:
+            default = template.get("default")
+            if default is not None and not (folder / TEMPLATE_FILE).is_file():
+                atomic_write_text(folder / TEMPLATE_FILE, default)
+            config["chat_template"] = [{"name": k, "template": v} for k, v in template.items()]
+    elif isinstance(template, str) and template.strip():
+        if not (folder / TEMPLATE_FILE).is_file():
+            atomic_write_text(folder / TEMPLATE_FILE, template)
+        config["chat_template"] = template
+    else:
+        template = None
+    if template is None:
+        raise AfinarError("M009", "el tokenizador no tiene una plantilla de chat que se pueda guardar (ni en "
+                                  f"{TEMPLATE_FILE} ni en {TOKENIZER_CONFIG}).", where=str(folder),
+                          hint="un modelo base sin plantilla no puede conversar; usa la variante '-Instruct'/'-Chat'")
+    atomic_write_text(config_path, json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+
+
+def stored_chat_templates(folder: str | os.PathLike) -> dict[str, str | None]:
+    """What each file of a tokenizer folder carries, for checks and tests: {"jinja": …, "config": …}."""
+    import json
+
+    folder = Path(folder)
+    config = json.loads((folder / TOKENIZER_CONFIG).read_text(encoding="utf-8"))
+    jinja = folder / TEMPLATE_FILE
+    stored = config.get("chat_template")
+    if isinstance(stored, list):
+        stored = next((t["template"] for t in stored if t.get("name") == "default"), None)
+    return {"jinja": jinja.read_text(encoding="utf-8") if jinja.is_file() else None, "config": stored}

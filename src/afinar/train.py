@@ -19,6 +19,7 @@ from afinar.atomic import atomic_dir, atomic_write_text
 from afinar.config import Recipe, apply_overrides, dump_recipe, load_recipe
 from afinar.data.preflight import REPORT_DIR
 from afinar.errors import AfinarError
+from afinar.models import save_tokenizer
 
 CHECKPOINTS = "checkpoints"
 RUN_INFO = "afinar_run.json"
@@ -377,7 +378,7 @@ def train(
     save_checkpoint(run_dir, model, optimizer, scheduler, scaler, total_steps, cfg.keep_last)
     with atomic_dir(run_dir / ".final", overwrite=True) as tmp:
         model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+        save_tokenizer(tokenizer, tmp)
     for item in (run_dir / ".final").iterdir():
         os.replace(item, run_dir / item.name)
     shutil.rmtree(run_dir / ".final", ignore_errors=True)

@@ -99,7 +99,23 @@ def test_greedy_next_token_agrees_with_llama_cpp(converted, gguf_path):
     assert agreement >= 0.9
 
 
-def test_train_merge_chat_end_to_end_from_the_cli(tmp_path, converted):
+class Cli:
+    """`afinar …` as a user types it, in a fresh process with the converted base's AFINAR_HOME."""
+
+    def __init__(self, folder: Path, converted: Path):
+        self.folder, self.env = folder, dict(os.environ, AFINAR_HOME=str(converted.parents[1]))
+
+    def __call__(self, *args, expect: int = 0) -> str:
+        result = subprocess.run([sys.executable, "-m", "afinar.cli", *args], capture_output=True, text=True,
+                                env=self.env, cwd=self.folder, timeout=600, check=False)
+        assert result.returncode == expect, result.stderr[-3000:]
+        return result.stdout
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, converted):
+    """validate + train from the CLI on the real base: (cli, run folder)."""
+    tmp_path = tmp_path_factory.mktemp("cli")
     data = tmp_path / "mini.jsonl"
     rows = [
         {"instruction": f"¿Qué hago si alguien se quema con agua hirviendo? (caso {i})",
@@ -116,20 +132,33 @@ def test_train_merge_chat_end_to_end_from_the_cli(tmp_path, converted):
         "lora:\n  target_modules: all-linear\n",
         encoding="utf-8",
     )
-    env = dict(os.environ, AFINAR_HOME=str(converted.parents[1]))
-    cli = [sys.executable, "-m", "afinar.cli"]
+    afinar = Cli(tmp_path, converted)
     run_dir = tmp_path / "run"
-
-    def afinar(*args):
-        result = subprocess.run([*cli, *args], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600, check=False)
-        assert result.returncode == 0, result.stderr[-3000:]
-        return result.stdout
-
     assert "0 errores" in afinar("validate", str(recipe))
     out = afinar("train", str(recipe), "--output", str(run_dir), "--sin-progreso")
     assert "Pérdida de validación inicial" in out and (run_dir / "adapter_model.safetensors").is_file()
+    return afinar, run_dir
+
+
+@pytest.fixture(scope="module")
+def exported(trained):
+    """Exports on the real model: GGUF f16 + q8_0 checked in llama.cpp, the Modelfile, ONNX checked in onnxruntime."""
+    afinar, run_dir = trained
+    out = afinar("export", str(run_dir), "--formato", "gguf", "ollama", "onnx", "--sin-progreso")
+    summary = json.loads((run_dir / "export" / "afinar_export.json").read_text(encoding="utf-8"))
+    return out, summary
+
+
+def test_train_merge_chat_end_to_end_from_the_cli(trained, exported, converted):
+    afinar, run_dir = trained
+    tmp_path = afinar.folder
     out = afinar("merge", str(run_dir))
     assert "✓" in out and (run_dir / "merged" / "model.safetensors").is_file()
+    from afinar.models import stored_chat_templates
+
+    for folder in (converted, run_dir, run_dir / "merged"):  # the template inside tokenizer_config.json too
+        stored = stored_chat_templates(folder)
+        assert stored["jinja"] and stored["config"] == stored["jinja"], folder
     # the contrast on the real base: 2 held-out prompts, base vs tuned, report + metrics.json + gate
     held_out = tmp_path / "prueba.jsonl"
     held_out.write_text(
@@ -151,13 +180,14 @@ def test_train_merge_chat_end_to_end_from_the_cli(tmp_path, converted):
         answer = afinar("chat", str(target), "--prompt", "¿Qué hago con una quemadura?", "--max-new-tokens", "12", "--temperature", "0")
         assert answer.strip()
 
-    # Exports on the real model: GGUF f16 + q8_0 checked in llama.cpp, the Modelfile, ONNX checked in onnxruntime.
-    out = afinar("export", str(run_dir), "--formato", "gguf", "ollama", "onnx", "--sin-progreso")
+    out, summary = exported
     assert "y termina solo" in out  # the reference (transformers) ends its answer…
-    summary = json.loads((run_dir / "export" / "afinar_export.json").read_text(encoding="utf-8"))["exports"]
+    assert summary["ok"] and summary["no_escritos"] == {}
+    summary = summary["exports"]
     f16, q8, onnx = summary["gguf-f16"]["comprobado"], summary["gguf-q8_0"]["comprobado"], summary["onnx"]["comprobado"]
     assert f16["primeros_tokens_iguales"] == f16["comparados"] == 16
     assert f16["se_detiene"] and q8["se_detiene"] and onnx["int8"]["se_detiene"]  # …and so does every export
+    assert onnx["int8"]["escrito"] and isinstance(onnx["cpu"]["vnni"], bool)
     assert onnx["fp32"]["max_abs"] <= 1e-3
     # As a llama.cpp user would run it: the chat template inside the GGUF, sampling off, ends with "stop".
     from llama_cpp import Llama
@@ -171,6 +201,24 @@ def test_train_merge_chat_end_to_end_from_the_cli(tmp_path, converted):
     assert "<|im_" not in reply["choices"][0]["message"]["content"]
     out = afinar("push", str(run_dir / "export"), "--repo", "ana/mini", "--dry-run")
     assert "gguf/mini-q8_0.gguf" in out and "onnx/model_quantized.onnx" in out
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "q8"])
+def test_transformers_js_chats_with_the_onnx_export_and_stops(trained, exported, dtype):
+    """The epicrisis guide's path: Transformers.js in Node loads RUN/export/onnx (model.onnx or model_quantized.onnx),
+    applies the chat template from tokenizer_config.json, answers greedily and ends with the model's eos."""
+    from afinar.export.reference import PROBE_QUESTION
+    from afinar.models import load_tokenizer
+    from tests.transformers_js.runner import generate
+
+    _, run_dir = trained
+    folder = run_dir / "export" / "onnx"
+    messages = [{"role": "user", "content": PROBE_QUESTION}]
+    reply = generate(folder, dtype, messages, 400, 1.1)
+    tokenizer = load_tokenizer(str(folder))
+    assert reply["prompt_ids"] == tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+    assert reply["ended_with_eos"] and reply["ids"][-1] == tokenizer.eos_token_id == 2
+    assert len(reply["ids"]) < 400 and reply["text"].strip() and "<|im_" not in reply["text"]
 
 
 def test_demo_runs_the_whole_path(tmp_path, converted, capsys):

@@ -89,3 +89,54 @@ def test_artifacts_get_the_usual_permissions_not_mkstemps_private_ones(tmp_path)
         os.umask(umask)
     assert path.stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "carpeta").stat().st_mode & 0o777 == 0o755
+
+
+def test_saved_tokenizer_carries_the_template_in_both_files(tokenizer, tmp_path):
+    from transformers import AutoTokenizer
+
+    from afinar.models import save_tokenizer, stored_chat_templates
+
+    save_tokenizer(tokenizer, tmp_path)
+    stored = stored_chat_templates(tmp_path)
+    assert stored["jinja"] == stored["config"] == tokenizer.chat_template
+    messages = [{"role": "user", "content": "Hola"}]
+    assert AutoTokenizer.from_pretrained(tmp_path).apply_chat_template(messages, tokenize=False) == \
+        tokenizer.apply_chat_template(messages, tokenize=False)
+    # Only the config (an older transformers, Transformers.js): the .jinja file is written from it.
+    (tmp_path / "chat_template.jinja").unlink()
+    from afinar.models import embed_chat_template
+
+    embed_chat_template(tmp_path)
+    assert stored_chat_templates(tmp_path) == stored
+
+
+def test_named_templates_are_stored_as_the_config_list(tokenizer, tmp_path):
+    import copy
+    import json
+
+    from afinar.models import save_tokenizer
+
+    tok = copy.deepcopy(tokenizer)
+    tok.chat_template = {"default": tokenizer.chat_template, "tool_use": "{{ messages[0]['content'] }}"}
+    save_tokenizer(tok, tmp_path)
+    config = json.loads((tmp_path / "tokenizer_config.json").read_text(encoding="utf-8"))
+    assert config["chat_template"] == [{"name": "default", "template": tokenizer.chat_template},
+                                       {"name": "tool_use", "template": "{{ messages[0]['content'] }}"}]
+
+
+def test_folder_without_tokenizer_or_template_is_a_clear_error(tokenizer, tmp_path):
+    import json
+
+    from afinar.models import embed_chat_template
+
+    with pytest.raises(AfinarError) as info:
+        embed_chat_template(tmp_path)
+    assert info.value.code == "M008" and "tokenizer_config.json" in info.value.message
+    tokenizer.save_pretrained(tmp_path)
+    (tmp_path / "chat_template.jinja").unlink()
+    config = json.loads((tmp_path / "tokenizer_config.json").read_text(encoding="utf-8"))
+    config.pop("chat_template", None)
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
+    with pytest.raises(AfinarError) as info:
+        embed_chat_template(tmp_path)
+    assert info.value.code == "M009" and "plantilla" in info.value.message

@@ -63,8 +63,57 @@ def test_every_format_from_the_cli(smol_export, capsys):
     assert exports["onnx"]["comprobado"]["fp32"]["max_abs"] <= 1e-3
     assert exports["ollama"]["comprobado"]["from"] == "mini-q8_0.gguf"
     assert (smol_export / "gguf" / "Modelfile").read_text(encoding="utf-8").startswith("# Generado por afinar")
+    assert summary["ok"] is True and summary["no_escritos"] == {}
     # Nothing half-done or scratch left beside the exports.
     assert not [p for p in smol_export.rglob(".*")]
+
+
+def test_every_tokenizer_written_carries_the_template_in_tokenizer_config(smol_run, smol_export):
+    """Transformers.js, Ollama's safetensors import and older llama.cpp read the template only from there."""
+    from afinar.models import stored_chat_templates
+
+    exports = json.loads((smol_export / "afinar_export.json").read_text(encoding="utf-8"))["exports"]
+    folders = [smol_run, smol_export / exports["safetensors"]["ruta"], smol_export / exports["onnx"]["ruta"]]
+    for folder in folders:
+        stored = stored_chat_templates(folder)
+        assert stored["jinja"] and stored["config"] == stored["jinja"], folder
+    with zipfile.ZipFile(smol_export / exports["zip"]["ruta"]) as z:
+        config = json.loads(z.read("tokenizer_config.json"))
+        assert config["chat_template"] == z.read("chat_template.jinja").decode("utf-8")
+
+
+def test_a_failed_format_does_not_discard_the_others(run_dir, tmp_path, capsys):
+    """`todo` on a run whose tokenizer llama.cpp cannot convert: GGUF fails (and Ollama, which needs it), the rest is
+    written and checked, the summary says what is missing and why, and the command exits ≠ 0."""
+    out = tmp_path / "todo"
+    assert main(["export", str(run_dir), "--formato", "todo", "--dtype", "fp32", "--output", str(out),
+                 "--sin-progreso"]) == 2
+    err = capsys.readouterr().err
+    assert "X005" in err and "gguf (X023)" in err and "ollama (X005)" in err
+    summary = json.loads((out / "afinar_export.json").read_text(encoding="utf-8"))
+    assert summary["ok"] is False and set(summary["exports"]) == {"safetensors", "zip", "onnx"}
+    assert summary["no_escritos"]["gguf"]["codigo"] == "X023"
+    assert "depende de gguf" in summary["no_escritos"]["ollama"]["motivo"]
+    for item in summary["exports"].values():
+        assert (out / item["ruta"]).exists()
+    assert (out / "onnx" / "onnx" / "model.onnx").is_file()
+    assert not list(out.rglob("*.gguf")) and not [p for p in out.rglob(".*")]
+
+
+def test_a_failed_int8_keeps_the_onnx_folder_and_fails_the_command(run_dir, tmp_path, monkeypatch, capsys):
+    from afinar.export import onnx as onnx_export
+
+    def refuse(path, ref):
+        raise AfinarError("X034", "el ONNX INT8 no empieza la respuesta con el mismo token que torch.", where=str(path))
+
+    monkeypatch.setattr(onnx_export, "check_generation", refuse)
+    out = tmp_path / "int8"
+    assert main(["export", str(run_dir), "--formato", "onnx", "--output", str(out), "--sin-progreso"]) == 2
+    assert "X034" in capsys.readouterr().err
+    summary = json.loads((out / "afinar_export.json").read_text(encoding="utf-8"))
+    assert summary["exports"]["onnx"]["comprobado"]["int8"]["escrito"] is False
+    assert summary["no_escritos"]["onnx-int8"]["codigo"] == "X034"
+    assert (out / "onnx" / "onnx" / "model.onnx").is_file() and not (out / "onnx" / "onnx" / "model_quantized.onnx").exists()
 
 
 def test_second_export_refuses_to_overwrite(smol_run, smol_export, capsys):
@@ -93,3 +142,14 @@ def test_no_room_for_gguf_is_said_before_converting(smol_tokenizer_base, tmp_pat
         export_gguf(smol_tokenizer_base, tmp_path / "g", "x", ["q8_0"], reference, progress=False)
     assert info.value.code == "X012" and "MB" in info.value.message
     assert list((tmp_path / "g").iterdir()) == []
+
+
+def test_a_run_without_tokenizer_is_refused_before_writing(run_dir, tmp_path, capsys):
+    import shutil
+
+    copy = tmp_path / "sin-tokenizador"
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("tokenizer*", "chat_template.jinja", "special_tokens*", "export"))
+    assert main(["export", str(copy), "--formato", "safetensors", "onnx", "--sin-progreso"]) == 2
+    err = capsys.readouterr().err
+    assert "M008" in err and "tokenizador" in err and "Traceback" not in err
+    assert not (copy / "export").exists()

@@ -20,7 +20,23 @@ def reference(smol_tokenizer_base):
 @pytest.fixture(scope="module")
 def exported(smol_tokenizer_base, reference, tmp_path_factory):
     folder = tmp_path_factory.mktemp("gguf")
-    return folder, gguf.export_gguf(smol_tokenizer_base, folder, "tiny", ["q8_0"], reference, progress=False)
+    results, failed = gguf.export_gguf(smol_tokenizer_base, folder, "tiny", ["q8_0"], reference, progress=False)
+    assert failed == {}
+    return folder, results
+
+
+def test_a_failed_quantisation_is_recorded_and_the_others_kept(smol_tokenizer_base, reference, tmp_path, monkeypatch):
+    real = gguf.quantize
+
+    def quantize(src, dst, kind, progress=True):
+        if kind == "q4_k_m":
+            raise AfinarError("X025", "llama.cpp no pudo cuantizar a q4_k_m: prueba", where=str(src))
+        return real(src, dst, kind, progress=progress)
+
+    monkeypatch.setattr(gguf, "quantize", quantize)
+    results, failed = gguf.export_gguf(smol_tokenizer_base, tmp_path, "t", ["q4_k_m", "q8_0"], reference, progress=False)
+    assert set(results) == {"f16", "q8_0"} and set(failed) == {"q4_k_m"} and failed["q4_k_m"].code == "X025"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t-f16.gguf", "t-q8_0.gguf"]
 
 
 def test_f16_and_q8_0_load_in_llama_cpp_and_match_transformers(exported, reference):

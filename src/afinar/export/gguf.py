@@ -282,8 +282,11 @@ def verify(path: Path, ref: Reference, kind: str) -> dict:
 
 
 def export_gguf(model_dir: Path, folder: Path, name: str, quants: list[str], ref: Reference,
-                progress: bool = True) -> dict[str, dict]:
-    """Write `folder/name-<quant>.gguf` for f16 and each requested quant; each file appears only once verified."""
+                progress: bool = True) -> tuple[dict[str, dict], dict[str, AfinarError]]:
+    """Write `folder/name-<quant>.gguf` for f16 and each requested quant; each file appears only once verified.
+
+    Returns (checked results by kind, failures by kind). f16 failing raises: every quantisation starts from it; a
+    quantisation failing is recorded and the others go on."""
     from afinar.atomic import require_free_space
 
     quants = ["f16", *[q for q in check_quants(quants) if q != "f16"]]
@@ -291,6 +294,7 @@ def export_gguf(model_dir: Path, folder: Path, name: str, quants: list[str], ref
     params = parameter_count(model_dir)
     require_free_space(folder, int(params * sum(BYTES_PER_WEIGHT[q] for q in quants)), "X012")
     results: dict[str, dict] = {}
+    failed: dict[str, AfinarError] = {}
     f16_tmp = folder / f".{name}-f16.gguf.tmp"
     try:
         convert(model_dir, f16_tmp, "f16", progress=progress)
@@ -302,10 +306,12 @@ def export_gguf(model_dir: Path, folder: Path, name: str, quants: list[str], ref
                 quantize(results["f16"]["path"], tmp, kind, progress=progress)
                 results[kind] = {"path": folder / f"{name}-{kind}.gguf", **verify(tmp, ref, kind)}
                 os.replace(tmp, results[kind]["path"])
+            except AfinarError as exc:
+                failed[kind] = exc
             finally:
                 with contextlib.suppress(FileNotFoundError):
                     tmp.unlink()
     finally:
         with contextlib.suppress(FileNotFoundError):
             f16_tmp.unlink()
-    return results
+    return results, failed

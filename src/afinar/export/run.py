@@ -66,49 +66,99 @@ def export(run: str | Path, formats: list[str], output: str | Path | None = None
 
     written: dict[str, Path] = {}
     checks: dict[str, dict] = {}
-    if "safetensors" in formats or "zip" in formats:
-        merged = targets["safetensors"]
-        merge(ref.path, output=merged, dtype=dtype, overwrite=overwrite)
-        check = json.loads((merged / "afinar_merge.json").read_text(encoding="utf-8"))["check"]
-        gen = json.loads((merged / "generation_config.json").read_text(encoding="utf-8"))
-        written["safetensors"] = merged
-        checks["safetensors"] = {**check, "eos_token_id": gen.get("eos_token_id")}
-        print(f"safetensors: {merged} ({_mb(merged)}) — recargado con transformers: máx |Δlogits| "
-              f"{check['max_abs']:.2e}, top-1 igual en {check['top1']:.0%}; eos en generation_config = {gen.get('eos_token_id')}")
-    if "zip" in formats:
-        written["zip"], checks["zip"] = _zip(written["safetensors"], targets["zip"], progress)
-    if {"gguf", "ollama", "onnx"} & set(formats):
-        with _fp32_merge(ref, root, written.get("safetensors") if dtype == "fp32" else None) as fp32:
-            from afinar.export.reference import greedy_reference
+    failed: dict[str, AfinarError] = {}
 
-            gen = ref.generation
-            reference = greedy_reference(fp32, ref.system_prompt, gen.repetition_penalty, min(gen.max_new_tokens, 256))
-            print(f"Referencia: el modelo fusionado en transformers (fp32, voraz, repetition_penalty "
-                  f"{gen.repetition_penalty:g}) responde {len(reference.answer)} tokens "
-                  f"{'y termina solo' if reference.stopped else 'SIN llegar al fin de turno'}.")
-            if not reference.stopped:
-                print("  aviso: el modelo no termina sus respuestas ni en transformers: es cosa del entrenamiento, no de la "
-                      "exportación (revisa `afinar eval`). Se comprueba que cada formato haga lo mismo.")
-            if "gguf" in formats or "ollama" in formats:
-                written.update(_gguf(fp32, targets["gguf"].parent, name, quants, reference, ref, "ollama" in formats,
-                                     checks, progress))
-            if "onnx" in formats:
-                written["onnx"] = _onnx(fp32, targets["onnx"], reference, overwrite, checks, progress)
-    _write_summary(root, ref, written, checks)
+    def attempt(key: str, work, *needs: str) -> None:
+        """Run one format; a failure is recorded and the formats that do not depend on it go on."""
+        missing = [n for n in needs if n in failed]
+        if missing:
+            failed[key] = AfinarError("X005", f"no se hizo: depende de {', '.join(missing)}, que falló.")
+            return
+        try:
+            work()
+        except AfinarError as exc:
+            failed[key] = exc
+            print(f"✗ {key}: no se escribió — {exc.render()}")
+
+    if "safetensors" in formats or "zip" in formats:
+        attempt("safetensors", lambda: _safetensors(ref, targets["safetensors"], dtype, overwrite, written, checks))
+    if "zip" in formats:
+        attempt("zip", lambda: _zip(written["safetensors"], targets["zip"], progress, written, checks), "safetensors")
+    if {"gguf", "ollama", "onnx"} & set(formats):
+        # GGUF, Ollama and ONNX share the fp32 merge and the reference; each is tried even if another failed.
+        attempt("fp32", lambda: _from_fp32(ref, root, dtype, formats, targets, name, quants, overwrite, written, checks,
+                                           failed, attempt, progress))
+    if "fp32" in failed:
+        for key in [f for f in formats if f in ("gguf", "ollama", "onnx")]:
+            failed[key] = failed["fp32"]
+        del failed["fp32"]
+    _write_summary(root, ref, written, checks, failed)
+    if failed:
+        _raise_failures(failed, written, root)
     return written
+
+
+def _raise_failures(failed: dict[str, AfinarError], written: dict[str, Path], root: Path) -> None:
+    kept = f"se escribió y comprobó: {', '.join(written)}; " if written else ""
+    hint = f"{kept}detalle en {root / 'afinar_export.json'}"
+    if len(failed) == 1:
+        (key, exc), = failed.items()
+        raise AfinarError(exc.code, f"{key}: {exc.message}", where=exc.where,
+                          hint=f"{exc.hint}; {hint}" if exc.hint else hint)
+    listed = "; ".join(f"{key} ({exc.code})" for key, exc in failed.items())
+    raise AfinarError("X005", f"{len(failed)} exportaciones fallaron: {listed}.", hint=hint)
+
+
+def _safetensors(ref, merged: Path, dtype: str, overwrite: bool, written: dict, checks: dict) -> None:
+    from afinar.merge import merge
+
+    merge(ref.path, output=merged, dtype=dtype, overwrite=overwrite)
+    check = json.loads((merged / "afinar_merge.json").read_text(encoding="utf-8"))["check"]
+    gen = json.loads((merged / "generation_config.json").read_text(encoding="utf-8"))
+    written["safetensors"] = merged
+    checks["safetensors"] = {**check, "eos_token_id": gen.get("eos_token_id"), "plantilla_en_tokenizer_config": True}
+    print(f"safetensors: {merged} ({_mb(merged)}) — recargado con transformers: máx |Δlogits| "
+          f"{check['max_abs']:.2e}, top-1 igual en {check['top1']:.0%}; eos en generation_config = {gen.get('eos_token_id')}")
+
+
+def _from_fp32(ref, root: Path, dtype: str, formats: list[str], targets: dict, name: str, quants: list[str],
+               overwrite: bool, written: dict, checks: dict, failed: dict, attempt, progress: bool) -> None:
+    with _fp32_merge(ref, root, written.get("safetensors") if dtype == "fp32" else None) as fp32:
+        from afinar.export.reference import greedy_reference
+
+        gen = ref.generation
+        reference = greedy_reference(fp32, ref.system_prompt, gen.repetition_penalty, min(gen.max_new_tokens, 256))
+        print(f"Referencia: el modelo fusionado en transformers (fp32, voraz, repetition_penalty "
+              f"{gen.repetition_penalty:g}) responde {len(reference.answer)} tokens "
+              f"{'y termina solo' if reference.stopped else 'SIN llegar al fin de turno'}.")
+        if not reference.stopped:
+            print("  aviso: el modelo no termina sus respuestas ni en transformers: es cosa del entrenamiento, no de la "
+                  "exportación (revisa `afinar eval`). Se comprueba que cada formato haga lo mismo.")
+        if "gguf" in formats or "ollama" in formats:
+            folder, results = targets["gguf"].parent, {}
+            # Asked for Ollama alone, the GGUF files are still made: the Modelfile points at one.
+            attempt("gguf" if "gguf" in formats else "ollama", lambda: results.update(
+                _gguf(fp32, folder, name, quants, reference, written, checks, failed, progress)))
+            if "ollama" in formats and "ollama" not in failed:
+                attempt("ollama", lambda: _ollama(fp32, folder, name, quants, results, ref, written, checks), "gguf")
+        if "onnx" in formats:
+            attempt("onnx", lambda: _onnx(fp32, targets["onnx"], reference, overwrite, written, checks, failed,
+                                          progress))
 
 
 def _preflight(ref, formats: list[str]) -> None:
     """Everything that can be refused is refused before the first file is written."""
+    from afinar.models import load_tokenizer
+
+    tokenizer = load_tokenizer(ref.path)  # M008 without tokenizer files, M005 without a chat template
     if "gguf" in formats or "ollama" in formats:
         from afinar.export.gguf import converter_dir
 
         converter_dir()  # llama-cpp-python installed, converter cached or fetched now
     if "ollama" in formats:
         from afinar.export.ollama import require_chatml
-        from afinar.models import load_tokenizer
 
-        require_chatml(load_tokenizer(str(ref.path)))
+        require_chatml(tokenizer)
     if "onnx" in formats:
         from afinar.export.onnx import require_optimum
 
@@ -132,62 +182,79 @@ def _fp32_merge(ref, root: Path, existing: Path | None):
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _zip(folder: Path, target: Path, progress: bool) -> tuple[Path, dict]:
+def _zip(folder: Path, target: Path, progress: bool, written: dict, checks: dict) -> None:
     from afinar.export.archive import create_zip, verify_zip
 
     manifest = create_zip(folder, target, progress=progress)
     verify_zip(target, progress=False)
+    written["zip"], checks["zip"] = target, {"archivos": len(manifest["files"]), "sha256_verificado": True}
     print(f"zip: {target} ({_mb(target)}, {len(manifest['files'])} archivos) — manifiesto SHA-256 dentro, verificado tras "
           f"escribirlo (afinar export --verificar {target.name})")
-    return target, {"archivos": len(manifest["files"]), "sha256_verificado": True}
 
 
-def _gguf(fp32: Path, folder: Path, name: str, quants: list[str], reference, ref, ollama: bool, checks: dict,
-          progress: bool) -> dict[str, Path]:
-    from transformers import AutoTokenizer
-
+def _gguf(fp32: Path, folder: Path, name: str, quants: list[str], reference, written: dict, checks: dict,
+          failed: dict, progress: bool) -> dict[str, dict]:
     from afinar.export.gguf import export_gguf
-    from afinar.export.ollama import write_modelfile
 
-    results = export_gguf(fp32, folder, name, quants, reference, progress=progress)
-    out: dict[str, Path] = {}
+    results, quant_failures = export_gguf(fp32, folder, name, quants, reference, progress=progress)
+    for kind, exc in quant_failures.items():
+        failed[f"gguf-{kind}"] = exc
+        print(f"✗ gguf {kind}: no se escribió — {exc.render()}")
     for kind, result in results.items():
-        out[f"gguf-{kind}"] = result["path"]
+        written[f"gguf-{kind}"] = result["path"]
         checks[f"gguf-{kind}"] = {k: v for k, v in result.items() if k != "path"}
         ties = f", {result['casi_empates']} por casi empate" if result["casi_empates"] else ""
         same = (f"primeros {result['primeros_tokens_iguales']}/{result['comparados']} tokens voraces = transformers{ties} "
-                f"(máx |Δlogits| {result['max_abs_logits']:.2f}); " if kind == "f16" else "") + f"respuesta igual a la de transformers hasta el token {result['respuesta_igual_hasta']}; "
+                f"(máx |Δlogits| {result['max_abs_logits']:.2f}); " if kind == "f16" else "") + \
+            f"respuesta igual a la de transformers hasta el token {result['respuesta_igual_hasta']}; "
         print(f"gguf {kind}: {result['path']} ({_mb(result['path'])}) — cargado en llama-cpp-python: plantilla y eos "
               f"({result['eos']}) del modelo afinado, prompt tokenizado igual; {same}"
               f"{'termina solo' if result['se_detiene'] else 'no termina'} en {result['tokens_generados']} tokens "
               f"({result['tokens_por_s']} tok/s)")
-    if ollama:
-        # Ollama gets the first quantisation asked for (q8_0 by default): on small models q4_k_m drifts early.
-        chosen = quants[0] if quants[0] in results else "f16"
-        tokenizer = AutoTokenizer.from_pretrained(fp32)
-        modelfile = write_modelfile(folder, results[chosen]["path"].name, tokenizer, ref.system_prompt, ref.generation)
-        out["ollama"] = modelfile
-        checks["ollama"] = {"from": results[chosen]["path"].name, "plantilla_renderizada_igual": True}
-        print(f"ollama: {modelfile} (FROM {results[chosen]['path'].name}) — la plantilla Go, renderizada como Ollama con "
-              f"una conversación conocida, da el mismo texto que la plantilla del modelo. Crear: cd {folder} && "
-              f"ollama create {name} -f Modelfile")
-    return out
+    return results
 
 
-def _onnx(fp32: Path, target: Path, reference, overwrite: bool, checks: dict, progress: bool) -> Path:
-    from afinar.export.onnx import export_onnx
+def _ollama(fp32: Path, folder: Path, name: str, quants: list[str], results: dict, ref, written: dict,
+            checks: dict) -> None:
+    from transformers import AutoTokenizer
+
+    from afinar.export.ollama import write_modelfile
+
+    # Ollama gets the first quantisation asked for (q8_0 by default): on small models q4_k_m drifts early.
+    chosen = quants[0] if quants[0] in results else "f16"
+    tokenizer = AutoTokenizer.from_pretrained(fp32)
+    modelfile = write_modelfile(folder, results[chosen]["path"].name, tokenizer, ref.system_prompt, ref.generation)
+    written["ollama"] = modelfile
+    checks["ollama"] = {"from": results[chosen]["path"].name, "plantilla_renderizada_igual": True}
+    print(f"ollama: {modelfile} (FROM {results[chosen]['path'].name}) — la plantilla Go, renderizada como Ollama con "
+          f"una conversación conocida, da el mismo texto que la plantilla del modelo. Crear: cd {folder} && "
+          f"ollama create {name} -f Modelfile")
+
+
+def _onnx(fp32: Path, target: Path, reference, overwrite: bool, written: dict, checks: dict, failed: dict,
+          progress: bool) -> None:
+    from afinar.errors import AfinarError
+    from afinar.export.onnx import QUANTIZED, export_onnx
 
     report = export_onnx(fp32, target, reference, parameter_count(fp32), overwrite=overwrite, progress=progress)
-    checks["onnx"] = report
-    print(f"onnx: {target} — onnx/model.onnx ({_mb(target / 'onnx' / 'model.onnx')}) y onnx/model_quantized.onnx "
-          f"({_mb(target / 'onnx' / 'model_quantized.onnx')}) para Transformers.js. onnxruntime fp32: máx |Δlogits| vs torch "
-          f"{report['fp32']['max_abs']:.1e}; INT8: primer token igual, "
-          f"{'termina solo' if report['int8']['se_detiene'] else 'no termina'} en {report['int8']['tokens_generados']} tokens")
-    return target
+    written["onnx"], checks["onnx"] = target, report
+    int8 = report["int8"]
+    fp32_line = (f"onnx: {target} — onnx/model.onnx ({_mb(target / 'onnx' / 'model.onnx')}) para Transformers.js "
+                 f"(dtype fp32); onnxruntime: máx |Δlogits| vs torch {report['fp32']['max_abs']:.1e}")
+    if int8["escrito"]:
+        print(f"{fp32_line}; onnx/{QUANTIZED} ({_mb(target / 'onnx' / QUANTIZED)}, dtype q8, {int8['variante']}): "
+              f"primer token igual, "
+              f"{'termina solo' if int8['se_detiene'] else 'no termina'} en {int8['tokens_generados']} tokens en esta CPU "
+              f"({'con' if report['cpu']['vnni'] else 'sin'} VNNI)")
+    else:
+        print(fp32_line)
+        failed["onnx-int8"] = AfinarError(int8["codigo"], int8["motivo"], where=str(target / "onnx" / QUANTIZED))
+        print(f"✗ onnx int8: no se escribió — {int8['codigo']}: {int8['motivo']}")
 
 
-def _write_summary(root: Path, ref, written: dict[str, Path], checks: dict) -> None:
-    """`afinar_export.json` beside the exports: what was written, its size and how it was checked (read by push)."""
+def _write_summary(root: Path, ref, written: dict[str, Path], checks: dict, failed: dict[str, AfinarError]) -> None:
+    """`afinar_export.json` beside the exports: what was written, its size and how it was checked (read by push),
+    and what this command could not write and why."""
     from afinar.atomic import atomic_write_text
 
     previous = {}
@@ -197,6 +264,10 @@ def _write_summary(root: Path, ref, written: dict[str, Path], checks: dict) -> N
     exports = {**previous}
     for key, path in written.items():
         exports[key] = {"ruta": str(path.relative_to(root)), "bytes": size_of(path), "comprobado": checks.get(key, {})}
-    data = {"schema": "afinar.export/1", "run": str(ref.path), "base": ref.base_path,
-            "receta": ref.recipe.name if ref.recipe else None, "exports": exports}
+    not_written = {key: {"codigo": exc.code, "motivo": exc.message, **({"donde": exc.where} if exc.where else {})}
+                   for key, exc in failed.items()}
+    data = {"schema": "afinar.export/2", "run": str(ref.path), "base": ref.base_path,
+            "receta": ref.recipe.name if ref.recipe else None, "ok": not failed, "exports": exports,
+            "no_escritos": not_written}
+    root.mkdir(parents=True, exist_ok=True)
     atomic_write_text(summary_path, json.dumps(data, indent=2, ensure_ascii=False, default=str))

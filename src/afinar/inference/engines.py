@@ -354,17 +354,18 @@ class OnnxEngine(Engine):
     def __init__(self, folder: Path, personality: Personality, quantized: bool = True):
         import json
 
-        from transformers import AutoTokenizer
-
-        from afinar.export.onnx import OnnxCausalLM, require_optimum
+        from afinar.export.onnx import QUANTIZED, OnnxCausalLM, require_optimum
+        from afinar.models import load_tokenizer
 
         require_optimum()
         super().__init__([personality])
-        graph = folder / "onnx" / ("model_quantized.onnx" if quantized else "model.onnx")
+        # An export whose INT8 failed its check on the exporting CPU has only the fp32 graph (afinar_export.json says why).
+        quantized = quantized and (folder / "onnx" / QUANTIZED).is_file()
+        graph = folder / "onnx" / (QUANTIZED if quantized else "model.onnx")
         config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
         self.model = OnnxCausalLM(graph, config)
         self.context = config.get("max_position_embeddings") or self.context
-        self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        self.tokenizer = load_tokenizer(folder)
         self.eos = {self.tokenizer.eos_token_id}
 
     def _ids(self, messages: list[dict]) -> list[int]:
