@@ -158,8 +158,9 @@ np.save({out!r}, OnnxCausalLM(Path({graph!r}), config).logits({ids!r}))
 
 
 def test_int8_export_computes_the_same_on_a_cpu_without_vnni(exported, reference, tmp_path):
-    """The export's INT8 graph gives bit-identical logits on this CPU and on an emulated AVX2 CPU without VNNI;
-    the same graph quantised with 8-bit weights (what afinar wrote before) does not, where this CPU has VNNI."""
+    """The export's INT8 graph gives the same logits on this CPU and on an emulated AVX2 CPU without VNNI (7-bit
+    products never saturate); the same graph with 8-bit weights (what afinar wrote before) does not, where this CPU
+    has VNNI. Two layers are too few for fp32 rounding differences between the CPUs' kernels to grow."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     from afinar.hardware import int8_cpu_features
@@ -182,8 +183,16 @@ def test_int8_export_computes_the_same_on_a_cpu_without_vnni(exported, reference
         assert results["8bit"] > 1e-3  # the check above would catch the old quantisation
 
 
-def test_an_int8_that_fails_is_retried_with_down_proj_in_fp32(tiny_base, reference, tmp_path, monkeypatch):
+def test_int8_keeps_down_proj_in_fp32_and_retries_all_int8(tiny_base, reference, exported, tmp_path, monkeypatch):
     import onnx
+
+    def nodes(target):
+        return onnx.load(str(target / "onnx" / onnx_export.QUANTIZED), load_external_data=False).graph.node
+
+    first, second = (label for label, _ in onnx_export.INT8_VARIANTS)
+    int8 = exported[1]["int8"]
+    assert int8["escrito"] and int8["variante"] == first and int8["capas_fp32"] == 2 and not int8["intentos_fallidos"]
+    assert {n.name for n in nodes(exported[0]) if n.op_type == "MatMul" and "down_proj" in n.name}
 
     real, calls = onnx_export.check_generation, []
 
@@ -196,8 +205,6 @@ def test_an_int8_that_fails_is_retried_with_down_proj_in_fp32(tiny_base, referen
     monkeypatch.setattr(onnx_export, "check_generation", first_fails)
     target = tmp_path / "onnx"
     int8 = onnx_export.export_onnx(tiny_base, target, reference, parameter_count(tiny_base), progress=False)["int8"]
-    assert int8["escrito"] and int8["variante"] == onnx_export.INT8_VARIANTS[1][0] and int8["capas_fp32"] == 2
+    assert int8["escrito"] and int8["variante"] == second and int8["capas_fp32"] == 0
     assert [t["codigo"] for t in int8["intentos_fallidos"]] == ["X034"]
-    nodes = onnx.load(str(target / "onnx" / onnx_export.QUANTIZED), load_external_data=False).graph.node
-    float_matmuls = {n.name for n in nodes if n.op_type == "MatMul" and "down_proj" in n.name}
-    assert len(float_matmuls) == 2 and any(n.op_type == "MatMulInteger" for n in nodes)
+    assert not [n for n in nodes(target) if n.op_type == "MatMul" and "proj" in n.name]  # every projection in INT8

@@ -1,7 +1,8 @@
 """ONNX for Transformers.js and onnxruntime: optimum-onnx export, onnxruntime dynamic INT8, checked in onnxruntime.
 
 Layout is the one Transformers.js loads (`onnx/model.onnx`, `onnx/model_quantized.onnx`, tokenizer.json,
-config.json, generation_config.json), as the epicrisis guide's Angular app expects.
+tokenizer_config.json with the chat template inside, config.json, generation_config.json), as the epicrisis guide's
+Angular app expects.
 """
 from __future__ import annotations
 
@@ -64,11 +65,15 @@ def export_onnx(model_dir: Path, target: Path, ref: Reference, params: int, over
 
 # Tried in order; the first INT8 that passes `check_generation` on this CPU is kept. The MLP's down projection reads
 # the activations with the largest outliers ("massive activations", Sun et al. 2024); onnxruntime quantises each
-# activation matrix with one scale, so those outliers cost every other value its precision. Keeping just that
-# projection in fp32 halved the logit error of SmolLM2-135M (max |Δ| 8.5 → 4.5) for +58 % file size (137 → 217 MB).
+# activation matrix with one scale, so those outliers cost every other value its precision. `bench/onnx_int8_cpus.py`
+# (max |Δlogits| at the prompt's last position vs fp32): embedded SmolLM2-135M, three questions, all projections in
+# INT8 6.6 / 7.2 / 11.8, down_proj in fp32 2.4 / 2.9 / 2.1; the demo's tuned model, probe question, this EPYC with VNNI
+# / emulated without: 9.0 / 4.8 (first token wrong here, the answer drifts into English) vs 3.6 / 2.7 (right on both).
+# The integration test's 12-step model fails the export check all-INT8 and passes with down_proj in fp32. It costs
+# file size (137 → 217 MB on 135M), still 2.5× smaller than fp32; all-INT8 stays as the fallback.
 INT8_VARIANTS = (
-    ("todas las proyecciones en INT8", ()),
     ("down_proj en fp32, el resto en INT8", ("down_proj", "dense_4h_to_h", "fc2")),
+    ("todas las proyecciones en INT8", ()),
 )
 
 
@@ -132,10 +137,12 @@ def _quantize(folder: Path, keep_float: tuple[str, ...] = ()) -> list[str]:
     weights per channel, with 7-bit range (`reduce_range`).
 
     The 7 bits are what make it run on every x86 CPU: without VNNI, onnxruntime's u8×s8 kernels add pairs of products
-    in 16 bits with saturation (VPMADDUBSW), and 255·127·2 overflows that; 255·64·2 does not. Measured on an AVX2 EPYC
-    without VNNI, full-range weights made the tuned 135M model answer garbage without ever stopping (issue 11); with
-    7 bits the INT8 logits are bit for bit the same with and without VNNI (the tests run both, the second under
-    `qemu-x86_64 -cpu Haswell`).
+    in 16 bits with saturation (VPMADDUBSW), and 255·127·2 overflows that; 255·64·2 does not. With 8-bit weights the
+    demo's tuned 135M model answered "foreforerencethe affordable affordable…" without ever stopping on an AVX2 EPYC
+    without VNNI (issue 11), and the same under `qemu-x86_64 -cpu Haswell` here (`bench/onnx_int8_cpus.py`). With 7
+    bits the integer products are exact on both kinds of CPU (a test runs a tiny model's INT8 on both and gets the
+    same logits); a deep model's answers can still differ a little, because fp32 kernels round differently per CPU
+    and quantisation amplifies it — hence the check runs on the exporting CPU.
 
     `keep_float`: substrings of MatMul node names left in fp32. Returns the names of the nodes left in fp32."""
     import onnx

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from afinar.errors import AfinarError
 from afinar.export.weights import parameter_count
+from afinar.models import stored_chat_templates
 
 FORMATS = ("safetensors", "gguf", "ollama", "onnx", "zip")
 ALL = "todo"
@@ -33,9 +34,11 @@ def _mb(path: Path) -> str:
 
 def export(run: str | Path, formats: list[str], output: str | Path | None = None, dtype: str = "fp16",
            quants: list[str] | None = None, overwrite: bool = False, progress: bool = True) -> dict[str, Path]:
-    """Export a run folder; returns {format: path}. Prints what was written and how it was verified."""
+    """Export a run folder; returns {export: path}. Prints what was written and how it was verified.
+
+    A format that fails does not discard the others: what was written and checked stays, the formats that do not
+    depend on the failed one go on, `afinar_export.json` says what is missing and why, and then the error is raised."""
     from afinar.export.gguf import check_quants
-    from afinar.merge import merge
     from afinar.runs import open_ref
 
     formats = list(FORMATS) if ALL in formats else list(dict.fromkeys(formats))
@@ -48,102 +51,182 @@ def export(run: str | Path, formats: list[str], output: str | Path | None = None
     if ref.kind != "run":
         raise AfinarError("X002", "la carpeta no es una ejecución con adaptador LoRA.", where=str(run),
                           hint="exporta desde runs/<nombre> (el adaptador se fusiona y se comprueba)")
-    root = Path(output) if output else ref.path / "export"
-    name = ref.recipe.name if ref.recipe else ref.path.name
-    targets = {
-        "safetensors": root / f"safetensors-{dtype}",
-        "gguf": root / "gguf" / f"{name}-f16.gguf",
-        "ollama": root / "gguf" / "Modelfile",
-        "onnx": root / "onnx",
-        "zip": root / f"{name}-{dtype}.zip",
-    }
-    planned = [targets[f] for f in formats]
+    job = _Job(ref, Path(output) if output else ref.path / "export", formats, dtype, quants, overwrite, progress)
+    planned = [job.targets[f] for f in formats]
     if "gguf" in formats or "ollama" in formats:
-        planned += [root / "gguf" / f"{name}-{q}.gguf" for q in quants]
+        planned += [job.root / "gguf" / f"{job.name}-{q}.gguf" for q in quants]
     if not overwrite and (taken := sorted({str(p) for p in planned if p.exists()})):
         raise AfinarError("X003", "ya existe lo que se iba a escribir: " + ", ".join(taken), hint="usa --sobrescribir u --output")
     _preflight(ref, formats)
 
-    written: dict[str, Path] = {}
-    checks: dict[str, dict] = {}
-    failed: dict[str, AfinarError] = {}
+    if "safetensors" in formats or "zip" in formats:
+        job.attempt("safetensors", job.safetensors)
+    if "zip" in formats:
+        job.attempt("zip", job.zip, needs="safetensors")
+    if {"gguf", "ollama", "onnx"} & set(formats):
+        job.from_fp32_merge()
+    _write_summary(job)
+    if job.failed:
+        job.raise_failures()
+    return job.written
 
-    def attempt(key: str, work, *needs: str) -> None:
+
+class _Job:
+    """One `afinar export`: where each format goes, what was written and checked, and what failed and why."""
+
+    def __init__(self, ref, root: Path, formats: list[str], dtype: str, quants: list[str], overwrite: bool,
+                 progress: bool):
+        self.ref, self.root, self.formats, self.dtype, self.quants = ref, root, formats, dtype, quants
+        self.overwrite, self.progress = overwrite, progress
+        self.name = ref.recipe.name if ref.recipe else ref.path.name
+        self.targets = {
+            "safetensors": root / f"safetensors-{dtype}",
+            "gguf": root / "gguf" / f"{self.name}-f16.gguf",
+            "ollama": root / "gguf" / "Modelfile",
+            "onnx": root / "onnx",
+            "zip": root / f"{self.name}-{dtype}.zip",
+        }
+        self.written: dict[str, Path] = {}
+        self.checks: dict[str, dict] = {}
+        self.failed: dict[str, AfinarError] = {}
+
+    def attempt(self, key: str, work, needs: str | None = None) -> None:
         """Run one format; a failure is recorded and the formats that do not depend on it go on."""
-        missing = [n for n in needs if n in failed]
-        if missing:
-            failed[key] = AfinarError("X005", f"no se hizo: depende de {', '.join(missing)}, que falló.")
+        if needs in self.failed:
+            self.failed[key] = AfinarError("X005", f"no se hizo: depende de {needs}, que falló.")
             return
         try:
             work()
         except AfinarError as exc:
-            failed[key] = exc
-            print(f"✗ {key}: no se escribió — {exc.render()}")
+            self.fail(key, exc)
 
-    if "safetensors" in formats or "zip" in formats:
-        attempt("safetensors", lambda: _safetensors(ref, targets["safetensors"], dtype, overwrite, written, checks))
-    if "zip" in formats:
-        attempt("zip", lambda: _zip(written["safetensors"], targets["zip"], progress, written, checks), "safetensors")
-    if {"gguf", "ollama", "onnx"} & set(formats):
-        # GGUF, Ollama and ONNX share the fp32 merge and the reference; each is tried even if another failed.
-        attempt("fp32", lambda: _from_fp32(ref, root, dtype, formats, targets, name, quants, overwrite, written, checks,
-                                           failed, attempt, progress))
-    if "fp32" in failed:
-        for key in [f for f in formats if f in ("gguf", "ollama", "onnx")]:
-            failed[key] = failed["fp32"]
-        del failed["fp32"]
-    _write_summary(root, ref, written, checks, failed)
-    if failed:
-        _raise_failures(failed, written, root)
-    return written
+    def fail(self, key: str, exc: AfinarError) -> None:
+        self.failed[key] = exc
+        print(f"✗ {key}: no se escribió — {exc.render()}")
 
+    def done(self, key: str, path: Path, check: dict) -> None:
+        self.written[key], self.checks[key] = path, check
 
-def _raise_failures(failed: dict[str, AfinarError], written: dict[str, Path], root: Path) -> None:
-    kept = f"se escribió y comprobó: {', '.join(written)}; " if written else ""
-    hint = f"{kept}detalle en {root / 'afinar_export.json'}"
-    if len(failed) == 1:
-        (key, exc), = failed.items()
-        raise AfinarError(exc.code, f"{key}: {exc.message}", where=exc.where,
-                          hint=f"{exc.hint}; {hint}" if exc.hint else hint)
-    listed = "; ".join(f"{key} ({exc.code})" for key, exc in failed.items())
-    raise AfinarError("X005", f"{len(failed)} exportaciones fallaron: {listed}.", hint=hint)
+    def raise_failures(self) -> None:
+        kept = f"se escribió y comprobó: {', '.join(self.written)}; " if self.written else ""
+        hint = f"{kept}detalle en {self.root / 'afinar_export.json'}"
+        if len(self.failed) == 1:
+            (key, exc), = self.failed.items()
+            raise AfinarError(exc.code, f"{key}: {exc.message}", where=exc.where,
+                              hint=f"{exc.hint}; {hint}" if exc.hint else hint)
+        listed = "; ".join(f"{key} ({exc.code})" for key, exc in self.failed.items())
+        raise AfinarError("X005", f"{len(self.failed)} exportaciones fallaron: {listed}.", hint=hint)
 
+    # --- the formats --------------------------------------------------------------------------------------------
 
-def _safetensors(ref, merged: Path, dtype: str, overwrite: bool, written: dict, checks: dict) -> None:
-    from afinar.merge import merge
+    def safetensors(self) -> None:
+        from afinar.merge import merge
 
-    merge(ref.path, output=merged, dtype=dtype, overwrite=overwrite)
-    check = json.loads((merged / "afinar_merge.json").read_text(encoding="utf-8"))["check"]
-    gen = json.loads((merged / "generation_config.json").read_text(encoding="utf-8"))
-    written["safetensors"] = merged
-    checks["safetensors"] = {**check, "eos_token_id": gen.get("eos_token_id"), "plantilla_en_tokenizer_config": True}
-    print(f"safetensors: {merged} ({_mb(merged)}) — recargado con transformers: máx |Δlogits| "
-          f"{check['max_abs']:.2e}, top-1 igual en {check['top1']:.0%}; eos en generation_config = {gen.get('eos_token_id')}")
+        merged = self.targets["safetensors"]
+        merge(self.ref.path, output=merged, dtype=self.dtype, overwrite=self.overwrite)
+        check = json.loads((merged / "afinar_merge.json").read_text(encoding="utf-8"))["check"]
+        gen = json.loads((merged / "generation_config.json").read_text(encoding="utf-8"))
+        self.done("safetensors", merged, {**check, "eos_token_id": gen.get("eos_token_id"),
+                                          "plantilla_en_tokenizer_config": template_in_config(merged)})
+        print(f"safetensors: {merged} ({_mb(merged)}) — recargado con transformers: máx |Δlogits| "
+              f"{check['max_abs']:.2e}, top-1 igual en {check['top1']:.0%}; eos en generation_config = "
+              f"{gen.get('eos_token_id')}")
 
+    def zip(self) -> None:
+        from afinar.export.archive import create_zip, verify_zip
 
-def _from_fp32(ref, root: Path, dtype: str, formats: list[str], targets: dict, name: str, quants: list[str],
-               overwrite: bool, written: dict, checks: dict, failed: dict, attempt, progress: bool) -> None:
-    with _fp32_merge(ref, root, written.get("safetensors") if dtype == "fp32" else None) as fp32:
+        target = self.targets["zip"]
+        manifest = create_zip(self.written["safetensors"], target, progress=self.progress)
+        verify_zip(target, progress=False)
+        self.done("zip", target, {"archivos": len(manifest["files"]), "sha256_verificado": True})
+        print(f"zip: {target} ({_mb(target)}, {len(manifest['files'])} archivos) — manifiesto SHA-256 dentro, verificado "
+              f"tras escribirlo (afinar export --verificar {target.name})")
+
+    def from_fp32_merge(self) -> None:
+        """GGUF, Ollama and ONNX share one fp32 merge and one reference; each is tried even if another failed."""
+        try:
+            with _fp32_merge(self.ref, self.root, self.written.get("safetensors") if self.dtype == "fp32" else None) as fp32:
+                reference = self.reference(fp32)
+                if "gguf" in self.formats or "ollama" in self.formats:
+                    results: dict[str, dict] = {}
+                    # Asked for Ollama alone, the GGUF files are still made: the Modelfile points at one.
+                    gguf_key = "gguf" if "gguf" in self.formats else "ollama"
+                    self.attempt(gguf_key, lambda: results.update(self.gguf(fp32, reference)))
+                    if "ollama" in self.formats and "ollama" not in self.failed:
+                        self.attempt("ollama", lambda: self.ollama(fp32, results), needs="gguf")
+                if "onnx" in self.formats:
+                    self.attempt("onnx", lambda: self.onnx(fp32, reference))
+        except AfinarError as exc:  # the merge or the reference failed: none of the three can be made
+            for key in [f for f in self.formats if f in ("gguf", "ollama", "onnx")]:
+                self.fail(key, exc)
+
+    def reference(self, fp32: Path):
         from afinar.export.reference import greedy_reference
 
-        gen = ref.generation
-        reference = greedy_reference(fp32, ref.system_prompt, gen.repetition_penalty, min(gen.max_new_tokens, 256))
+        gen = self.ref.generation
+        reference = greedy_reference(fp32, self.ref.system_prompt, gen.repetition_penalty, min(gen.max_new_tokens, 256))
         print(f"Referencia: el modelo fusionado en transformers (fp32, voraz, repetition_penalty "
               f"{gen.repetition_penalty:g}) responde {len(reference.answer)} tokens "
               f"{'y termina solo' if reference.stopped else 'SIN llegar al fin de turno'}.")
         if not reference.stopped:
             print("  aviso: el modelo no termina sus respuestas ni en transformers: es cosa del entrenamiento, no de la "
                   "exportación (revisa `afinar eval`). Se comprueba que cada formato haga lo mismo.")
-        if "gguf" in formats or "ollama" in formats:
-            folder, results = targets["gguf"].parent, {}
-            # Asked for Ollama alone, the GGUF files are still made: the Modelfile points at one.
-            attempt("gguf" if "gguf" in formats else "ollama", lambda: results.update(
-                _gguf(fp32, folder, name, quants, reference, written, checks, failed, progress)))
-            if "ollama" in formats and "ollama" not in failed:
-                attempt("ollama", lambda: _ollama(fp32, folder, name, quants, results, ref, written, checks), "gguf")
-        if "onnx" in formats:
-            attempt("onnx", lambda: _onnx(fp32, targets["onnx"], reference, overwrite, written, checks, failed,
-                                          progress))
+        return reference
+
+    def gguf(self, fp32: Path, reference) -> dict[str, dict]:
+        from afinar.export.gguf import export_gguf
+
+        folder = self.targets["gguf"].parent
+        results, quant_failures = export_gguf(fp32, folder, self.name, self.quants, reference, progress=self.progress)
+        for kind, exc in quant_failures.items():
+            self.fail(f"gguf-{kind}", exc)
+        for kind, result in results.items():
+            self.done(f"gguf-{kind}", result["path"], {k: v for k, v in result.items() if k != "path"})
+            ties = f", {result['casi_empates']} por casi empate" if result["casi_empates"] else ""
+            same = (f"primeros {result['primeros_tokens_iguales']}/{result['comparados']} tokens voraces = "
+                    f"transformers{ties} (máx |Δlogits| {result['max_abs_logits']:.2f}); " if kind == "f16" else "")
+            print(f"gguf {kind}: {result['path']} ({_mb(result['path'])}) — cargado en llama-cpp-python: plantilla y eos "
+                  f"({result['eos']}) del modelo afinado, prompt tokenizado igual; {same}respuesta igual a la de "
+                  f"transformers hasta el token {result['respuesta_igual_hasta']}; "
+                  f"{'termina solo' if result['se_detiene'] else 'no termina'} en {result['tokens_generados']} tokens "
+                  f"({result['tokens_por_s']} tok/s)")
+        return results
+
+    def ollama(self, fp32: Path, results: dict[str, dict]) -> None:
+        from transformers import AutoTokenizer
+
+        from afinar.export.ollama import write_modelfile
+
+        # Ollama gets the first quantisation asked for (q8_0 by default): on small models q4_k_m drifts early.
+        chosen = self.quants[0] if self.quants[0] in results else "f16"
+        folder, source = self.targets["gguf"].parent, results[chosen]["path"].name
+        modelfile = write_modelfile(folder, source, AutoTokenizer.from_pretrained(fp32), self.ref.system_prompt,
+                                    self.ref.generation)
+        self.done("ollama", modelfile, {"from": source, "plantilla_renderizada_igual": True})
+        print(f"ollama: {modelfile} (FROM {source}) — la plantilla Go, renderizada como Ollama con una conversación "
+              f"conocida, da el mismo texto que la plantilla del modelo. Crear: cd {folder} && "
+              f"ollama create {self.name} -f Modelfile")
+
+    def onnx(self, fp32: Path, reference) -> None:
+        from afinar.export.onnx import QUANTIZED, export_onnx
+
+        target = self.targets["onnx"]
+        report = export_onnx(fp32, target, reference, parameter_count(fp32), overwrite=self.overwrite,
+                             progress=self.progress)
+        self.done("onnx", target, {**report, "plantilla_en_tokenizer_config": template_in_config(target)})
+        int8 = report["int8"]
+        print(f"onnx: {target} — onnx/model.onnx ({_mb(target / 'onnx' / 'model.onnx')}) para Transformers.js "
+              f"(dtype fp32); onnxruntime: máx |Δlogits| vs torch {report['fp32']['max_abs']:.1e}"
+              + (f"; onnx/{QUANTIZED} ({_mb(target / 'onnx' / QUANTIZED)}, dtype q8, {int8['variante']}): primer token "
+                 f"igual, {'termina solo' if int8['se_detiene'] else 'no termina'} en {int8['tokens_generados']} tokens "
+                 f"en esta CPU ({'con' if report['cpu']['vnni'] else 'sin'} VNNI)" if int8["escrito"] else ""))
+        if not int8["escrito"]:
+            self.fail("onnx-int8", AfinarError(int8["codigo"], int8["motivo"], where=str(target / "onnx" / QUANTIZED)))
+
+
+def template_in_config(folder: Path) -> bool:
+    stored = stored_chat_templates(folder)
+    return bool(stored["config"]) and stored["config"] == stored["jinja"]
 
 
 def _preflight(ref, formats: list[str]) -> None:
@@ -182,92 +265,22 @@ def _fp32_merge(ref, root: Path, existing: Path | None):
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _zip(folder: Path, target: Path, progress: bool, written: dict, checks: dict) -> None:
-    from afinar.export.archive import create_zip, verify_zip
-
-    manifest = create_zip(folder, target, progress=progress)
-    verify_zip(target, progress=False)
-    written["zip"], checks["zip"] = target, {"archivos": len(manifest["files"]), "sha256_verificado": True}
-    print(f"zip: {target} ({_mb(target)}, {len(manifest['files'])} archivos) — manifiesto SHA-256 dentro, verificado tras "
-          f"escribirlo (afinar export --verificar {target.name})")
-
-
-def _gguf(fp32: Path, folder: Path, name: str, quants: list[str], reference, written: dict, checks: dict,
-          failed: dict, progress: bool) -> dict[str, dict]:
-    from afinar.export.gguf import export_gguf
-
-    results, quant_failures = export_gguf(fp32, folder, name, quants, reference, progress=progress)
-    for kind, exc in quant_failures.items():
-        failed[f"gguf-{kind}"] = exc
-        print(f"✗ gguf {kind}: no se escribió — {exc.render()}")
-    for kind, result in results.items():
-        written[f"gguf-{kind}"] = result["path"]
-        checks[f"gguf-{kind}"] = {k: v for k, v in result.items() if k != "path"}
-        ties = f", {result['casi_empates']} por casi empate" if result["casi_empates"] else ""
-        same = (f"primeros {result['primeros_tokens_iguales']}/{result['comparados']} tokens voraces = transformers{ties} "
-                f"(máx |Δlogits| {result['max_abs_logits']:.2f}); " if kind == "f16" else "") + \
-            f"respuesta igual a la de transformers hasta el token {result['respuesta_igual_hasta']}; "
-        print(f"gguf {kind}: {result['path']} ({_mb(result['path'])}) — cargado en llama-cpp-python: plantilla y eos "
-              f"({result['eos']}) del modelo afinado, prompt tokenizado igual; {same}"
-              f"{'termina solo' if result['se_detiene'] else 'no termina'} en {result['tokens_generados']} tokens "
-              f"({result['tokens_por_s']} tok/s)")
-    return results
-
-
-def _ollama(fp32: Path, folder: Path, name: str, quants: list[str], results: dict, ref, written: dict,
-            checks: dict) -> None:
-    from transformers import AutoTokenizer
-
-    from afinar.export.ollama import write_modelfile
-
-    # Ollama gets the first quantisation asked for (q8_0 by default): on small models q4_k_m drifts early.
-    chosen = quants[0] if quants[0] in results else "f16"
-    tokenizer = AutoTokenizer.from_pretrained(fp32)
-    modelfile = write_modelfile(folder, results[chosen]["path"].name, tokenizer, ref.system_prompt, ref.generation)
-    written["ollama"] = modelfile
-    checks["ollama"] = {"from": results[chosen]["path"].name, "plantilla_renderizada_igual": True}
-    print(f"ollama: {modelfile} (FROM {results[chosen]['path'].name}) — la plantilla Go, renderizada como Ollama con "
-          f"una conversación conocida, da el mismo texto que la plantilla del modelo. Crear: cd {folder} && "
-          f"ollama create {name} -f Modelfile")
-
-
-def _onnx(fp32: Path, target: Path, reference, overwrite: bool, written: dict, checks: dict, failed: dict,
-          progress: bool) -> None:
-    from afinar.errors import AfinarError
-    from afinar.export.onnx import QUANTIZED, export_onnx
-
-    report = export_onnx(fp32, target, reference, parameter_count(fp32), overwrite=overwrite, progress=progress)
-    written["onnx"], checks["onnx"] = target, report
-    int8 = report["int8"]
-    fp32_line = (f"onnx: {target} — onnx/model.onnx ({_mb(target / 'onnx' / 'model.onnx')}) para Transformers.js "
-                 f"(dtype fp32); onnxruntime: máx |Δlogits| vs torch {report['fp32']['max_abs']:.1e}")
-    if int8["escrito"]:
-        print(f"{fp32_line}; onnx/{QUANTIZED} ({_mb(target / 'onnx' / QUANTIZED)}, dtype q8, {int8['variante']}): "
-              f"primer token igual, "
-              f"{'termina solo' if int8['se_detiene'] else 'no termina'} en {int8['tokens_generados']} tokens en esta CPU "
-              f"({'con' if report['cpu']['vnni'] else 'sin'} VNNI)")
-    else:
-        print(fp32_line)
-        failed["onnx-int8"] = AfinarError(int8["codigo"], int8["motivo"], where=str(target / "onnx" / QUANTIZED))
-        print(f"✗ onnx int8: no se escribió — {int8['codigo']}: {int8['motivo']}")
-
-
-def _write_summary(root: Path, ref, written: dict[str, Path], checks: dict, failed: dict[str, AfinarError]) -> None:
-    """`afinar_export.json` beside the exports: what was written, its size and how it was checked (read by push),
-    and what this command could not write and why."""
+def _write_summary(job: _Job) -> None:
+    """`afinar_export.json` beside the exports: what was written, its size and how it was checked (read by push and
+    chat), and what this command could not write and why."""
     from afinar.atomic import atomic_write_text
 
     previous = {}
-    summary_path = root / "afinar_export.json"
+    summary_path = job.root / "afinar_export.json"
     if summary_path.is_file():
         previous = json.loads(summary_path.read_text(encoding="utf-8")).get("exports", {})
     exports = {**previous}
-    for key, path in written.items():
-        exports[key] = {"ruta": str(path.relative_to(root)), "bytes": size_of(path), "comprobado": checks.get(key, {})}
+    for key, path in job.written.items():
+        exports[key] = {"ruta": str(path.relative_to(job.root)), "bytes": size_of(path), "comprobado": job.checks.get(key, {})}
     not_written = {key: {"codigo": exc.code, "motivo": exc.message, **({"donde": exc.where} if exc.where else {})}
-                   for key, exc in failed.items()}
-    data = {"schema": "afinar.export/2", "run": str(ref.path), "base": ref.base_path,
-            "receta": ref.recipe.name if ref.recipe else None, "ok": not failed, "exports": exports,
+                   for key, exc in job.failed.items()}
+    data = {"schema": "afinar.export/2", "run": str(job.ref.path), "base": job.ref.base_path,
+            "receta": job.ref.recipe.name if job.ref.recipe else None, "ok": not job.failed, "exports": exports,
             "no_escritos": not_written}
-    root.mkdir(parents=True, exist_ok=True)
+    job.root.mkdir(parents=True, exist_ok=True)
     atomic_write_text(summary_path, json.dumps(data, indent=2, ensure_ascii=False, default=str))
