@@ -146,7 +146,6 @@ def load_model(path_or_id: str, dtype=None, quantization: str = "none", device: 
     return model
 
 
-
 def save_tokenizer(tokenizer, folder: str | os.PathLike) -> None:
     """`save_pretrained`, then the chat template written into `tokenizer_config.json` as well.
 
@@ -190,24 +189,16 @@ def embed_chat_template(folder: str | os.PathLike) -> None:
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise AfinarError("M008", f"tokenizer_config.json no es JSON válido ({exc}).", where=str(config_path)) from None
     template = _read_templates(folder, config)
-    if isinstance(template, dict):
-        if not template or not all(isinstance(k, str) and isinstance(v, str) and v for k, v in template.items()):
-            template = None
-        else:
-            default = template.get("default")
-            if default is not None and not (folder / TEMPLATE_FILE).is_file():
-                atomic_write_text(folder / TEMPLATE_FILE, default)
-            config["chat_template"] = [{"name": k, "template": v} for k, v in template.items()]
-    elif isinstance(template, str) and template.strip():
-        if not (folder / TEMPLATE_FILE).is_file():
-            atomic_write_text(folder / TEMPLATE_FILE, template)
-        config["chat_template"] = template
-    else:
-        template = None
-    if template is None:
+    named = template if isinstance(template, dict) else {"default": template}
+    if not named or not all(isinstance(k, str) and isinstance(v, str) and v.strip() for k, v in named.items()):
         raise AfinarError("M009", "el tokenizador no tiene una plantilla de chat que se pueda guardar (ni en "
                                   f"{TEMPLATE_FILE} ni en {TOKENIZER_CONFIG}).", where=str(folder),
                           hint="un modelo base sin plantilla no puede conversar; usa la variante '-Instruct'/'-Chat'")
+    if "default" in named and not (folder / TEMPLATE_FILE).is_file():
+        atomic_write_text(folder / TEMPLATE_FILE, named["default"])
+    # One template is a string in the config; several, transformers' list of {name, template}.
+    config["chat_template"] = template if isinstance(template, str) else [
+        {"name": k, "template": v} for k, v in named.items()]
     atomic_write_text(config_path, json.dumps(config, indent=2, ensure_ascii=False) + "\n")
 
 
