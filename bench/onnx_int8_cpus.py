@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import platform
 import shutil
@@ -55,33 +54,18 @@ def child(graph: str, config: str, ids: str, tokens: int, out: str) -> None:
 
 
 def export_base(into: Path) -> Path:
-    from afinar.export.onnx import _export
-    from afinar.models import embed_chat_template, resolve_base
+    from afinar.export.onnx import export_fp32_graph
+    from afinar.models import resolve_base
 
-    folder = into / "base"
-    _export(Path(resolve_base("smollm2-135m")), folder)
-    embed_chat_template(folder)
-    (folder / "onnx").mkdir()
-    for path in list(folder.glob("*.onnx")) + list(folder.glob("*.onnx_data")):
-        os.replace(path, folder / "onnx" / path.name)
-    return folder
-
-
-def quantize(source: Path, target: Path, reduce_range: bool, keep_float: tuple[str, ...]) -> None:
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    nodes = onnx.load(str(source), load_external_data=False).graph.node
-    excluded = [n.name for n in nodes if n.op_type == "MatMul" and any(k in n.name for k in keep_float)]
-    logging.getLogger().setLevel(logging.ERROR)
-    quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, per_channel=True,
-                     reduce_range=reduce_range, nodes_to_exclude=excluded)
+    export_fp32_graph(Path(resolve_base("smollm2-135m")), into / "base")
+    return into / "base"
 
 
 def main() -> None:
     import numpy as np
     from transformers import AutoTokenizer
 
+    from afinar.export.onnx import matmuls_named, quantize_int8
     from afinar.export.reference import PROBE_QUESTION
     from afinar.hardware import int8_cpu_features
 
@@ -116,7 +100,8 @@ def main() -> None:
         graphs = {}
         for name, (reduce_range, keep_float) in VARIANTS.items():
             graphs[name] = tmp / f"{name.replace(' ', '_')}.onnx"
-            quantize(folder / "onnx" / "model.onnx", graphs[name], reduce_range, keep_float)
+            source = folder / "onnx" / "model.onnx"
+            quantize_int8(source, graphs[name], matmuls_named(source, keep_float), reduce_range=reduce_range)
         for question in [PROBE_QUESTION, *QUESTIONS][: args.preguntas]:
             ids = tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True)
             fp32 = run(folder / "onnx" / "model.onnx", [], ids)

@@ -62,11 +62,9 @@ def main() -> None:
         print("Exportando el modelo base (GGUF y ONNX)…")
         f16 = gguf.convert(base, tmp / "base-f16.gguf", progress=False)
         path = f16 if args.gguf == "f16" else gguf.quantize(f16, tmp / "base-q8_0.gguf", "q8_0", progress=False)
-        onnx._export(base, tmp / "onnx")
-        onnx._quantize(tmp / "onnx")
-        (tmp / "onnx" / "onnx").mkdir()
-        for graph in (tmp / "onnx").glob("*.onnx"):
-            graph.rename(tmp / "onnx" / "onnx" / graph.name)
+        onnx.export_fp32_graph(base, tmp / "onnx")
+        source = tmp / "onnx" / "onnx" / "model.onnx"  # INT8 as `afinar export` writes it first
+        onnx.quantize_int8(source, source.with_name(onnx.QUANTIZED), onnx.matmuls_named(source, onnx.INT8_VARIANTS[0][1]))
         engines = {"transformers (fp32)": load_engine([base])}
         personality = next(iter(engines["transformers (fp32)"].personalities.values()))
         engines[f"llama.cpp ({args.gguf})"] = LlamaCppEngine(path, personality)

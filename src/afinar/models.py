@@ -213,3 +213,9 @@ def stored_chat_templates(folder: str | os.PathLike) -> dict[str, str | None]:
     if isinstance(stored, list):
         stored = next((t["template"] for t in stored if t.get("name") == "default"), None)
     return {"jinja": jinja.read_text(encoding="utf-8") if jinja.is_file() else None, "config": stored}
+
+
+def template_in_config(folder: str | os.PathLike) -> bool:
+    """True when `tokenizer_config.json` carries the same template as `chat_template.jinja`."""
+    stored = stored_chat_templates(folder)
+    return bool(stored["config"]) and stored["config"] == stored["jinja"]

@@ -48,11 +48,7 @@ def export_onnx(model_dir: Path, target: Path, ref: Reference, params: int, over
     require_free_space(target.parent, params * (4 + 1) * 2, "X012")
     steps = ["exportar con optimum-onnx", "comprobar fp32", "cuantizar a INT8 con onnxruntime", "comprobar INT8"]
     with atomic_dir(target, overwrite=overwrite) as tmp, _steps(steps, progress) as step:
-        _export(model_dir, tmp)
-        embed_chat_template(tmp)  # optimum saves the template only in chat_template.jinja; Transformers.js needs it here
-        (tmp / "onnx").mkdir()
-        for path in list(tmp.glob("*.onnx")) + list(tmp.glob("*.onnx_data")):
-            os.replace(path, tmp / "onnx" / path.name)
+        export_fp32_graph(model_dir, tmp)
         step()
         fp32 = check_logits(tmp / "onnx" / "model.onnx", ref)
         step()
@@ -61,6 +57,15 @@ def export_onnx(model_dir: Path, target: Path, ref: Reference, params: int, over
         report = {"fp32": fp32, "int8": int8, "cpu": int8_cpu_features()}
         (tmp / "afinar_onnx.json").write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
     return report
+
+
+def export_fp32_graph(model_dir: Path, folder: Path) -> None:
+    """optimum-onnx's fp32 graph in Transformers.js's layout: `folder/onnx/model.onnx`, config and tokenizer beside."""
+    _export(model_dir, folder)
+    embed_chat_template(folder)  # optimum saves the template only in chat_template.jinja; Transformers.js needs it here
+    (folder / "onnx").mkdir()
+    for path in list(folder.glob("*.onnx")) + list(folder.glob("*.onnx_data")):
+        os.replace(path, folder / "onnx" / path.name)
 
 
 # Tried in order; the first INT8 that passes `check_generation` on this CPU is kept. The MLP's down projection reads
@@ -79,15 +84,16 @@ INT8_VARIANTS = (
 
 def _quantize_and_check(folder: Path, ref: Reference, step) -> dict:
     """INT8 beside the fp32 graph, kept only if it passes `check_generation` here; otherwise removed, with the reason."""
-    quantized = folder / QUANTIZED
+    source, quantized = folder / "model.onnx", folder / QUANTIZED
     tries: list[dict] = []
     for label, keep_float in INT8_VARIANTS:
+        float_nodes = matmuls_named(source, keep_float)
+        if keep_float and not float_nodes:
+            continue  # this architecture names its projections otherwise: nothing different to try
         try:
-            kept = _quantize(folder, keep_float)
-            if keep_float and not kept:
-                continue  # this architecture names its projections otherwise: nothing different to try
+            quantize_int8(source, quantized, float_nodes)
             step()
-            return {"escrito": True, "variante": label, "capas_fp32": len(kept), "intentos_fallidos": tries,
+            return {"escrito": True, "variante": label, "capas_fp32": len(float_nodes), "intentos_fallidos": tries,
                     **check_generation(quantized, ref)}
         except AfinarError as exc:
             for path in folder.glob(QUANTIZED + "*"):
@@ -95,6 +101,45 @@ def _quantize_and_check(folder: Path, ref: Reference, step) -> dict:
             tries.append({"variante": label, "codigo": exc.code, "motivo": exc.message})
     last = tries[-1]
     return {"escrito": False, "codigo": last["codigo"], "motivo": last["motivo"], "intentos_fallidos": tries}
+
+
+def matmuls_named(source: Path, parts: tuple[str, ...]) -> list[str]:
+    """Names of the graph's MatMul nodes whose name contains any of `parts` (e.g. "down_proj")."""
+    import onnx
+
+    nodes = onnx.load(str(source), load_external_data=False).graph.node
+    return [n.name for n in nodes if n.op_type == "MatMul" and any(part in n.name for part in parts)]
+
+
+def quantize_int8(source: Path, target: Path, float_nodes: list[str] | tuple[str, ...] = (),
+                  reduce_range: bool = True) -> None:
+    """Dynamic INT8 weights the way Transformers.js's own conversion script makes `model_quantized.onnx`: signed
+    weights per channel, with 7-bit range (`reduce_range`); `float_nodes` stay fp32. (`reduce_range=False` is only for
+    measuring what afinar wrote before: see bench/onnx_int8_cpus.py.)
+
+    The 7 bits are what make it run on every x86 CPU: without VNNI, onnxruntime's u8×s8 kernels add pairs of products
+    in 16 bits with saturation (VPMADDUBSW), and 255·127·2 overflows that; 255·64·2 does not. With 8-bit weights the
+    demo's tuned 135M model answered "foreforerencethe affordable affordable…" without ever stopping on an AVX2 EPYC
+    without VNNI (issue 11), and the same under `qemu-x86_64 -cpu Haswell` here (`bench/onnx_int8_cpus.py`). With 7
+    bits the integer products are exact on both kinds of CPU (a test runs a tiny model's INT8 on both and gets the
+    same logits); a deep model's answers can still differ a little, because fp32 kernels round differently per CPU
+    and quantisation amplifies it — hence the check runs on the exporting CPU."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    big = sum(p.stat().st_size for p in source.parent.glob(source.name + "*")) > 2_000_000_000  # protobuf's 2 GB
+    root = logging.getLogger()  # the quantiser warns on the root logger about pre-processing we do not need
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, per_channel=True,
+                         reduce_range=reduce_range, use_external_data_format=big, nodes_to_exclude=list(float_nodes))
+    except Exception as exc:  # onnxruntime raises plain exceptions of many kinds; the fp32 model stays usable
+        raise AfinarError("X035", f"onnxruntime no pudo cuantizar a INT8 ({type(exc).__name__}: {str(exc)[:200]}).",
+                          where=str(source)) from None
+    finally:
+        root.setLevel(level)
+    if not target.is_file():
+        raise AfinarError("X035", f"onnxruntime no escribió {target.name}.", where=str(target.parent))
 
 
 @contextlib.contextmanager
@@ -130,44 +175,6 @@ def _export(model_dir: Path, out: Path) -> None:
         raise AfinarError("X032", f"la exportación a ONNX falló: {str(exc)[:300]}", where=str(model_dir)) from None
     if not (out / "model.onnx").is_file():
         raise AfinarError("X032", "optimum-onnx no escribió model.onnx.", where=str(model_dir))
-
-
-def _quantize(folder: Path, keep_float: tuple[str, ...] = ()) -> list[str]:
-    """Dynamic INT8 weights the way Transformers.js's own conversion script makes `model_quantized.onnx`: signed
-    weights per channel, with 7-bit range (`reduce_range`).
-
-    The 7 bits are what make it run on every x86 CPU: without VNNI, onnxruntime's u8×s8 kernels add pairs of products
-    in 16 bits with saturation (VPMADDUBSW), and 255·127·2 overflows that; 255·64·2 does not. With 8-bit weights the
-    demo's tuned 135M model answered "foreforerencethe affordable affordable…" without ever stopping on an AVX2 EPYC
-    without VNNI (issue 11), and the same under `qemu-x86_64 -cpu Haswell` here (`bench/onnx_int8_cpus.py`). With 7
-    bits the integer products are exact on both kinds of CPU (a test runs a tiny model's INT8 on both and gets the
-    same logits); a deep model's answers can still differ a little, because fp32 kernels round differently per CPU
-    and quantisation amplifies it — hence the check runs on the exporting CPU.
-
-    `keep_float`: substrings of MatMul node names left in fp32. Returns the names of the nodes left in fp32."""
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    source = folder / "model.onnx"
-    graph = onnx.load(str(source), load_external_data=False).graph
-    excluded = [n.name for n in graph.node if n.op_type == "MatMul" and any(k in n.name for k in keep_float)]
-    if keep_float and not excluded:
-        return []
-    big = sum(p.stat().st_size for p in folder.glob("model.onnx*")) > 2_000_000_000  # protobuf's 2 GB limit
-    root = logging.getLogger()  # the quantiser warns on the root logger about pre-processing we do not need
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        quantize_dynamic(str(source), str(folder / QUANTIZED), weight_type=QuantType.QInt8, per_channel=True,
-                         reduce_range=True, use_external_data_format=big, nodes_to_exclude=excluded)
-    except Exception as exc:  # onnxruntime raises plain exceptions of many kinds; the fp32 model stays usable
-        raise AfinarError("X035", f"onnxruntime no pudo cuantizar a INT8 ({type(exc).__name__}: {str(exc)[:200]}).",
-                          where=str(source)) from None
-    finally:
-        root.setLevel(level)
-    if not (folder / QUANTIZED).is_file():
-        raise AfinarError("X035", "onnxruntime no escribió model_quantized.onnx.", where=str(folder))
-    return excluded
 
 
 class OnnxCausalLM:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from afinar.errors import AfinarError
 from afinar.export.weights import parameter_count
-from afinar.models import stored_chat_templates
+from afinar.models import template_in_config
 
 FORMATS = ("safetensors", "gguf", "ollama", "onnx", "zip")
 ALL = "todo"
@@ -222,11 +222,6 @@ class _Job:
                  f"en esta CPU ({'con' if report['cpu']['vnni'] else 'sin'} VNNI)" if int8["escrito"] else ""))
         if not int8["escrito"]:
             self.fail("onnx-int8", AfinarError(int8["codigo"], int8["motivo"], where=str(target / "onnx" / QUANTIZED)))
-
-
-def template_in_config(folder: Path) -> bool:
-    stored = stored_chat_templates(folder)
-    return bool(stored["config"]) and stored["config"] == stored["jinja"]
 
 
 def _preflight(ref, formats: list[str]) -> None:
