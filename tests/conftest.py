@@ -142,6 +142,11 @@ def tiny_recipe(tmp_path, tiny_base):
 def pytest_configure(config):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # Tokenized-data cache of the tests apart from the user's (a fresh one per session).
+    if "AFINAR_DATA_CACHE" not in os.environ:
+        import tempfile
+
+        os.environ["AFINAR_DATA_CACHE"] = tempfile.mkdtemp(prefix="afinar-tokenized-")
 
 
 @pytest.fixture(scope="session")

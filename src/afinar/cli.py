@@ -101,13 +101,15 @@ def _cmd_train(args) -> int:
         "train.lr": args.lr,
         "train.batch_size": args.batch_size,
         "train.grad_accum": args.grad_accum,
+        "train.tokens_per_batch": args.tokens_per_batch,
         "train.seed": args.seed,
         "train.precision": args.precision,
         "data.max_length": args.max_length,
         "model.base": args.base,
         "output_dir": args.output,
     }
-    train(args.recipe, overrides=overrides, resume=args.resume, overwrite=args.overwrite, progress=not args.sin_progreso)
+    train(args.recipe, overrides=overrides, resume=args.resume, overwrite=args.overwrite, progress=not args.sin_progreso,
+          force=args.force)
     return 0
 
 
@@ -230,12 +232,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--grad-accum", type=int)
+    p.add_argument("--tokens-per-batch", type=int, help="tokens por micro-lote (memoria acotada; train.tokens_per_batch)")
     p.add_argument("--max-length", type=int)
     p.add_argument("--seed", type=int)
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"])
     p.add_argument("--base", help="modelo base: smollm2-135m, carpeta, .gguf o id del Hub")
     p.add_argument("--output", help="carpeta de la ejecución (por defecto runs/<nombre>)")
     p.add_argument("--resume", action="store_true", help="continúa desde el último checkpoint completo")
+    p.add_argument("--forzar", "--force", dest="force", action="store_true",
+                   help="con --resume: continúa aunque la receta cambiara lote, semilla, datos o LoRA")
     p.add_argument("--sobrescribir", "--overwrite", dest="overwrite", action="store_true", help="borra la carpeta de salida si existe")
     p.add_argument("--sin-progreso", action="store_true", help="sin barra de progreso (registros de CI)")
     p.set_defaults(func=_cmd_train)

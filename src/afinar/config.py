@@ -53,7 +53,13 @@ class TrainSection(Strict):
     lr: Annotated[float, Field(gt=0)] = 2e-4
     scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "cosine"
     warmup_ratio: Annotated[float, Field(ge=0, lt=1)] = 0.03
+    # A micro-batch takes examples in order until `batch_size` examples or `tokens_per_batch` tokens: the token
+    # budget, not the longest example, sets peak memory.
     batch_size: Annotated[int, Field(ge=1)] = 4
+    tokens_per_batch: Annotated[int, Field(ge=16)] = 1024
+    # Examples concatenated in one row with position_ids restarting at each (no padding, no cross-attention);
+    # false: padded batches grouped by similar length.
+    packing: bool = True
     grad_accum: Annotated[int, Field(ge=1)] = 1
     weight_decay: Annotated[float, Field(ge=0)] = 0.0
     max_grad_norm: Annotated[float, Field(gt=0)] | None = 1.0
@@ -64,6 +70,10 @@ class TrainSection(Strict):
     save_every: Annotated[int, Field(ge=1)] = 50
     keep_last: Annotated[int, Field(ge=1)] = 2
     log_every: Annotated[int, Field(ge=1)] = 1
+    # Experiment tracking through accelerate's trackers (none: only metrics.jsonl and loss.png).
+    report_to: Literal["none", "tensorboard", "wandb", "mlflow", "trackio"] = "none"
+    # torch.compile of the decoder (opt-in: measured by bench/train_throughput.py).
+    compile: bool = False
 
     @model_validator(mode="after")
     def _needs_a_length(self):

@@ -33,7 +33,8 @@ def demo(output: str | Path = DEMO_RUN, epochs: float | None = None, max_steps: 
     from afinar.evaluate.report import print_summary
     from afinar.evaluate.run import evaluate_run
     from afinar.merge import merge
-    from afinar.train import read_metrics, train
+    from afinar.train import train
+    from afinar.training import read_metrics
 
     console = Console()
     recipe = load_recipe(shipped_recipe("enfermeria"))

@@ -1,195 +1,169 @@
-"""`afinar train RECIPE`: LoRA fine-tuning with PEFT, in a loop that reads top to bottom.
+"""`afinar train RECIPE`: LoRA fine-tuning with PEFT on 🤗 accelerate, in a recipe that reads top to bottom.
 
-recipe → seed → hardware → base + tokenizer → data → LoRA → optimizer/scheduler → loop (eval, checkpoints)
-→ adapter + tokenizer + resolved recipe + metrics + data fingerprint in the run folder.
+Stages: launch checks (nothing written before they pass) → data (tokenized Arrow cache) → model → optimizer and
+schedule → resume → the loop → artifacts. The same command runs on one device, and under `accelerate launch` or
+`torchrun` on several processes (DDP; FSDP2 and DeepSpeed ZeRO on GPUs): every process computes the same order of
+micro-batches and trains on its share; only the main process writes the run folder.
+
+Micro-batches hold up to `train.batch_size` examples and `train.tokens_per_batch` tokens, concatenated into one row
+with position_ids restarting at each example (no padding; see data/templates.collate_packed), or padded and grouped
+by length with `train.packing: false`. The loss of a step is exact per trained token across micro-batches and
+processes: every micro-batch's summed cross-entropy is divided by the step's token count, all-reduced.
+Reusable pieces (checkpoints, RNG, the loss, metrics) live in afinar/training.py.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
-import random
 import shutil
 import time
-from collections import Counter
-from contextlib import nullcontext
 from pathlib import Path
 
 from afinar.atomic import atomic_dir, atomic_write_text
 from afinar.config import Recipe, apply_overrides, dump_recipe, load_recipe
+from afinar.data.batching import MicroBatchStream, SourceMix, plan_micro_batches, shard_for_eval
 from afinar.data.preflight import REPORT_DIR
+from afinar.data.templates import collate, collate_packed
 from afinar.errors import AfinarError
 from afinar.models import save_tokenizer
+from afinar.training import (
+    append_metrics,
+    checkpoint_dirs,
+    flatten,
+    held_out_loss,
+    load_checkpoint,
+    output_head,
+    perplexity,
+    plot_losses,
+    read_metrics,
+    remove_partial_checkpoints,
+    resume_conflicts,
+    rng_state,
+    save_checkpoint,
+    seed_everything,
+    token_loss_sum,
+    trim_metrics,
+)
 
-CHECKPOINTS = "checkpoints"
 RUN_INFO = "afinar_run.json"
-METRICS = "metrics.jsonl"
+TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "trackio": "trackio"}
+__all__ = ["train", "read_metrics", "checkpoint_dirs", "RUN_INFO"]
 
 
-def seed_everything(seed: int) -> None:
-    import numpy as np
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+# --- stage 0: checks that need nothing written ------------------------------------------------------------------
 
 
-def rng_state() -> dict:
-    import numpy as np
-    import torch
-
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    import numpy as np
-    import torch
-
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def checkpoint_dirs(run_dir: Path) -> list[Path]:
-    """Complete checkpoints, oldest first. A folder only gets its final name once fully written."""
-    root = run_dir / CHECKPOINTS
-    found = [p for p in root.glob("step-*") if (p / "trainer_state.json").is_file()] if root.is_dir() else []
-    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
-
-
-def save_checkpoint(run_dir: Path, model, optimizer, scheduler, scaler, step: int, keep_last: int) -> Path:
-    import torch
-
-    final = run_dir / CHECKPOINTS / f"step-{step:06d}"
-    with atomic_dir(final, overwrite=True) as tmp:
-        model.save_pretrained(tmp)
-        torch.save(
-            {
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict() if scaler is not None else None,
-                "rng": rng_state(),
-            },
-            tmp / "trainer_state.pt",
-        )
-        (tmp / "trainer_state.json").write_text(json.dumps({"step": step}), encoding="utf-8")
-    for old in checkpoint_dirs(run_dir)[:-keep_last]:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
-
-
-def load_checkpoint(path: Path, model, optimizer, scheduler, scaler) -> int:
-    import torch
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
-
-    set_peft_model_state_dict(model, load_file(str(path / "adapter_model.safetensors")))
-    state = torch.load(path / "trainer_state.pt", weights_only=False)
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    if scaler is not None and state.get("scaler"):
-        scaler.load_state_dict(state["scaler"])
-    set_rng_state(state["rng"])
-    return json.loads((path / "trainer_state.json").read_text())["step"]
-
-
-def evaluate_loss(model, encoded: list, batch_size: int, pad_id: int, autocast) -> float | None:
-    """Mean loss per trained token (answer tokens only) over `encoded`."""
-    import torch
-
-    from afinar.data.templates import collate, trained_tokens
-
-    if not encoded:
-        return None
-    was_training = model.training
-    model.eval()
-    total, tokens = 0.0, 0
-    with torch.no_grad():
-        for i in range(0, len(encoded), batch_size):
-            batch = collate(encoded[i : i + batch_size], pad_id)
-            batch = {k: v.to(model.device) for k, v in batch.items()}
-            n = trained_tokens(batch["labels"])
-            with autocast():
-                out = model(**batch)
-            total += float(out.loss) * n
-            tokens += n
-    model.train(was_training)
-    return total / max(tokens, 1)
-
-
-def _append_metrics(run_dir: Path, record: dict) -> None:
-    with open(run_dir / METRICS, "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(record) + "\n")
-
-
-def _trim_metrics(run_dir: Path, step: int) -> None:
-    """On resume, forget metrics logged after the checkpoint: they will be logged again."""
-    if (run_dir / METRICS).is_file():
-        kept = [r for r in read_metrics(run_dir) if r["step"] <= step]
-        atomic_write_text(run_dir / METRICS, "".join(json.dumps(r) + "\n" for r in kept))
-
-
-def read_metrics(run_dir: Path) -> list[dict]:
-    path = Path(run_dir) / METRICS
-    if not path.is_file():
-        return []
-    return [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
-
-
-def plot_losses(run_dir: Path) -> Path | None:
-    rows = read_metrics(run_dir)
-    train = [(r["step"], r["loss"]) for r in rows if "loss" in r]
-    evals = [(r["step"], r["eval_loss"]) for r in rows if r.get("eval_loss") is not None]
-    if not train and not evals:
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
-    if train:
-        ax.plot(*zip(*train), label="entrenamiento", color="#4c72b0", alpha=0.8)
-    if evals:
-        ax.plot(*zip(*evals), "o-", label="validación", color="#dd8452")
-    ax.set_xlabel("paso")
-    ax.set_ylabel("pérdida (tokens de respuesta)")
-    ax.set_title(run_dir.name)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    target = run_dir / "loss.png"
-    tmp = run_dir / ".loss.png.tmp"
-    fig.savefig(tmp, format="png")
-    plt.close(fig)
-    os.replace(tmp, target)
-    return target
-
-
-def _prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
+def _check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
     if resume:
         if not checkpoint_dirs(run_dir):
             raise AfinarError("T002", "no hay ningún checkpoint completo para continuar.", where=str(run_dir))
         return
     # A data report from `afinar inspect` may already be there: it belongs beside the run, keep it.
-    if run_dir.exists() and any(p.name != REPORT_DIR for p in run_dir.iterdir()):
-        if not overwrite:
-            raise AfinarError(
-                "T003",
-                "la carpeta de salida ya existe y no está vacía.",
-                where=str(run_dir),
-                hint="usa --resume para continuar, --output OTRA_CARPETA, o --sobrescribir para empezar de cero",
-            )
+    if run_dir.exists() and any(p.name != REPORT_DIR for p in run_dir.iterdir()) and not overwrite:
+        raise AfinarError(
+            "T003",
+            "la carpeta de salida ya existe y no está vacía.",
+            where=str(run_dir),
+            hint="usa --resume para continuar, --output OTRA_CARPETA, o --sobrescribir para empezar de cero",
+        )
+
+
+def _prepare_run_dir(run_dir: Path, resume: bool) -> None:
+    if resume:
+        remove_partial_checkpoints(run_dir)
+        shutil.rmtree(run_dir / ".final", ignore_errors=True)
+    elif run_dir.exists():
         for entry in run_dir.iterdir():
             if entry.name != REPORT_DIR:
                 shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
     run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _check_launch(hw, cfg) -> None:
+    """What `accelerate launch` / `torchrun` asked for, checked against this machine before anything starts."""
+    import torch
+
+    truthy = ("1", "true", "yes")
+    fsdp = os.environ.get("ACCELERATE_USE_FSDP", "").lower() in truthy
+    deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() in truthy
+    if (fsdp or deepspeed) and hw.device != "cuda":
+        engine = "FSDP" if fsdp else "DeepSpeed"
+        raise AfinarError(
+            "T007", f"{engine} necesita GPU NVIDIA; en CPU solo se admite DDP (varios procesos con gloo).",
+            hint="usa recipes/accelerate/ddp.yaml, o ningún --config_file para un solo proceso",
+        )
+    if deepspeed and importlib.util.find_spec("deepspeed") is None:
+        raise AfinarError("T008", "la configuración pide DeepSpeed, pero no está instalado.", hint="pip install deepspeed")
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("ACCELERATE_NUM_PROCESSES", "1")) or 1)
+    if hw.device == "cuda":
+        devices, unit = torch.cuda.device_count(), "GPU"
+    else:
+        devices, unit = os.cpu_count() or 1, "núcleos de CPU"
+    if local > devices:
+        raise AfinarError(
+            "T009", f"se pidieron {local} procesos en este equipo y solo hay {devices} {unit}.",
+            hint="baja --num_processes (accelerate) o --nproc_per_node (torchrun)",
+        )
+    if cfg.report_to != "none" and importlib.util.find_spec(TRACKER_PACKAGES[cfg.report_to]) is None:
+        raise AfinarError(
+            "T010", f"train.report_to: {cfg.report_to} necesita el paquete '{TRACKER_PACKAGES[cfg.report_to]}'.",
+            hint=f"pip install {TRACKER_PACKAGES[cfg.report_to]}, o report_to: none",
+        )
+
+
+def _accelerator(hw, cfg, run_dir: Path):
+    """accelerate decides processes and devices; afinar decides precision (accelerate would turn bf16 on any CPU)."""
+    from accelerate import Accelerator
+
+    mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[hw.precision]
+    return Accelerator(
+        cpu=hw.device == "cpu",
+        mixed_precision=mixed,
+        gradient_accumulation_steps=cfg.grad_accum,
+        log_with=None if cfg.report_to == "none" else cfg.report_to,
+        project_dir=str(run_dir),
+    )
+
+
+# --- stage 2: model ---------------------------------------------------------------------------------------------
+
+
+def _build_model(recipe: Recipe, base_path: str, hw, device):
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from afinar.models import load_model
+
+    cfg = recipe.train
+    # Base weights in the training dtype on GPU; on CPU keep fp32 weights and let autocast do bf16 matmuls.
+    load_dtype = hw.dtype if hw.device == "cuda" else torch.float32
+    model = load_model(base_path, dtype=load_dtype, quantization=recipe.model.quantization, device=device)
+    # No KV cache in training: with one, transformers skips the packed-sequence mask (examples would see each other).
+    model.config.use_cache = False
+    # use_reentrant=False: reentrant checkpointing marks LoRA weights ready twice under DDP.
+    gc_kwargs = {"use_reentrant": False}
+    if recipe.model.quantization == "4bit":
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=cfg.gradient_checkpointing, gradient_checkpointing_kwargs=gc_kwargs
+        )
+    elif cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gc_kwargs)
+    lora = recipe.lora
+    model = get_peft_model(
+        model,
+        LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules,
+                   bias="none", task_type="CAUSAL_LM"),
+    )
+    if cfg.compile:
+        model.get_base_model().model.compile(dynamic=True)
+    return model
+
+
+# --- the recipe -------------------------------------------------------------------------------------------------
 
 
 def train(
@@ -198,212 +172,267 @@ def train(
     resume: bool = False,
     overwrite: bool = False,
     progress: bool = True,
+    force: bool = False,
 ) -> Path:
+    """Train a LoRA adapter as the recipe says; returns the run folder (adapter, tokenizer, recipe, metrics, plot).
+
+    `resume` continues from the last complete checkpoint (refused when the recipe changed what the data order or
+    the optimizer depend on, unless `force`); `overwrite` empties an existing run folder first."""
     import torch
-    from peft import LoraConfig, get_peft_model
     from tqdm.auto import tqdm
     from transformers import get_scheduler
 
     from afinar import hardware
-    from afinar.data.split import epoch_order
-    from afinar.data.templates import collate, trained_tokens
-    from afinar.data.validate import (
-        encode,
-        fingerprint,
-        gather,
-        raise_if_errors,
-        report,
-    )
-    from afinar.models import load_model, load_tokenizer, resolve_base
+    from afinar.data.tokenized import load_or_tokenize
+    from afinar.models import load_tokenizer, resolve_base
 
-    # --- recipe, run folder, seed -----------------------------------------------------------
+    started = time.time()
+    # --- stage 0: recipe and launch checks (nothing is written before these pass) ---------------------------------
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
     recipe = apply_overrides(recipe, overrides or {})
     cfg = recipe.train
     run_dir = recipe.run_dir()
-    _prepare_run_dir(run_dir, resume, overwrite)
-    seed_everything(cfg.seed)
-
-    # --- hardware -------------------------------------------------------------------------
+    _check_run_dir(run_dir, resume, overwrite)
     hw = hardware.detect(cfg.precision, recipe.model.quantization)
-    print(f"Hardware: {hw.device}, precisión {hw.precision} — {hw.reason}")
-    autocast = (lambda: torch.autocast(hw.device, dtype=hw.autocast_dtype)) if hw.autocast_dtype else nullcontext
+    _check_launch(hw, cfg)
+    accelerator = _accelerator(hw, cfg, run_dir)
+    rank, processes, main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
+    say = print if main else (lambda *args, **kwargs: None)
+    seed_everything(cfg.seed)
+    where = f"{processes} procesos ({accelerator.distributed_type.value})" if processes > 1 else hw.device
+    say(f"Hardware: {where}, precisión {hw.precision} — {hw.reason}")
 
-    # --- base model and data ----------------------------------------------------------------
-    base_path = resolve_base(recipe.model.base)
-    tokenizer = load_tokenizer(base_path)
-    prepared = encode(gather(recipe.data), tokenizer, recipe.data)
-    report(prepared, out=print, max_lines=20)
-    raise_if_errors(prepared)
-    train_set, val_set = prepared.train_encoded, prepared.val_encoded
-    if not train_set:
+    # --- stage 1: data ----------------------------------------------------------------------------------------------
+    with accelerator.main_process_first():  # the main process converts/tokenizes; the others read its cache
+        base_path = resolve_base(recipe.model.base)
+        tokenizer = load_tokenizer(base_path)
+        data = load_or_tokenize(recipe.data, tokenizer, progress=progress and main)
+    data.report(out=say)
+    if data.errors:
+        raise AfinarError("D000", f"los datos tienen {len(data.errors)} errores (ver arriba).")
+    if len(data.train) == 0:
         raise AfinarError("T004", "no queda ningún ejemplo de entrenamiento tras aplicar max_length.")
-    # Weighted mixing works on encoded rows, so map each kept row back to its source file.
-    row_source = {enc.where: i for i, enc in enumerate(train_set)}
-    by_source: list[list[int]] = [[] for _ in recipe.data.sources]
-    source_index = {s.path: k for k, s in enumerate(recipe.data.sources)}
-    for example in prepared.train:
-        if example.where in row_source:
-            by_source[source_index[example.source]].append(row_source[example.where])
-    sizes = [len(rows) for rows in by_source]
+    lengths = data.lengths("train")
+    if max(lengths) > cfg.tokens_per_batch:
+        raise AfinarError(
+            "T005", f"el ejemplo más largo tiene {max(lengths)} tokens y train.tokens_per_batch es {cfg.tokens_per_batch}.",
+            where="train.tokens_per_batch",
+            hint=f"sube train.tokens_per_batch a {max(lengths)} o más, o baja data.max_length",
+        )
     weights = [s.weight for s in recipe.data.sources]
-    if len(sizes) > 1:
-        per_epoch = Counter(s for s, _ in epoch_order(sizes, weights, cfg.seed, 0))
+    mix = SourceMix(data.train["source"], weights, cfg.seed)
+    if len(weights) > 1:
+        drawn = mix.per_epoch()
         for k, source in enumerate(recipe.data.sources):
-            print(f"  mezcla por época: {Path(source.path).name}: {per_epoch.get(k, 0)} de {sizes[k]} (peso {source.weight:g})")
+            say(f"  mezcla por época: {Path(source.path).name}: {drawn.get(k, 0)} de {mix.sizes[k]} (peso {source.weight:g})")
+    stream = MicroBatchStream(mix, lengths, cfg.batch_size, cfg.tokens_per_batch, cfg.packing)
+    val_lengths = data.lengths("val")
+    val_plan = plan_micro_batches(range(len(val_lengths)), val_lengths, cfg.batch_size,
+                                  max(cfg.tokens_per_batch, max(val_lengths, default=0)), cfg.packing)
 
-    # Base weights in the training dtype on GPU; on CPU keep fp32 weights and let autocast do bf16 matmuls.
-    load_dtype = hw.dtype if hw.device == "cuda" else torch.float32
-    model = load_model(base_path, dtype=load_dtype, quantization=recipe.model.quantization, device=hw.device)
-    model.config.use_cache = False
-    if recipe.model.quantization == "4bit":
-        from peft import prepare_model_for_kbit_training
+    def collated(dataset, rows: list[int]) -> dict:
+        columns = dataset[rows]  # reads only these rows from the memory-mapped Arrow file, in this order
+        examples = [{"input_ids": i, "labels": lab} for i, lab in zip(columns["input_ids"], columns["labels"])]
+        batch = collate_packed(examples) if cfg.packing else collate(examples, tokenizer.pad_token_id)
+        return {k: v.to(accelerator.device) for k, v in batch.items()}
 
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
-    elif cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-
-    lora = recipe.lora
-    model = get_peft_model(
-        model,
-        LoraConfig(
-            r=lora.r,
-            lora_alpha=lora.alpha,
-            lora_dropout=lora.dropout,
-            target_modules=lora.target_modules,
-            bias="none",
-            task_type="CAUSAL_LM",
-        ),
-    )
+    # --- stage 2: model ---------------------------------------------------------------------------------------------
+    model = _build_model(recipe, base_path, hw, accelerator.device)
+    head = output_head(model)
     trainable, total = model.get_nb_trainable_parameters()
-    print(f"LoRA: {trainable:,} parámetros entrenables de {total:,} ({100 * trainable / total:.2f} %)")
+    say(f"LoRA: {trainable:,} parámetros entrenables de {total:,} ({100 * trainable / total:.2f} %)")
 
-    # --- schedule -------------------------------------------------------------------------
-    epoch_rows = len(epoch_order(sizes, weights, cfg.seed, 0))
-    micro_per_epoch = math.ceil(epoch_rows / cfg.batch_size)
-    steps_per_epoch = max(1, micro_per_epoch // cfg.grad_accum)
+    # --- stage 3: optimizer and schedule ----------------------------------------------------------------------------
+    per_step = cfg.grad_accum * processes
+    steps_per_epoch = max(1, stream.micro_batches_per_epoch() // per_step)
     total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # The scheduler is stepped once per optimizer step by us (accelerate's wrapper would step it once per process).
     scheduler = get_scheduler(
         cfg.scheduler, optimizer, num_warmup_steps=round(cfg.warmup_ratio * total_steps), num_training_steps=total_steps
     )
-    scaler = torch.amp.GradScaler("cuda") if hw.precision == "fp16" else None
+    model, optimizer = accelerator.prepare(model, optimizer)
 
+    # --- stage 4: resume --------------------------------------------------------------------------------------------
     start_step = 0
+    recipe_text = dump_recipe(recipe)
     if resume:
         last = checkpoint_dirs(run_dir)[-1]
-        start_step = load_checkpoint(last, model, optimizer, scheduler, scaler)
-        _trim_metrics(run_dir, start_step)
-        print(f"Continuando desde {last} (paso {start_step} de {total_steps})")
-    atomic_write_text(run_dir / "recipe.yaml", dump_recipe(recipe))
+        saved = json.loads((last / "trainer_state.json").read_text(encoding="utf-8"))
+        saved_recipe = _saved_recipe(last, run_dir)
+        changed = resume_conflicts(saved_recipe, recipe.model_dump(mode="json"), saved.get("processes"), processes)
+        if changed and not force:
+            raise AfinarError(
+                "T006", "la receta cambió algo de lo que dependen el orden de los datos o el optimizador: "
+                + ", ".join(changed), where=str(last),
+                hint="vuelve a la receta del checkpoint, o añade --forzar para continuar igualmente (no será exacto)",
+            )
+        if changed:
+            say(f"aviso: continuando con cambios ({', '.join(changed)}); no será idéntico a no haber parado")
+        start_step = load_checkpoint(last, accelerator.unwrap_model(model), optimizer.optimizer, scheduler,
+                                     accelerator.scaler, rank)["step"]
+        say(f"Continuando desde {last} (paso {start_step} de {total_steps})")
+    if main:
+        _prepare_run_dir(run_dir, resume)
+        if resume:
+            trim_metrics(run_dir, start_step)
+        atomic_write_text(run_dir / "recipe.yaml", recipe_text)
+    accelerator.wait_for_everyone()
+    if cfg.report_to != "none":
+        flat = flatten(recipe.model_dump(mode="json"))
+        accelerator.init_trackers(recipe.name, config={k: v for k, v in flat.items() if isinstance(v, (int, float, str, bool))})
 
-    def micro_batches(first_micro: int):
-        """Yield (epoch, batch) from global micro-batch index `first_micro` onwards, deterministically."""
-        micro = first_micro
-        while True:
-            epoch, k = divmod(micro, micro_per_epoch)
-            order = epoch_order(sizes, weights, cfg.seed, epoch)
-            rows = [by_source[s][i] for s, i in order[k * cfg.batch_size : (k + 1) * cfg.batch_size]]
-            yield epoch, collate([train_set[r] for r in rows], tokenizer.pad_token_id)
-            micro += 1
+    def reduce_sums(total: float, count: int) -> tuple[float, int]:
+        sums = accelerator.reduce(torch.tensor([total, float(count)], device=accelerator.device), "sum")
+        return float(sums[0]), int(sums[1])
 
-    print(
-        f"Datos: {len(train_set)} secuencias de entrenamiento, {len(val_set)} de validación; "
-        f"{total_steps} pasos (lote {cfg.batch_size} × acumulación {cfg.grad_accum}; {steps_per_epoch} pasos por época)"
+    def validation_loss() -> float | None:
+        batches = (collated(data.val, val_plan[i]) for i in shard_for_eval(len(val_plan), rank, processes))
+        return held_out_loss(model, batches, head, accelerator.autocast, reduce=reduce_sums) if val_plan else None
+
+    def write_checkpoint(step: int) -> None:
+        from accelerate.utils import gather_object
+
+        states = gather_object([rng_state()])  # every process's RNG, so dropout resumes exactly on each
+        if main:
+            save_checkpoint(run_dir, accelerator.unwrap_model(model), optimizer.optimizer, scheduler, accelerator.scaler,
+                            step, cfg.keep_last, states, {"processes": processes}, recipe_text)
+        accelerator.wait_for_everyone()
+
+    say(
+        f"Datos: {len(data.train)} secuencias de entrenamiento, {len(data.val)} de validación ({_cache_note(data)}); "
+        f"{total_steps} pasos ({'empaquetado' if cfg.packing else 'con relleno'}: hasta {cfg.batch_size} ejemplos y "
+        f"{cfg.tokens_per_batch} tokens por micro-lote × acumulación {cfg.grad_accum} × {processes} proceso(s); "
+        f"{steps_per_epoch} pasos por época)"
     )
-    stream = micro_batches(start_step * cfg.grad_accum)
-    if start_step == 0 and val_set:
+    if start_step == 0 and val_plan:
         # LoRA's B starts at zero, so this is exactly the base model's held-out loss.
-        base_loss = evaluate_loss(model, val_set, cfg.batch_size, tokenizer.pad_token_id, autocast)
-        _append_metrics(run_dir, {"step": 0, "eval_loss": base_loss, "eval_ppl": math.exp(min(base_loss, 50))})
-        print(f"Pérdida de validación inicial (modelo base): {base_loss:.4f}")
+        base_loss = validation_loss()
+        if main:
+            append_metrics(run_dir, {"step": 0, "eval_loss": base_loss, "eval_ppl": perplexity(base_loss)})
+        say(f"Pérdida de validación inicial (modelo base): {base_loss:.4f}")
 
-    # --- the loop -------------------------------------------------------------------------
+    # --- stage 5: the loop --------------------------------------------------------------------------------------------
     model.train()
-    started = time.time()
-    bar = tqdm(total=total_steps, initial=start_step, desc="Entrenando", unit="paso", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=total_steps, initial=start_step, desc="Entrenando", unit="paso",
+               disable=not (progress and main), dynamic_ncols=True)
     loss_value = eval_loss = float("nan")
+    counted = {"real_tokens": 0, "trained_tokens": 0, "examples": 0, "seconds": 0.0}
+    first_step_at = None
     for step in range(start_step + 1, total_steps + 1):
         t0 = time.time()
-        micro = [next(stream) for _ in range(cfg.grad_accum)]
-        epoch = micro[-1][0]
-        # Token-weighted loss over the whole step, so accumulation equals one large batch.
-        n_step = sum(trained_tokens(b["labels"]) for _, b in micro)
-        step_loss, step_tokens = 0.0, 0
-        for _, batch in micro:
-            batch = {k: v.to(hw.device) for k, v in batch.items()}  # input_ids/labels/attention_mask: (B, T)
-            n_micro = trained_tokens(batch["labels"])
-            with autocast():
-                loss = model(**batch).loss * (n_micro / max(n_step, 1))
-            (scaler.scale(loss) if scaler else loss).backward()
-            step_loss += float(loss.detach())
-            step_tokens += int(batch["attention_mask"].sum())
-        if scaler:
-            scaler.unscale_(optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or float("inf"))
-        if scaler:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
+        micro = [(epoch, rows, collated(data.train, rows)) for epoch, rows in stream.step(step, cfg.grad_accum, rank, processes)]
+        # Token-weighted: each micro-batch's summed loss over the step's labelled tokens on all processes, so
+        # accumulation and processes add up to one large batch. DDP averages gradients over processes and
+        # accelerator.backward divides by grad_accum: both are undone by the factor below.
+        n_local = sum(int((b["labels"][:, 1:] != -100).sum()) for _, _, b in micro)
+        n_step = int(accelerator.reduce(torch.tensor(n_local, device=accelerator.device), "sum"))
+        scale = cfg.grad_accum * processes / max(n_step, 1)
+        step_sum = 0.0
+        for _, _, batch in micro:  # batch: input_ids/labels (1, ΣL) + position_ids, or (B, T) + attention_mask
+            with accelerator.accumulate(model):
+                loss_sum, _ = token_loss_sum(model, batch, head, accelerator.autocast)
+                accelerator.backward(loss_sum * scale)
+                step_sum += float(loss_sum.detach())
+                if accelerator.sync_gradients:
+                    grad_norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm or float("inf"))
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
         scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-
-        loss_value = step_loss
+        step_sum, _ = reduce_sums(step_sum, 0)
+        loss_value = step_sum / max(n_step, 1)
         elapsed = time.time() - t0
+        real_local = sum(lengths[i] for _, rows, _ in micro for i in rows)  # tokens without padding
+        real = int(accelerator.reduce(torch.tensor(real_local, device=accelerator.device), "sum"))
+        examples = sum(len(r) for _, r, _ in micro) * processes
+        counted["real_tokens"] += real
+        counted["trained_tokens"] += n_step
+        counted["examples"] += examples
+        counted["seconds"] += elapsed
+        first_step_at = first_step_at or time.time()
+
         record = {
             "step": step,
-            "epoch": round(epoch + 1e-9, 4),
+            "epoch": round(micro[-1][0] + 1e-9, 4),
             "loss": loss_value,
             "lr": scheduler.get_last_lr()[0],
             "grad_norm": float(grad_norm),
-            "tokens_per_s": step_tokens / max(elapsed, 1e-9),
+            "tokens_per_s": real / max(elapsed, 1e-9),
         }
         if step % cfg.eval_every == 0 or step == total_steps:
-            measured = evaluate_loss(model, val_set, cfg.batch_size, tokenizer.pad_token_id, autocast)
+            measured = validation_loss()
             if measured is not None:
                 eval_loss = measured
-                record.update(eval_loss=eval_loss, eval_ppl=math.exp(min(eval_loss, 50)))
-        if step % cfg.log_every == 0 or "eval_loss" in record:
-            _append_metrics(run_dir, record)
+                record.update(eval_loss=eval_loss, eval_ppl=perplexity(eval_loss))
+        if main and (step % cfg.log_every == 0 or "eval_loss" in record):
+            append_metrics(run_dir, record)
+        if cfg.report_to != "none":
+            accelerator.log({k: v for k, v in record.items() if k != "step"}, step=step)
         if step % cfg.save_every == 0 and step != total_steps:
-            save_checkpoint(run_dir, model, optimizer, scheduler, scaler, step, cfg.keep_last)
+            write_checkpoint(step)
         bar.set_postfix(loss=f"{loss_value:.3f}", eval=f"{eval_loss:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
         bar.update(1)
     bar.close()
-    seconds = time.time() - started
 
-    # --- artifacts ------------------------------------------------------------------------
-    save_checkpoint(run_dir, model, optimizer, scheduler, scaler, total_steps, cfg.keep_last)
+    # --- stage 6: artifacts -------------------------------------------------------------------------------------------
+    write_checkpoint(total_steps)
+    if cfg.report_to != "none":
+        accelerator.end_training()
+    if main:
+        _write_artifacts(run_dir, accelerator.unwrap_model(model), tokenizer, data, recipe, hw, accelerator, {
+            "base_path": base_path,
+            "steps": total_steps,
+            "train_seconds": round(time.time() - started, 1),
+            "final_train_loss": loss_value,
+            "final_eval_loss": eval_loss if not math.isnan(eval_loss) else None,
+            "time_to_first_step_s": round((first_step_at or time.time()) - started, 2),
+            "throughput": {**counted, "seconds": round(counted["seconds"], 3),
+                           "tokens_per_s": counted["real_tokens"] / max(counted["seconds"], 1e-9),
+                           "examples_per_s": counted["examples"] / max(counted["seconds"], 1e-9)},
+        })
+        say(f"Listo en {time.time() - started:.0f} s. Adaptador, tokenizador, receta y métricas en {run_dir}")
+    accelerator.wait_for_everyone()
+    return run_dir
+
+
+def _write_artifacts(run_dir: Path, model, tokenizer, data, recipe: Recipe, hw, accelerator, info: dict) -> None:
     with atomic_dir(run_dir / ".final", overwrite=True) as tmp:
         model.save_pretrained(tmp)
         save_tokenizer(tokenizer, tmp)
     for item in (run_dir / ".final").iterdir():
         os.replace(item, run_dir / item.name)
     shutil.rmtree(run_dir / ".final", ignore_errors=True)
-    atomic_write_text(run_dir / "data_fingerprint.json", json.dumps(fingerprint(prepared, recipe.data), indent=2, ensure_ascii=False))
+    atomic_write_text(run_dir / "data_fingerprint.json", json.dumps(data.fingerprint, indent=2, ensure_ascii=False))
     plot_losses(run_dir)
     info = {
         "base": recipe.model.base,
-        "base_path": base_path,
         "hardware": {"device": hw.device, "precision": hw.precision, "reason": hw.reason},
-        "steps": total_steps,
-        "train_seconds": round(seconds, 1),
-        "final_train_loss": loss_value,
-        "final_eval_loss": eval_loss if not math.isnan(eval_loss) else None,
+        "processes": accelerator.num_processes,
+        "distributed": accelerator.distributed_type.value,
+        "data_cache": data.cache,
+        **info,
         "versions": _versions(),
     }
     atomic_write_text(run_dir / RUN_INFO, json.dumps(info, indent=2, ensure_ascii=False))
-    print(f"Listo en {seconds:.0f} s. Adaptador, tokenizador, receta y métricas en {run_dir}")
-    return run_dir
+
+
+def _saved_recipe(checkpoint: Path, run_dir: Path) -> dict:
+    import yaml
+
+    path = checkpoint / "recipe.yaml" if (checkpoint / "recipe.yaml").is_file() else run_dir / "recipe.yaml"
+    return yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def _cache_note(data) -> str:
+    return "tokenizado reutilizado de la caché" if data.cache == "hit" else f"tokenizado y guardado en {data.folder}"
 
 
 def _versions() -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {}
-    for name in ("afinar", "torch", "transformers", "peft"):
+    for name in ("afinar", "torch", "transformers", "peft", "accelerate", "datasets"):
         try:
             out[name] = version(name)
         except PackageNotFoundError:

@@ -82,16 +82,17 @@ def test_without_tokenizer_the_rest_still_works(tmp_path, capsys):
 def test_recipe_report_goes_to_the_run_dir_and_training_accepts_it(tmp_path, capsys, tiny_recipe, monkeypatch):
     import yaml
 
-    from afinar.train import _prepare_run_dir
+    from afinar.train import _check_run_dir, _prepare_run_dir
 
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump(tiny_recipe), encoding="utf-8")
     assert main(["inspect", str(path), "--sin-progreso"]) == 0
     run_dir = tmp_path / "run"
     assert (run_dir / "informe_datos" / "informe_datos.html").is_file()
-    _prepare_run_dir(run_dir, resume=False, overwrite=False)  # a report alone does not block training
+    _check_run_dir(run_dir, resume=False, overwrite=False)  # a report alone does not block training
     (run_dir / "adapter").mkdir()
-    _prepare_run_dir(run_dir, resume=False, overwrite=True)  # overwrite keeps the report
+    _check_run_dir(run_dir, resume=False, overwrite=True)
+    _prepare_run_dir(run_dir, resume=False)  # overwrite keeps the report
     assert (run_dir / "informe_datos").is_dir() and not (run_dir / "adapter").exists()
 
 

@@ -7,7 +7,8 @@ import torch
 from afinar.config import recipe_from_dict
 from afinar.errors import AfinarError
 from afinar.merge import merge
-from afinar.train import checkpoint_dirs, read_metrics, train
+from afinar.train import train
+from afinar.training import checkpoint_dirs, read_metrics
 
 
 def run(recipe_dict, **kwargs):
@@ -58,32 +59,117 @@ def test_training_lowers_the_training_loss(tiny_recipe):
     assert rows[-1]["eval_loss"] < rows[0]["eval_loss"]
 
 
-def test_resume_gives_the_same_next_losses(tiny_recipe, tmp_path, monkeypatch):
+def crash_after(monkeypatch, name: str):
+    """Make the run stop (like a closed laptop lid) right after checkpoint `name` is complete."""
     import afinar.train as train_module
 
-    full = read_metrics(run(tiny_recipe))
-    interrupted = dict(tiny_recipe, output_dir=str(tmp_path / "interrupted"))
     real_save = train_module.save_checkpoint
 
-    def crash_after_step_4(run_dir, *args, **kwargs):
+    def save_then_stop(run_dir, *args, **kwargs):
         path = real_save(run_dir, *args, **kwargs)
-        if path.name == "step-000004":
-            raise KeyboardInterrupt  # the laptop lid closes right after the checkpoint
+        if path.name == name:
+            raise KeyboardInterrupt
         return path
 
-    monkeypatch.setattr(train_module, "save_checkpoint", crash_after_step_4)
+    monkeypatch.setattr(train_module, "save_checkpoint", save_then_stop)
+    return lambda: monkeypatch.setattr(train_module, "save_checkpoint", real_save)
+
+
+def test_resume_gives_the_same_next_losses(tiny_recipe, tmp_path, monkeypatch):
+    tiny_recipe["train"].update(max_steps=10, eval_every=5)  # 6 steps after the resume point, packed micro-batches
+    assert recipe_from_dict(tiny_recipe).train.packing
+    full = read_metrics(run(tiny_recipe))
+    interrupted = dict(tiny_recipe, output_dir=str(tmp_path / "interrupted"))
+    restore = crash_after(monkeypatch, "step-000004")
     with pytest.raises(KeyboardInterrupt):
         run(interrupted)
-    monkeypatch.setattr(train_module, "save_checkpoint", real_save)
+    restore()
     assert not (tmp_path / "interrupted" / "adapter_model.safetensors").exists()
+    # a power cut in the middle of writing a metrics line
+    with open(tmp_path / "interrupted" / "metrics.jsonl", "a", encoding="utf-8") as handle:
+        handle.write('{"step": 5, "loss": 0.12')
 
     resumed = read_metrics(run(interrupted, resume=True))
-    assert [r["step"] for r in resumed if "loss" in r] == [1, 2, 3, 4, 5, 6]
+    assert [r["step"] for r in resumed if "loss" in r] == list(range(1, 11))
     for a, b in zip([r for r in full if "loss" in r], [r for r in resumed if "loss" in r]):
         assert a["step"] == b["step"]
-        assert abs(a["loss"] - b["loss"]) < 1e-5, (a, b)
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5), (a, b)
         assert a["lr"] == pytest.approx(b["lr"], rel=1e-9)
-    assert abs(full[-1]["eval_loss"] - resumed[-1]["eval_loss"]) < 1e-5
+    assert full[-1]["eval_loss"] == pytest.approx(resumed[-1]["eval_loss"], rel=1e-5)
+
+
+def test_resume_refuses_a_recipe_that_changes_the_order(tiny_recipe, tmp_path, monkeypatch):
+    restore = crash_after(monkeypatch, "step-000002")
+    with pytest.raises(KeyboardInterrupt):
+        run(tiny_recipe)
+    restore()
+    run_dir = tmp_path / "run"
+    before = (run_dir / "metrics.jsonl").read_text()
+    changed = dict(tiny_recipe, train={**tiny_recipe["train"], "batch_size": 2, "seed": 8, "lr": 5e-4},
+                   lora={**tiny_recipe["lora"], "r": 8})
+    with pytest.raises(AfinarError) as err:
+        run(changed, resume=True)
+    assert err.value.code == "T006"
+    for key in ("train.batch_size", "train.seed", "lora.r"):
+        assert key in err.value.message
+    assert "train.lr" not in err.value.message  # a new learning rate does not change the order
+    assert (run_dir / "metrics.jsonl").read_text() == before  # nothing written
+    # --forzar: accepted, with the same LoRA shape (a different r cannot load the checkpoint at all)
+    forced = dict(changed, lora=tiny_recipe["lora"])
+    assert read_metrics(run(forced, resume=True, force=True))[-1]["step"] == 6
+
+
+def test_a_second_run_reads_the_tokenized_cache(tiny_recipe, tmp_path):
+    first = json.loads((run(tiny_recipe) / "afinar_run.json").read_text())
+    again = json.loads((run(dict(tiny_recipe, output_dir=str(tmp_path / "otra"))) / "afinar_run.json").read_text())
+    assert (first["data_cache"], again["data_cache"]) == ("miss", "hit")
+    assert again["final_train_loss"] == pytest.approx(first["final_train_loss"], rel=1e-6)
+    for key in ("real_tokens", "trained_tokens", "examples"):
+        assert again["throughput"][key] == first["throughput"][key] > 0
+    assert first["throughput"]["real_tokens"] > first["throughput"]["trained_tokens"]
+
+
+@pytest.mark.parametrize(
+    "change, env, code",
+    [
+        ({"train": {"tokens_per_batch": 20}}, {}, "T005"),
+        ({}, {"ACCELERATE_USE_FSDP": "true"}, "T007"),
+        ({}, {"ACCELERATE_USE_DEEPSPEED": "true"}, "T007"),
+        ({}, {"LOCAL_WORLD_SIZE": "64"}, "T009"),
+        ({"train": {"report_to": "comet"}}, {}, "R001"),
+    ],
+)
+def test_bad_launches_stop_before_writing(tiny_recipe, tmp_path, monkeypatch, change, env, code):
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    for section, values in change.items():
+        tiny_recipe[section] = {**tiny_recipe[section], **values}
+    with pytest.raises(AfinarError) as err:
+        run(tiny_recipe)
+    assert err.value.code == code, err.value.render()
+    assert not (tmp_path / "run").exists()
+
+
+def test_deepspeed_and_trackers_that_are_not_installed(tiny_recipe, tmp_path, monkeypatch):
+    import importlib.util
+
+    from afinar import hardware
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in ("deepspeed", "trackio") else real_find_spec(name, *a))
+    monkeypatch.setattr(hardware, "detect", lambda *a: hardware.Hardware("cuda", "bf16", "GPU de prueba"))
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "0")
+    with pytest.raises(AfinarError) as err:
+        run(tiny_recipe)
+    assert err.value.code == "T008" and "pip install deepspeed" in err.value.render()
+    monkeypatch.setattr(hardware, "detect", lambda *a: hardware.Hardware("cpu", "fp32", "CPU"))
+    monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED")
+    tiny_recipe["train"]["report_to"] = "trackio"
+    with pytest.raises(AfinarError) as err:
+        run(tiny_recipe)
+    assert err.value.code == "T010"
+    assert not (tmp_path / "run").exists()
 
 
 def test_existing_run_dir_is_protected(trained):

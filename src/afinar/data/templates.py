@@ -110,17 +110,48 @@ def trained_tokens(labels) -> int:
     return int((labels[:, 1:] != IGNORE).sum())
 
 
-def collate(batch: list[Encoded], pad_id: int):
-    """Right-pad to the longest row. Padding gets label -100 by position, so a pad id equal to eos hides nothing."""
+def _ids_and_labels(row) -> tuple[list[int], list[int]]:
+    """An `Encoded` or a row read from the tokenized Arrow dataset (a dict)."""
+    if isinstance(row, dict):
+        return row["input_ids"], row["labels"]
+    return row.input_ids, row.labels
+
+
+def collate(batch: list, pad_id: int):
+    """Right-pad to the longest row. Padding gets label -100 by position, so a pad id equal to eos hides nothing.
+
+    The 2-D attention mask is always passed: with it transformers 4.57 keeps SDPA's causal fast path."""
     import torch
 
-    width = max(len(e.input_ids) for e in batch)
+    pairs = [_ids_and_labels(row) for row in batch]
+    width = max(len(ids) for ids, _ in pairs)
     input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)  # (B, T)
     labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)  # (B, T)
     attention = torch.zeros((len(batch), width), dtype=torch.long)  # (B, T)
-    for row, enc in enumerate(batch):
-        n = len(enc.input_ids)
-        input_ids[row, :n] = torch.tensor(enc.input_ids)
-        labels[row, :n] = torch.tensor(enc.labels)
+    for row, (ids, labs) in enumerate(pairs):
+        n = len(ids)
+        input_ids[row, :n] = torch.tensor(ids)
+        labels[row, :n] = torch.tensor(labs)
         attention[row, :n] = 1
     return {"input_ids": input_ids, "labels": labels, "attention_mask": attention}
+
+
+def collate_packed(batch: list):
+    """Concatenate the rows into one, with position_ids restarting at 0 for each, and no attention mask.
+
+    transformers ≥ 4.54 reads the restarts as sequence boundaries and builds a block-diagonal causal mask, so no
+    token attends to another example; it only does so when the call has no attention_mask and no KV cache
+    (`use_cache=False`). Each row's first label is -100: the previous row's last token must not learn to predict it."""
+    import torch
+
+    ids, labels, positions = [], [], []
+    for row in batch:
+        row_ids, row_labels = _ids_and_labels(row)
+        ids.extend(row_ids)
+        labels.extend([IGNORE, *row_labels[1:]])
+        positions.extend(range(len(row_ids)))
+    return {
+        "input_ids": torch.tensor([ids], dtype=torch.long),  # (1, ΣL)
+        "labels": torch.tensor([labels], dtype=torch.long),  # (1, ΣL)
+        "position_ids": torch.tensor([positions], dtype=torch.long),  # (1, ΣL)
+    }

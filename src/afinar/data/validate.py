@@ -113,16 +113,24 @@ def fingerprint(prepared: PreparedData, data: DataSection) -> dict:
 
 def report(prepared: PreparedData, out=print, max_lines: int = 200) -> None:
     """Print problems (never row text) and a summary, in Spanish."""
-    shown = prepared.errors + prepared.warnings
+    report_summary(prepared.problems, prepared.per_source, len(prepared.train), len(prepared.val),
+                   prepared.length_stats, out=out, max_lines=max_lines)
+
+
+def report_summary(problems: list[Problem], per_source: dict, n_train: int, n_val: int, length_stats: dict,
+                   out=print, max_lines: int = 200) -> None:
+    """The report from counts alone, so a run that reads its data from the tokenized cache prints the same."""
+    errors = [p for p in problems if p.severity == "error"]
+    shown = errors + [p for p in problems if p.severity != "error"]
     for problem in shown[:max_lines]:
         out(problem.render())
     if len(shown) > max_lines:
         out(f"... y {len(shown) - max_lines} problemas más")
     codes = Counter(p.code for p in shown)
-    for path, count in prepared.per_source.items():
+    for path, count in per_source.items():
         out(f"  {path}: {count} ejemplos válidos")
-    out(f"  entrenamiento: {len(prepared.train)} · validación: {len(prepared.val)}")
-    for name, stats in prepared.length_stats.items():
+    out(f"  entrenamiento: {n_train} · validación: {n_val}")
+    for name, stats in length_stats.items():
         if stats:
             out(
                 f"  tokens ({name}): máximo {stats['max_tokens']}; demasiado largos {stats['too_long']} "
@@ -130,7 +138,7 @@ def report(prepared: PreparedData, out=print, max_lines: int = 200) -> None:
             )
     if codes:
         out("  resumen: " + ", ".join(f"{code}×{n}" for code, n in sorted(codes.items())))
-    out(f"{len(prepared.errors)} errores, {len(prepared.warnings)} avisos.")
+    out(f"{len(errors)} errores, {len(shown) - len(errors)} avisos.")
 
 
 def raise_if_errors(prepared: PreparedData) -> None:

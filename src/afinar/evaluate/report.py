@@ -23,7 +23,7 @@ def _fmt(value) -> str:
 
 
 def _loss_png(run_dir: Path) -> str | None:
-    from afinar.train import plot_losses
+    from afinar.training import plot_losses
 
     path = run_dir / "loss.png"
     if not path.is_file():

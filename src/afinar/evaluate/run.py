@@ -62,7 +62,7 @@ def _summary(rows: list[dict]) -> dict:
 
 
 def _loss_pair(model, encoded, pad_id) -> dict:
-    from afinar.train import evaluate_loss
+    from afinar.training import evaluate_loss
 
     with model.disable_adapter():
         base = evaluate_loss(model, encoded, 4, pad_id, nullcontext)
@@ -83,7 +83,7 @@ def _checkpoint_losses(model, run_dir: Path, encoded, pad_id) -> list[dict]:
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    from afinar.train import checkpoint_dirs, evaluate_loss
+    from afinar.training import checkpoint_dirs, evaluate_loss
 
     rows = []
     for folder in checkpoint_dirs(run_dir):

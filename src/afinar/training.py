@@ -1,0 +1,333 @@
+"""Training components the recipe (`train.py`), `afinar eval` and the demo share.
+
+- seeding and RNG state (per process), so a resumed run draws the same dropout masks;
+- checkpoints: a folder that gets its final name only when complete (`atomic_dir`), so kill -9 at any moment
+  leaves the previous complete one; each holds the adapter, optimizer, scheduler, scaler, RNG of every process and
+  the resolved recipe;
+- the loss: cross-entropy summed over the tokens that carry a label, with the output head applied only at those
+  positions and in chunks (`token_loss_sum`), and the held-out loss built on it;
+- metrics.jsonl (a torn last line from a power cut is ignored) and the loss plot;
+- the recipe keys a resume must not change.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+
+from afinar.atomic import atomic_dir, atomic_write_text
+from afinar.data.templates import IGNORE, collate
+
+CHECKPOINTS = "checkpoints"
+METRICS = "metrics.jsonl"
+# Positions per cross-entropy chunk: peak memory of the loss is CE_CHUNK × vocabulary, whatever the batch.
+CE_CHUNK = 256
+
+
+# --- seeding and RNG --------------------------------------------------------------------------------------
+
+
+def seed_everything(seed: int) -> None:
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    import numpy as np
+    import torch
+
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    import numpy as np
+    import torch
+
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# --- checkpoints ------------------------------------------------------------------------------------------
+
+
+def checkpoint_dirs(run_dir: Path) -> list[Path]:
+    """Complete checkpoints, oldest first. A folder only gets its final name once fully written."""
+    root = Path(run_dir) / CHECKPOINTS
+    found = [p for p in root.glob("step-*") if (p / "trainer_state.json").is_file()] if root.is_dir() else []
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
+def save_checkpoint(run_dir: Path, model, optimizer, scheduler, scaler, step: int, keep_last: int,
+                    rng_states: list[dict], info: dict, recipe_text: str) -> Path:
+    """Write `checkpoints/step-NNNNNN` (adapter, trainer state, RNG of every process, recipe); keep the last few.
+
+    Only the main process calls this; `rng_states` were gathered from all processes beforehand."""
+    import torch
+
+    final = Path(run_dir) / CHECKPOINTS / f"step-{step:06d}"
+    with atomic_dir(final, overwrite=True) as tmp:
+        model.save_pretrained(tmp)
+        torch.save(
+            {
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict() if scaler is not None else None,
+                "rng": rng_states,
+            },
+            tmp / "trainer_state.pt",
+        )
+        (tmp / "recipe.yaml").write_text(recipe_text, encoding="utf-8")
+        # Written last: its presence is what makes the folder a checkpoint (checkpoint_dirs).
+        (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **info}), encoding="utf-8")
+    for old in checkpoint_dirs(run_dir)[:-keep_last]:
+        # Renamed first: a kill during the deletion must not leave a half-deleted folder that still looks complete.
+        doomed = old.with_name(f".{old.name}.borrando")
+        os.replace(old, doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
+    return final
+
+
+def remove_partial_checkpoints(run_dir: Path) -> None:
+    """Leftovers of a process killed mid-write (hidden temporary folders); the complete checkpoints stay."""
+    root = Path(run_dir) / CHECKPOINTS
+    for leftover in root.glob(".*") if root.is_dir() else []:
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
+def load_checkpoint(path: Path, model, optimizer, scheduler, scaler, rank: int = 0) -> dict:
+    """Restore everything `save_checkpoint` wrote into the live objects; returns trainer_state.json."""
+    import torch
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    set_peft_model_state_dict(model, load_file(str(path / "adapter_model.safetensors")))
+    state = torch.load(path / "trainer_state.pt", weights_only=False)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    if scaler is not None and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+    rng = state["rng"]
+    set_rng_state(rng[rank] if isinstance(rng, list) else rng)
+    return json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
+
+
+# --- loss ------------------------------------------------------------------------------------------------
+
+
+def output_head(model):
+    """The frozen output projection, when the loss may apply it itself; else None (the model computes logits).
+
+    Not when the head trains (LoRA on lm_head), post-processes its logits (Gemma's soft-capping) or is sharded
+    (FSDP: its weight only exists whole inside the model's forward)."""
+    import torch
+
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    config = getattr(model, "config", None)
+    if (
+        type(head) is not torch.nn.Linear
+        or any(p.requires_grad for p in head.parameters())
+        or getattr(config, "final_logit_softcapping", None)
+        or type(head.weight).__name__ == "DTensor"
+    ):
+        return None
+    return head
+
+
+@contextmanager
+def _head_returns_hidden(head):
+    """Inside the block the output head returns its input: the model's "logits" are the final hidden states."""
+    head.forward = lambda hidden: hidden
+    try:
+        yield
+    finally:
+        del head.forward
+
+
+def _chunk_ce(hidden, targets, weight, autocast):
+    import torch.nn.functional as F
+
+    with autocast():
+        logits = F.linear(hidden, weight)  # (chunk, V)
+    return F.cross_entropy(logits.float(), targets, reduction="sum")
+
+
+def token_loss_sum(model, batch: dict, head, autocast=nullcontext, chunk: int = CE_CHUNK):
+    """(Σ cross-entropy over positions whose next token carries a label, number of such positions).
+
+    `batch`: input_ids/labels (B, T) plus position_ids (packed) or attention_mask (padded). With `head` (see
+    `output_head`), the model returns hidden states and the head runs only on the N labelled positions, in chunks
+    of `chunk` recomputed in backward, so no (T × vocabulary) tensor ever exists. Prompt tokens skip the head."""
+    import torch
+    from torch.utils.checkpoint import checkpoint
+
+    labels = batch["labels"]
+    targets = labels[:, 1:]  # (B, T-1): position t predicts token t+1
+    keep = targets != IGNORE  # (B, T-1)
+    n = int(keep.sum())
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    if head is None:
+        if labels.shape[0] == 1:  # one packed row: logits only where a label follows
+            positions = keep[0].nonzero().squeeze(1)
+            logits = model(**inputs, use_cache=False, logits_to_keep=positions).logits[0]  # (N, V)
+        else:
+            logits = model(**inputs, use_cache=False).logits[:, :-1][keep]  # (N, V)
+        total = sum(
+            torch.nn.functional.cross_entropy(logits[i : i + chunk].float(), targets[keep][i : i + chunk], reduction="sum")
+            for i in range(0, n, chunk)
+        )
+        return total, n
+    with _head_returns_hidden(head):
+        hidden = model(**inputs, use_cache=False).logits  # (B, T, H)
+    hidden, wanted = hidden[:, :-1][keep], targets[keep]  # (N, H), (N,)
+    total = hidden.new_zeros((), dtype=torch.float32)
+    for i in range(0, n, chunk):
+        args = (hidden[i : i + chunk], wanted[i : i + chunk], head.weight, autocast)
+        if torch.is_grad_enabled():
+            total = total + checkpoint(_chunk_ce, *args, use_reentrant=False)
+        else:
+            total = total + _chunk_ce(*args)
+    return total, n
+
+
+def held_out_loss(model, batches, head, autocast=nullcontext, reduce=None) -> float | None:
+    """Mean loss per labelled token over `batches` (collated dicts); `reduce` adds (sum, count) across processes."""
+    import torch
+
+    was_training = model.training
+    model.eval()
+    total, tokens = 0.0, 0
+    with torch.no_grad():
+        for batch in batches:
+            loss, n = token_loss_sum(model, batch, head, autocast)
+            total += float(loss)
+            tokens += n
+    model.train(was_training)
+    if reduce is not None:
+        total, tokens = reduce(total, tokens)
+    return total / tokens if tokens else None
+
+
+def evaluate_loss(model, rows: list, batch_size: int, pad_id: int, autocast=nullcontext) -> float | None:
+    """Held-out loss of a plain (not distributed) model over encoded rows, in padded batches of `batch_size`."""
+    if not rows:
+        return None
+    device = next(model.parameters()).device
+    batches = (
+        {k: v.to(device) for k, v in collate(rows[i : i + batch_size], pad_id).items()}
+        for i in range(0, len(rows), batch_size)
+    )
+    return held_out_loss(model, batches, output_head(model), autocast)
+
+
+# --- metrics and the loss plot ------------------------------------------------------------------------------
+
+
+def append_metrics(run_dir: Path, record: dict) -> None:
+    with open(Path(run_dir) / METRICS, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record) + "\n")
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    """Every record; a last line cut short (power cut mid-write) is skipped, any other bad line is an error."""
+    path = Path(run_dir) / METRICS
+    if not path.is_file():
+        return []
+    lines = [x for x in path.read_text(encoding="utf-8", errors="replace").splitlines() if x.strip()]
+    rows = []
+    for i, line in enumerate(lines):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i != len(lines) - 1:
+                raise
+    return rows
+
+
+def trim_metrics(run_dir: Path, step: int) -> None:
+    """On resume, forget metrics logged after the checkpoint (they will be logged again) and any torn line."""
+    if (Path(run_dir) / METRICS).is_file():
+        kept = [r for r in read_metrics(run_dir) if r["step"] <= step]
+        atomic_write_text(Path(run_dir) / METRICS, "".join(json.dumps(r) + "\n" for r in kept))
+
+
+def plot_losses(run_dir: Path) -> Path | None:
+    run_dir = Path(run_dir)
+    rows = read_metrics(run_dir)
+    train = [(r["step"], r["loss"]) for r in rows if "loss" in r]
+    evals = [(r["step"], r["eval_loss"]) for r in rows if r.get("eval_loss") is not None]
+    if not train and not evals:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    if train:
+        ax.plot(*zip(*train), label="entrenamiento", color="#4c72b0", alpha=0.8)
+    if evals:
+        ax.plot(*zip(*evals), "o-", label="validación", color="#dd8452")
+    ax.set_xlabel("paso")
+    ax.set_ylabel("pérdida (tokens de respuesta)")
+    ax.set_title(run_dir.name)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    target = run_dir / "loss.png"
+    tmp = run_dir / ".loss.png.tmp"
+    fig.savefig(tmp, format="png")
+    plt.close(fig)
+    os.replace(tmp, target)
+    return target
+
+
+def perplexity(loss: float) -> float:
+    return math.exp(min(loss, 50))
+
+
+# --- resume ------------------------------------------------------------------------------------------------
+
+# What the data order and the optimizer state depend on: changing one of these mid-run silently trains on other
+# examples than the checkpoint assumed, or feeds a mismatched optimizer.
+RESUME_KEYS = (
+    "model", "data", "lora", "train.batch_size", "train.tokens_per_batch", "train.packing", "train.grad_accum",
+    "train.seed",
+)
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """{'a': {'b': 1}} → {'a.b': 1}."""
+    flat = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def resume_conflicts(saved: dict, current: dict, saved_processes: int | None, processes: int) -> list[str]:
+    """The RESUME_KEYS (dotted, leaf level) whose value differs between the checkpoint's recipe and this one."""
+    old, new = flatten(saved), flatten(current)
+    changed = sorted(
+        key for key in set(old) | set(new)
+        if key.startswith(tuple(k + "." if "." not in k else k for k in RESUME_KEYS)) and old.get(key) != new.get(key)
+    )
+    if saved_processes is not None and saved_processes != processes:
+        changed.append(f"procesos ({saved_processes} → {processes})")
+    return changed
