@@ -127,7 +127,7 @@ def load_tokenizer(path_or_id: str | os.PathLike):
     return tokenizer
 
 
-def load_model(path_or_id: str, dtype=None, quantization: str = "none", device: str = "cpu"):
+def load_model(path_or_id: str, dtype=None, quantization: str = "none", device: str | None = "cpu"):
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -141,7 +141,7 @@ def load_model(path_or_id: str, dtype=None, quantization: str = "none", device: 
         model = AutoModelForCausalLM.from_pretrained(path_or_id, **kwargs)
     except OSError as exc:
         raise _hub_error(path_or_id, exc) from exc
-    if quantization != "4bit":
+    if quantization != "4bit" and device is not None:  # None: the caller places it (FSDP shards it itself)
         model.to(device)
     return model
 

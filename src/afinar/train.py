@@ -29,6 +29,8 @@ from afinar.data.templates import collate, collate_packed
 from afinar.errors import AfinarError
 from afinar.models import save_tokenizer
 from afinar.training import (
+    CHECKPOINTS,
+    ENGINE_STATE,
     append_metrics,
     checkpoint_dirs,
     flatten,
@@ -197,6 +199,7 @@ def train(
     _check_launch(hw, cfg)
     accelerator = _accelerator(hw, cfg, run_dir)
     rank, processes, main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
+    sharded = accelerator.distributed_type.value in ("FSDP", "DEEPSPEED")
     say = print if main else (lambda *args, **kwargs: None)
     seed_everything(cfg.seed)
     where = f"{processes} procesos ({accelerator.distributed_type.value})" if processes > 1 else hw.device
@@ -237,7 +240,8 @@ def train(
         return {k: v.to(accelerator.device) for k, v in batch.items()}
 
     # --- stage 2: model ---------------------------------------------------------------------------------------------
-    model = _build_model(recipe, base_path, hw, accelerator.device)
+    # FSDP places (and may shard or lazily load) the weights itself in prepare().
+    model = _build_model(recipe, base_path, hw, None if accelerator.distributed_type.value == "FSDP" else accelerator.device)
     head = output_head(model)
     trainable, total = model.get_nb_trainable_parameters()
     say(f"LoRA: {trainable:,} parámetros entrenables de {total:,} ({100 * trainable / total:.2f} %)")
@@ -246,13 +250,15 @@ def train(
     per_step = cfg.grad_accum * processes
     steps_per_epoch = max(1, stream.micro_batches_per_epoch() // per_step)
     total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
     # The scheduler is stepped once per optimizer step by us (accelerate's wrapper would step it once per process).
     scheduler = get_scheduler(
         cfg.scheduler, optimizer, num_warmup_steps=round(cfg.warmup_ratio * total_steps), num_training_steps=total_steps
     )
+    if accelerator.state.deepspeed_plugin is not None:  # DeepSpeed clips inside its engine: give it the recipe's norm
+        accelerator.state.deepspeed_plugin.deepspeed_config["gradient_clipping"] = cfg.max_grad_norm or 0
     model, optimizer = accelerator.prepare(model, optimizer)
+    params = [p for p in model.parameters() if p.requires_grad]  # after prepare: FSDP2 replaces the parameters
 
     # --- stage 4: resume --------------------------------------------------------------------------------------------
     start_step = 0
@@ -271,7 +277,7 @@ def train(
         if changed:
             say(f"aviso: continuando con cambios ({', '.join(changed)}); no será idéntico a no haber parado")
         start_step = load_checkpoint(last, accelerator.unwrap_model(model), optimizer.optimizer, scheduler,
-                                     accelerator.scaler, rank)["step"]
+                                     accelerator.scaler, rank, accelerator)["step"]
         say(f"Continuando desde {last} (paso {start_step} de {total_steps})")
     if main:
         _prepare_run_dir(run_dir, resume)
@@ -295,9 +301,14 @@ def train(
         from accelerate.utils import gather_object
 
         states = gather_object([rng_state()])  # every process's RNG, so dropout resumes exactly on each
+        adapter_state, engine_state = None, None
+        if sharded:  # collective calls: every process takes part
+            adapter_state = accelerator.get_state_dict(model)
+            engine_state = run_dir / CHECKPOINTS / f".step-{step:06d}.{ENGINE_STATE}"
+            accelerator.save_state(str(engine_state))
         if main:
             save_checkpoint(run_dir, accelerator.unwrap_model(model), optimizer.optimizer, scheduler, accelerator.scaler,
-                            step, cfg.keep_last, states, {"processes": processes}, recipe_text)
+                            step, cfg.keep_last, states, {"processes": processes}, recipe_text, adapter_state, engine_state)
         accelerator.wait_for_everyone()
 
     say(

@@ -23,6 +23,8 @@ from afinar.atomic import atomic_dir, atomic_write_text
 from afinar.data.templates import IGNORE, collate
 
 CHECKPOINTS = "checkpoints"
+# Inside a checkpoint, accelerate's own `save_state` folder when the optimizer is sharded (FSDP, DeepSpeed).
+ENGINE_STATE = "accelerate"
 METRICS = "metrics.jsonl"
 # Positions per cross-entropy chunk: peak memory of the loss is CE_CHUNK × vocabulary, whatever the batch.
 CE_CHUNK = 256
@@ -72,24 +74,29 @@ def checkpoint_dirs(run_dir: Path) -> list[Path]:
 
 
 def save_checkpoint(run_dir: Path, model, optimizer, scheduler, scaler, step: int, keep_last: int,
-                    rng_states: list[dict], info: dict, recipe_text: str) -> Path:
+                    rng_states: list[dict], info: dict, recipe_text: str, adapter_state: dict | None = None,
+                    engine_state: Path | None = None) -> Path:
     """Write `checkpoints/step-NNNNNN` (adapter, trainer state, RNG of every process, recipe); keep the last few.
 
-    Only the main process calls this; `rng_states` were gathered from all processes beforehand."""
+    Only the main process calls this; `rng_states` were gathered from all processes beforehand. Under FSDP or
+    DeepSpeed the optimizer is sharded across processes: each wrote its part with accelerate's `save_state` into
+    `engine_state`, moved inside the checkpoint here, and `adapter_state` is the adapter gathered whole."""
     import torch
 
     final = Path(run_dir) / CHECKPOINTS / f"step-{step:06d}"
     with atomic_dir(final, overwrite=True) as tmp:
-        model.save_pretrained(tmp)
+        model.save_pretrained(tmp, state_dict=adapter_state)
         torch.save(
             {
-                "optimizer": optimizer.state_dict(),
+                "optimizer": optimizer.state_dict() if engine_state is None else None,
                 "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict() if scaler is not None else None,
                 "rng": rng_states,
             },
             tmp / "trainer_state.pt",
         )
+        if engine_state is not None:
+            os.replace(engine_state, tmp / ENGINE_STATE)
         (tmp / "recipe.yaml").write_text(recipe_text, encoding="utf-8")
         # Written last: its presence is what makes the folder a checkpoint (checkpoint_dirs).
         (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **info}), encoding="utf-8")
@@ -101,28 +108,31 @@ def save_checkpoint(run_dir: Path, model, optimizer, scheduler, scaler, step: in
     return final
 
 
-def remove_partial_checkpoints(run_dir: Path) -> None:
-    """Leftovers of a process killed mid-write (hidden temporary folders); the complete checkpoints stay."""
-    root = Path(run_dir) / CHECKPOINTS
-    for leftover in root.glob(".*") if root.is_dir() else []:
-        shutil.rmtree(leftover, ignore_errors=True)
-
-
-def load_checkpoint(path: Path, model, optimizer, scheduler, scaler, rank: int = 0) -> dict:
+def load_checkpoint(path: Path, model, optimizer, scheduler, scaler, rank: int = 0, accelerator=None) -> dict:
     """Restore everything `save_checkpoint` wrote into the live objects; returns trainer_state.json."""
     import torch
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    set_peft_model_state_dict(model, load_file(str(path / "adapter_model.safetensors")))
     state = torch.load(path / "trainer_state.pt", weights_only=False)
-    optimizer.load_state_dict(state["optimizer"])
+    if (path / ENGINE_STATE).is_dir():  # FSDP / DeepSpeed: model and optimizer shards through accelerate
+        accelerator.load_state(str(path / ENGINE_STATE))
+    else:
+        set_peft_model_state_dict(model, load_file(str(path / "adapter_model.safetensors")))
+        optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     if scaler is not None and state.get("scaler"):
         scaler.load_state_dict(state["scaler"])
     rng = state["rng"]
     set_rng_state(rng[rank] if isinstance(rng, list) else rng)
     return json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
+
+
+def remove_partial_checkpoints(run_dir: Path) -> None:
+    """Leftovers of a process killed mid-write (hidden temporary folders); the complete checkpoints stay."""
+    root = Path(run_dir) / CHECKPOINTS
+    for leftover in root.glob(".*") if root.is_dir() else []:
+        shutil.rmtree(leftover, ignore_errors=True)
 
 
 # --- loss ------------------------------------------------------------------------------------------------
