@@ -167,12 +167,49 @@ def _head_returns_hidden(head):
         del head.forward
 
 
-def _chunk_ce(hidden, targets, weight, autocast):
-    import torch.nn.functional as F
+def _matmul_dtype(hidden):
+    """The dtype autocast gives the head's matmul (bf16/fp16 under mixed precision), else the input's own."""
+    import torch
 
-    with autocast():
-        logits = F.linear(hidden, weight)  # (chunk, V)
-    return F.cross_entropy(logits.float(), targets, reduction="sum")
+    device = hidden.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
+
+
+def _chunk_logits(hidden, weight, dtype):
+    return (hidden.to(dtype) @ weight.to(dtype).t()).float()  # (chunk, V), fp32 for the softmax
+
+
+def _frozen_head_cross_entropy(hidden, targets, weight, chunk: int):
+    """Σ cross-entropy of `hidden @ weight.T` over chunks of rows, for a frozen `weight` (Liger's fused idea).
+
+    Each chunk's gradient with respect to the hidden states, (softmax − one-hot) @ weight, is computed right in the
+    forward and only that (N × H) tensor is kept: no (N × vocabulary) tensor outlives its chunk, and the backward
+    pass has nothing to recompute (a checkpointed chunk would run the head's matmul a second time)."""
+    import torch
+
+    class FrozenHeadCrossEntropy(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, hidden):
+            dtype = _matmul_dtype(hidden)
+            total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+            grad = torch.empty(hidden.shape, dtype=torch.float32, device=hidden.device)  # (N, H)
+            for i in range(0, hidden.shape[0], chunk):
+                logits = _chunk_logits(hidden[i : i + chunk], weight, dtype)  # (chunk, V)
+                wanted = targets[i : i + chunk]
+                total += torch.nn.functional.cross_entropy(logits, wanted, reduction="sum")
+                probs = logits.softmax(-1)
+                probs[torch.arange(len(wanted), device=probs.device), wanted] -= 1  # d loss / d logits
+                grad[i : i + chunk] = (probs.to(dtype) @ weight.to(dtype)).float()
+            ctx.save_for_backward(grad)
+            ctx.hidden_dtype = hidden.dtype
+            return total
+
+        @staticmethod
+        def backward(ctx, grad_output):
+            (grad,) = ctx.saved_tensors
+            return (grad * grad_output).to(ctx.hidden_dtype)
+
+    return FrozenHeadCrossEntropy.apply(hidden)
 
 
 def token_loss_sum(model, batch: dict, head, autocast=nullcontext, chunk: int = CE_CHUNK):
@@ -180,9 +217,8 @@ def token_loss_sum(model, batch: dict, head, autocast=nullcontext, chunk: int = 
 
     `batch`: input_ids/labels (B, T) plus position_ids (packed) or attention_mask (padded). With `head` (see
     `output_head`), the model returns hidden states and the head runs only on the N labelled positions, in chunks
-    of `chunk` recomputed in backward, so no (T × vocabulary) tensor ever exists. Prompt tokens skip the head."""
+    of `chunk` (`_frozen_head_cross_entropy`), so no (T × vocabulary) tensor ever exists and prompt tokens skip it."""
     import torch
-    from torch.utils.checkpoint import checkpoint
 
     labels = batch["labels"]
     targets = labels[:, 1:]  # (B, T-1): position t predicts token t+1
@@ -203,14 +239,16 @@ def token_loss_sum(model, batch: dict, head, autocast=nullcontext, chunk: int = 
     with _head_returns_hidden(head):
         hidden = model(**inputs, use_cache=False).logits  # (B, T, H)
     hidden, wanted = hidden[:, :-1][keep], targets[keep]  # (N, H), (N,)
-    total = hidden.new_zeros((), dtype=torch.float32)
-    for i in range(0, n, chunk):
-        args = (hidden[i : i + chunk], wanted[i : i + chunk], head.weight, autocast)
-        if torch.is_grad_enabled():
-            total = total + checkpoint(_chunk_ce, *args, use_reentrant=False)
-        else:
-            total = total + _chunk_ce(*args)
-    return total, n
+    with autocast():
+        if hidden.requires_grad:
+            return _frozen_head_cross_entropy(hidden, wanted, head.weight, chunk), n
+        dtype = _matmul_dtype(hidden)
+        total = sum(
+            torch.nn.functional.cross_entropy(_chunk_logits(hidden[i : i + chunk], head.weight, dtype),
+                                              wanted[i : i + chunk], reduction="sum")
+            for i in range(0, n, chunk)
+        )
+    return torch.as_tensor(total, dtype=torch.float32), n
 
 
 def held_out_loss(model, batches, head, autocast=nullcontext, reduce=None) -> float | None:

@@ -4,7 +4,7 @@ from collections import Counter
 
 import pytest
 
-from afinar.data.batching import MicroBatchStream, SourceMix, plan_micro_batches, shard_for_eval
+from afinar.data.batching import MicroBatchStream, SourceMix, examples_of, plan_micro_batches, shard_for_eval
 
 
 def lengths_of(n, seed=0):
@@ -36,32 +36,39 @@ def test_small_source_is_oversampled_by_weight():
 
 
 @pytest.mark.parametrize("packing", [True, False])
-def test_micro_batches_respect_both_budgets_and_keep_every_row(packing):
+def test_micro_batches_respect_both_budgets_and_keep_every_example(packing):
     lengths = lengths_of(200)
-    rows = list(range(200))
-    random.Random(3).shuffle(rows)
-    batches = plan_micro_batches(rows, lengths, batch_size=6, tokens_per_batch=700, packing=packing)
-    assert sorted(r for b in batches for r in b) == list(range(200))
+    order = list(range(200))
+    random.Random(3).shuffle(order)
+    batches = plan_micro_batches(order, lengths, batch_size=6, tokens_per_batch=700, packing=packing, row_tokens=350)
+    assert sorted(examples_of(b) for b in batches) and sorted(sum(map(examples_of, batches), [])) == list(range(200))
     for batch in batches:
-        assert 1 <= len(batch) <= 6
-        cost = sum(lengths[r] for r in batch) if packing else len(batch) * max(lengths[r] for r in batch)
-        assert cost <= 700
-    if packing:  # consecutive rows in the given order
-        assert [r for b in batches for r in b] == rows
-    else:  # similar lengths together: far less padding than in the given order
-        pad = lambda bs: sum(len(b) * max(lengths[r] for r in b) - sum(lengths[r] for r in b) for b in bs)
-        unsorted = [rows[i : i + 2] for i in range(0, 200, 2)]
-        assert pad(batches) < 0.5 * pad(unsorted)
+        assert 1 <= len(examples_of(batch)) <= 6
+        widths = [sum(lengths[e] for e in row) for row in batch]
+        assert len(batch) * max(widths) <= 700  # rows × the widest row: what the collated tensor holds
+        if packing:
+            assert max(widths) <= 350
+        else:
+            assert all(len(row) == 1 for row in batch)
+    # similar widths together: far less padding than rows taken in the given order
+    pad = lambda bs: sum(len(b) * max(sum(lengths[e] for e in r) for r in b) - sum(lengths[e] for e in examples_of(b)) for b in bs)
+    unsorted = [[[e] for e in order[i : i + 2]] for i in range(0, 200, 2)]
+    assert pad(batches) < 0.5 * pad(unsorted)
+    # the order stays local: a micro-batch only holds examples from one block of consecutive ones
+    position = {e: i for i, e in enumerate(order)}
+    for batch in batches:
+        spots = [position[e] for e in examples_of(batch)]
+        assert max(spots) // 300 == min(spots) // 300
 
 
-def test_a_packed_budget_fills_rows_up():
-    batches = plan_micro_batches(list(range(10)), [100] * 10, batch_size=64, tokens_per_batch=350, packing=True)
-    assert [len(b) for b in batches] == [3, 3, 3, 1]
+def test_short_examples_share_packed_rows():
+    batches = plan_micro_batches(list(range(10)), [100] * 10, batch_size=64, tokens_per_batch=700, packing=True, row_tokens=350)
+    assert [[len(row) for row in b] for b in batches] == [[3, 3], [3, 1]]  # 2 rows × 300 ≤ 700, then the rest
 
 
 def stream(n=60, packing=True):
     lengths = lengths_of(n, seed=4)
-    return MicroBatchStream(SourceMix([0] * n, [1], seed=9), lengths, 4, 600, packing)
+    return MicroBatchStream(SourceMix([0] * n, [1], seed=9), lengths, 4, 600, packing, row_tokens=300)
 
 
 def test_steps_cross_epochs_and_a_fresh_stream_resumes_identically():
@@ -69,8 +76,8 @@ def test_steps_cross_epochs_and_a_fresh_stream_resumes_identically():
     per_epoch = s.micro_batches_per_epoch()
     steps = [s.step(k, grad_accum=3) for k in range(1, 30)]
     assert {e for step in steps for e, _ in step} >= {0, 1, 2}
-    flat = [rows for step in steps for _, rows in step]
-    assert sorted(r for rows in flat[:per_epoch] for r in rows) == list(range(60))  # epoch 0 = every row once
+    flat = [mb for step in steps for _, mb in step]
+    assert sorted(e for mb in flat[:per_epoch] for e in examples_of(mb)) == list(range(60))  # epoch 0: each once
     resumed = stream()  # a new process after a crash knows nothing but the step number
     assert [resumed.step(k, grad_accum=3) for k in range(17, 30)] == steps[16:]
 

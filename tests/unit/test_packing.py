@@ -42,7 +42,7 @@ def per_example_losses_padded(model, rows, pad_id):
 
 
 def packed_logits(model, rows, use_cache=False):
-    batch = collate_packed(rows)
+    batch = collate_packed([rows], pad_id=0)
     with torch.no_grad():
         return model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=use_cache).logits[0], batch
 
@@ -65,6 +65,25 @@ def test_packed_forward_gives_the_padded_losses(arch, tokenizer, rows):
     padded, _ = per_example_losses_padded(model, rows, tokenizer.pad_token_id)
     packed = per_example_losses_packed(model, rows)
     torch.testing.assert_close(packed, padded, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_several_packed_rows_with_a_padded_tail(arch, tokenizer, rows):
+    """Two rows ([0, 1] and [2]); the second ends in padding. Each example's loss is still its padded-batch loss."""
+    model = tiny(arch, tokenizer)
+    padded, _ = per_example_losses_padded(model, rows, tokenizer.pad_token_id)
+    batch = collate_packed([rows[:2], rows[2:]], tokenizer.pad_token_id)
+    n0, n1, n2 = (len(r.input_ids) for r in rows)
+    assert batch["input_ids"].shape == (2, max(n0 + n1, n2))
+    assert batch["position_ids"][0, n0] == 0 and batch["labels"][0, n0] == IGNORE  # a new example starts
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits
+    got = []
+    for r, start, n in ((0, 0, n0), (0, n0, n1), (1, 0, n2)):
+        targets = batch["labels"][r, start + 1 : start + n]
+        keep = targets != IGNORE
+        got.append(torch.nn.functional.cross_entropy(logits[r, start : start + n - 1][keep], targets[keep], reduction="sum"))
+    torch.testing.assert_close(torch.stack(got), padded, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
@@ -91,7 +110,7 @@ def test_token_loss_sum_matches_transformers_loss(tokenizer, rows, packing, chun
     padded = collate(rows, tokenizer.pad_token_id)
     reference = model(**padded).loss  # transformers: mean over labelled next tokens
     n_ref = int((padded["labels"][:, 1:] != IGNORE).sum())
-    batch = collate_packed(rows) if packing else padded
+    batch = collate_packed([rows[:2], rows[2:]], tokenizer.pad_token_id) if packing else padded
     head = output_head(model)
     assert head is model.lm_head
     total, n = token_loss_sum(model, batch, head, chunk=chunk)
@@ -114,7 +133,7 @@ def test_held_out_loss_is_per_token_over_all_batches(tokenizer, rows):
     padded = collate(rows, tokenizer.pad_token_id)
     with torch.no_grad():
         reference = float(model(**padded).loss)
-    batches = [collate_packed(rows[:1]), collate_packed(rows[1:])]
+    batches = [collate_packed([rows[:1]], 0), collate_packed([rows[1:]], 0)]
     assert output_head(model) is model.lm_head
     assert held_out_loss(model, batches, output_head(model)) == pytest.approx(reference, rel=1e-5)
     assert held_out_loss(model, [], output_head(model)) is None

@@ -136,22 +136,28 @@ def collate(batch: list, pad_id: int):
     return {"input_ids": input_ids, "labels": labels, "attention_mask": attention}
 
 
-def collate_packed(batch: list):
-    """Concatenate the rows into one, with position_ids restarting at 0 for each, and no attention mask.
+def collate_packed(rows: list[list], pad_id: int):
+    """Each row: its examples concatenated, position_ids restarting at 0 for each; no attention mask.
 
-    transformers ≥ 4.54 reads the restarts as sequence boundaries and builds a block-diagonal causal mask, so no
-    token attends to another example; it only does so when the call has no attention_mask and no KV cache
-    (`use_cache=False`). Each row's first label is -100: the previous row's last token must not learn to predict it."""
+    transformers ≥ 4.54 reads the restarts as sequence boundaries (row by row) and builds a block-diagonal causal
+    mask, so no token attends to another example; it only does so when the call has no attention_mask and no KV
+    cache (`use_cache=False`). Each example's first label is -100: the previous example's last token must not
+    learn to predict it. Rows shorter than the widest end in padding that forms its own block (positions from 0,
+    labels -100), which no real token can see."""
     import torch
 
-    ids, labels, positions = [], [], []
-    for row in batch:
-        row_ids, row_labels = _ids_and_labels(row)
-        ids.extend(row_ids)
-        labels.extend([IGNORE, *row_labels[1:]])
-        positions.extend(range(len(row_ids)))
-    return {
-        "input_ids": torch.tensor([ids], dtype=torch.long),  # (1, ΣL)
-        "labels": torch.tensor([labels], dtype=torch.long),  # (1, ΣL)
-        "position_ids": torch.tensor([positions], dtype=torch.long),  # (1, ΣL)
-    }
+    width = max(sum(len(_ids_and_labels(example)[0]) for example in row) for row in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)  # (B, W)
+    labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)  # (B, W)
+    positions = torch.zeros((len(rows), width), dtype=torch.long)  # (B, W)
+    for r, row in enumerate(rows):
+        start = 0
+        for example in row:
+            ids, labs = _ids_and_labels(example)
+            n = len(ids)
+            input_ids[r, start : start + n] = torch.tensor(ids)
+            labels[r, start + 1 : start + n] = torch.tensor(labs[1:])
+            positions[r, start : start + n] = torch.arange(n)
+            start += n
+        positions[r, start:] = torch.arange(width - start)
+    return {"input_ids": input_ids, "labels": labels, "position_ids": positions}
