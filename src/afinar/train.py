@@ -379,6 +379,9 @@ def train(
             "lr": scheduler.get_last_lr()[0],
             "grad_norm": float(grad_norm),
             "tokens_per_s": real / max(elapsed, 1e-9),
+            "real_tokens": real,
+            "examples": examples,
+            "seconds": round(elapsed, 4),
         }
         if step % cfg.eval_every == 0 or step == total_steps:
             measured = validation_loss()
