@@ -25,7 +25,7 @@ from afinar.atomic import atomic_dir, atomic_write_text
 from afinar.config import Recipe, apply_overrides, dump_recipe, load_recipe
 from afinar.data.batching import MicroBatchStream, SourceMix, examples_of, plan_micro_batches, shard_for_eval
 from afinar.data.preflight import REPORT_DIR
-from afinar.data.templates import collate, collate_packed
+from afinar.data.templates import IGNORE, collate, collate_packed
 from afinar.errors import AfinarError
 from afinar.models import save_tokenizer
 from afinar.training import (
@@ -345,7 +345,7 @@ def train(
         # Token-weighted: each micro-batch's summed loss over the step's labelled tokens on all processes, so
         # accumulation and processes add up to one large batch. DDP averages gradients over processes and
         # accelerator.backward divides by grad_accum: both are undone by the factor below.
-        n_local = sum(int((b["labels"][:, 1:] != -100).sum()) for _, _, b in micro)
+        n_local = sum(int((b["labels"][:, 1:] != IGNORE).sum()) for _, _, b in micro)
         n_step = int(accelerator.reduce(torch.tensor(n_local, device=accelerator.device), "sum"))
         scale = cfg.grad_accum * processes / max(n_step, 1)
         step_sum = 0.0
