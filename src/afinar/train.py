@@ -121,7 +121,12 @@ def _check_launch(hw, cfg) -> None:
 def _accelerator(hw, cfg, run_dir: Path):
     """accelerate decides processes and devices; afinar decides precision (accelerate would turn bf16 on any CPU)."""
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
 
+    # accelerate keeps its settings in process-wide singletons: a second train() in the same process (the demo,
+    # tests, a notebook) with another precision would be refused. The process group (PartialState) is kept.
+    AcceleratorState._reset_state()
+    GradientState._reset_state()
     mixed = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[hw.precision]
     return Accelerator(
         cpu=hw.device == "cpu",

@@ -276,3 +276,14 @@ def test_gradient_checkpointing_and_padded_batches_train_the_same(tiny_recipe, t
     padded = dict(tiny_recipe, output_dir=str(tmp_path / "pad"), train={**tiny_recipe["train"], "packing": False})
     # short examples: a packed row holds the same 4 examples as a padded micro-batch, so each step sees the same ones
     assert [r["loss"] for r in read_metrics(run(padded)) if "loss" in r] == pytest.approx(reference, rel=1e-4)
+
+
+def test_a_second_training_in_the_same_process_may_change_precision(tmp_path):
+    """accelerate's settings are process-wide: the demo, a notebook or these tests train more than once."""
+    from afinar.config import TrainSection
+    from afinar.hardware import Hardware
+    from afinar.train import _accelerator
+
+    first = _accelerator(Hardware("cpu", "bf16", ""), TrainSection(), tmp_path)
+    second = _accelerator(Hardware("cpu", "fp32", ""), TrainSection(grad_accum=3), tmp_path)
+    assert (first.mixed_precision, second.mixed_precision, second.gradient_accumulation_steps) == ("bf16", "no", 3)
