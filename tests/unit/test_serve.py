@@ -114,7 +114,10 @@ def test_streaming_gives_the_same_text_and_usage(url, runs):
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     want = expected(runs, 1)
     assert text.strip() == want.text
-    assert len([c for c in chunks if c.choices and c.choices[0].delta.content]) >= 2  # really streamed, piece by piece
+    pieces = [c for c in chunks if c.choices and c.choices[0].delta.content]
+    # Really streamed, piece by piece; a tiny model's answer that is one run of partial UTF-8 bytes can only come
+    # out whole (the server never sends half a character), so the count needs at least two words to mean anything.
+    assert len(pieces) >= 2 or len(want.text.split()) < 2
     assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == [
         "stop" if want.stopped else "length"]
     assert chunks[-1].usage.completion_tokens == want.completion_tokens
