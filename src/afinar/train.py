@@ -350,8 +350,11 @@ def train(
         # Token-weighted: each micro-batch's summed loss over the step's labelled tokens on all processes, so
         # accumulation and processes add up to one large batch. DDP averages gradients over processes and
         # accelerator.backward divides by grad_accum: both are undone by the factor below.
-        n_local = sum(int((b["labels"][:, 1:] != IGNORE).sum()) for _, _, b in micro)
-        n_step = int(accelerator.reduce(torch.tensor(n_local, device=accelerator.device), "sum"))
+        # One all-reduce for the step's labelled tokens, real (unpadded) tokens and examples on all processes.
+        local = [sum(int((b["labels"][:, 1:] != IGNORE).sum()) for _, _, b in micro),
+                 sum(lengths[i] for _, mb, _ in micro for i in examples_of(mb)),
+                 sum(len(examples_of(mb)) for _, mb, _ in micro)]
+        n_step, real, examples = (int(x) for x in accelerator.reduce(torch.tensor(local, device=accelerator.device), "sum"))
         scale = cfg.grad_accum * processes / max(n_step, 1)
         step_sum = 0.0
         for _, _, batch in micro:  # batch: input_ids/labels (B, W) + position_ids (packed) or attention_mask
@@ -367,10 +370,6 @@ def train(
         step_sum, _ = reduce_sums(step_sum, 0)
         loss_value = step_sum / max(n_step, 1)
         elapsed = time.time() - t0
-        real_local = sum(lengths[i] for _, mb, _ in micro for i in examples_of(mb))  # tokens without padding
-        real = int(accelerator.reduce(torch.tensor(real_local, device=accelerator.device), "sum"))
-        examples = int(accelerator.reduce(torch.tensor(sum(len(examples_of(mb)) for _, mb, _ in micro),
-                                                       device=accelerator.device), "sum"))
         counted["real_tokens"] += real
         counted["trained_tokens"] += n_step
         counted["examples"] += examples

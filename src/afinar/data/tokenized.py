@@ -91,7 +91,7 @@ def _encode_batch(batch: dict, tokenizer, system_prompt, max_length: int, policy
     return out
 
 
-def _tokenize_split(examples, sources: list[str], tokenizer, data: DataSection, name: str, scratch: Path, progress: bool):
+def _tokenize_split(examples, sources: list[str], tokenizer, data: DataSection, name: str, scratch: Path):
     """One split → (Arrow dataset of kept rows, problems, length statistics); the same rules as templates.encode_examples."""
     from datasets import Dataset
 
@@ -179,8 +179,8 @@ def load_or_tokenize(data: DataSection, tokenizer, progress: bool = True) -> Tok
         with atomic_dir(folder, overwrite=True) as tmp:
             scratch = tmp / "scratch"
             scratch.mkdir()
-            train, p_train, s_train = _tokenize_split(prepared.train, sources, tokenizer, data, "train", scratch, progress)
-            val, p_val, s_val = _tokenize_split(prepared.val, sources, tokenizer, data, "val", scratch, progress)
+            train, p_train, s_train = _tokenize_split(prepared.train, sources, tokenizer, data, "train", scratch)
+            val, p_val, s_val = _tokenize_split(prepared.val, sources, tokenizer, data, "val", scratch)
             problems = prepared.problems + p_train + p_val
             if prepared.train and len(train) == 0:
                 problems.append(Problem(sources[0], None, "D015", f"ningún ejemplo de entrenamiento cabe en max_length={data.max_length}"))
