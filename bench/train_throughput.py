@@ -441,7 +441,7 @@ def afinar_variants(args) -> list[tuple[str, dict | None, str]]:
     common = {"data.val_fraction": 0.0, "train.epochs": (args.ejemplos + args.calentamiento * per_step) / rows,
               "train.eval_every": HUGE, "train.save_every": HUGE}
     budget = getattr(recipe.train, "tokens_per_batch", None)
-    other = 2048 if budget != 2048 else 1024
+    other = 512 if budget != 512 else 1024  # the budget that halves activations without recomputing them
     wanted = [("afinar", {}), ("afinar compile", {"train.compile": True}),
               (f"afinar {other} tok/lote", {"train.tokens_per_batch": other}),
               ("afinar sin empaquetar", {"train.packing": False}),

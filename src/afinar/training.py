@@ -20,6 +20,7 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from afinar.atomic import atomic_dir, atomic_write_text
+from afinar.attention import packed_attention_active, segments_of
 from afinar.data.templates import IGNORE, collate
 
 CHECKPOINTS = "checkpoints"
@@ -191,15 +192,16 @@ def _frozen_head_cross_entropy(hidden, targets, weight, chunk: int):
         @staticmethod
         def forward(ctx, hidden):
             dtype = _matmul_dtype(hidden)
+            matrix = weight.to(dtype)  # once: the tied head is fp32 under autocast (vocabulary × hidden)
             total = torch.zeros((), dtype=torch.float32, device=hidden.device)
             grad = torch.empty(hidden.shape, dtype=torch.float32, device=hidden.device)  # (N, H)
             for i in range(0, hidden.shape[0], chunk):
-                logits = _chunk_logits(hidden[i : i + chunk], weight, dtype)  # (chunk, V)
+                logits = _chunk_logits(hidden[i : i + chunk], matrix, dtype)  # (chunk, V)
                 wanted = targets[i : i + chunk]
                 total += torch.nn.functional.cross_entropy(logits, wanted, reduction="sum")
                 probs = logits.softmax(-1)
                 probs[torch.arange(len(wanted), device=probs.device), wanted] -= 1  # d loss / d logits
-                grad[i : i + chunk] = (probs.to(dtype) @ weight.to(dtype)).float()
+                grad[i : i + chunk] = (probs.to(dtype) @ matrix).float()
             ctx.save_for_backward(grad)
             ctx.hidden_dtype = hidden.dtype
             return total
@@ -225,6 +227,8 @@ def token_loss_sum(model, batch: dict, head, autocast=nullcontext, chunk: int = 
     keep = targets != IGNORE  # (B, T-1)
     n = int(keep.sum())
     inputs = {k: v for k, v in batch.items() if k != "labels"}
+    if "position_ids" in inputs and packed_attention_active(model):  # each example attends only to itself
+        inputs["afinar_segments"] = segments_of(inputs["position_ids"])
     if head is None:
         if labels.shape[0] == 1:  # one packed row: logits only where a label follows
             positions = keep[0].nonzero().squeeze(1)
@@ -243,8 +247,9 @@ def token_loss_sum(model, batch: dict, head, autocast=nullcontext, chunk: int = 
         if hidden.requires_grad:
             return _frozen_head_cross_entropy(hidden, wanted, head.weight, chunk), n
         dtype = _matmul_dtype(hidden)
+        matrix = head.weight.to(dtype)
         total = sum(
-            torch.nn.functional.cross_entropy(_chunk_logits(hidden[i : i + chunk], head.weight, dtype),
+            torch.nn.functional.cross_entropy(_chunk_logits(hidden[i : i + chunk], matrix, dtype),
                                               wanted[i : i + chunk], reduction="sum")
             for i in range(0, n, chunk)
         )

@@ -147,3 +147,108 @@ def test_no_head_shortcut_when_the_head_trains(tokenizer):
     model.lm_head.weight.requires_grad_(False)
     model.config.final_logit_softcapping = 30.0
     assert output_head(model) is None
+
+
+# --- per-example attention (afinar/attention.py): what the training model uses on packed rows ------------------
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_per_example_attention_gives_the_masked_loss_and_gradients(arch, tokenizer, rows, monkeypatch):
+    """Two packed rows, the second ending in padding: the loss and gradients equal SDPA with transformers' mask,
+    and the attention really ran once per example (and once for the padding tail), causal, without a mask."""
+    import transformers.integrations.sdpa_attention as sdpa
+
+    from afinar.attention import packed_attention_active, segments_of, use_packed_attention
+
+    batch = collate_packed([rows[:2], rows[2:]], tokenizer.pad_token_id)
+    n0, n1, n2 = (len(r.input_ids) for r in rows)
+    width = batch["input_ids"].shape[1]
+    segments = segments_of(batch["position_ids"])
+
+    def tail(end):  # the shorter row ends in padding: a run of its own
+        return [(end, width)] if width > end else []
+
+    assert segments == [[(0, n0), (n0, n0 + n1), *tail(n0 + n1)], [(0, n2), *tail(n2)]]
+
+    def loss_and_grad(model):
+        model.zero_grad()
+        total, n = token_loss_sum(model, batch, None)
+        (total / n).backward()
+        return total.detach(), model.model.layers[0].self_attn.q_proj.weight.grad.clone()
+
+    reference = tiny(arch, tokenizer)
+    assert not packed_attention_active(reference)
+    expected = loss_and_grad(reference)
+    model = tiny(arch, tokenizer)
+    assert use_packed_attention(model) and packed_attention_active(model)
+    calls = []
+    real = sdpa.sdpa_attention_forward
+
+    def spy(module, query, key, value, attention_mask, **kwargs):
+        calls.append((query.shape[2], attention_mask is None, kwargs.get("is_causal")))
+        return real(module, query, key, value, attention_mask, **kwargs)
+
+    monkeypatch.setattr(sdpa, "sdpa_attention_forward", spy)
+    got = loss_and_grad(model)
+    torch.testing.assert_close(got[0], expected[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got[1], expected[1], rtol=1e-4, atol=1e-6)
+    per_layer = [(end - start, True, True) for row in segments for start, end in row]
+    assert len(per_layer) == 4 and calls == per_layer * model.config.num_hidden_layers
+
+
+def test_per_example_attention_keeps_examples_apart(tokenizer, rows):
+    from afinar.attention import segments_of, use_packed_attention
+
+    model = tiny("llama", tokenizer)
+    use_packed_attention(model)
+
+    def logits(examples):
+        batch = collate_packed([examples], pad_id=0)
+        with torch.no_grad():
+            return model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False,
+                         afinar_segments=segments_of(batch["position_ids"])).logits[0]
+
+    before = logits(rows)
+    after = logits([rows[0].__class__(list(reversed(rows[0].input_ids)), rows[0].labels, "x"), *rows[1:]])
+    n0 = len(rows[0].input_ids)
+    assert not torch.allclose(before[:n0], after[:n0])
+    torch.testing.assert_close(after[n0:], before[n0:], rtol=0, atol=1e-6)
+
+
+def test_per_example_attention_leaves_a_sliding_window_to_the_mask():
+    """An example longer than the model's sliding window: the window needs the mask path, which is taken."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from transformers.masking_utils import sdpa_mask, sliding_window_causal_mask_function
+
+    from afinar.attention import packed_attention_forward
+
+    class Attention(torch.nn.Module):
+        num_key_value_groups, is_causal = 2, True
+
+    torch.manual_seed(0)
+    q, k, v = torch.randn(1, 4, 10, 8), torch.randn(1, 2, 10, 8), torch.randn(1, 2, 10, 8)
+    mask = sdpa_mask(batch_size=1, cache_position=torch.arange(10), kv_length=10,
+                     mask_function=sliding_window_causal_mask_function(3), allow_is_causal_skip=False)
+    expected, _ = sdpa_attention_forward(Attention(), q, k, v, mask, sliding_window=3)
+    got, _ = packed_attention_forward(Attention(), q, k, v, mask, sliding_window=3, afinar_segments=[[(0, 10)]])
+    torch.testing.assert_close(got, expected)
+    causal_only, _ = packed_attention_forward(Attention(), q, k, v, mask, afinar_segments=[[(0, 10)]])
+    assert not torch.allclose(causal_only, expected)  # without the window the segment path is plain causal
+
+
+def test_per_example_attention_in_bf16_runs_in_fp32_on_cpu():
+    """CPU bf16: the attention itself runs in fp32 (faster backward there) and hands back bf16 close to a bf16 SDPA."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from afinar.attention import packed_attention_forward
+
+    class Attention(torch.nn.Module):
+        num_key_value_groups, is_causal = 2, True
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, h, 12, 8, dtype=torch.bfloat16) for h in (4, 2, 2))
+    got, _ = packed_attention_forward(Attention(), q, k, v, None, afinar_segments=[[(0, 5), (5, 12)]])
+    assert got.dtype == torch.bfloat16 and got.shape == (1, 12, 4, 8)
+    exact = torch.cat([sdpa_attention_forward(Attention(), q.float()[:, :, s:e], k.float()[:, :, s:e],
+                                              v.float()[:, :, s:e], None, is_causal=True)[0] for s, e in ((0, 5), (5, 12))], 1)
+    torch.testing.assert_close(got, exact.to(torch.bfloat16), rtol=0, atol=0)  # fp32 inside, one rounding at the end

@@ -287,3 +287,42 @@ def test_a_second_training_in_the_same_process_may_change_precision(tmp_path):
     assert _accelerator(Hardware("cpu", "bf16", ""), TrainSection(), tmp_path).mixed_precision == "bf16"
     second = _accelerator(Hardware("cpu", "fp32", ""), TrainSection(grad_accum=3), tmp_path)
     assert (second.mixed_precision, second.gradient_accumulation_steps) == ("no", 3)
+
+
+def test_cpu_bf16_stores_the_frozen_linears_in_bf16_with_the_same_loss(tiny_recipe, tiny_base, tokenizer):
+    """On a CPU with bf16, autocast casts every frozen weight at each call; storing them in bf16 once gives the same
+    loss and LoRA gradients, while LoRA, embeddings, norms and the tied head stay fp32."""
+    from afinar.data.templates import collate_packed, encode, with_system
+    from afinar.hardware import Hardware
+    from afinar.train import _build_model
+    from afinar.training import output_head, token_loss_sum
+
+    recipe = recipe_from_dict(tiny_recipe)
+    rows = [encode(tokenizer, with_system([{"role": "user", "content": f"Pregunta {i}"},
+                                            {"role": "assistant", "content": f"Respuesta número {i}."}], "Sistema."))
+            for i in range(3)]
+    batch = collate_packed([rows[:2], rows[2:]], tokenizer.pad_token_id)
+
+    def loss_and_grads(precision):
+        torch.manual_seed(0)
+        model = _build_model(recipe, str(tiny_base), Hardware("cpu", precision, ""), "cpu")
+        model.eval()  # no dropout: both runs must see the same computation
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            total, n = token_loss_sum(model, batch, output_head(model))
+        total.backward()
+        grads = {k: p.grad for k, p in model.named_parameters() if p.requires_grad}
+        return model, total.detach(), grads
+
+    reference_model, reference, reference_grads = loss_and_grads("fp32")  # fp32 storage, autocast casts
+    model, got, grads = loss_and_grads("bf16")
+    q_proj = model.get_base_model().model.layers[0].self_attn.q_proj
+    assert q_proj.base_layer.weight.dtype == torch.bfloat16
+    assert reference_model.get_base_model().model.layers[0].self_attn.q_proj.base_layer.weight.dtype == torch.float32
+    assert q_proj.lora_A["default"].weight.dtype == torch.float32
+    assert model.get_input_embeddings().weight.dtype == torch.float32
+    assert model.get_output_embeddings().weight.dtype == torch.float32
+    assert model.get_base_model().model.norm.weight.dtype == torch.float32
+    torch.testing.assert_close(got, reference, rtol=1e-6, atol=1e-6)
+    assert grads.keys() == reference_grads.keys() and len(grads) == 8
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, reference_grads[name], rtol=1e-5, atol=1e-7)
