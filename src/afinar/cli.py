@@ -97,6 +97,7 @@ def _cmd_train(args) -> int:
 
     overrides = {
         "train.max_steps": args.max_steps,
+        "train.max_minutes": args.minutos,
         "train.epochs": args.epochs,
         "train.lr": args.lr,
         "train.batch_size": args.batch_size,
@@ -151,7 +152,7 @@ def _cmd_serve(args) -> int:
 def _cmd_demo(args) -> int:
     from afinar.demo import demo
 
-    demo(output=args.output, epochs=args.epochs, max_steps=args.max_steps)
+    demo(output=args.output, epochs=args.epochs, max_steps=args.max_steps, minutes=args.minutos)
     return 0
 
 
@@ -180,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="contraste base vs afinado, comprobaciones de dominio, guardia contra el olvido e informe")
     p.add_argument("run", help="carpeta de la ejecución (runs/<nombre>)")
-    p.add_argument("--split", default="val", help="'val' (la validación de la receta) o un archivo .jsonl")
+    p.add_argument("--split", default="val", help="'val' (la validación de la receta), un archivo .jsonl o un dataset incluido (afinar:primeros_auxilios_evaluacion)")
     p.add_argument("--n", type=int, default=5, help="preguntas a generar con cada modelo (por defecto 5)")
     p.add_argument("--base", help="modelo base sobre el que cargar el adaptador (por defecto el del entrenamiento)")
     p.add_argument("--todos-los-checkpoints", action="store_true", help="evalúa cada checkpoint guardado y nombra el mejor")
@@ -228,6 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="entrena un adaptador LoRA según la receta")
     p.add_argument("recipe", help="receta .yaml (ver recipes/)")
     p.add_argument("--max-steps", type=int)
+    p.add_argument("--minutos", "--minutes", type=float,
+                   help="presupuesto de tiempo: los pasos que quepan en N minutos en este equipo (train.max_minutes)")
     p.add_argument("--epochs", type=float)
     p.add_argument("--lr", type=float)
     p.add_argument("--batch-size", type=int)
@@ -285,6 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default=os.path.join("runs", "demo-enfermeria"))
     p.add_argument("--epochs", type=float)
     p.add_argument("--max-steps", type=int)
+    p.add_argument("--minutos", "--minutes", type=float,
+                   help="minutos de entrenamiento (por defecto 5; los pasos que quepan en este equipo)")
     p.set_defaults(func=_cmd_demo)
     return parser
 

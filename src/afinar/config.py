@@ -50,6 +50,9 @@ class LoraSection(Strict):
 class TrainSection(Strict):
     epochs: Annotated[float, Field(gt=0)] | None = 1
     max_steps: Annotated[int, Field(ge=1)] | None = None
+    # A time budget for the whole `afinar train` (minutes): the steps that fit, measured on this machine, at most
+    # `epochs`; the scheduler's warmup and decay are planned for them (afinar/budget.py).
+    max_minutes: Annotated[float, Field(gt=0)] | None = None
     lr: Annotated[float, Field(gt=0)] = 2e-4
     scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "cosine"
     warmup_ratio: Annotated[float, Field(ge=0, lt=1)] = 0.03

@@ -22,3 +22,9 @@ class AfinarError(Exception):
         if self.hint:
             text += f"\n  sugerencia: {self.hint}"
         return text
+
+
+def install_hint(extra: str, note: str = "") -> str:
+    """How to add one of afinar's optional extras (`make demo` installs none: they are for export and `make test`)."""
+    return (f'en la carpeta de afinar: .venv/bin/pip install -e ".[{extra}]"{note} '
+            f'(o `make test`, que instala todos los extras)')

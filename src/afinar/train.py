@@ -23,6 +23,7 @@ from pathlib import Path
 
 from afinar.atomic import atomic_dir, atomic_write_text
 from afinar.attention import use_packed_attention
+from afinar.budget import BudgetPlan, out_of_time, plan_steps
 from afinar.config import Recipe, apply_overrides, dump_recipe, load_recipe
 from afinar.data.batching import MicroBatchStream, SourceMix, examples_of, plan_micro_batches, shard_for_eval
 from afinar.data.preflight import REPORT_DIR
@@ -45,6 +46,7 @@ from afinar.training import (
     resume_conflicts,
     rng_state,
     save_checkpoint,
+    set_rng_state,
     seed_everything,
     token_loss_sum,
     trim_metrics,
@@ -218,6 +220,7 @@ def train(
     `resume` continues from the last complete checkpoint (refused when the recipe changed what the data order or
     the optimizer depend on, unless `force`); `overwrite` empties an existing run folder first."""
     import torch
+    from accelerate.utils import broadcast_object_list
     from tqdm.auto import tqdm
     from transformers import get_scheduler
 
@@ -232,6 +235,12 @@ def train(
     cfg = recipe.train
     run_dir = recipe.run_dir()
     _check_run_dir(run_dir, resume, overwrite)
+    if cfg.max_minutes and cfg.max_steps:
+        raise AfinarError(
+            "T011", "un presupuesto de tiempo (--minutos / train.max_minutes) y un número fijo de pasos "
+            "(--max-steps / train.max_steps) no van juntos: el presupuesto decide los pasos.",
+            where="train.max_steps", hint="quita uno de los dos",
+        )
     hw = hardware.detect(cfg.precision, recipe.model.quantization)
     _check_launch(hw, cfg)
     accelerator = _accelerator(hw, cfg, run_dir)
@@ -292,19 +301,50 @@ def train(
     per_step = cfg.grad_accum * processes
     steps_per_epoch = max(1, stream.micro_batches_per_epoch() // per_step)
     total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, weight_decay=cfg.weight_decay)
-    # The scheduler is stepped once per optimizer step by us (accelerate's wrapper would step it once per process).
-    scheduler = get_scheduler(
-        cfg.scheduler, optimizer, num_warmup_steps=round(cfg.warmup_ratio * total_steps), num_training_steps=total_steps
-    )
+    raw_optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
+                                      weight_decay=cfg.weight_decay)
+    optimizer = raw_optimizer
     if accelerator.state.deepspeed_plugin is not None:  # DeepSpeed clips inside its engine: give it the recipe's norm
         accelerator.state.deepspeed_plugin.deepspeed_config["gradient_clipping"] = cfg.max_grad_norm or 0
     model, optimizer = accelerator.prepare(model, optimizer)
     params = [p for p in model.parameters() if p.requires_grad]  # after prepare: FSDP2 replaces the parameters
 
-    # --- stage 4: resume --------------------------------------------------------------------------------------------
+    def reduce_sums(total: float, count: int) -> tuple[float, int]:
+        sums = accelerator.reduce(torch.tensor([total, float(count)], device=accelerator.device), "sum")
+        return float(sums[0]), int(sums[1])
+
+    def validation_loss() -> float | None:
+        batches = (collated(data.val, val_plan[i]) for i in shard_for_eval(len(val_plan), rank, processes))
+        return held_out_loss(model, batches, head, accelerator.autocast, reduce=reduce_sums) if val_plan else None
+
+    def seconds_per_token() -> float:
+        """Forward + backward of this process's first-step micro-batches, twice (the first warms allocators and
+        kernels up), per real token; gradients and RNG put back, so the run is the one it would be without this.
+        Sharded engines (FSDP, DeepSpeed) count their own backward calls: there, a no-grad forward × 3."""
+        state = rng_state()
+        micro = stream.step(1, cfg.grad_accum, rank, processes)
+        tokens = sum(lengths[i] for _, rows in micro for i in examples_of(rows))
+        times = []
+        for _ in range(2):
+            t0 = time.time()
+            for _, rows in micro:
+                batch = collated(data.train, rows)
+                if sharded:
+                    with torch.no_grad():
+                        token_loss_sum(model, batch, head, accelerator.autocast)
+                else:
+                    with accelerator.no_sync(model):
+                        loss_sum, _ = token_loss_sum(model, batch, head, accelerator.autocast)
+                        loss_sum.backward()
+            times.append((time.time() - t0) * (3 if sharded else 1))
+        optimizer.zero_grad(set_to_none=True)
+        set_rng_state(state)
+        return min(times) / max(tokens, 1)
+
+    # --- stage 4: resume, or the time budget's plan ------------------------------------------------------------------
     start_step = 0
     recipe_text = dump_recipe(recipe)
+    saved = last = None
     if resume:
         last = checkpoint_dirs(run_dir)[-1]
         saved = json.loads((last / "trainer_state.json").read_text(encoding="utf-8"))
@@ -318,6 +358,38 @@ def train(
             )
         if changed:
             say(f"aviso: continuando con cambios ({', '.join(changed)}); no será idéntico a no haber parado")
+        if cfg.max_minutes and saved.get("total_steps"):  # a budget run keeps the plan it made (and its schedule)
+            total_steps = saved["total_steps"]
+    # The base's held-out loss (LoRA's B starts at zero, so this is exactly the base model), before anything is
+    # written: its time goes into the budget's plan.
+    base_loss, eval_seconds = None, 0.0
+    if not resume and val_plan:
+        t0 = time.time()
+        base_loss = validation_loss()
+        eval_seconds = time.time() - t0
+    plan = None
+    if cfg.max_minutes and not resume:
+        tokens_per_step = sum(lengths[i] for rows in stream.epoch_plan(0) for i in examples_of(rows)) / (
+            steps_per_epoch * processes)
+        step_seconds = seconds_per_token() * tokens_per_step
+        deadline = started + cfg.max_minutes * 60
+        steps = plan_steps(deadline - time.time(), step_seconds, eval_seconds, cfg.eval_every, total_steps)
+        plan = BudgetPlan(cfg.max_minutes * 60, deadline - time.time(), step_seconds, eval_seconds,
+                          *broadcast_object_list([steps]), total_steps)
+        if plan.steps < 1:
+            raise AfinarError(
+                "T012", f"el presupuesto de {cfg.max_minutes:g} min no alcanza ni para un paso en este equipo "
+                f"(un paso ≈ {step_seconds:.0f} s, y ya van {time.time() - started:.0f} s de carga y medida).",
+                where="train.max_minutes", hint="sube --minutos, o baja data.max_length o train.batch_size",
+            )
+        total_steps = plan.steps
+        say(plan.summary(("esta CPU" if hw.device == "cpu" else "esta GPU") + (f" × {processes} procesos" if processes > 1 else "")))
+    # The scheduler is stepped once per optimizer step by us (accelerate's wrapper would step it once per process).
+    scheduler = get_scheduler(
+        cfg.scheduler, raw_optimizer, num_warmup_steps=round(cfg.warmup_ratio * total_steps),
+        num_training_steps=total_steps,
+    )
+    if resume:
         start_step = load_checkpoint(last, accelerator.unwrap_model(model), optimizer.optimizer, scheduler,
                                      accelerator.scaler, rank, accelerator)["step"]
         say(f"Continuando desde {last} (paso {start_step} de {total_steps})")
@@ -331,14 +403,6 @@ def train(
         flat = flatten(recipe.model_dump(mode="json"))
         accelerator.init_trackers(recipe.name, config={k: v for k, v in flat.items() if isinstance(v, (int, float, str, bool))})
 
-    def reduce_sums(total: float, count: int) -> tuple[float, int]:
-        sums = accelerator.reduce(torch.tensor([total, float(count)], device=accelerator.device), "sum")
-        return float(sums[0]), int(sums[1])
-
-    def validation_loss() -> float | None:
-        batches = (collated(data.val, val_plan[i]) for i in shard_for_eval(len(val_plan), rank, processes))
-        return held_out_loss(model, batches, head, accelerator.autocast, reduce=reduce_sums) if val_plan else None
-
     def write_checkpoint(step: int) -> None:
         from accelerate.utils import gather_object
 
@@ -350,7 +414,8 @@ def train(
             accelerator.save_state(str(engine_state))
         if main:
             save_checkpoint(run_dir, accelerator.unwrap_model(model), optimizer.optimizer, scheduler, accelerator.scaler,
-                            step, cfg.keep_last, states, {"processes": processes}, recipe_text, adapter_state, engine_state)
+                            step, cfg.keep_last, states, {"processes": processes, "total_steps": total_steps},
+                            recipe_text, adapter_state, engine_state)
         accelerator.wait_for_everyone()
 
     say(
@@ -359,9 +424,7 @@ def train(
         f"{cfg.tokens_per_batch} tokens por micro-lote × acumulación {cfg.grad_accum} × {processes} proceso(s); "
         f"{steps_per_epoch} pasos por época)"
     )
-    if start_step == 0 and val_plan:
-        # LoRA's B starts at zero, so this is exactly the base model's held-out loss.
-        base_loss = validation_loss()
+    if base_loss is not None:
         if main:
             append_metrics(run_dir, {"step": 0, "eval_loss": base_loss, "eval_ppl": perplexity(base_loss)})
         say(f"Pérdida de validación inicial (modelo base): {base_loss:.4f}")
@@ -372,18 +435,28 @@ def train(
                disable=not (progress and main), dynamic_ncols=True)
     loss_value = eval_loss = float("nan")
     counted = {"real_tokens": 0, "trained_tokens": 0, "examples": 0, "seconds": 0.0}
-    first_step_at = None
+    first_step_at, first_seconds = None, 0.0
+    done = start_step
+    deadline = started + cfg.max_minutes * 60 if cfg.max_minutes else None
     for step in range(start_step + 1, total_steps + 1):
         t0 = time.time()
         micro = [(epoch, rows, collated(data.train, rows)) for epoch, rows in stream.step(step, cfg.grad_accum, rank, processes)]
         # Token-weighted: each micro-batch's summed loss over the step's labelled tokens on all processes, so
         # accumulation and processes add up to one large batch. DDP averages gradients over processes and
         # accelerator.backward divides by grad_accum: both are undone by the factor below.
-        # One all-reduce for the step's labelled tokens, real (unpadded) tokens and examples on all processes.
+        # One all-reduce for the step's labelled tokens, real (unpadded) tokens, examples, and whether any process
+        # is out of time (the budget: every process must stop at the same step).
+        late = False
+        if deadline is not None:
+            timed = done - start_step - 1  # the first step of a process is slower; leave it out once there are more
+            estimate = (counted["seconds"] - first_seconds) / timed if timed > 0 else (plan.step_s if plan else 0.0)
+            late = out_of_time(time.time(), deadline, estimate, eval_seconds * (2 if step % cfg.eval_every == 0 else 1))
         local = [sum(int((b["labels"][:, 1:] != IGNORE).sum()) for _, _, b in micro),
                  sum(lengths[i] for _, mb, _ in micro for i in examples_of(mb)),
-                 sum(len(examples_of(mb)) for _, mb, _ in micro)]
-        n_step, real, examples = (int(x) for x in accelerator.reduce(torch.tensor(local, device=accelerator.device), "sum"))
+                 sum(len(examples_of(mb)) for _, mb, _ in micro), int(late)]
+        n_step, real, examples, late = (int(x) for x in accelerator.reduce(torch.tensor(local, device=accelerator.device), "sum"))
+        if late:
+            break
         scale = cfg.grad_accum * processes / max(n_step, 1)
         step_sum = 0.0
         for _, _, batch in micro:  # batch: input_ids/labels (B, W) + position_ids (packed) or attention_mask
@@ -403,7 +476,9 @@ def train(
         counted["trained_tokens"] += n_step
         counted["examples"] += examples
         counted["seconds"] += elapsed
-        first_step_at = first_step_at or time.time()
+        if first_step_at is None:
+            first_step_at, first_seconds = time.time(), elapsed
+        done = step
 
         record = {
             "step": step,
@@ -431,15 +506,28 @@ def train(
         bar.update(1)
     bar.close()
 
+    if done < total_steps:  # the time budget ran out before the plan (a slower machine than measured): end here
+        say(f"Se acaba el presupuesto de {cfg.max_minutes:g} min: fin en el paso {done} de {total_steps} planeados.")
+        if done > start_step and done % cfg.eval_every != 0:
+            measured = validation_loss()
+            if measured is not None:
+                eval_loss = measured
+                if main:
+                    append_metrics(run_dir, {"step": done, "eval_loss": eval_loss, "eval_ppl": perplexity(eval_loss)})
+
     # --- stage 6: artifacts -------------------------------------------------------------------------------------------
-    write_checkpoint(total_steps)
+    write_checkpoint(done)
     if cfg.report_to != "none":
         accelerator.end_training()
     if main:
         _write_artifacts(run_dir, accelerator.unwrap_model(model), tokenizer, data, recipe, hw, accelerator, {
             "base_path": base_path,
-            "steps": total_steps,
+            "steps": done,
             "train_seconds": round(time.time() - started, 1),
+            "budget": None if not cfg.max_minutes else {
+                "minutes": cfg.max_minutes, "planned_steps": total_steps, "steps": done,
+                "step_seconds_planned": plan.step_s if plan else None, "eval_seconds": eval_seconds,
+                "seconds": round(time.time() - started, 1)},
             "final_train_loss": loss_value,
             "final_eval_loss": eval_loss if not math.isnan(eval_loss) else None,
             "time_to_first_step_s": round((first_step_at or time.time()) - started, 2),
@@ -447,7 +535,8 @@ def train(
                            "tokens_per_s": counted["real_tokens"] / max(counted["seconds"], 1e-9),
                            "examples_per_s": counted["examples"] / max(counted["seconds"], 1e-9)},
         })
-        say(f"Listo en {time.time() - started:.0f} s. Adaptador, tokenizador, receta y métricas en {run_dir}")
+        took = f" (presupuesto {cfg.max_minutes:g} min, {done} pasos)" if cfg.max_minutes else ""
+        say(f"Listo en {time.time() - started:.0f} s{took}. Adaptador, tokenizador, receta y métricas en {run_dir}")
     accelerator.wait_for_everyone()
     return run_dir
 

@@ -141,3 +141,28 @@ def test_eval_refuses_a_merged_folder_and_shows_prompts_when_asked(tiny_run, cap
     assert info.value.code == "V001"
     metrics = evaluate_run(tiny_run, n=1, passes=("greedy",), show_examples=True, progress=False)
     assert "quemadura" in metrics["samples"][0]["question"]
+
+
+def test_batched_greedy_answers_are_the_one_at_a_time_answers(tiny_run):
+    """`afinar eval` generates in left-padded batches; greedy, each answer is the one `generate` gives alone,
+    with where it ended (own end of turn or max_new_tokens) and its token count."""
+    import torch
+
+    from afinar.config import GenerationSection
+    from afinar.inference.chat import generate, generate_many
+    from afinar.runs import load_ref, open_ref
+
+    model, tokenizer = load_ref(open_ref(tiny_run), dtype=torch.float32)
+    model.eval()
+    questions = ["¿Qué hago con una quemadura?", "Sangra la nariz.", "Alguien se desmaya en la calle, ¿qué hago?",
+                 "Hola", "¿Cuándo llamo al 112 si alguien se atraganta y no puede toser?"]
+    conversations = [[{"role": "system", "content": "Eres un asistente."}, {"role": "user", "content": q}]
+                     for q in questions]
+    gen = GenerationSection(temperature=0.0, max_new_tokens=12)
+    alone = [generate(model, tokenizer, c, gen) for c in conversations]
+    batches = []
+    together = generate_many(model, tokenizer, conversations, gen, batch_size=2, on_batch=batches.append)
+    assert batches == [2, 2, 1]
+    assert [(r.text, r.stopped, r.completion_tokens, r.prompt_tokens) for r in together] == [
+        (r.text, r.stopped, r.completion_tokens, r.prompt_tokens) for r in alone]
+    assert tokenizer.padding_side == "right"  # put back

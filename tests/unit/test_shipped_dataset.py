@@ -1,4 +1,4 @@
-"""The four shipped datasets: valid, distinct (exact and near duplicates), within their length rules, and
+"""The shipped datasets: valid, distinct (exact and near duplicates), within their length rules, and
 checked with the same functions users get (epicrisis checker, markdown rule, Python snippets that compile)."""
 import ast
 import json
@@ -8,14 +8,16 @@ from pathlib import Path
 import pytest
 
 from afinar.config import DataSection, DataSource
-from afinar.data.duplicates import exact_duplicates, near_duplicates
+from afinar.data.duplicates import exact_duplicates, jaccard, near_duplicates, normalise, shingles
 from afinar.data.formats import shipped_dataset
 from afinar.data.pii import find_pii
+from afinar.data.preflight import NEAR_THRESHOLD
 from afinar.data.validate import gather
 from afinar.evaluate.checks import MARKDOWN, check_epicrisis
 
-NAMES = ["primeros_auxilios", "epicrisis", "tutor_algoritmos", "ciencias_biologia", "general_es"]
-MINIMUM = {"primeros_auxilios": 300, "epicrisis": 120, "tutor_algoritmos": 100, "ciencias_biologia": 100, "general_es": 50}
+NAMES = ["primeros_auxilios", "primeros_auxilios_evaluacion", "epicrisis", "tutor_algoritmos", "ciencias_biologia", "general_es"]
+MINIMUM = {"primeros_auxilios": 300, "primeros_auxilios_evaluacion": 30, "epicrisis": 120, "tutor_algoritmos": 100,
+           "ciencias_biologia": 100, "general_es": 50}
 TUTOR_SYSTEM = (
     "Eres un tutor de algoritmos y estructuras de datos. Explicas en español, paso a paso y con paciencia, con "
     "ejemplos cortos en Python e indicando el coste en notación O grande."
@@ -73,6 +75,33 @@ def test_first_aid_rules():
     burns = [r["output"].lower() for r in data if "quemad" in r["instruction"].lower()]
     assert burns and not any(re.search(r"\b(aplica|pon|ponga|usa)\b[^.]*\b(hielo|mantequilla)", b) for b in burns)
 
+
+
+def test_first_aid_evaluation_set_is_held_out():
+    """The held-out questions for `afinar eval --split afinar:primeros_auxilios_evaluacion` never leak from training:
+    no question repeats or near-repeats a training question (word 3-gram Jaccard, every pair compared)."""
+    data = rows("primeros_auxilios_evaluacion")
+    assert len(data) >= 30
+    assert all(set(r) == {"instruction", "output"} for r in data)
+    assert all(r["instruction"].strip() and r["output"].strip() for r in data)
+    questions = [r["instruction"] for r in data]
+    assert exact_duplicates(questions) == [] and near_duplicates(questions, threshold=0.5) == []
+    threshold = 0.5  # as for the shipped sets above; stricter than preflight's train/validation leak threshold
+    assert threshold <= NEAR_THRESHOLD
+    training = [r["instruction"] for r in rows("primeros_auxilios")]
+    seen = {normalise(q) for q in training}
+    assert not [q for q in questions if normalise(q) in seen]
+    grams = [shingles(q) for q in training]
+    leaks = [(i + 1, j + 1, round(jaccard(shingles(q), g), 3)) for i, q in enumerate(questions)
+             for j, g in enumerate(grams) if jaccard(shingles(q), g) >= threshold]
+    assert not leaks, leaks[:5]  # (evaluation line, training line, similarity)
+
+
+def test_first_aid_evaluation_answers_follow_the_training_style():
+    data = rows("primeros_auxilios_evaluacion")
+    assert all(50 <= len(r["output"].split()) <= 110 for r in data)
+    assert not any(MARKDOWN.search(r["output"]) for r in data)
+    assert sum("112" in r["output"] for r in data) >= len(data) // 2
 
 def test_every_epicrisis_passes_the_checker_users_get():
     data = rows("epicrisis")

@@ -38,12 +38,14 @@ def _examples(recipe, split: str) -> tuple[list[Example], bool]:
         shipped = all(Path(s.path).parent == shipped_dataset(GENERAL_SET).parent for s in recipe.data.sources)
         return prepared.val, shipped
     problems: list[Problem] = []
-    examples = load_examples(Path(split), "auto", problems)
+    shipped = split.startswith("afinar:")  # a dataset of the package (e.g. afinar:primeros_auxilios_evaluacion)
+    path = shipped_dataset(split.removeprefix("afinar:")) if shipped else Path(split)
+    examples = load_examples(path, "auto", problems)
     errors = [p for p in problems if p.severity == "error"]
     if errors or not examples:
         detail = "\n  ".join(p.render() for p in errors[:10]) or "el archivo no tiene ejemplos"
         raise AfinarError("V003", f"no se puede evaluar con {split}:\n  {detail}")
-    return examples, False
+    return examples, shipped
 
 
 def _mean(values) -> float | None:
@@ -115,7 +117,7 @@ def evaluate_run(
 
     from afinar.data.templates import encode_examples, with_system
     from afinar.evaluate.report import write_report
-    from afinar.inference.chat import generate
+    from afinar.inference.chat import generate_many
     from afinar.runs import load_ref, open_ref
 
     started = time.time()
@@ -159,32 +161,34 @@ def evaluate_run(
     if max_new_tokens:
         settings = {k: v.model_copy(update={"max_new_tokens": max_new_tokens}) for k, v in settings.items()}
     chosen = examples[:n]
-    samples = []
-    bar = tqdm(total=len(chosen) * len(passes) * 2, desc="Generando", unit="resp", disable=not progress, dynamic_ncols=True)
-    for i, example in enumerate(chosen):
+    prompts, samples = [], []
+    for example in chosen:
         # The last assistant turn is the reference; earlier turns stay as context.
         last = max(k for k, m in enumerate(example.messages) if m["role"] == "assistant")
-        prompt_messages = with_system(example.messages[:last], recipe.data.system_prompt)
-        reference = example.messages[last]["content"]
-        question = example.messages[last - 1]["content"]
-        sample = {"where": example.where, "outputs": {}}
+        prompts.append(with_system(example.messages[:last], recipe.data.system_prompt))
+        sample = {"where": example.where, "outputs": {name: {} for name in passes},
+                  "_question": example.messages[last - 1]["content"], "_reference": example.messages[last]["content"]}
         if show_text:
-            sample.update(question=question, reference=reference)
-        for name in passes:
-            gen: GenerationSection = settings[name]
-            sample["outputs"][name] = {}
-            for side in SIDES:
-                context = model.disable_adapter() if side == "base" else nullcontext()
-                with context:
-                    reply = generate(model, tokenizer, prompt_messages, gen, seed=seed + i if name == "sampled" else None)
+            sample.update(question=sample["_question"], reference=sample["_reference"])
+        samples.append(sample)
+    bar = tqdm(total=len(chosen) * len(passes) * 2, desc="Generando", unit="resp", disable=not progress, dynamic_ncols=True)
+    for name in passes:
+        gen: GenerationSection = settings[name]
+        for side in SIDES:
+            context = model.disable_adapter() if side == "base" else nullcontext()
+            with context:  # batched: on a CPU a batch of answers costs little more than one
+                replies = generate_many(model, tokenizer, prompts, gen, seed=seed if name == "sampled" else None,
+                                        on_batch=bar.update)
+            for sample, reply in zip(samples, replies):
+                question, reference = sample["_question"], sample["_reference"]
                 row = {"text": reply.text, **measure(reply.text, reference, reply.stopped, reply.completion_tokens)}
                 row["findings"] = {
                     check: [f.render() for f in CHECKS[check](question, reference, reply.text)] for check in recipe.checks
                 }
                 sample["outputs"][name][side] = row
-                bar.update(1)
-        samples.append(sample)
     bar.close()
+    for sample in samples:
+        del sample["_question"], sample["_reference"]
 
     generation = {
         name: {side: _summary([s["outputs"][name][side] for s in samples]) for side in SIDES} for name in passes

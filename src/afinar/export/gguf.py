@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from afinar.atomic import atomic_dir
-from afinar.errors import AfinarError
+from afinar.errors import AfinarError, install_hint
 from afinar.export.reference import (
     Reference,
     compare_choices,
@@ -52,7 +52,7 @@ def llama_cpp_version() -> str:
         return version("llama-cpp-python")
     except PackageNotFoundError:
         raise AfinarError("X020", "falta llama-cpp-python, necesario para convertir, cuantizar y comprobar el GGUF.",
-                          hint='pip install "afinar[llamacpp]" (compila llama.cpp: unos minutos la primera vez)') from None
+                          hint=install_hint("llamacpp", ", que compila llama.cpp: unos minutos la primera vez")) from None
 
 
 def converter_dir() -> Path:

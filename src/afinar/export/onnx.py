@@ -15,7 +15,7 @@ import warnings
 from pathlib import Path
 
 from afinar.atomic import atomic_dir, require_free_space
-from afinar.errors import AfinarError
+from afinar.errors import AfinarError, install_hint
 from afinar.export.reference import Reference, greedy_decode
 from afinar.hardware import int8_cpu_features
 from afinar.models import embed_chat_template
@@ -31,7 +31,7 @@ def require_optimum():
         from optimum.exporters.onnx import main_export  # noqa: F401
     except ImportError:
         raise AfinarError("X030", "faltan optimum-onnx y onnxruntime para exportar a ONNX.",
-                          hint='pip install "afinar[onnx]"') from None
+                          hint=install_hint("onnx")) from None
 
 
 def export_onnx(model_dir: Path, target: Path, ref: Reference, params: int, overwrite: bool = False,

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from afinar.config import GenerationSection
-from afinar.errors import AfinarError
+from afinar.errors import AfinarError, install_hint
 
 ENGINES = ("auto", "transformers", "llama.cpp", "onnxruntime")
 
@@ -291,7 +291,7 @@ class LlamaCppEngine(Engine):
         try:
             import llama_cpp
         except ImportError:
-            raise AfinarError("X020", "falta llama-cpp-python para servir un GGUF.", hint='pip install "afinar[llamacpp]"') from None
+            raise AfinarError("X020", "falta llama-cpp-python para servir un GGUF.", hint=install_hint("llamacpp")) from None
         from jinja2.sandbox import ImmutableSandboxedEnvironment
 
         super().__init__([personality])
