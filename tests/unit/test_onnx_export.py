@@ -72,7 +72,7 @@ def test_existing_target_and_missing_packages(exported, tiny_base, reference, mo
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     with pytest.raises(AfinarError) as info:
         onnx_export.require_optimum()
-    assert info.value.code == "X030" and "afinar[onnx]" in info.value.hint
+    assert info.value.code == "X030" and 'pip install -e ".[onnx]"' in info.value.hint  # the exact line to run
 
 
 def test_int8_weights_use_7_bits_so_cpus_without_vnni_do_not_saturate(exported):
