@@ -32,6 +32,7 @@ from afinar.errors import AfinarError
 from afinar.models import save_tokenizer
 from afinar.training import (
     CHECKPOINTS,
+    RUN_INFO,
     ENGINE_STATE,
     append_metrics,
     checkpoint_dirs,
@@ -52,7 +53,6 @@ from afinar.training import (
     trim_metrics,
 )
 
-RUN_INFO = "afinar_run.json"
 # Longest packed row (or the longest example, if longer). With a block-diagonal mask (train.compile, or a model
 # without attention backends) a row's attention covers all of it: measured on SmolLM2-135M, one 1024-token row
 # trained 30 % slower than 4 rows of 256. Per-example attention (afinar/attention.py) does not care.
@@ -235,6 +235,7 @@ def train(
     cfg = recipe.train
     run_dir = recipe.run_dir()
     _check_run_dir(run_dir, resume, overwrite)
+    deadline = started + cfg.max_minutes * 60 if cfg.max_minutes else None  # the budget counts from here
     if cfg.max_minutes and cfg.max_steps:
         raise AfinarError(
             "T011", "un presupuesto de tiempo (--minutos / train.max_minutes) y un número fijo de pasos "
@@ -372,9 +373,9 @@ def train(
         tokens_per_step = sum(lengths[i] for rows in stream.epoch_plan(0) for i in examples_of(rows)) / (
             steps_per_epoch * processes)
         step_seconds = seconds_per_token() * tokens_per_step
-        deadline = started + cfg.max_minutes * 60
-        steps = plan_steps(deadline - time.time(), step_seconds, eval_seconds, cfg.eval_every, total_steps)
-        plan = BudgetPlan(cfg.max_minutes * 60, deadline - time.time(), step_seconds, eval_seconds,
+        remaining = deadline - time.time()
+        steps = plan_steps(remaining, step_seconds, eval_seconds, cfg.eval_every, total_steps)
+        plan = BudgetPlan(cfg.max_minutes * 60, remaining, step_seconds, eval_seconds,
                           *broadcast_object_list([steps]), total_steps)
         if plan.steps < 1:
             raise AfinarError(
@@ -437,7 +438,6 @@ def train(
     counted = {"real_tokens": 0, "trained_tokens": 0, "examples": 0, "seconds": 0.0}
     first_step_at, first_seconds = None, 0.0
     done = start_step
-    deadline = started + cfg.max_minutes * 60 if cfg.max_minutes else None
     for step in range(start_step + 1, total_steps + 1):
         t0 = time.time()
         micro = [(epoch, rows, collated(data.train, rows)) for epoch, rows in stream.step(step, cfg.grad_accum, rank, processes)]

@@ -23,6 +23,8 @@ from afinar.atomic import atomic_dir, atomic_write_text
 from afinar.attention import packed_attention_active, segments_of
 from afinar.data.templates import IGNORE, collate
 
+# The run folder's summary (hardware, steps, throughput, budget), written by train.py, read by eval and push.
+RUN_INFO = "afinar_run.json"
 CHECKPOINTS = "checkpoints"
 # Inside a checkpoint, accelerate's own `save_state` folder when the optimizer is sharded (FSDP, DeepSpeed).
 ENGINE_STATE = "accelerate"

@@ -17,7 +17,7 @@ from afinar.data.formats import Example, Problem, load_examples, shipped_dataset
 from afinar.errors import AfinarError
 from afinar.evaluate.checks import CHECKS
 from afinar.evaluate.metrics import measure
-from afinar.train import RUN_INFO
+from afinar.training import RUN_INFO
 
 SCHEMA = "afinar.eval/1"
 REPORT_DIR = "informe"

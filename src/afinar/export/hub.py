@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from afinar.errors import AfinarError
+from afinar.training import RUN_INFO
 
 _REPO = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "tokenizer_config.json",
@@ -84,7 +85,7 @@ def model_card(run: Path, repo: str, summary: dict, adapter_only: bool) -> str:
     from afinar.runs import read_recipe
 
     recipe = read_recipe(run)
-    info = _read_json(run / "afinar_run.json")
+    info = _read_json(run / RUN_INFO)
     metrics = _read_json(run / "informe" / "metrics.json")
     fingerprint = _read_json(run / "data_fingerprint.json")
     base_alias = info.get("base") or (recipe.model.base if recipe else None)

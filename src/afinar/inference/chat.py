@@ -12,7 +12,8 @@ QUIT_WORDS = {"salir", "exit", "quit"}
 
 
 def generate(model, tokenizer, messages: list[dict], gen: GenerationSection, seed: int | None = None) -> Reply:
-    """One assistant turn with a loaded transformers model (what `afinar eval` compares base and tuned with)."""
+    """One assistant turn with a loaded transformers model, streamed underneath (`generate_many` batches several;
+    this is its one-at-a-time reference in tests/unit/test_eval.py and bench/eval_generation.py)."""
     prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt")  # (1, T)
     *_, reply = transformers_stream(model, tokenizer, prompt, gen, seed)
     return reply
