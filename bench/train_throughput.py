@@ -1,6 +1,6 @@
 """Training throughput of three ways to fine-tune the embedded base on the shipped nursing data, in one run.
 
-    .venv/bin/python bench/train_throughput.py [--ejemplos 32] [--calentamiento 1] [--json resultados.json]
+    .venv/bin/python bench/train_throughput.py [--ejemplos 32] [--calentamiento 1] [--repeticiones 3] [--json r.json]
     .venv/bin/python bench/train_throughput.py --escala 10000 100000 [--json escala.json]
 
 Same data (`afinar:primeros_auxilios`), same base (SmolLM2-135M-Instruct, `resolve_base("smollm2-135m")`), same
@@ -14,9 +14,9 @@ LoRA (r=8, alpha 16, dropout 0.05 on q_proj/v_proj), same number of examples; ea
   template, else prompt/completion rows (completion-only loss); `padding_free=True` (TRL then refuses `max_length`,
   so none: every example fits in 400 tokens). Skipped, with the pip command, when trl is not installed.
 - afinar: `train(load_recipe("recipes/enfermeria.yaml"), overrides)` with a fraction of an epoch as long as the others,
-  no validation and no checkpoints; variants: default, `train.compile: true`, another `train.tokens_per_batch`,
-  `packing: false`, low memory (gradient checkpointing + 512 tokens), and fp32 (what a CPU without AVX512-BF16/AMX
-  runs) with and without low memory (each only if the recipe accepts the keys).
+  no validation and no checkpoints; variants: default, `train.compile: true`, the same examples per step in
+  micro-batches of another `train.tokens_per_batch`, `packing: false`, low memory (gradient checkpointing), and fp32
+  (what a CPU without AVX512-BF16/AMX runs) with and without low memory (each only if the recipe accepts the keys).
 
 Measured per tool (the first `--calentamiento` optimizer steps are left out of the timing):
 
@@ -41,7 +41,9 @@ fresh process, with a tokenization cache of its own (AFINAR_DATA_CACHE in a temp
 lands in the user's cache). Peak RSS, time to the first step and `data_cache` (miss, then hit) show whether memory
 stays flat from the smallest size to the largest and whether the second run reuses the tokenized data.
 
-Machines are noisy: only ratios measured in the same run mean something. Not a test: no thresholds.
+Machines are noisy (on the 2-core EPYC the guides' recipe ran at 125–164 tokens/s on one day): only ratios measured
+in the same run mean something, and `--repeticiones N` runs every tool N times in turn and reports the median and
+each pass. Not a test: no thresholds.
 """
 from __future__ import annotations
 
@@ -441,16 +443,20 @@ def afinar_variants(args) -> list[tuple[str, dict | None, str]]:
     common = {"data.val_fraction": 0.0, "train.epochs": (args.ejemplos + args.calentamiento * per_step) / rows,
               "train.eval_every": HUGE, "train.save_every": HUGE}
     budget = getattr(recipe.train, "tokens_per_batch", None)
-    other = 512 if budget != 512 else 1024  # the budget that halves activations without recomputing them
-    wanted = [("afinar", {}), ("afinar compile", {"train.compile": True}),
-              (f"afinar {other} tok/lote", {"train.tokens_per_batch": other}),
+    # The other layout: the same examples per step in micro-batches of twice (or half) the token budget.
+    examples_per_step = recipe.train.batch_size * recipe.train.grad_accum
+    if budget and budget <= 512:
+        other = (f"afinar {2 * budget} tok/lote, lote {examples_per_step} × 1",
+                 {"train.tokens_per_batch": 2 * budget, "train.batch_size": examples_per_step, "train.grad_accum": 1})
+    else:
+        other = (f"afinar {(budget or 1024) // 2} tok/lote", {"train.tokens_per_batch": (budget or 1024) // 2})
+    low_memory = {"train.gradient_checkpointing": True}  # recompute activations instead of keeping them
+    wanted = [("afinar", {}), ("afinar compile", {"train.compile": True}), other,
               ("afinar sin empaquetar", {"train.packing": False}),
-              # the low-memory setting: recompute activations, half the token budget
-              ("afinar memoria baja", {"train.gradient_checkpointing": True, "train.tokens_per_batch": 512}),
+              ("afinar memoria baja", low_memory),
               # what a CPU without AVX512-BF16/AMX runs: compared with the fp32 GEMM ceiling measured here
               ("afinar fp32", {"train.precision": "fp32"}),
-              ("afinar fp32 memoria baja", {"train.precision": "fp32", "train.gradient_checkpointing": True,
-                                            "train.tokens_per_batch": 512})]
+              ("afinar fp32 memoria baja", {"train.precision": "fp32", **low_memory})]
     if not args.compilar:
         wanted.pop(1)
     out = []
@@ -484,28 +490,43 @@ def bench(args) -> dict:
         flops_per_token = 4 * params
         print("  " + " · ".join(f"{p}: {g:,.0f} GFLOP/s" for p, g in peaks.items()), f"· N = {params:,} parámetros")
 
-        results = []
+        # The jobs, in order; with --repeticiones N the guides and afinar's variants run N times round-robin (TRL and
+        # compile, far from the comparison and slow, once), so a slow minute of the machine hits every tool alike.
+        jobs = []
         for tool in ("guias", "trl"):
             if tool not in args.herramientas:
                 continue
             label = "guías" if tool == "guias" else "trl"
             if tool == "trl" and importlib.util.find_spec("trl") is None:
-                print(f"→ trl: no está instalado; se omite. Para medirlo: {TRL_INSTALL}", flush=True)
-                results.append({"label": label, "skipped": f"trl no instalado ({TRL_INSTALL})"})
+                jobs.append((label, None, f"trl no instalado ({TRL_INSTALL})"))
                 continue
-            print(f"→ {label}: entrenando…", flush=True)
-            results.append(run_child(tool, args, tmp, label))
-            report_progress(results[-1])
+            jobs.append((label, {"tool": tool}, ""))
         if "afinar" in args.herramientas:
-            for label, overrides, why in afinar_variants(args):
-                if overrides is None:
-                    print(f"→ {label}: {why}", flush=True)
-                    results.append({"label": label, "skipped": why})
+            jobs += [(label, None if overrides is None else {"tool": "afinar", "overrides": overrides}, why)
+                     for label, overrides, why in afinar_variants(args)]
+        runs: dict[str, list[dict]] = {}
+        for repetition in range(args.repeticiones):
+            if args.repeticiones > 1:
+                print(f"— pasada {repetition + 1} de {args.repeticiones}", flush=True)
+            for label, job, why in jobs:
+                if job is None:
+                    if repetition == 0:
+                        print(f"→ {label}: {why}", flush=True)
+                        runs[label] = [{"label": label, "skipped": why}]
+                    continue
+                if repetition > 0 and (label == "trl" or "compile" in label):
                     continue
                 print(f"→ {label}: entrenando…", flush=True)
-                overrides = {**overrides, "output_dir": str(tmp / f"run-{len(results)}")}
-                results.append(run_child("afinar", args, tmp, label, receta=RECIPE, variante=json.dumps(overrides)))
-                report_progress(results[-1])
+                if job["tool"] == "afinar":
+                    overrides = {**job["overrides"], "output_dir": str(tmp / f"run-{len(runs)}-{repetition}")}
+                    r = run_child("afinar", args, tmp, f"{label}-{repetition}", receta=RECIPE,
+                                  variante=json.dumps(overrides))
+                else:
+                    r = run_child(job["tool"], args, tmp, f"{label}-{repetition}")
+                r["label"] = label
+                runs.setdefault(label, []).append(r)
+                report_progress(r)
+        results = [combine(label, runs[label]) for label, _, _ in jobs]
 
     for r in results:
         if r.get("tokens_per_s"):
@@ -514,6 +535,19 @@ def bench(args) -> dict:
     print_table(results, peaks, flops_per_token)
     return {"cpu": cpu, "hilos": args.hilos, "ejemplos": args.ejemplos, "calentamiento": args.calentamiento,
             "gemm_gflops": peaks, "params": params, "flops_per_token": flops_per_token, "results": results}
+
+
+def combine(label: str, runs: list[dict]) -> dict:
+    """One row per tool: the median run's numbers (by tokens/s), the highest peak RSS, and every run's tokens/s."""
+    done = sorted((r for r in runs if r.get("tokens_per_s")), key=lambda r: r["tokens_per_s"])
+    if not done:
+        return runs[0]
+    row = dict(done[(len(done) - 1) // 2])  # the lower median: with 2 runs, the slower one
+    row.update(label=label, peak_rss_mb=max(r["peak_rss_mb"] for r in runs),
+               runs_tokens_per_s=[r["tokens_per_s"] for r in runs if r.get("tokens_per_s")])
+    if len(runs) > len(done):
+        row.setdefault("notes", []).append(f"{len(runs) - len(done)} de {len(runs)} ejecuciones fallaron")
+    return row
 
 
 def report_progress(r: dict) -> None:
@@ -543,6 +577,10 @@ def print_table(results: list, peaks: dict, flops_per_token: int) -> None:
               f"{100 * r['mfu']:>5.1f}%")
     print("(1er paso: desde que arranca el proceso hasta el final del primer paso del optimizador, importaciones, "
           "carga y tokenización incluidas; MFU frente al pico GEMM de la precisión usada)")
+    for r in results:
+        if len(r.get("runs_tokens_per_s", [])) > 1:
+            print(f"  {r['label']}: tokens reales/s en cada pasada: "
+                  + ", ".join(f"{x:,.1f}" for x in r["runs_tokens_per_s"]) + " (la tabla da la mediana)")
     for r in results:
         for note in r.get("notes", []) + [f"aviso: {w}" for w in r.get("warnings", [])[:6]]:
             print(f"  {r['label']}: {note}")
@@ -657,6 +695,8 @@ def main() -> None:
     tools = ["guias", "trl", "afinar"]
     parser.add_argument("--ejemplos", type=int, default=32, help="ejemplos cronometrados por herramienta")
     parser.add_argument("--calentamiento", type=int, default=1, help="pasos del optimizador que no se cronometran")
+    parser.add_argument("--repeticiones", type=int, default=1,
+                        help="pasadas por herramienta, alternadas; la tabla da la mediana (TRL y compile: una)")
     parser.add_argument("--herramientas", nargs="+", choices=tools, default=tools, help="cuáles medir")
     parser.add_argument("--sin-compilar", dest="compilar", action="store_false", help="omite la variante train.compile")
     parser.add_argument("--hilos", type=int, default=cpu_info()["nucleos_fisicos"], help="hilos de torch por proceso")

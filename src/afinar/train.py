@@ -28,6 +28,7 @@ from afinar.config import Recipe, apply_overrides, dump_recipe, load_recipe
 from afinar.data.batching import MicroBatchStream, SourceMix, examples_of, plan_micro_batches, shard_for_eval
 from afinar.data.preflight import REPORT_DIR
 from afinar.data.templates import IGNORE, collate, collate_packed
+from afinar.dropout import use_cpu_lora_dropout
 from afinar.errors import AfinarError
 from afinar.models import save_tokenizer
 from afinar.training import (
@@ -176,29 +177,37 @@ def _build_model(recipe: Recipe, base_path: str, hw, device):
         LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules,
                    bias="none", task_type="CAUSAL_LM"),
     )
-    if hw.device == "cpu" and hw.precision == "bf16":
-        _frozen_linears_to_bf16(model)
+    if hw.device == "cpu":
+        use_cpu_lora_dropout(model)  # PEFT's nn.Dropout costs about a tenth of a CPU step (afinar/dropout.py)
+        if hw.precision == "bf16":
+            _frozen_linears_to_bf16(model)
     if cfg.compile:
         model.get_base_model().model.compile(dynamic=True)
     return model
 
 
 def _frozen_linears_to_bf16(model) -> None:
-    """CPU bf16: store the frozen base's linear layers in bf16, as autocast would cast them at every call anyway.
+    """CPU bf16: store the frozen base's linear layers, embeddings and output head in bf16.
 
-    Same results (autocast rounds fp32 → bf16 the same way), without a bf16 copy of every weight made in each
-    forward and kept for the backward: measured on SmolLM2-135M, about 0.4 GB less and fewer casts per step.
-    Embeddings, norms, LoRA and the (tied) output head stay fp32."""
+    Autocast casts every frozen weight to bf16 at each call anyway: storing them in bf16 once gives the same results
+    without a bf16 copy of each weight made in every forward and kept for the backward (measured on SmolLM2-135M:
+    about 0.4 GB less and fewer casts per step). The embedding table is not autocast's, but its rows only feed the
+    fp32 residual stream: they are looked up in bf16 and handed on in fp32 (rounded to bf16 precision, as on a GPU
+    training in bf16); a tied output head then needs no bf16 copy of the vocabulary × hidden matrix at every loss
+    (−170 MB at the step's peak on SmolLM2-135M). Norms and LoRA stay fp32."""
     import torch
 
-    head = model.get_output_embeddings()
-    for module in model.modules():
-        if (type(module) is torch.nn.Linear and module is not head
-                and not any(p.requires_grad for p in module.parameters())):
+    frozen = [m for m in model.modules() if not any(p.requires_grad for p in m.parameters(recurse=False))]
+    embeddings = model.get_input_embeddings()
+    for module in frozen:
+        if type(module) is torch.nn.Linear:  # a head with LoRA is a PEFT layer, not an nn.Linear: left alone
             module.to(torch.bfloat16)
+    if type(embeddings) is torch.nn.Embedding and embeddings in frozen:
+        embeddings.to(torch.bfloat16)
+        embeddings.register_forward_hook(lambda module, inputs, output: output.float())
     # The fp32 weights were read lazily from the memory-mapped safetensors file; the cast touched every page of the
     # linear layers, and they stay resident while any tensor still maps the file. Copying the fp32 tensors left
-    # (embeddings, norms) lets the mapping go: otherwise peak RSS grows by the fp32 linear weights (measured).
+    # (norms) lets the mapping go: otherwise peak RSS grows by the fp32 linear weights (measured).
     for tensor in [*model.parameters(), *model.buffers()]:
         if tensor.dtype == torch.float32 and not tensor.requires_grad:
             tensor.data = tensor.data.clone()

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from afinar.atomic import atomic_dir, atomic_write_text
 from afinar.attention import packed_attention_active, segments_of
-from afinar.data.templates import IGNORE, collate
+from afinar.data.templates import IGNORE, ids_and_labels, collate
 
 # The run folder's summary (hardware, steps, throughput, budget), written by train.py, read by eval and push.
 RUN_INFO = "afinar_run.json"
@@ -200,9 +200,12 @@ def _frozen_head_cross_entropy(hidden, targets, weight, chunk: int):
             for i in range(0, hidden.shape[0], chunk):
                 logits = _chunk_logits(hidden[i : i + chunk], matrix, dtype)  # (chunk, V)
                 wanted = targets[i : i + chunk]
-                total += torch.nn.functional.cross_entropy(logits, wanted, reduction="sum")
-                probs = logits.softmax(-1)
-                probs[torch.arange(len(wanted), device=probs.device), wanted] -= 1  # d loss / d logits
+                rows = torch.arange(len(wanted), device=logits.device)
+                # One logsumexp, then the softmax in place: cross_entropy + softmax would pass over it 4 times.
+                log_z = torch.logsumexp(logits, -1)  # (chunk,)
+                total += (log_z - logits[rows, wanted]).sum()
+                probs = logits.sub_(log_z.unsqueeze(1)).exp_()
+                probs[rows, wanted] -= 1  # d loss / d logits
                 grad[i : i + chunk] = (probs.to(dtype) @ matrix).float()
             ctx.save_for_backward(grad)
             ctx.hidden_dtype = hidden.dtype
@@ -277,10 +280,13 @@ def held_out_loss(model, batches, head, autocast=nullcontext, reduce=None) -> fl
 
 
 def evaluate_loss(model, rows: list, batch_size: int, pad_id: int, autocast=nullcontext) -> float | None:
-    """Held-out loss of a plain (not distributed) model over encoded rows, in padded batches of `batch_size`."""
+    """Held-out loss of a plain (not distributed) model over encoded rows, in padded batches of `batch_size`.
+
+    Rows are batched by length (the loss is a sum over tokens, so the order does not matter): little padding."""
     if not rows:
         return None
     device = next(model.parameters()).device
+    rows = sorted(rows, key=lambda row: len(ids_and_labels(row)[0]))
     batches = (
         {k: v.to(device) for k, v in collate(rows[i : i + batch_size], pad_id).items()}
         for i in range(0, len(rows), batch_size)

@@ -166,3 +166,29 @@ def test_batched_greedy_answers_are_the_one_at_a_time_answers(tiny_run):
     assert [(r.text, r.stopped, r.completion_tokens, r.prompt_tokens) for r in together] == [
         (r.text, r.stopped, r.completion_tokens, r.prompt_tokens) for r in alone]
     assert tokenizer.padding_side == "right"  # put back
+
+
+def test_base_and_tuned_answers_share_a_batch_and_match_separate_generation(tiny_run):
+    """PEFT's mixed-adapter batches ("__base__" rows skip the LoRA): the same greedy answers as generating each side
+    on its own, with the adapter disabled for the base."""
+    import torch
+
+    from afinar.config import GenerationSection
+    from afinar.inference.chat import generate_many
+    from afinar.runs import load_ref, open_ref
+
+    model, tokenizer = load_ref(open_ref(tiny_run), dtype=torch.float32)
+    model.eval()
+    for name, param in model.named_parameters():  # a clearly different tuned model, so mixing rows would show
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.5, generator=torch.Generator().manual_seed(0))
+    conversations = [[{"role": "user", "content": q}] for q in ("¿Qué hago con una quemadura?", "Sangra la nariz.")]
+    gen = GenerationSection(temperature=0.0, max_new_tokens=10)
+    with model.disable_adapter():
+        base = generate_many(model, tokenizer, conversations, gen)
+    tuned = generate_many(model, tokenizer, conversations, gen)
+    assert [r.text for r in base] != [r.text for r in tuned]
+    mixed = generate_many(model, tokenizer, [c for c in conversations for _ in (0, 1)], gen,
+                          adapter_names=["__base__", model.active_adapter] * 2)
+    assert [r.text for r in mixed[0::2]] == [r.text for r in base]
+    assert [r.text for r in mixed[1::2]] == [r.text for r in tuned]

@@ -289,9 +289,28 @@ def test_a_second_training_in_the_same_process_may_change_precision(tmp_path):
     assert (second.mixed_precision, second.gradient_accumulation_steps) == ("no", 3)
 
 
+def test_cpu_bf16_keeps_a_tied_head_tied_and_a_lora_head_fp32():
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from afinar.train import _frozen_linears_to_bf16
+
+    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
+    tied = get_peft_model(LlamaForCausalLM(config), LoraConfig(r=4, target_modules=["q_proj"]))
+    _frozen_linears_to_bf16(tied)
+    assert tied.get_output_embeddings().weight is tied.get_input_embeddings().weight
+    assert tied.get_input_embeddings().weight.dtype == torch.bfloat16
+    config.tie_word_embeddings = False
+    lora_head = get_peft_model(LlamaForCausalLM(config), LoraConfig(r=4, target_modules=["q_proj", "lm_head"]))
+    _frozen_linears_to_bf16(lora_head)
+    head = lora_head.get_base_model().lm_head
+    assert head.base_layer.weight.dtype == torch.bfloat16 and head.lora_A["default"].weight.dtype == torch.float32
+
+
 def test_cpu_bf16_stores_the_frozen_linears_in_bf16_with_the_same_loss(tiny_recipe, tiny_base, tokenizer):
     """On a CPU with bf16, autocast casts every frozen weight at each call; storing them in bf16 once gives the same
-    loss and LoRA gradients, while LoRA, embeddings, norms and the tied head stay fp32."""
+    loss and LoRA gradients as fp32 storage with the embedding table rounded to bf16; LoRA and norms stay fp32."""
     from afinar.data.templates import collate_packed, encode, with_system
     from afinar.hardware import Hardware
     from afinar.train import _build_model
@@ -303,9 +322,12 @@ def test_cpu_bf16_stores_the_frozen_linears_in_bf16_with_the_same_loss(tiny_reci
             for i in range(3)]
     batch = collate_packed([rows[:2], rows[2:]], tokenizer.pad_token_id)
 
-    def loss_and_grads(precision):
+    def loss_and_grads(precision, rounded_embeddings=False):
         torch.manual_seed(0)
         model = _build_model(recipe, str(tiny_base), Hardware("cpu", precision, ""), "cpu")
+        if rounded_embeddings:  # fp32 storage, autocast casts; the embedding table rounded as bf16 storage rounds it
+            table = model.get_input_embeddings().weight
+            table.data = table.data.bfloat16().float()
         model.eval()  # no dropout: both runs must see the same computation
         with torch.autocast("cpu", dtype=torch.bfloat16):
             total, n = token_loss_sum(model, batch, output_head(model))
@@ -313,15 +335,17 @@ def test_cpu_bf16_stores_the_frozen_linears_in_bf16_with_the_same_loss(tiny_reci
         grads = {k: p.grad for k, p in model.named_parameters() if p.requires_grad}
         return model, total.detach(), grads
 
-    reference_model, reference, reference_grads = loss_and_grads("fp32")  # fp32 storage, autocast casts
+    reference_model, reference, reference_grads = loss_and_grads("fp32", rounded_embeddings=True)
     model, got, grads = loss_and_grads("bf16")
     q_proj = model.get_base_model().model.layers[0].self_attn.q_proj
     assert q_proj.base_layer.weight.dtype == torch.bfloat16
     assert reference_model.get_base_model().model.layers[0].self_attn.q_proj.base_layer.weight.dtype == torch.float32
     assert q_proj.lora_A["default"].weight.dtype == torch.float32
-    assert model.get_input_embeddings().weight.dtype == torch.float32
-    assert model.get_output_embeddings().weight.dtype == torch.float32
+    assert model.get_input_embeddings().weight.dtype == torch.bfloat16
+    assert model.get_output_embeddings().weight.dtype == torch.bfloat16
     assert model.get_base_model().model.norm.weight.dtype == torch.float32
+    ids = batch["input_ids"][:, :5]
+    assert model.get_input_embeddings()(ids).dtype == torch.float32  # the residual stream stays fp32
     torch.testing.assert_close(got, reference, rtol=1e-6, atol=1e-6)
     assert grads.keys() == reference_grads.keys() and len(grads) == 8
     for name, grad in grads.items():

@@ -110,7 +110,7 @@ def trained_tokens(labels) -> int:
     return int((labels[:, 1:] != IGNORE).sum())
 
 
-def _ids_and_labels(row) -> tuple[list[int], list[int]]:
+def ids_and_labels(row) -> tuple[list[int], list[int]]:
     """An `Encoded` or a row read from the tokenized Arrow dataset (a dict)."""
     if isinstance(row, dict):
         return row["input_ids"], row["labels"]
@@ -123,7 +123,7 @@ def collate(batch: list, pad_id: int):
     The 2-D attention mask is always passed: with it transformers 4.57 keeps SDPA's causal fast path."""
     import torch
 
-    pairs = [_ids_and_labels(row) for row in batch]
+    pairs = [ids_and_labels(row) for row in batch]
     width = max(len(ids) for ids, _ in pairs)
     input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)  # (B, T)
     labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)  # (B, T)
@@ -146,14 +146,14 @@ def collate_packed(rows: list[list], pad_id: int):
     labels -100), which no real token can see."""
     import torch
 
-    width = max(sum(len(_ids_and_labels(example)[0]) for example in row) for row in rows)
+    width = max(sum(len(ids_and_labels(example)[0]) for example in row) for row in rows)
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)  # (B, W)
     labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)  # (B, W)
     positions = torch.zeros((len(rows), width), dtype=torch.long)  # (B, W)
     for r, row in enumerate(rows):
         start = 0
         for example in row:
-            ids, labs = _ids_and_labels(example)
+            ids, labs = ids_and_labels(example)
             n = len(ids)
             input_ids[r, start : start + n] = torch.tensor(ids)
             labels[r, start + 1 : start + n] = torch.tensor(labs[1:])

@@ -20,12 +20,14 @@ def generate(model, tokenizer, messages: list[dict], gen: GenerationSection, see
 
 
 def generate_many(model, tokenizer, conversations: list[list[dict]], gen: GenerationSection, seed: int | None = None,
-                  batch_size: int = 8, on_batch=None) -> list[Reply]:
+                  batch_size: int = 8, on_batch=None, adapter_names: list[str] | None = None) -> list[Reply]:
     """One assistant turn for each conversation, `batch_size` at a time with left padding and the KV cache.
 
     Generation on a CPU is bound by reading the weights once per token, so a batch of 8 answers costs little more
     than one (measured in bench/eval_generation.py). Greedy answers are those of `generate` up to float rounding
-    of the padded batch; a sampled batch draws from one seed."""
+    of the padded batch; a sampled batch draws from one seed. `adapter_names` (a PEFT model): the adapter of each
+    conversation, "__base__" for the base without it, so base and tuned answers share a batch (PEFT's mixed-adapter
+    batches)."""
     import torch
 
     eos = tokenizer.eos_token_id
@@ -40,9 +42,10 @@ def generate_many(model, tokenizer, conversations: list[list[dict]], gen: Genera
                               return_token_type_ids=False).to(model.device)
             if seed is not None:
                 torch.manual_seed(seed + start)
+            mixed = {"adapter_names": adapter_names[start : start + batch_size]} if adapter_names else {}
             with torch.no_grad():
                 ids = model.generate(**batch, eos_token_id=eos, pad_token_id=tokenizer.pad_token_id,
-                                     **sampling_kwargs(gen))  # (B, T + new)
+                                     **sampling_kwargs(gen), **mixed)  # (B, T + new)
             width = batch["input_ids"].shape[1]
             for row, mask in zip(ids[:, width:].tolist(), batch["attention_mask"]):
                 stopped = eos in row
