@@ -178,7 +178,7 @@ def _build_model(recipe: Recipe, base_path: str, hw, device):
                    bias="none", task_type="CAUSAL_LM"),
     )
     if hw.device == "cpu":
-        use_cpu_lora_dropout(model)  # PEFT's nn.Dropout costs about a tenth of a CPU step (afinar/dropout.py)
+        use_cpu_lora_dropout(model)  # PEFT's nn.Dropout is slow on a CPU (afinar/dropout.py)
         if hw.precision == "bf16":
             _frozen_linears_to_bf16(model)
     if cfg.compile:

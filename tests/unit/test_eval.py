@@ -95,6 +95,22 @@ def tiny_run(tmp_path_factory, tiny_base):
     )
 
 
+def _recomputed_loss_pair(run_dir):
+    import torch
+
+    from afinar.data.templates import encode_examples
+    from afinar.evaluate.run import _examples, _loss_pair, _training_autocast
+    from afinar.runs import load_ref, open_ref
+
+    ref = open_ref(run_dir)
+    model, tokenizer = load_ref(ref, dtype=torch.float32)
+    model.eval()
+    examples, _ = _examples(ref.recipe, "val")
+    encoded, _, _ = encode_examples(tokenizer, examples, ref.recipe.data.system_prompt, ref.recipe.data.max_length,
+                                    "drop")
+    return _loss_pair(model, encoded, tokenizer.pad_token_id, _training_autocast(run_dir))
+
+
 def test_eval_writes_report_and_metrics(tiny_run):
     metrics = evaluate_run(tiny_run, n=3, all_checkpoints=True, progress=False)
     report = tiny_run / "informe"
@@ -102,9 +118,14 @@ def test_eval_writes_report_and_metrics(tiny_run):
     assert saved["schema"] == "afinar.eval/1" and saved["examples"] == 8 and saved["generated"] == 3
     loss = saved["loss"]
     assert loss["ppl_tuned"] == pytest.approx(math.exp(loss["tuned"]), rel=1e-3) and loss["base"] != loss["tuned"]
-    # the base side is the same weights with the adapter off: its loss equals the training run's step-0 eval
+    # the validation pair is the one the training measured (step 0: the base; the end: the saved adapter) …
     step0 = json.loads((tiny_run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()[0])
-    assert loss["base"] == pytest.approx(step0["eval_loss"], abs=1e-3)
+    final = json.loads((tiny_run / "afinar_run.json").read_text(encoding="utf-8"))["final_eval_loss"]
+    assert loss["from_training"] and (loss["base"], loss["tuned"]) == (round(step0["eval_loss"], 4), round(final, 4))
+    # … and computing it again (adapter off for the base, padded batches) gives the same numbers
+    assert saved["checkpoints"][-1]["eval_loss"] == pytest.approx(loss["tuned"], abs=2e-3)
+    again = _recomputed_loss_pair(tiny_run)
+    assert (again["base"], again["tuned"]) == pytest.approx((loss["base"], loss["tuned"]), abs=2e-3)
     for name in ("greedy", "sampled"):
         for side in ("base", "tuned"):
             summary = saved["generation"][name][side]

@@ -17,7 +17,7 @@ from afinar.data.formats import Example, Problem, load_examples, shipped_dataset
 from afinar.errors import AfinarError
 from afinar.evaluate.checks import CHECKS
 from afinar.evaluate.metrics import measure
-from afinar.training import RUN_INFO
+from afinar.training import RUN_INFO, read_metrics
 
 SCHEMA = "afinar.eval/1"
 REPORT_DIR = "informe"
@@ -80,6 +80,24 @@ def _loss_pair(model, encoded, pad_id, autocast=nullcontext) -> dict:
         "ppl_tuned": round(math.exp(min(tuned, 50)), 3),
         "delta": round(tuned - base, 4),
     }
+
+
+def _training_losses(run_dir: Path) -> dict | None:
+    """The held-out loss pair the training already measured on this run's validation split, if it did.
+
+    Training scores the validation split before step 1 (the base: LoRA's B starts at zero) and after its last step
+    (the adapter saved in the run folder), in its own precision: the same two numbers `_loss_pair` would compute
+    again, up to float rounding. None when the run did not record both (interrupted run, val_fraction 0)."""
+    try:
+        info = json.loads((run_dir / RUN_INFO).read_text(encoding="utf-8"))
+        first = next((r for r in read_metrics(run_dir) if r.get("step") == 0 and "eval_loss" in r), None)
+    except (OSError, ValueError, AfinarError):
+        return None
+    base, tuned = (first or {}).get("eval_loss"), info.get("final_eval_loss")
+    if base is None or tuned is None:
+        return None
+    return {"base": round(base, 4), "tuned": round(tuned, 4), "ppl_base": round(math.exp(min(base, 50)), 3),
+            "ppl_tuned": round(math.exp(min(tuned, 50)), 3), "delta": round(tuned - base, 4), "from_training": True}
 
 
 def _training_autocast(run_dir: Path):
@@ -157,7 +175,10 @@ def evaluate_run(
     # --- losses: held-out answers and the general-Spanish forgetting guard -------------------------
     encoded, _, _ = encode_examples(tokenizer, examples, recipe.data.system_prompt, recipe.data.max_length, "drop")
     autocast = _training_autocast(ref.path)
-    loss = _loss_pair(model, encoded, pad, autocast)
+    # The validation split's pair was measured by the training itself (about a quarter of the evaluation's time on
+    # a CPU): reused unless another base is asked for.
+    known = _training_losses(Path(ref.path)) if split == "val" and not base else None
+    loss = known or _loss_pair(model, encoded, pad, autocast)
     general = load_examples(shipped_dataset(GENERAL_SET))
     general_encoded, _, _ = encode_examples(tokenizer, general, GENERAL_SYSTEM, 1024, "drop")
     forgetting = _loss_pair(model, general_encoded, pad, autocast)
