@@ -2,11 +2,12 @@
 
 PEFT puts an `nn.Dropout` in front of every LoRA adapter. On a CPU its `bernoulli_` draws one float per element and
 the backward keeps a float mask as big as the input: on SmolLM2-135M with LoRA on q/v (two dropouts per layer, 1024
-tokens × 576) `bernoulli_` alone was 7.6 % of a bf16 training step (torch.profiler), its multiplications on top. Here the mask comes from 64-bit random
-integers cut into four 16-bit ones (a quarter of the generator calls) compared with a threshold, and only that bool
-mask is kept for the backward. Same distribution up to p rounded to 1/65536, same scaling by 1/(1 − p), drawn from
-torch's generator (so seeding and the exact resume, which restores it, still hold). GPUs keep `nn.Dropout`: their
-kernel is fused already.
+tokens × 576) `bernoulli_` alone was 7.6 % of a bf16 training step (torch.profiler), its multiplications on top.
+Here the mask comes from 64-bit random integers cut into four 16-bit ones (a quarter of the generator calls)
+compared with a threshold, and only that bool mask is kept for the backward: 2.5 ms instead of 3.9 ms forward and
+backward for 1024 × 576 (2 threads). Same distribution up to p rounded to 1/65536, same scaling by 1/(1 − p), drawn
+from torch's generator (so seeding and the exact resume, which restores it, still hold). GPUs keep `nn.Dropout`:
+their kernel is fused already.
 """
 from __future__ import annotations
 

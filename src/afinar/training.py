@@ -21,7 +21,7 @@ from pathlib import Path
 
 from afinar.atomic import atomic_dir, atomic_write_text
 from afinar.attention import packed_attention_active, segments_of
-from afinar.data.templates import IGNORE, ids_and_labels, collate
+from afinar.data.templates import IGNORE, collate, ids_and_labels
 
 # The run folder's summary (hardware, steps, throughput, budget), written by train.py, read by eval and push.
 RUN_INFO = "afinar_run.json"
