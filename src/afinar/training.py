@@ -234,19 +234,22 @@ def token_loss_sum(model, batch: dict, head, autocast=nullcontext, chunk: int = 
     inputs = {k: v for k, v in batch.items() if k != "labels"}
     if "position_ids" in inputs and packed_attention_active(model):  # each example attends only to itself
         inputs["afinar_segments"] = segments_of(inputs["position_ids"])
+    # The forward under `autocast` too: accelerate wraps a prepared model's forward in it, but a model that
+    # `afinar eval` loaded is not prepared, and without this its body would run in fp32 (only the head in bf16).
     if head is None:
-        if labels.shape[0] == 1:  # one packed row: logits only where a label follows
-            positions = keep[0].nonzero().squeeze(1)
-            logits = model(**inputs, use_cache=False, logits_to_keep=positions).logits[0]  # (N, V)
-        else:
-            logits = model(**inputs, use_cache=False).logits[:, :-1][keep]  # (N, V)
+        with autocast():
+            if labels.shape[0] == 1:  # one packed row: logits only where a label follows
+                positions = keep[0].nonzero().squeeze(1)
+                logits = model(**inputs, use_cache=False, logits_to_keep=positions).logits[0]  # (N, V)
+            else:
+                logits = model(**inputs, use_cache=False).logits[:, :-1][keep]  # (N, V)
         total = sum(
             torch.nn.functional.cross_entropy(logits[i : i + chunk].float(), targets[keep][i : i + chunk], reduction="sum")
             for i in range(0, n, chunk)
         )
         return total, n
-    with _head_returns_hidden(head):
-        hidden = model(**inputs, use_cache=False).logits  # (B, T, H)
+    with _head_returns_hidden(head), autocast():
+        hidden = model(**inputs, use_cache=False).logits.float()  # (B, T, H)
     hidden, wanted = hidden[:, :-1][keep], targets[keep]  # (N, H), (N,)
     with autocast():
         if hidden.requires_grad:

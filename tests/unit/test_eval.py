@@ -213,3 +213,29 @@ def test_base_and_tuned_answers_share_a_batch_and_match_separate_generation(tiny
                           adapter_names=["__base__", model.active_adapter] * 2)
     assert [r.text for r in mixed[0::2]] == [r.text for r in base]
     assert [r.text for r in mixed[1::2]] == [r.text for r in tuned]
+
+
+def test_held_out_loss_runs_the_whole_model_in_the_training_precision(tiny_run):
+    """A model loaded by `afinar eval` is not wrapped by accelerate: the loss must put its whole forward under the
+    run's autocast (bf16 on a CPU that trained in bf16), not only the output head."""
+    import torch
+
+    from afinar.data.templates import encode_examples
+    from afinar.evaluate.run import _examples
+    from afinar.runs import load_ref, open_ref
+    from afinar.training import evaluate_loss
+
+    ref = open_ref(tiny_run)
+    model, tokenizer = load_ref(ref, dtype=torch.float32)
+    model.eval()
+    examples, _ = _examples(ref.recipe, "val")
+    rows, _, _ = encode_examples(tokenizer, examples, ref.recipe.data.system_prompt, 512, "drop")
+    seen = []
+    layer = model.get_base_model().model.layers[0]
+    layer.register_forward_pre_hook(lambda module, args: seen.append(torch.is_autocast_enabled("cpu")))
+    bf16 = evaluate_loss(model, rows, 4, tokenizer.pad_token_id, lambda: torch.autocast("cpu", dtype=torch.bfloat16))
+    assert seen and all(seen)
+    seen.clear()
+    fp32 = evaluate_loss(model, rows, 4, tokenizer.pad_token_id)
+    assert seen and not any(seen)
+    assert bf16 == pytest.approx(fp32, rel=2e-2) and bf16 != fp32
