@@ -249,7 +249,7 @@ def token_loss_sum(model, batch: dict, head, autocast=nullcontext, chunk: int = 
         )
         return total, n
     with _head_returns_hidden(head), autocast():
-        hidden = model(**inputs, use_cache=False).logits.float()  # (B, T, H)
+        hidden = model(**inputs, use_cache=False).logits  # (B, T, H)
     hidden, wanted = hidden[:, :-1][keep], targets[keep]  # (N, H), (N,)
     with autocast():
         if hidden.requires_grad:
