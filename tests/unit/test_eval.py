@@ -99,7 +99,7 @@ def _recomputed_loss_pair(run_dir):
     import torch
 
     from afinar.data.templates import encode_examples
-    from afinar.evaluate.run import _examples, _loss_pair, _training_autocast
+    from afinar.evaluate.run import _examples, _loss_pair, _run_info, _training_autocast
     from afinar.runs import load_ref, open_ref
 
     ref = open_ref(run_dir)
@@ -108,7 +108,7 @@ def _recomputed_loss_pair(run_dir):
     examples, _ = _examples(ref.recipe, "val")
     encoded, _, _ = encode_examples(tokenizer, examples, ref.recipe.data.system_prompt, ref.recipe.data.max_length,
                                     "drop")
-    return _loss_pair(model, encoded, tokenizer.pad_token_id, _training_autocast(run_dir))
+    return _loss_pair(model, encoded, tokenizer.pad_token_id, _training_autocast(_run_info(run_dir)))
 
 
 def test_eval_writes_report_and_metrics(tiny_run):

@@ -17,7 +17,7 @@ from afinar.data.formats import Example, Problem, load_examples, shipped_dataset
 from afinar.errors import AfinarError
 from afinar.evaluate.checks import CHECKS
 from afinar.evaluate.metrics import measure
-from afinar.training import RUN_INFO, read_metrics
+from afinar.training import RUN_INFO, checkpoint_dirs, evaluate_loss, read_metrics
 
 SCHEMA = "afinar.eval/1"
 REPORT_DIR = "informe"
@@ -65,14 +65,7 @@ def _summary(rows: list[dict]) -> dict:
     }
 
 
-def _loss_pair(model, encoded, pad_id, autocast=nullcontext) -> dict:
-    from afinar.training import evaluate_loss
-
-    with model.disable_adapter():
-        base = evaluate_loss(model, encoded, 4, pad_id, autocast)
-    tuned = evaluate_loss(model, encoded, 4, pad_id, autocast)
-    if base is None or tuned is None:
-        return {"base": None, "tuned": None}
+def _loss_numbers(base: float, tuned: float) -> dict:
     return {
         "base": round(base, 4),
         "tuned": round(tuned, 4),
@@ -82,33 +75,47 @@ def _loss_pair(model, encoded, pad_id, autocast=nullcontext) -> dict:
     }
 
 
-def _training_losses(run_dir: Path) -> dict | None:
+def _loss_pair(model, encoded, pad_id, autocast=nullcontext) -> dict:
+    with model.disable_adapter():
+        base = evaluate_loss(model, encoded, 4, pad_id, autocast)
+    tuned = evaluate_loss(model, encoded, 4, pad_id, autocast)
+    if base is None or tuned is None:
+        return {"base": None, "tuned": None}
+    return _loss_numbers(base, tuned)
+
+
+def _run_info(run_dir: Path) -> dict:
+    """The run folder's summary written by the training (hardware, final held-out loss); {} when it has none."""
+    try:
+        return json.loads((Path(run_dir) / RUN_INFO).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def _training_losses(run_dir: Path, info: dict) -> dict | None:
     """The held-out loss pair the training already measured on this run's validation split, if it did.
 
     Training scores the validation split before step 1 (the base: LoRA's B starts at zero) and after its last step
     (the adapter saved in the run folder), in its own precision: the same two numbers `_loss_pair` would compute
     again, up to float rounding. None when the run did not record both (interrupted run, val_fraction 0)."""
+    tuned = info.get("final_eval_loss")
+    if tuned is None:
+        return None
     try:
-        info = json.loads((run_dir / RUN_INFO).read_text(encoding="utf-8"))
         first = next((r for r in read_metrics(run_dir) if r.get("step") == 0 and "eval_loss" in r), None)
-    except (OSError, ValueError, AfinarError):
+    except (OSError, AfinarError):
         return None
-    base, tuned = (first or {}).get("eval_loss"), info.get("final_eval_loss")
-    if base is None or tuned is None:
+    if first is None or first["eval_loss"] is None:
         return None
-    return {"base": round(base, 4), "tuned": round(tuned, 4), "ppl_base": round(math.exp(min(base, 50)), 3),
-            "ppl_tuned": round(math.exp(min(tuned, 50)), 3), "delta": round(tuned - base, 4), "from_training": True}
+    return {**_loss_numbers(first["eval_loss"], tuned), "from_training": True}
 
 
-def _training_autocast(run_dir: Path):
-    """The losses in the precision the run trained in: bf16 autocast on a CPU that has it (about twice as fast as
-    fp32 there, and the numbers match the run's own held-out loss), else fp32."""
+def _training_autocast(info: dict):
+    """The losses in the precision the run trained in (`info`: its afinar_run.json): bf16 autocast on a CPU that has
+    it (about twice as fast as fp32 there, and the numbers match the run's own held-out loss), else fp32."""
     import torch
 
-    try:
-        hardware = json.loads((Path(run_dir) / RUN_INFO).read_text(encoding="utf-8")).get("hardware", {})
-    except (OSError, ValueError):
-        return nullcontext
+    hardware = info.get("hardware", {})
     if hardware.get("device") == "cpu" and hardware.get("precision") == "bf16":
         return lambda: torch.autocast("cpu", dtype=torch.bfloat16)
     return nullcontext
@@ -118,8 +125,6 @@ def _checkpoint_losses(model, run_dir: Path, encoded, pad_id, autocast=nullconte
     """Validation loss of every saved checkpoint, then the final adapter back in place."""
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
-
-    from afinar.training import checkpoint_dirs, evaluate_loss
 
     rows = []
     for folder in checkpoint_dirs(run_dir):
@@ -174,10 +179,11 @@ def evaluate_run(
 
     # --- losses: held-out answers and the general-Spanish forgetting guard -------------------------
     encoded, _, _ = encode_examples(tokenizer, examples, recipe.data.system_prompt, recipe.data.max_length, "drop")
-    autocast = _training_autocast(ref.path)
+    info = _run_info(ref.path)
+    autocast = _training_autocast(info)
     # The validation split's pair was measured by the training itself (about a quarter of the evaluation's time on
     # a CPU): reused unless another base is asked for.
-    known = _training_losses(Path(ref.path)) if split == "val" and not base else None
+    known = _training_losses(Path(ref.path), info) if split == "val" and not base else None
     loss = known or _loss_pair(model, encoded, pad, autocast)
     general = load_examples(shipped_dataset(GENERAL_SET))
     general_encoded, _, _ = encode_examples(tokenizer, general, GENERAL_SYSTEM, 1024, "drop")
@@ -199,15 +205,16 @@ def evaluate_run(
     if max_new_tokens:
         settings = {k: v.model_copy(update={"max_new_tokens": max_new_tokens}) for k, v in settings.items()}
     chosen = examples[:n]
-    prompts, samples = [], []
+    prompts, pairs, samples = [], [], []  # pairs: (question, reference) of each sample
     for example in chosen:
         # The last assistant turn is the reference; earlier turns stay as context.
         last = max(k for k, m in enumerate(example.messages) if m["role"] == "assistant")
         prompts.append(with_system(example.messages[:last], recipe.data.system_prompt))
-        sample = {"where": example.where, "outputs": {name: {} for name in passes},
-                  "_question": example.messages[last - 1]["content"], "_reference": example.messages[last]["content"]}
+        question, reference = example.messages[last - 1]["content"], example.messages[last]["content"]
+        pairs.append((question, reference))
+        sample = {"where": example.where, "outputs": {name: {} for name in passes}}
         if show_text:
-            sample.update(question=sample["_question"], reference=sample["_reference"])
+            sample.update(question=question, reference=reference)
         samples.append(sample)
     bar = tqdm(total=len(chosen) * len(passes) * 2, desc="Generando", unit="resp", disable=not progress, dynamic_ncols=True)
     for name in passes:
@@ -220,16 +227,13 @@ def evaluate_run(
                                seed=seed if name == "sampled" else None, on_batch=bar.update, adapter_names=adapters)
         for k, side in enumerate(SIDES):
             replies = paired[k :: len(SIDES)]
-            for sample, reply in zip(samples, replies):
-                question, reference = sample["_question"], sample["_reference"]
+            for sample, (question, reference), reply in zip(samples, pairs, replies):
                 row = {"text": reply.text, **measure(reply.text, reference, reply.stopped, reply.completion_tokens)}
                 row["findings"] = {
                     check: [f.render() for f in CHECKS[check](question, reference, reply.text)] for check in recipe.checks
                 }
                 sample["outputs"][name][side] = row
     bar.close()
-    for sample in samples:
-        del sample["_question"], sample["_reference"]
 
     generation = {
         name: {side: _summary([s["outputs"][name][side] for s in samples]) for side in SIDES} for name in passes
