@@ -45,6 +45,8 @@ class LoraSection(Strict):
     alpha: Annotated[float, Field(gt=0)] = 16
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.05
     target_modules: Literal["all-linear"] | Annotated[list[str], Field(min_length=1)] = ["q_proj", "v_proj"]
+    # DoRA (PEFT `use_dora`): each adapted weight's magnitude trained apart from its direction.
+    use_dora: bool = False
 
 
 class TrainSection(Strict):
@@ -96,6 +98,10 @@ class GenerationSection(Strict):
 class Recipe(Strict):
     name: Annotated[str, Field(min_length=1, pattern=r"^[\w.-]+$")]
     description: str = ""
+    # lora: a LoRA adapter on the frozen base (the `lora:` section). full: every weight of the base trains and the
+    # run folder holds a whole model (`lora:` is ignored and left out of the saved recipe; no 4-bit: quantized
+    # weights cannot be trained).
+    method: Literal["lora", "full"] = "lora"
     model: ModelSection = ModelSection()
     data: DataSection
     lora: LoraSection = LoraSection()
@@ -107,6 +113,13 @@ class Recipe(Strict):
 
     def run_dir(self) -> Path:
         return Path(self.output_dir or Path("runs") / self.name)
+
+    @model_validator(mode="after")
+    def _method_fits(self):
+        if self.method == "full" and self.model.quantization == "4bit":
+            raise ValueError("method: full entrena todos los pesos y no se pueden entrenar pesos de 4 bits: "
+                             "quita model.quantization: 4bit o usa method: lora (QLoRA)")
+        return self
 
 
 # --- loading with errors that name the file, the line and the nearest valid key -----------------
@@ -250,4 +263,5 @@ def apply_overrides(recipe: Recipe, overrides: dict[str, Any]) -> Recipe:
 def dump_recipe(recipe: Recipe) -> str:
     import yaml
 
-    return yaml.safe_dump(recipe.model_dump(mode="json"), allow_unicode=True, sort_keys=False)
+    unused = {"lora"} if recipe.method == "full" else set()
+    return yaml.safe_dump(recipe.model_dump(mode="json", exclude=unused), allow_unicode=True, sort_keys=False)

@@ -30,8 +30,12 @@ def torch_dtype(precision: str):
 
 
 def cpu_supports_bf16() -> bool:
+    """Native bf16 (AVX512-BF16 or AMX) that torch may use: a CPU that has it, unless torch was told to stay on AVX2
+    kernels (ATEN_CPU_CAPABILITY=avx2, also a way to see how afinar runs on a CPU without bf16)."""
     import torch
 
+    if torch.backends.cpu.get_cpu_capability() in ("DEFAULT", "NO AVX", "AVX2"):
+        return False
     cpu = torch.cpu
     return bool(
         getattr(cpu, "_is_avx512_bf16_supported", lambda: False)()

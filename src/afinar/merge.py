@@ -1,4 +1,7 @@
-"""`afinar merge RUN`: fold the LoRA adapter into the base and check the result really is the same model."""
+"""`afinar merge RUN`: fold the LoRA adapter into the base and check the result really is the same model.
+
+A `method: full` run gets the same standalone, checked folder (its weights in the asked dtype, the recipe's
+generation settings, the logits check)."""
 from __future__ import annotations
 
 import json
@@ -40,19 +43,21 @@ def merge(run: str | Path, output: str | Path | None = None, dtype: str = "fp32"
     if dtype not in DTYPES:
         raise AfinarError("G001", f"dtype '{dtype}' no válido; opciones: {', '.join(DTYPES)}")
     ref = open_ref(run)
-    if ref.kind != "run":
-        raise AfinarError("G002", "esta carpeta ya es un modelo completo: no hay adaptador que fusionar.", where=str(run))
+    if not ref.is_run:
+        raise AfinarError("G002", "esta carpeta ya es un modelo fusionado: no hay adaptador que fusionar.", where=str(run))
     output = Path(output) if output else ref.path / "merged"
     if output.exists() and not overwrite:
         raise AfinarError("G003", "la carpeta de salida ya existe.", where=str(output), hint="usa --sobrescribir u --output")
 
     # Merge in fp32 for fidelity, then cast: rounding once is better than merging rounded weights.
-    peft_model, tokenizer = load_ref(ref, dtype=torch.float32)
-    peft_model.eval()
+    trained, tokenizer = load_ref(ref, dtype=torch.float32)
+    trained.eval()
     probe = tokenizer.apply_chat_template(PROBE, return_tensors="pt")  # (1, T)
     with torch.no_grad():
-        reference = peft_model(probe).logits[0]  # (T, V)
-    merged = peft_model.merge_and_unload()
+        reference = trained(probe).logits[0]  # (T, V)
+    # A full fine-tuning run is already a whole model: "merging" it is the same checked, standalone copy.
+    merged = trained if ref.standalone else trained.merge_and_unload()
+    source = "el modelo entrenado" if ref.standalone else "base+adaptador"
     merged = merged.to(torch_dtype(dtype))
     merged.config.name_or_path = str(output)
     # Plain transformers users get the stop token and the recipe's sampling from generation_config.json.
@@ -85,12 +90,12 @@ def merge(run: str | Path, output: str | Path | None = None, dtype: str = "fp32"
         if not ok:
             raise AfinarError(
                 "G004",
-                f"el modelo fusionado no reproduce base+adaptador (máx |Δlogits| {stats['max_abs']:.2e}, "
+                f"el modelo fusionado no reproduce {source} (máx |Δlogits| {stats['max_abs']:.2e}, "
                 f"top-1 igual en {stats['top1']:.0%}); no se guarda nada.",
                 where=str(run),
             )
     print(
-        f"Fusionado en {output} ({dtype}). Comprobación: logits del modelo fusionado vs base+adaptador: "
+        f"Fusionado en {output} ({dtype}). Comprobación: logits del modelo fusionado vs {source}: "
         f"máx |Δ| = {stats['max_abs']:.2e}, media |Δ| = {stats['mean_abs']:.2e}, mismo token top-1 en {stats['top1']:.0%} ✓"
     )
     return output

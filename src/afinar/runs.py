@@ -7,14 +7,25 @@ from pathlib import Path
 
 from afinar.config import GenerationSection, Recipe, recipe_from_dict
 from afinar.errors import AfinarError
+from afinar.training import RUN_INFO
 
 
 @dataclass
 class ModelRef:
     path: Path
-    kind: str  # "run" (base + LoRA adapter) | "merged" (standalone HF folder)
-    base_path: str | None
+    kind: str  # "run" (base + LoRA adapter) | "full" (a run of `method: full`: a whole model) | "merged"
+    base_path: str | None  # the base the run started from ("merged": None)
     recipe: Recipe | None
+
+    @property
+    def is_run(self) -> bool:
+        """A training run's folder (LoRA or full), with its recipe and base: what eval, merge and export take."""
+        return self.kind in ("run", "full")
+
+    @property
+    def standalone(self) -> bool:
+        """The folder loads by itself with transformers (no adapter to put on a base)."""
+        return self.kind in ("full", "merged")
 
     @property
     def system_prompt(self) -> str | None:
@@ -43,6 +54,11 @@ def open_ref(path: str | Path) -> ModelRef:
         base = json.loads(adapter.read_text(encoding="utf-8")).get("base_model_name_or_path")
         return ModelRef(folder, "run", base, read_recipe(folder))
     if (folder / "config.json").is_file():
+        info = folder / RUN_INFO  # only training writes it: a merged copy has the recipe but not this
+        if info.is_file():
+            run = json.loads(info.read_text(encoding="utf-8"))
+            if run.get("method") == "full":
+                return ModelRef(folder, "full", run.get("base_path"), read_recipe(folder))
         return ModelRef(folder, "merged", None, read_recipe(folder))
     hint = None
     if (folder / "checkpoints").is_dir():
@@ -56,10 +72,10 @@ def open_ref(path: str | Path) -> ModelRef:
 
 
 def load_ref(ref: ModelRef, dtype=None):
-    """(model, tokenizer) ready for generation: base + adapter for runs, the folder itself when merged."""
+    """(model, tokenizer) ready for generation: base + adapter for LoRA runs, else the folder itself."""
     from afinar.models import load_model, load_tokenizer
 
-    if ref.kind == "merged":
+    if ref.standalone:
         return load_model(str(ref.path), dtype=dtype), load_tokenizer(str(ref.path))
     from peft import PeftModel
 

@@ -1,4 +1,4 @@
-"""`afinar train RECIPE`: LoRA fine-tuning with PEFT on 🤗 accelerate, in a recipe that reads top to bottom.
+"""`afinar train RECIPE`: LoRA (PEFT) or full fine-tuning on 🤗 accelerate, in a recipe that reads top to bottom.
 
 Stages: launch checks (nothing written before they pass) → data (tokenized Arrow cache) → model → optimizer and
 schedule → resume → the loop → artifacts. The same command runs on one device, and under `accelerate launch` or
@@ -48,6 +48,7 @@ from afinar.training import (
     resume_conflicts,
     rng_state,
     save_checkpoint,
+    save_full_model,
     set_rng_state,
     seed_everything,
     token_loss_sum,
@@ -152,8 +153,10 @@ def _build_model(recipe: Recipe, base_path: str, hw, device):
     from afinar.models import load_model
 
     cfg = recipe.train
-    # Base weights in the training dtype on GPU; on CPU keep fp32 weights and let autocast do bf16 matmuls.
-    load_dtype = hw.dtype if hw.device == "cuda" else torch.float32
+    full = recipe.method == "full"
+    # Frozen base weights in the training dtype on GPU; on CPU keep fp32 weights and let autocast do bf16 matmuls.
+    # Weights that train stay fp32 (master weights under autocast): in bf16, AdamW's small updates would round away.
+    load_dtype = hw.dtype if hw.device == "cuda" and not full else torch.float32
     model = load_model(base_path, dtype=load_dtype, quantization=recipe.model.quantization, device=device)
     # No KV cache in training: with one, transformers skips the packed-sequence mask (examples would see each other).
     model.config.use_cache = False
@@ -171,11 +174,15 @@ def _build_model(recipe: Recipe, base_path: str, hw, device):
         )
     elif cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gc_kwargs)
+    if full:
+        if cfg.compile:
+            model.model.compile(dynamic=True)
+        return model
     lora = recipe.lora
     model = get_peft_model(
         model,
         LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules,
-                   bias="none", task_type="CAUSAL_LM"),
+                   use_dora=lora.use_dora, bias="none", task_type="CAUSAL_LM"),
     )
     if hw.device == "cpu":
         use_cpu_lora_dropout(model)  # PEFT's nn.Dropout is slow on a CPU (afinar/dropout.py)
@@ -213,6 +220,39 @@ def _frozen_linears_to_bf16(model) -> None:
             tensor.data = tensor.data.clone()
 
 
+def _optimizer_step_seconds(optimizer, params: list) -> float:
+    """One step of the run's own optimizer, timed without changing anything: zero gradients and a learning rate of
+    0 leave every weight bitwise as it was (AdamW's update is lr × m / (√v + ε) and its decay × (1 − lr·wd)), and
+    the state the steps created is dropped (the first real step creates it again). Negligible for LoRA; for full
+    fine-tuning of SmolLM2-135M on a 2-core CPU it is a sizeable part of a step."""
+    import collections
+
+    import torch
+
+    if not params:
+        return 0.0
+    rates = [group["lr"] for group in optimizer.param_groups]
+    for group in optimizer.param_groups:
+        group["lr"] = 0.0
+    for param in params:
+        param.grad = torch.zeros_like(param)
+    times = []
+    try:
+        for _ in range(2):  # the first also allocates the optimizer's state
+            t0 = time.time()
+            optimizer.step()
+            if params[0].device.type == "cuda":
+                torch.cuda.synchronize(params[0].device)
+            times.append(time.time() - t0)
+    finally:
+        for group, rate in zip(optimizer.param_groups, rates):
+            group["lr"] = rate
+        optimizer.state = collections.defaultdict(dict)
+        for param in params:
+            param.grad = None
+    return times[-1]
+
+
 # --- the recipe -------------------------------------------------------------------------------------------------
 
 
@@ -224,11 +264,13 @@ def train(
     progress: bool = True,
     force: bool = False,
 ) -> Path:
-    """Train a LoRA adapter as the recipe says; returns the run folder (adapter, tokenizer, recipe, metrics, plot).
+    """Train as the recipe says; returns the run folder (LoRA adapter, or the whole model with `method: full`;
+    tokenizer, recipe, metrics, plot).
 
     `resume` continues from the last complete checkpoint (refused when the recipe changed what the data order or
     the optimizer depend on, unless `force`); `overwrite` empties an existing run folder first."""
     import torch
+    import yaml
     from accelerate.utils import broadcast_object_list
     from tqdm.auto import tqdm
     from transformers import get_scheduler
@@ -304,8 +346,10 @@ def train(
     # FSDP places (and may shard or lazily load) the weights itself in prepare().
     model = _build_model(recipe, base_path, hw, None if accelerator.distributed_type.value == "FSDP" else accelerator.device)
     head = output_head(model)
-    trainable, total = model.get_nb_trainable_parameters()
-    say(f"LoRA: {trainable:,} parámetros entrenables de {total:,} ({100 * trainable / total:.2f} %)")
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    method = "Ajuste completo" if recipe.method == "full" else "DoRA" if recipe.lora.use_dora else "LoRA"
+    say(f"{method}: {trainable:,} parámetros entrenables de {total:,} ({100 * trainable / total:.2f} %)")
 
     # --- stage 3: optimizer and schedule ----------------------------------------------------------------------------
     per_step = cfg.grad_accum * processes
@@ -359,7 +403,7 @@ def train(
         last = checkpoint_dirs(run_dir)[-1]
         saved = json.loads((last / "trainer_state.json").read_text(encoding="utf-8"))
         saved_recipe = _saved_recipe(last, run_dir)
-        changed = resume_conflicts(saved_recipe, recipe.model_dump(mode="json"), saved.get("processes"), processes)
+        changed = resume_conflicts(saved_recipe, yaml.safe_load(recipe_text), saved.get("processes"), processes)
         if changed and not force:
             raise AfinarError(
                 "T006", "la receta cambió algo de lo que dependen el orden de los datos o el optimizador: "
@@ -370,7 +414,7 @@ def train(
             say(f"aviso: continuando con cambios ({', '.join(changed)}); no será idéntico a no haber parado")
         if cfg.max_minutes and saved.get("total_steps"):  # a budget run keeps the plan it made (and its schedule)
             total_steps = saved["total_steps"]
-    # The base's held-out loss (LoRA's B starts at zero, so this is exactly the base model), before anything is
+    # The base's held-out loss (untrained; with LoRA, B starts at zero: exactly the base model), before anything is
     # written: its time goes into the budget's plan.
     base_loss, eval_seconds = None, 0.0
     if not resume and val_plan:
@@ -381,7 +425,7 @@ def train(
     if cfg.max_minutes and not resume:
         tokens_per_step = sum(lengths[i] for rows in stream.epoch_plan(0) for i in examples_of(rows)) / (
             steps_per_epoch * processes)
-        step_seconds = seconds_per_token() * tokens_per_step
+        step_seconds = seconds_per_token() * tokens_per_step + (0.0 if sharded else _optimizer_step_seconds(raw_optimizer, params))
         remaining = deadline - time.time()
         steps = plan_steps(remaining, step_seconds, eval_seconds, cfg.eval_every, total_steps)
         plan = BudgetPlan(cfg.max_minutes * 60, remaining, step_seconds, eval_seconds,
@@ -552,7 +596,10 @@ def train(
 
 def _write_artifacts(run_dir: Path, model, tokenizer, data, recipe: Recipe, hw, accelerator, info: dict) -> None:
     with atomic_dir(run_dir / ".final", overwrite=True) as tmp:
-        model.save_pretrained(tmp)
+        if recipe.method == "full":
+            save_full_model(model, tmp, tokenizer)
+        else:
+            model.save_pretrained(tmp)
         save_tokenizer(tokenizer, tmp)
     for item in (run_dir / ".final").iterdir():
         os.replace(item, run_dir / item.name)
@@ -561,6 +608,7 @@ def _write_artifacts(run_dir: Path, model, tokenizer, data, recipe: Recipe, hw, 
     plot_losses(run_dir)
     info = {
         "base": recipe.model.base,
+        "method": recipe.method,
         "hardware": {"device": hw.device, "precision": hw.precision, "reason": hw.reason},
         "processes": accelerator.num_processes,
         "distributed": accelerator.distributed_type.value,

@@ -22,6 +22,7 @@ from pathlib import Path
 from afinar.atomic import atomic_dir, atomic_write_text
 from afinar.attention import packed_attention_active, segments_of
 from afinar.data.templates import IGNORE, collate, ids_and_labels
+from afinar.errors import AfinarError
 
 # The run folder's summary (hardware, steps, throughput, budget), written by train.py, read by eval and push.
 RUN_INFO = "afinar_run.json"
@@ -114,14 +115,12 @@ def save_checkpoint(run_dir: Path, model, optimizer, scheduler, scaler, step: in
 def load_checkpoint(path: Path, model, optimizer, scheduler, scaler, rank: int = 0, accelerator=None) -> dict:
     """Restore everything `save_checkpoint` wrote into the live objects; returns trainer_state.json."""
     import torch
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
 
     state = torch.load(path / "trainer_state.pt", weights_only=False)
     if (path / ENGINE_STATE).is_dir():  # FSDP / DeepSpeed: model and optimizer shards through accelerate
         accelerator.load_state(str(path / ENGINE_STATE))
     else:
-        set_peft_model_state_dict(model, load_file(str(path / "adapter_model.safetensors")))
+        load_trained_weights(model, path)
         optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     if scaler is not None and state.get("scaler"):
@@ -129,6 +128,48 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, scaler, rank: int =
     rng = state["rng"]
     set_rng_state(rng[rank] if isinstance(rng, list) else rng)
     return json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
+
+
+def load_trained_weights(model, folder: Path) -> None:
+    """Put what training saved in `folder` (a checkpoint or the run) into the live model: the LoRA adapter into a
+    PEFT model, or the whole model's weights (`method: full`; tied weights are saved once, by transformers)."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    if (folder / "adapter_model.safetensors").is_file():
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(model, load_file(str(folder / "adapter_model.safetensors")))
+        return
+    from transformers.modeling_utils import load_sharded_checkpoint
+
+    if (folder / "model.safetensors").is_file():
+        missing, unexpected = model.load_state_dict(load_file(str(folder / "model.safetensors")), strict=False)
+    else:  # large models are saved in shards with an index
+        result = load_sharded_checkpoint(model, str(folder), strict=False)
+        missing, unexpected = result.missing_keys, result.unexpected_keys
+    tied = set(getattr(model, "_tied_weights_keys", None) or [])
+    if unexpected or set(missing) - tied:
+        raise AfinarError("T014", f"los pesos guardados no encajan con el modelo (faltan {len(set(missing) - tied)}, "
+                          f"sobran {len(unexpected)}).", where=str(folder))
+
+
+def save_full_model(model, folder: Path, tokenizer=None) -> None:
+    """A whole trained model (`method: full`) saved as a standalone transformers folder: the inference settings
+    training changed (no KV cache, afinar's packed attention) put back in the saved config, and the tokenizer's end
+    of turn as generation's stop token."""
+    config = model.config
+    saved = config.use_cache, config._attn_implementation
+    config.use_cache = True
+    if packed_attention_active(model):
+        config._attn_implementation = "sdpa"
+    try:
+        if tokenizer is not None:
+            model.generation_config.eos_token_id = tokenizer.eos_token_id
+            model.generation_config.pad_token_id = tokenizer.pad_token_id
+        model.save_pretrained(folder, safe_serialization=True)
+    finally:
+        config.use_cache, config._attn_implementation = saved
 
 
 def remove_partial_checkpoints(run_dir: Path) -> None:
@@ -368,7 +409,7 @@ def perplexity(loss: float) -> float:
 # What the data order and the optimizer state depend on: changing one of these mid-run silently trains on other
 # examples than the checkpoint assumed, or feeds a mismatched optimizer.
 RESUME_KEYS = (
-    "model", "data", "lora", "train.batch_size", "train.tokens_per_batch", "train.packing", "train.grad_accum",
+    "method", "model", "data", "lora", "train.batch_size", "train.tokens_per_batch", "train.packing", "train.grad_accum",
     "train.seed",
 )
 

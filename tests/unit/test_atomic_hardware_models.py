@@ -54,6 +54,16 @@ def test_cpu_precision_follows_the_instruction_set(monkeypatch, native, expected
     assert hardware.detect("fp32").precision == "fp32"
 
 
+def test_torch_kept_to_avx2_kernels_means_no_native_bf16(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)  # a CPU that has it …
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    assert hardware.cpu_supports_bf16()
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")  # … ATEN_CPU_CAPABILITY=avx2
+    assert not hardware.cpu_supports_bf16()
+
+
 def test_base_resolution_errors(tmp_path):
     with pytest.raises(AfinarError) as err:
         resolve_base(str(tmp_path / "no-existe.gguf"))

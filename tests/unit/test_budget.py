@@ -97,3 +97,30 @@ def test_budget_errors_stop_before_writing(tiny_recipe, tmp_path):
         run(budget_recipe(tiny_recipe, minutes=0.001))  # 60 ms: loading alone takes longer
     assert err.value.code == "T012" and "no alcanza ni para un paso" in err.value.message
     assert not (tmp_path / "run").exists()
+
+
+def test_timing_the_optimizer_step_changes_nothing():
+    import torch
+
+    from afinar.train import _optimizer_step_seconds
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Linear(16, 4))
+    twin = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Linear(16, 4))
+    twin.load_state_dict(model.state_dict())
+    timed = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
+    fresh = torch.optim.AdamW(twin.parameters(), lr=1e-2, weight_decay=0.1)
+    before = [p.detach().clone() for p in model.parameters()]
+    seconds = _optimizer_step_seconds(timed, list(model.parameters()))
+    assert seconds > 0
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # bitwise the same weights
+    assert not timed.state and timed.param_groups[0]["lr"] == 1e-2 and all(p.grad is None for p in model.parameters())
+    # the next real step is the one a fresh optimizer takes (bias correction from step 1, same moments)
+    x = torch.randn(5, 8)
+    for net, optimizer in ((model, timed), (twin, fresh)):
+        for _ in range(2):
+            net(x).square().sum().backward()
+            optimizer.step()
+            optimizer.zero_grad()
+    for a, b in zip(model.parameters(), twin.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

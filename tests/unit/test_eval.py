@@ -239,3 +239,48 @@ def test_held_out_loss_runs_the_whole_model_in_the_training_precision(tiny_run):
     fp32 = evaluate_loss(model, rows, 4, tokenizer.pad_token_id)
     assert seen and not any(seen)
     assert bf16 == pytest.approx(fp32, rel=2e-2) and bf16 != fp32
+
+
+def test_the_terminal_shows_the_start_of_each_answer_and_the_report_keeps_it_whole():
+    from afinar.evaluate.report import CONSOLE_CHARS, first_lines
+
+    long = "Enfría la quemadura con agua. " * 40
+    start = first_lines(long)
+    assert long.startswith(start.removesuffix(" …")) and start.endswith(" …") and len(start) <= CONSOLE_CHARS + 2
+    assert first_lines("Uno.\nDos.\nTres.\nCuatro.") == "Uno.\nDos.\nTres. …"
+    assert first_lines("  Corta.  ") == "Corta."
+
+
+def test_the_forgetting_guard_measures_a_base_once_and_only_that_base(tiny_run, tmp_path, monkeypatch):
+    import afinar.evaluate.run as run_module
+    from afinar.evaluate.run import _base_loss_cache
+    from afinar.training import evaluate_loss
+
+    monkeypatch.setenv("AFINAR_HOME", str(tmp_path / "home"))
+    calls = []
+    monkeypatch.setattr(run_module, "evaluate_loss", lambda *a, **k: calls.append(1) or evaluate_loss(*a, **k))
+    first = evaluate_run(tiny_run, n=1, passes=("greedy",), progress=False)["forgetting"]
+    measured = len(calls)
+    calls.clear()
+    again = evaluate_run(tiny_run, n=1, passes=("greedy",), progress=False)["forgetting"]
+    assert len(calls) == measured - 1  # the base's side came from the cache …
+    assert again == first  # … with the same number
+    assert len(list((tmp_path / "home" / "evaluacion").glob("*.json"))) == 1
+
+    # another base, other rows or another precision: another key
+    import contextlib
+
+    import torch
+
+    from afinar.runs import load_ref, open_ref
+
+    model, tokenizer = load_ref(open_ref(tiny_run), dtype=torch.float32)
+    rows = [{"input_ids": [1, 5, 9, 2], "labels": [-100, 5, 9, 2]}]
+    with model.disable_adapter():
+        key = _base_loss_cache(model, rows, contextlib.nullcontext).path
+        assert _base_loss_cache(model, rows[:0] + [{"input_ids": [1, 5, 8, 2], "labels": [-100, 5, 8, 2]}],
+                                contextlib.nullcontext).path != key
+        assert _base_loss_cache(model, rows, lambda: torch.autocast("cpu", dtype=torch.bfloat16)).path != key
+        with torch.no_grad():
+            model.get_input_embeddings().weight[0, 0] += 1.0
+        assert _base_loss_cache(model, rows, contextlib.nullcontext).path != key

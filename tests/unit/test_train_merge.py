@@ -350,3 +350,146 @@ def test_cpu_bf16_stores_the_frozen_linears_in_bf16_with_the_same_loss(tiny_reci
     assert grads.keys() == reference_grads.keys() and len(grads) == 8
     for name, grad in grads.items():
         torch.testing.assert_close(grad, reference_grads[name], rtol=1e-5, atol=1e-7)
+
+
+# --- method: full (every weight trains; the run folder is a whole model) and DoRA ---------------------------------
+
+
+def full_recipe(tiny_recipe: dict, **train) -> dict:
+    recipe = {k: v for k, v in tiny_recipe.items() if k != "lora"}
+    recipe["method"] = "full"
+    recipe["train"] = {**tiny_recipe["train"], **train}
+    return recipe
+
+
+def test_full_fine_tuning_writes_a_whole_model_that_plain_transformers_loads(tiny_recipe, tiny_base):
+    import yaml
+    from transformers import AutoModelForCausalLM
+
+    from afinar.runs import open_ref
+
+    run_dir = run(full_recipe(tiny_recipe, lr=1e-2))
+    assert (run_dir / "model.safetensors").is_file() and not list(run_dir.glob("adapter_*"))
+    saved = yaml.safe_load((run_dir / "recipe.yaml").read_text())
+    assert saved["method"] == "full" and "lora" not in saved  # the resolved recipe says what trained
+    ref = open_ref(run_dir)
+    assert ref.kind == "full" and ref.is_run and ref.standalone and ref.base_path == str(tiny_base)
+    tuned = AutoModelForCausalLM.from_pretrained(run_dir)
+    base = AutoModelForCausalLM.from_pretrained(tiny_base)
+    # the inference settings training switched off are back in the saved config
+    assert tuned.config.use_cache is True and tuned.config._attn_implementation in ("sdpa", "eager")
+    changed = {name for (name, a), (_, b) in zip(tuned.named_parameters(), base.named_parameters()) if not torch.equal(a, b)}
+    # every kind of weight trained: embeddings, attention, MLP and the norms (LoRA never touches those)
+    for part in ("embed_tokens", "q_proj", "down_proj", "input_layernorm", "model.norm"):
+        assert any(part in name for name in changed), part
+    rows = read_metrics(run_dir)
+    assert rows[-1]["eval_loss"] < rows[0]["eval_loss"]
+
+
+def test_full_fine_tuning_resumes_exactly(tiny_recipe, tmp_path, monkeypatch):
+    recipe = full_recipe(tiny_recipe, max_steps=8, eval_every=4)
+    uninterrupted = read_metrics(run(recipe))
+    interrupted = dict(recipe, output_dir=str(tmp_path / "interrupted"))
+    restore = crash_after(monkeypatch, "step-000004")
+    with pytest.raises(KeyboardInterrupt):
+        run(interrupted)
+    restore()
+    resumed = read_metrics(run(interrupted, resume=True))  # the saved recipe (without lora) is no "change"
+    a, b = ([r["loss"] for r in rows if "loss" in r] for rows in (uninterrupted, resumed))
+    assert len(a) == len(b) == 8
+    assert b == pytest.approx(a, rel=1e-5)
+
+
+def test_full_fine_tuning_merge_eval_and_chat(tiny_recipe, tiny_base):
+    from transformers import AutoModelForCausalLM
+
+    from afinar.evaluate.run import evaluate_run
+    from afinar.inference.chat import generate_many
+    from afinar.models import load_tokenizer
+    from afinar.runs import open_ref
+
+    run_dir = run(full_recipe(tiny_recipe, lr=1e-2))
+    merged = merge(run_dir)
+    assert json.loads((merged / "afinar_merge.json").read_text())["ok"] is True
+    assert open_ref(merged).kind == "merged"
+    ids = torch.tensor([[1, 5, 9, 20, 33, 2]])
+    with torch.no_grad():
+        torch.testing.assert_close(AutoModelForCausalLM.from_pretrained(merged)(ids).logits,
+                                   AutoModelForCausalLM.from_pretrained(run_dir)(ids).logits, atol=1e-5, rtol=1e-4)
+
+    # eval: the base side is the base model itself, loaded beside the tuned one
+    metrics = evaluate_run(run_dir, n=2, passes=("greedy",), base=str(tiny_base), max_new_tokens=6, progress=False,
+                           show_examples=True)
+    rows = read_metrics(run_dir)
+    evals = [r["eval_loss"] for r in rows if "eval_loss" in r]
+    assert metrics["loss"]["base"] == pytest.approx(evals[0], abs=2e-3)
+    assert metrics["loss"]["tuned"] == pytest.approx(evals[-1], abs=2e-3)
+    recipe = open_ref(run_dir).recipe
+    gen = recipe.generation.model_copy(update={"temperature": 0.0, "max_new_tokens": 6})
+    prompts = [[{"role": "system", "content": recipe.data.system_prompt}, {"role": "user", "content": s["question"]}]
+               for s in metrics["samples"]]
+    tokenizer = load_tokenizer(str(run_dir))
+    for side, folder in (("base", tiny_base), ("tuned", run_dir)):
+        alone = generate_many(AutoModelForCausalLM.from_pretrained(folder).eval(), tokenizer, prompts, gen)
+        assert [s["outputs"]["greedy"][side]["text"] for s in metrics["samples"]] == [r.text for r in alone], side
+
+    # chat takes the run folder itself; push needs the export (there is no adapter to upload)
+    from afinar.export.hub import plan
+    from afinar.inference.chat import chat
+
+    assert chat(run_dir, prompt="¿Qué hago?", max_new_tokens=6, temperature=0) == chat(
+        merged, prompt="¿Qué hago?", max_new_tokens=6, temperature=0)
+    with pytest.raises(AfinarError) as err:
+        plan(run_dir)
+    assert err.value.code == "X053" and "afinar export" in err.value.hint
+    from afinar.export.run import export
+
+    export(run_dir, ["safetensors"], dtype="fp32", progress=False)
+    summary = json.loads((run_dir / "export" / "afinar_export.json").read_text())
+    assert summary["ok"] and summary["exports"]["safetensors"]["comprobado"]["max_abs"] <= 1e-3
+    assert "model.safetensors" in [u.in_repo for u in plan(run_dir)[0]]
+
+
+def test_dora_trains_merges_and_evaluates_each_side_on_its_own(tiny_recipe, tiny_base):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from afinar.evaluate.run import evaluate_run
+
+    tiny_recipe["lora"].update(use_dora=True)
+    tiny_recipe["train"].update(lr=1e-2)
+    run_dir = run(tiny_recipe)
+    assert json.loads((run_dir / "adapter_config.json").read_text())["use_dora"] is True
+    merged = merge(run_dir)
+    ids = torch.tensor([[1, 5, 9, 20, 33, 2]])
+    reference = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_base), str(run_dir)).eval()
+    with torch.no_grad():
+        expected = reference(ids).logits
+        with reference.disable_adapter():
+            base_logits = reference(ids).logits
+        assert not torch.allclose(expected, base_logits, atol=1e-4)  # DoRA changed the model
+        torch.testing.assert_close(AutoModelForCausalLM.from_pretrained(merged)(ids).logits, expected,
+                                   atol=1e-4, rtol=1e-4)
+    # PEFT refuses mixed-adapter batches with DoRA: eval generates each side alone, and gets the same answers
+    from afinar.inference.chat import generate_many
+    from afinar.models import load_tokenizer
+    from afinar.runs import open_ref
+
+    metrics = evaluate_run(run_dir, n=2, passes=("greedy",), max_new_tokens=6, progress=False, show_examples=True)
+    recipe = open_ref(run_dir).recipe
+    gen = recipe.generation.model_copy(update={"temperature": 0.0, "max_new_tokens": 6})
+    prompts = [[{"role": "system", "content": recipe.data.system_prompt}, {"role": "user", "content": s["question"]}]
+               for s in metrics["samples"]]
+    tokenizer = load_tokenizer(str(run_dir))
+    tuned_alone = generate_many(reference, tokenizer, prompts, gen)
+    with reference.disable_adapter():
+        base_alone = generate_many(reference, tokenizer, prompts, gen)
+    for side, alone in (("base", base_alone), ("tuned", tuned_alone)):
+        assert [s["outputs"]["greedy"][side]["text"] for s in metrics["samples"]] == [r.text for r in alone], side
+
+
+def test_full_fine_tuning_refuses_4bit():
+    with pytest.raises(AfinarError) as err:
+        recipe_from_dict({"name": "x", "method": "full", "model": {"quantization": "4bit"},
+                          "data": {"sources": [{"path": "d.jsonl"}]}})
+    assert "4 bits" in err.value.message and "method" in err.value.message

@@ -119,6 +119,10 @@ def write_report(folder: Path, metrics: dict) -> Path:
     return folder / "index.html"
 
 
+# Characters of each answer the terminal's side-by-side shows (three columns on an 80-120 column terminal).
+CONSOLE_CHARS = 280
+
+
 def print_summary(metrics: dict, console=None) -> None:
     """Before/after, checks, forgetting guard and the greedy contrast side by side, in the terminal."""
     from rich.console import Console
@@ -148,7 +152,8 @@ def print_summary(metrics: dict, console=None) -> None:
     if metrics["best_checkpoint"]:
         best = metrics["best_checkpoint"]
         console.print(f"Mejor checkpoint por pérdida de validación: {best['checkpoint']} ({_fmt(best['eval_loss'])})")
-    contrast = Table(title="Contraste (greedy)", show_lines=True, expand=True)
+    contrast = Table(title="Contraste (greedy; el principio de cada respuesta, enteras en el informe)", show_lines=True,
+                     expand=True)
     contrast.add_column("Pregunta", ratio=2)
     contrast.add_column("Modelo base", ratio=3)
     contrast.add_column("Afinado", ratio=3)
@@ -158,7 +163,7 @@ def print_summary(metrics: dict, console=None) -> None:
         for side in ("base", "tuned"):
             row = sides[side]
             # Text(): brackets in model output must not be taken for rich markup.
-            cell = Text(row["text"])
+            cell = Text(first_lines(row["text"]))
             if row["stopped"]:
                 cell.append("\n✓ terminó solo", style="green")
             else:
@@ -166,6 +171,14 @@ def print_summary(metrics: dict, console=None) -> None:
             cells.append(cell)
         contrast.add_row(Text(sample.get("question", sample["where"])), *cells)
     console.print(contrast)
+
+
+def first_lines(text: str, lines: int = 3, chars: int = CONSOLE_CHARS) -> str:
+    """The start of an answer for the terminal (whole texts are in the report): a few lines, cut at a word."""
+    kept = "\n".join(text.strip().splitlines()[:lines])
+    if len(kept) > chars:
+        kept = kept[:chars].rsplit(" ", 1)[0]
+    return kept + (" …" if kept != text.strip() else "")
 
 
 # --- gates: `--exigir "checks.epicrisis>=0.8"` ------------------------------------------------------

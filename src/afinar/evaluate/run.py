@@ -1,7 +1,7 @@
 """`afinar eval RUN`: the guides' "pruebas de contraste" and hand-ticked checklist, measured.
 
-One model in memory: the base is the same PEFT model with its adapter disabled, so base and tuned see exactly the
-same prompts, weights and generation settings. Everything lands in `RUN/informe/metrics.json` (stable keys, see
+For a LoRA run, one model in memory: the base is the same PEFT model with its adapter disabled; a full fine-tuning
+run (`method: full`) loads its base beside it. Base and tuned see exactly the same prompts and generation settings. Everything lands in `RUN/informe/metrics.json` (stable keys, see
 README) and a self-contained `RUN/informe/index.html`.
 """
 from __future__ import annotations
@@ -12,12 +12,15 @@ import time
 from contextlib import nullcontext
 from pathlib import Path
 
+from afinar.atomic import atomic_write_text
 from afinar.config import GenerationSection
 from afinar.data.formats import Example, Problem, load_examples, shipped_dataset
+from afinar.data.templates import ids_and_labels
 from afinar.errors import AfinarError
 from afinar.evaluate.checks import CHECKS
 from afinar.evaluate.metrics import measure
-from afinar.training import RUN_INFO, checkpoint_dirs, evaluate_loss, read_metrics
+from afinar.models import afinar_home
+from afinar.training import RUN_INFO, checkpoint_dirs, evaluate_loss, load_trained_weights, read_metrics
 
 SCHEMA = "afinar.eval/1"
 REPORT_DIR = "informe"
@@ -75,13 +78,67 @@ def _loss_numbers(base: float, tuned: float) -> dict:
     }
 
 
-def _loss_pair(model, encoded, pad_id, autocast=nullcontext) -> dict:
-    with model.disable_adapter():
-        base = evaluate_loss(model, encoded, 4, pad_id, autocast)
+def _as_base(model, base_model):
+    """(model, context) that computes the base: the other model of a full fine-tuning run, else the same PEFT model
+    with its adapter disabled."""
+    return (base_model, nullcontext()) if base_model is not None else (model, model.disable_adapter())
+
+
+def _loss_pair(model, encoded, pad_id, autocast=nullcontext, base_model=None, remember_base: bool = False) -> dict:
+    """Held-out loss of the base and of the tuned model. `remember_base`: the base's number is kept in afinar's
+    cache and reused by the next evaluation on the same base, rows and precision (the forgetting guard's base side
+    is the same for every run on a base: half the guard's time, about 17 s of the demo on a 2-core CPU)."""
+    base_side, as_base = _as_base(model, base_model)
+    with as_base:
+        cached = _base_loss_cache(base_side, encoded, autocast) if remember_base else None
+        base = cached.read() if cached else None
+        if base is None:
+            base = evaluate_loss(base_side, encoded, 4, pad_id, autocast)
+            if cached:
+                cached.write(base)
     tuned = evaluate_loss(model, encoded, 4, pad_id, autocast)
     if base is None or tuned is None:
         return {"base": None, "tuned": None}
     return _loss_numbers(base, tuned)
+
+
+class _CachedNumber:
+    def __init__(self, path: Path):
+        self.path = path
+
+    def read(self) -> float | None:
+        try:
+            return float(json.loads(self.path.read_text(encoding="utf-8"))["loss"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def write(self, value: float) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.path, json.dumps({"loss": value}))
+
+
+def _base_loss_cache(model, rows, autocast) -> _CachedNumber:
+    """Where the base's loss on `rows` is kept: keyed by the weights themselves (a strided sample of every
+    parameter outside the adapter, so any path or hub id of the same base matches and any other base does not), the
+    token ids and labels, and the precision."""
+    import hashlib
+
+    import torch
+
+    digest = hashlib.sha256()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_" in name:
+                continue
+            sample = param.detach().flatten()[:: 4099].float()
+            digest.update(f"{name}:{tuple(param.shape)}:{param.dtype}:{float(sample.sum())!r}:{float(sample.abs().sum())!r}".encode())
+    for row in rows:
+        ids, labels = ids_and_labels(row)
+        digest.update(json.dumps([list(ids), list(labels)]).encode())
+    with autocast():
+        digest.update(f"{torch.get_autocast_dtype('cpu') if torch.is_autocast_enabled('cpu') else 'fp32'}".encode())
+    digest.update(torch.__version__.encode())
+    return _CachedNumber(afinar_home() / "evaluacion" / f"perdida-base-{digest.hexdigest()[:32]}.json")
 
 
 def _run_info(run_dir: Path) -> dict:
@@ -122,16 +179,13 @@ def _training_autocast(info: dict):
 
 
 def _checkpoint_losses(model, run_dir: Path, encoded, pad_id, autocast=nullcontext) -> list[dict]:
-    """Validation loss of every saved checkpoint, then the final adapter back in place."""
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
-
+    """Validation loss of every saved checkpoint, then the final weights (adapter or whole model) back in place."""
     rows = []
     for folder in checkpoint_dirs(run_dir):
-        set_peft_model_state_dict(model, load_file(str(folder / "adapter_model.safetensors")))
+        load_trained_weights(model, folder)
         loss = evaluate_loss(model, encoded, 4, pad_id, autocast)
         rows.append({"checkpoint": folder.name, "step": int(folder.name.split("-")[1]), "eval_loss": round(loss, 4)})
-    set_peft_model_state_dict(model, load_file(str(run_dir / "adapter_model.safetensors")))
+    load_trained_weights(model, run_dir)
     final = evaluate_loss(model, encoded, 4, pad_id, autocast)
     rows.append({"checkpoint": "final", "step": None, "eval_loss": round(final, 4)})
     return rows
@@ -150,18 +204,20 @@ def evaluate_run(
     seed: int = 0,
     progress: bool = True,
 ) -> dict:
-    """Evaluate a run folder (base + LoRA adapter) and write RUN/informe/{metrics.json,index.html}."""
+    """Evaluate a run folder against its base and write RUN/informe/{metrics.json,index.html}.
+
+    A LoRA run is one model in memory (the base is the adapter disabled); a full fine-tuning run loads its base
+    beside it."""
     import torch
     from tqdm.auto import tqdm
 
     from afinar.data.templates import encode_examples, with_system
     from afinar.evaluate.report import write_report
-    from afinar.inference.chat import generate_many
     from afinar.runs import load_ref, open_ref
 
     started = time.time()
     ref = open_ref(run)
-    if ref.kind != "run" or ref.recipe is None:
+    if not ref.is_run or ref.recipe is None:
         raise AfinarError("V001", "afinar eval necesita la carpeta de una ejecución (adaptador LoRA + recipe.yaml).",
                           where=str(ref.path), hint="pasa runs/<nombre>, no la carpeta merged/")
     recipe = ref.recipe
@@ -175,6 +231,11 @@ def evaluate_run(
         ref.base_path = base
     model, tokenizer = load_ref(ref, dtype=torch.float32)
     model.eval()
+    base_model = None
+    if ref.standalone:  # method: full
+        from afinar.models import load_model
+
+        base_model = load_model(ref.base_path, dtype=torch.float32).eval()
     pad = tokenizer.pad_token_id
 
     # --- losses: held-out answers and the general-Spanish forgetting guard -------------------------
@@ -184,10 +245,10 @@ def evaluate_run(
     # The validation split's pair was measured by the training itself (about a quarter of the evaluation's time on
     # a CPU): reused unless another base is asked for.
     known = _training_losses(Path(ref.path), info) if split == "val" and not base else None
-    loss = known or _loss_pair(model, encoded, pad, autocast)
+    loss = known or _loss_pair(model, encoded, pad, autocast, base_model)
     general = load_examples(shipped_dataset(GENERAL_SET))
     general_encoded, _, _ = encode_examples(tokenizer, general, GENERAL_SYSTEM, 1024, "drop")
-    forgetting = _loss_pair(model, general_encoded, pad, autocast)
+    forgetting = _loss_pair(model, general_encoded, pad, autocast, base_model, remember_base=True)
     ratio = forgetting["tuned"] / forgetting["base"] if forgetting["base"] else None
     forgetting.update(
         ratio=round(ratio, 4) if ratio else None,
@@ -219,12 +280,8 @@ def evaluate_run(
     bar = tqdm(total=len(chosen) * len(passes) * 2, desc="Generando", unit="resp", disable=not progress, dynamic_ncols=True)
     for name in passes:
         gen: GenerationSection = settings[name]
-        # Batched: on a CPU a batch of answers costs little more than one. Base and tuned answers to the same
-        # question share each batch (PEFT's mixed-adapter batches: "__base__" rows skip the LoRA): one generation
-        # instead of two, and the tuned answers' steps ride along with the base's (measured: README, `afinar eval`).
-        adapters = [BASE_ROWS if side == "base" else model.active_adapter for side in SIDES] * len(prompts)
-        paired = generate_many(model, tokenizer, [p for p in prompts for _ in SIDES], gen,
-                               seed=seed if name == "sampled" else None, on_batch=bar.update, adapter_names=adapters)
+        paired = _generate_pairs(model, base_model, tokenizer, prompts, gen, seed if name == "sampled" else None,
+                                 bar.update)
         for k, side in enumerate(SIDES):
             replies = paired[k :: len(SIDES)]
             for sample, (question, reference), reply in zip(samples, pairs, replies):
@@ -276,6 +333,31 @@ def evaluate_run(
     }
     write_report(run_dir / REPORT_DIR, metrics)
     return metrics
+
+
+def _generate_pairs(model, base_model, tokenizer, prompts, gen, seed, on_batch) -> list:
+    """Replies [base, tuned] × prompt, in that order, batched: on a CPU a batch of answers costs little more than one.
+
+    A plain LoRA run puts the base and tuned answers to the same question in one batch (PEFT's mixed-adapter batches:
+    "__base__" rows skip the LoRA): one generation instead of two, and the tuned answers' steps ride along with the
+    base's (measured: README, `afinar eval`). PEFT refuses mixed batches with DoRA ("Cannot pass `adapter_names`
+    when DoRA is enabled"), and a full run's base is another model: there, each side generates on its own."""
+    from afinar.inference.chat import generate_many
+
+    if base_model is None and not _uses_dora(model):
+        adapters = [BASE_ROWS if side == "base" else model.active_adapter for side in SIDES] * len(prompts)
+        return generate_many(model, tokenizer, [p for p in prompts for _ in SIDES], gen, seed=seed,
+                             on_batch=on_batch, adapter_names=adapters)
+    base_side, as_base = _as_base(model, base_model)
+    with as_base:
+        base = generate_many(base_side, tokenizer, prompts, gen, seed=seed, on_batch=on_batch)
+    tuned = generate_many(model, tokenizer, prompts, gen, seed=seed, on_batch=on_batch)
+    return [reply for pair in zip(base, tuned) for reply in pair]
+
+
+def _uses_dora(model) -> bool:
+    config = getattr(model, "peft_config", {}).get(getattr(model, "active_adapter", None))
+    return bool(getattr(config, "use_dora", False))
 
 
 def _meta(run_dir: Path, seconds: float) -> dict:

@@ -40,7 +40,7 @@ def _locate(source: Path) -> tuple[Path, Path | None]:
         summary = json.loads((source / "afinar_export.json").read_text(encoding="utf-8"))
         return Path(summary["run"]), source
     ref = open_ref(source)
-    if ref.kind != "run":
+    if not ref.is_run:
         raise AfinarError("X053", "no es una ejecución ni una carpeta de exportación de afinar.", where=str(source),
                           hint="pasa runs/<nombre> o runs/<nombre>/export")
     export = source / "export"
@@ -68,10 +68,12 @@ def plan(source: str | Path) -> tuple[list[Upload], dict]:
             if key.startswith("gguf-") or key == "ollama":
                 path = export / item["ruta"]
                 uploads.append(Upload(path, f"gguf/{path.name}"))
-    if not uploads:
+    if not uploads and (run / "adapter_model.safetensors").is_file():
         uploads = [Upload(run / name, name) for name in ADAPTER_FILES if (run / name).is_file()]
     if not uploads:
-        raise AfinarError("X053", "no hay nada que subir (ni exportación ni adaptador).", where=str(source))
+        # a full fine-tuning run has no adapter: its model goes up from its checked export
+        raise AfinarError("X053", "no hay nada que subir (ni exportación ni adaptador).", where=str(source),
+                          hint=f"exporta antes: afinar export {run} --formato safetensors")
     missing = [u.local for u in uploads if not u.local.is_file()]
     if missing:
         raise AfinarError("X053", f"falta un archivo de la exportación: {missing[0]}", where=str(source),

@@ -48,8 +48,8 @@ def export(run: str | Path, formats: list[str], output: str | Path | None = None
                           hint=f"formatos: {', '.join(FORMATS)} o {ALL}")
     quants = check_quants(quants or ["q8_0"])
     ref = open_ref(run)
-    if ref.kind != "run":
-        raise AfinarError("X002", "la carpeta no es una ejecución con adaptador LoRA.", where=str(run),
+    if not ref.is_run:
+        raise AfinarError("X002", "la carpeta no es una ejecución de afinar (adaptador LoRA o ajuste completo).", where=str(run),
                           hint="exporta desde runs/<nombre> (el adaptador se fusiona y se comprueba)")
     job = _Job(ref, Path(output) if output else ref.path / "export", formats, dtype, quants, overwrite, progress)
     planned = [job.targets[f] for f in formats]

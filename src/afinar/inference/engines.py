@@ -119,8 +119,8 @@ class TransformersEngine(Engine):
 
         personalities = [_personality(ref) for ref in refs]
         super().__init__(personalities)
-        runs = [r for r in refs if r.kind == "run"]
-        merged = [r for r in refs if r.kind == "merged"]
+        runs = [r for r in refs if not r.standalone]
+        merged = [r for r in refs if r.standalone]
         if runs and merged or len(merged) > 1:
             raise AfinarError("S011", "un servidor transformers sirve o varias ejecuciones sobre la misma base, o un solo "
                                       "modelo fusionado.", hint="lanza un `afinar serve` por modelo fusionado")
