@@ -29,14 +29,17 @@ VARIANTS: dict[str, dict] = {
     "all-r32": {"lora.r": 32, "lora.alpha": 64},
     "dora": {"lora.use_dora": True},
     "lr1e-3": {"train.lr": 1.0e-3},
+    "lr3e-3": {"train.lr": 3.0e-3},
     "lr4e-3": {"train.lr": 4.0e-3},
     "full-lr1e-4": {"method": "full", "train.lr": 1.0e-4},
     "full-lr5e-5": {"method": "full", "train.lr": 5.0e-5},
     "full-lr2e-4": {"method": "full", "train.lr": 2.0e-4},
     "b4": {"train.batch_size": 4},
-    # what a CPU without AVX512-BF16/AMX runs (fp32), in the time this CPU's fp32 would have if its matmuls were as
-    # slow as the 2-core AVX2 machine of the issue (125 against 166 GFLOP/s here): run it with --minutos 3.75
+    # what a CPU without AVX512-BF16/AMX runs (fp32); with --minutos 3.3, about the steps of the 2-core AVX2 machine of
+    # issue 13 (fp32 GEMM 125 GFLOP/s against 183-188 here: 5 min × 125/188)
     "fp32": {"train.precision": "fp32"},
+    "fp32-lr3e-3": {"train.precision": "fp32", "train.lr": 3.0e-3},
+    "fp32-b1": {"train.precision": "fp32", "train.batch_size": 1},
 }
 GENERATION: dict[str, dict] = {
     "recipe": {},  # the recipe's own settings (greedy)

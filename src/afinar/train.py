@@ -425,7 +425,8 @@ def train(
     if cfg.max_minutes and not resume:
         tokens_per_step = sum(lengths[i] for rows in stream.epoch_plan(0) for i in examples_of(rows)) / (
             steps_per_epoch * processes)
-        step_seconds = seconds_per_token() * tokens_per_step + (0.0 if sharded else _optimizer_step_seconds(raw_optimizer, params))
+        optimizer_seconds = 0.0 if sharded else _optimizer_step_seconds(raw_optimizer, params)
+        step_seconds = seconds_per_token() * tokens_per_step + optimizer_seconds
         remaining = deadline - time.time()
         steps = plan_steps(remaining, step_seconds, eval_seconds, cfg.eval_every, total_steps)
         plan = BudgetPlan(cfg.max_minutes * 60, remaining, step_seconds, eval_seconds,

@@ -264,6 +264,7 @@ def test_the_forgetting_guard_measures_a_base_once_and_only_that_base(tiny_run, 
     calls.clear()
     again = evaluate_run(tiny_run, n=1, passes=("greedy",), progress=False)["forgetting"]
     assert len(calls) == measured - 1  # the base's side came from the cache …
+    assert again.pop("base_from_cache").startswith("perdida-base-") and "base_from_cache" not in first
     assert again == first  # … with the same number
     assert len(list((tmp_path / "home" / "evaluacion").glob("*.json"))) == 1
 

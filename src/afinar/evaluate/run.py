@@ -1,8 +1,9 @@
 """`afinar eval RUN`: the guides' "pruebas de contraste" and hand-ticked checklist, measured.
 
 For a LoRA run, one model in memory: the base is the same PEFT model with its adapter disabled; a full fine-tuning
-run (`method: full`) loads its base beside it. Base and tuned see exactly the same prompts and generation settings. Everything lands in `RUN/informe/metrics.json` (stable keys, see
-README) and a self-contained `RUN/informe/index.html`.
+run (`method: full`) loads its base beside it. Base and tuned see exactly the same prompts and generation settings.
+Everything lands in `RUN/informe/metrics.json` (stable keys, see README) and a self-contained
+`RUN/informe/index.html`.
 """
 from __future__ import annotations
 
@@ -92,6 +93,7 @@ def _loss_pair(model, encoded, pad_id, autocast=nullcontext, base_model=None, re
     with as_base:
         cached = _base_loss_cache(base_side, encoded, autocast) if remember_base else None
         base = cached.read() if cached else None
+        from_cache = base is not None
         if base is None:
             base = evaluate_loss(base_side, encoded, 4, pad_id, autocast)
             if cached:
@@ -99,7 +101,7 @@ def _loss_pair(model, encoded, pad_id, autocast=nullcontext, base_model=None, re
     tuned = evaluate_loss(model, encoded, 4, pad_id, autocast)
     if base is None or tuned is None:
         return {"base": None, "tuned": None}
-    return _loss_numbers(base, tuned)
+    return {**_loss_numbers(base, tuned), **({"base_from_cache": cached.path.name} if cached and from_cache else {})}
 
 
 class _CachedNumber:
