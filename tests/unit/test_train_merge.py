@@ -75,15 +75,21 @@ def crash_after(monkeypatch, name: str):
     return lambda: monkeypatch.setattr(train_module, "save_checkpoint", real_save)
 
 
+def interrupted_copy(recipe: dict, folder, monkeypatch, checkpoint: str) -> dict:
+    """The recipe in another folder, trained until `checkpoint` is written and then stopped."""
+    interrupted = dict(recipe, output_dir=str(folder))
+    restore = crash_after(monkeypatch, checkpoint)
+    with pytest.raises(KeyboardInterrupt):
+        run(interrupted)
+    restore()
+    return interrupted
+
+
 def test_resume_gives_the_same_next_losses(tiny_recipe, tmp_path, monkeypatch):
     tiny_recipe["train"].update(max_steps=10, eval_every=5)  # 6 steps after the resume point, packed micro-batches
     assert recipe_from_dict(tiny_recipe).train.packing
     full = read_metrics(run(tiny_recipe))
-    interrupted = dict(tiny_recipe, output_dir=str(tmp_path / "interrupted"))
-    restore = crash_after(monkeypatch, "step-000004")
-    with pytest.raises(KeyboardInterrupt):
-        run(interrupted)
-    restore()
+    interrupted = interrupted_copy(tiny_recipe, tmp_path / "interrupted", monkeypatch, "step-000004")
     assert not (tmp_path / "interrupted" / "adapter_model.safetensors").exists()
     # a power cut in the middle of writing a metrics line
     with open(tmp_path / "interrupted" / "metrics.jsonl", "a", encoding="utf-8") as handle:
@@ -389,11 +395,7 @@ def test_full_fine_tuning_writes_a_whole_model_that_plain_transformers_loads(tin
 def test_full_fine_tuning_resumes_exactly(tiny_recipe, tmp_path, monkeypatch):
     recipe = full_recipe(tiny_recipe, max_steps=8, eval_every=4)
     uninterrupted = read_metrics(run(recipe))
-    interrupted = dict(recipe, output_dir=str(tmp_path / "interrupted"))
-    restore = crash_after(monkeypatch, "step-000004")
-    with pytest.raises(KeyboardInterrupt):
-        run(interrupted)
-    restore()
+    interrupted = interrupted_copy(recipe, tmp_path / "interrupted", monkeypatch, "step-000004")
     resumed = read_metrics(run(interrupted, resume=True))  # the saved recipe (without lora) is no "change"
     a, b = ([r["loss"] for r in rows if "loss" in r] for rows in (uninterrupted, resumed))
     assert len(a) == len(b) == 8
