@@ -66,10 +66,10 @@ def _tuned_only(run: Path, generation: dict) -> dict:
     every batch to max_new_tokens: about 4× faster). The base's side comes from the full evaluation of "demo"."""
     import torch
 
-    from afinar.data.templates import encode_examples, with_system
+    from afinar.data.templates import encode_examples
     from afinar.evaluate.checks import CHECKS
     from afinar.evaluate.metrics import measure
-    from afinar.evaluate.run import _examples, _run_info, _summary, _training_autocast
+    from afinar.evaluate.run import _examples, _run_info, _summary, _training_autocast, held_out_turns
     from afinar.inference.chat import generate_many
     from afinar.runs import load_ref, open_ref
     from afinar.training import evaluate_loss
@@ -82,11 +82,7 @@ def _tuned_only(run: Path, generation: dict) -> dict:
     encoded, _, _ = encode_examples(tokenizer, examples, recipe.data.system_prompt, recipe.data.max_length, "drop")
     loss = evaluate_loss(model, encoded, 4, tokenizer.pad_token_id, _training_autocast(_run_info(run)))
     gen = recipe.generation.model_copy(update={"temperature": 0.0, "max_new_tokens": 320, **generation})
-    prompts, pairs = [], []
-    for example in examples:
-        last = max(k for k, m in enumerate(example.messages) if m["role"] == "assistant")
-        prompts.append(with_system(example.messages[:last], recipe.data.system_prompt))
-        pairs.append((example.messages[last - 1]["content"], example.messages[last]["content"]))
+    prompts, pairs = held_out_turns(examples, recipe.data.system_prompt)
     replies = generate_many(model, tokenizer, prompts, gen, batch_size=12)
     rows = [measure(r.text, reference, r.stopped, r.completion_tokens) for r, (_, reference) in zip(replies, pairs)]
     passed = [not any(CHECKS[c](q, ref_text, r.text) for c in recipe.checks) for r, (q, ref_text) in zip(replies, pairs)]

@@ -16,7 +16,7 @@ from pathlib import Path
 from afinar.atomic import atomic_write_text
 from afinar.config import GenerationSection
 from afinar.data.formats import Example, Problem, load_examples, shipped_dataset
-from afinar.data.templates import ids_and_labels
+from afinar.data.templates import ids_and_labels, with_system
 from afinar.errors import AfinarError
 from afinar.evaluate.checks import CHECKS
 from afinar.evaluate.metrics import measure
@@ -52,6 +52,17 @@ def _examples(recipe, split: str) -> tuple[list[Example], bool]:
         detail = "\n  ".join(p.render() for p in errors[:10]) or "el archivo no tiene ejemplos"
         raise AfinarError("V003", f"no se puede evaluar con {split}:\n  {detail}")
     return examples, shipped
+
+
+def held_out_turns(examples: list[Example], system_prompt: str | None) -> tuple[list[list[dict]], list[tuple[str, str]]]:
+    """(prompts, (question, reference) pairs): each example's last assistant turn is the reference answer; the turns
+    before it, with the recipe's system prompt, are the prompt."""
+    prompts, pairs = [], []
+    for example in examples:
+        last = max(k for k, m in enumerate(example.messages) if m["role"] == "assistant")
+        prompts.append(with_system(example.messages[:last], system_prompt))
+        pairs.append((example.messages[last - 1]["content"], example.messages[last]["content"]))
+    return prompts, pairs
 
 
 def _mean(values) -> float | None:
@@ -213,7 +224,7 @@ def evaluate_run(
     import torch
     from tqdm.auto import tqdm
 
-    from afinar.data.templates import encode_examples, with_system
+    from afinar.data.templates import encode_examples
     from afinar.evaluate.report import write_report
     from afinar.runs import load_ref, open_ref
 
@@ -268,13 +279,9 @@ def evaluate_run(
     if max_new_tokens:
         settings = {k: v.model_copy(update={"max_new_tokens": max_new_tokens}) for k, v in settings.items()}
     chosen = examples[:n]
-    prompts, pairs, samples = [], [], []  # pairs: (question, reference) of each sample
-    for example in chosen:
-        # The last assistant turn is the reference; earlier turns stay as context.
-        last = max(k for k, m in enumerate(example.messages) if m["role"] == "assistant")
-        prompts.append(with_system(example.messages[:last], recipe.data.system_prompt))
-        question, reference = example.messages[last - 1]["content"], example.messages[last]["content"]
-        pairs.append((question, reference))
+    prompts, pairs = held_out_turns(chosen, recipe.data.system_prompt)  # pairs: (question, reference) of each
+    samples = []
+    for example, (question, reference) in zip(chosen, pairs):
         sample = {"where": example.where, "outputs": {name: {} for name in passes}}
         if show_text:
             sample.update(question=question, reference=reference)
