@@ -40,8 +40,8 @@ QUESTIONS = ["¿Cómo actúo si una persona se desmaya en la calle?", "¿Qué ha
 
 def child(graph: str, config: str, ids: str, tokens: int, out: str) -> None:
     """Runs in the measured process (maybe under qemu): onnxruntime only, no torch."""
-    from afinar.export.onnx import OnnxCausalLM
-    from afinar.export.reference import greedy_decode
+    from afinar.inference.onnx_runtime import OnnxCausalLM
+    from afinar.inference.sampling import greedy_decode
 
     prompt = json.loads(ids)
     model = OnnxCausalLM(Path(graph), json.loads(Path(config).read_text(encoding="utf-8")))

@@ -5,8 +5,16 @@ import difflib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+from afinar.data.chat_format import check_spec
 from afinar.errors import AfinarError
 
 DEFAULT_SYSTEM_PROMPT = (
@@ -38,6 +46,15 @@ class DataSection(Strict):
     val_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.1
     val_file: str | None = None
     split_seed: int = 42
+    # How conversations are rendered: `auto` (the tokenizer's own chat template), a named one (afinar.data.chat_format
+    # NAMED: chatml, zephyr, llama3, phi3, gemma, usuario-asistente, tutor-phi2) or a .jinja file (relative to the
+    # recipe). A base model without a template needs one.
+    template: str = "auto"
+
+    @field_validator("template")
+    @classmethod
+    def _known_template(cls, value: str) -> str:
+        return check_spec(value)
 
 
 class LoraSection(Strict):
@@ -231,6 +248,8 @@ def load_recipe(path: str | Path) -> Recipe:
         source.path = str(_resolve_data_path(source.path, path.parent))
     if recipe.data.val_file:
         recipe.data.val_file = str(_resolve_data_path(recipe.data.val_file, path.parent))
+    if recipe.data.template.endswith(".jinja"):
+        recipe.data.template = str(_resolve_data_path(recipe.data.template, path.parent))
     return recipe
 
 

@@ -24,7 +24,8 @@ class AfinarError(Exception):
         return text
 
 
-def install_hint(extra: str, note: str = "") -> str:
-    """How to add one of afinar's optional extras (`make demo` installs none: they are for export and `make test`)."""
-    return (f'en la carpeta de afinar: .venv/bin/pip install -e ".[{extra}]"{note} '
-            f'(o `make test`, que instala todos los extras)')
+def install_hint(extra: str, note: str = "", make_test: bool = True) -> str:
+    """How to add one of afinar's optional extras (`make demo` installs none: the export ones come with `make test`;
+    `make_test=False` for an extra it does not install, such as `cuda`)."""
+    also = " (o `make test`, que instala todos los extras)" if make_test else ""
+    return f'en la carpeta de afinar: .venv/bin/pip install -e ".[{extra}]"{note}{also}'

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from afinar import extras
 from afinar.errors import AfinarError
 
 
@@ -103,10 +104,7 @@ def detect(precision: str = "auto", quantization: str = "none") -> Hardware:
 
 
 def bnb_4bit_config(compute_dtype):
-    try:
-        import bitsandbytes  # noqa: F401
-    except ImportError as exc:
-        raise AfinarError("H004", "falta bitsandbytes para QLoRA 4-bit: pip install bitsandbytes") from exc
+    extras.require("cuda")  # H004: bitsandbytes
     from transformers import BitsAndBytesConfig
 
     return BitsAndBytesConfig(

@@ -9,8 +9,11 @@ import shutil
 from pathlib import Path
 
 from afinar.atomic import atomic_dir, require_free_space
+from afinar.data.chat_format import eos_setting, folder_format
 from afinar.errors import AfinarError
+from afinar.hardware import torch_dtype
 from afinar.models import save_tokenizer
+from afinar.runs import DATA_FINGERPRINT, RECIPE, load_ref, open_ref
 
 PROBE = [
     {"role": "user", "content": "¿Qué debo hacer si alguien se quema la mano con agua hirviendo?"},
@@ -37,8 +40,6 @@ def merge(run: str | Path, output: str | Path | None = None, dtype: str = "fp32"
     import torch
     from transformers import AutoModelForCausalLM
 
-    from afinar.hardware import torch_dtype
-    from afinar.runs import load_ref, open_ref
 
     if dtype not in DTYPES:
         raise AfinarError("G001", f"dtype '{dtype}' no válido; opciones: {', '.join(DTYPES)}")
@@ -62,7 +63,10 @@ def merge(run: str | Path, output: str | Path | None = None, dtype: str = "fp32"
     merged.config.name_or_path = str(output)
     # Plain transformers users get the stop token and the recipe's sampling from generation_config.json.
     gen = ref.generation
-    merged.generation_config.eos_token_id = tokenizer.eos_token_id
+    # The run's end of turn (first) and the family's other stop ids, in config.json and generation_config.json alike.
+    eos = eos_setting(folder_format(ref.path, tokenizer).eos_token_ids)
+    merged.config.eos_token_id = eos
+    merged.generation_config.eos_token_id = eos
     merged.generation_config.pad_token_id = tokenizer.pad_token_id
     sampling = {"temperature": gen.temperature, "top_p": gen.top_p} if gen.temperature > 0 else {}
     merged.generation_config.update(
@@ -74,7 +78,7 @@ def merge(run: str | Path, output: str | Path | None = None, dtype: str = "fp32"
     with atomic_dir(output, overwrite=overwrite) as tmp:
         merged.save_pretrained(tmp, safe_serialization=True)
         save_tokenizer(tokenizer, tmp)
-        for name in ("recipe.yaml", "data_fingerprint.json"):
+        for name in (RECIPE, DATA_FINGERPRINT):
             if (ref.path / name).is_file():
                 shutil.copy2(ref.path / name, tmp / name)
         # Check the files, not the object in memory: reload them the way any user would.

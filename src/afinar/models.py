@@ -114,13 +114,7 @@ def load_tokenizer(path_or_id: str | os.PathLike):
         raise _hub_error(path_or_id, exc) from exc
     if not tokenizer.is_fast:
         raise AfinarError("M004", "se necesita un tokenizador 'fast' (tokenizer.json).", where=path_or_id)
-    if tokenizer.chat_template is None:
-        raise AfinarError(
-            "M005",
-            "el tokenizador no trae plantilla de chat (chat_template); afinar no inventa una.",
-            where=path_or_id,
-            hint="usa la variante '-Instruct'/'-Chat' del modelo",
-        )
+    # A base model without a chat template loads too: the recipe's `data.template` gives it one (data/chat_format.py).
     if tokenizer.pad_token is None:
         # Labels come from our own masks, never from pad ids, so reusing eos here cannot hide it.
         tokenizer.pad_token = tokenizer.eos_token

@@ -1,4 +1,8 @@
-"""Reading what a run folder or a merged-model folder holds, for merge, chat and demo."""
+"""The run folder's layout, and reading what a run folder, a merged-model folder or an export folder holds.
+
+The names of the files and folders inside `runs/<name>/` are defined here once; training writes them, and eval,
+merge, export, push, chat and serve read them. Cheap to import (no torch): everything else imports it.
+"""
 from __future__ import annotations
 
 import json
@@ -7,7 +11,20 @@ from pathlib import Path
 
 from afinar.config import GenerationSection, Recipe, recipe_from_dict
 from afinar.errors import AfinarError
-from afinar.training import RUN_INFO
+from afinar.models import load_model, load_tokenizer
+
+# --- what a run folder holds (runs/<name>/...) ------------------------------------------------------------------
+
+RECIPE = "recipe.yaml"  # the resolved recipe (also inside each checkpoint and a merged copy)
+RUN_INFO = "afinar_run.json"  # the training's summary (hardware, steps, throughput, budget); read by eval and push
+METRICS = "metrics.jsonl"  # one line per step, and the held-out loss every eval_every steps
+CHECKPOINTS = "checkpoints"  # step-NNNNNN/ folders, each complete or absent
+ADAPTER_WEIGHTS = "adapter_model.safetensors"  # the LoRA adapter (PEFT's file name)
+EVAL_DIR = "informe"  # `afinar eval`'s report: metrics.json and index.html
+DATA_REPORT_DIR = "informe_datos"  # `afinar inspect`'s report on the data; kept when a run is overwritten
+EXPORT_DIR = "export"  # `afinar export`'s default output
+EXPORT_SUMMARY = "afinar_export.json"  # in an export folder: what was written and how it was checked
+DATA_FINGERPRINT = "data_fingerprint.json"  # hashes and counts of the training data (never its text)
 
 
 @dataclass
@@ -35,9 +52,15 @@ class ModelRef:
     def generation(self) -> GenerationSection:
         return self.recipe.generation if self.recipe else GenerationSection()
 
+    @property
+    def eval_report(self) -> Path | None:
+        """The page `afinar eval` wrote for this run, if it did."""
+        page = self.path / EVAL_DIR / "index.html"
+        return page if page.is_file() else None
+
 
 def read_recipe(folder: Path) -> Recipe | None:
-    path = folder / "recipe.yaml"
+    path = folder / RECIPE
     if not path.is_file():
         return None
     import yaml
@@ -61,7 +84,7 @@ def open_ref(path: str | Path) -> ModelRef:
                 return ModelRef(folder, "full", run.get("base_path"), read_recipe(folder))
         return ModelRef(folder, "merged", None, read_recipe(folder))
     hint = None
-    if (folder / "checkpoints").is_dir():
+    if (folder / CHECKPOINTS).is_dir():
         hint = "el entrenamiento no terminó: continúa con 'afinar train RECETA --resume'"
     raise AfinarError(
         "C002",
@@ -73,8 +96,6 @@ def open_ref(path: str | Path) -> ModelRef:
 
 def load_ref(ref: ModelRef, dtype=None):
     """(model, tokenizer) ready for generation: base + adapter for LoRA runs, else the folder itself."""
-    from afinar.models import load_model, load_tokenizer
-
     if ref.standalone:
         return load_model(str(ref.path), dtype=dtype), load_tokenizer(str(ref.path))
     from peft import PeftModel
@@ -82,3 +103,30 @@ def load_ref(ref: ModelRef, dtype=None):
     base = load_model(ref.base_path, dtype=dtype)
     model = PeftModel.from_pretrained(base, str(ref.path))
     return model, load_tokenizer(str(ref.path))
+
+
+def read_export_summary(folder: Path) -> dict:
+    """The export folder's summary (written by `afinar export`); {} when it has none."""
+    summary = Path(folder) / EXPORT_SUMMARY
+    return json.loads(summary.read_text(encoding="utf-8")) if summary.is_file() else {}
+
+
+def export_parts(path: Path) -> tuple[str, Path, ModelRef | None] | None:
+    """(kind, file or folder, run ref or None) for an export folder, a GGUF in it or its ONNX folder; else None."""
+
+    def run_of(summary: dict) -> ModelRef | None:
+        return open_ref(summary["run"]) if summary.get("run") else None
+
+    path = Path(path)
+    if path.is_file() and path.suffix == ".gguf":  # RUN/export/gguf/x.gguf
+        return "gguf", path, run_of(read_export_summary(path.parent.parent))
+    if (path / "onnx" / "model.onnx").is_file():  # RUN/export/onnx
+        return "onnx", path, run_of(read_export_summary(path.parent))
+    exports = (summary := read_export_summary(path)).get("exports", {})
+    ggufs = [k for k in exports if k.startswith("gguf-")]
+    if ggufs:
+        best = "gguf-q8_0" if "gguf-q8_0" in ggufs else ggufs[0]
+        return "gguf", path / exports[best]["ruta"], run_of(summary)
+    if "onnx" in exports:
+        return "onnx", path / exports["onnx"]["ruta"], run_of(summary)
+    return None

@@ -25,15 +25,20 @@ from afinar.atomic import atomic_dir, atomic_write_text
 from afinar.attention import use_packed_attention
 from afinar.budget import BudgetPlan, out_of_time, plan_steps
 from afinar.config import Recipe, apply_overrides, dump_recipe, load_recipe
-from afinar.data.batching import MicroBatchStream, SourceMix, examples_of, plan_micro_batches, shard_for_eval
-from afinar.data.preflight import REPORT_DIR
+from afinar.data.batching import (
+    MicroBatchStream,
+    SourceMix,
+    examples_of,
+    plan_micro_batches,
+    shard_for_eval,
+)
+from afinar.data.chat_format import recipe_tokenizer, save_turn_end, trained_rows_check
 from afinar.data.templates import IGNORE, collate, collate_packed
 from afinar.dropout import use_cpu_lora_dropout
 from afinar.errors import AfinarError
 from afinar.models import save_tokenizer
+from afinar.runs import CHECKPOINTS, DATA_FINGERPRINT, DATA_REPORT_DIR, RECIPE, RUN_INFO
 from afinar.training import (
-    CHECKPOINTS,
-    RUN_INFO,
     ENGINE_STATE,
     append_metrics,
     checkpoint_dirs,
@@ -49,8 +54,8 @@ from afinar.training import (
     rng_state,
     save_checkpoint,
     save_full_model,
-    set_rng_state,
     seed_everything,
+    set_rng_state,
     token_loss_sum,
     trim_metrics,
 )
@@ -72,7 +77,7 @@ def _check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
             raise AfinarError("T002", "no hay ningún checkpoint completo para continuar.", where=str(run_dir))
         return
     # A data report from `afinar inspect` may already be there: it belongs beside the run, keep it.
-    if run_dir.exists() and any(p.name != REPORT_DIR for p in run_dir.iterdir()) and not overwrite:
+    if run_dir.exists() and any(p.name != DATA_REPORT_DIR for p in run_dir.iterdir()) and not overwrite:
         raise AfinarError(
             "T003",
             "la carpeta de salida ya existe y no está vacía.",
@@ -87,7 +92,7 @@ def _prepare_run_dir(run_dir: Path, resume: bool) -> None:
         shutil.rmtree(run_dir / ".final", ignore_errors=True)
     elif run_dir.exists():
         for entry in run_dir.iterdir():
-            if entry.name != REPORT_DIR:
+            if entry.name != DATA_REPORT_DIR:
                 shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
     run_dir.mkdir(parents=True, exist_ok=True)
 
@@ -277,7 +282,7 @@ def train(
 
     from afinar import hardware
     from afinar.data.tokenized import load_or_tokenize
-    from afinar.models import load_tokenizer, resolve_base
+    from afinar.models import resolve_base
 
     started = time.time()
     # --- stage 0: recipe and launch checks (nothing is written before these pass) ---------------------------------
@@ -306,7 +311,7 @@ def train(
     # --- stage 1: data ----------------------------------------------------------------------------------------------
     with accelerator.main_process_first():  # the main process converts/tokenizes; the others read its cache
         base_path = resolve_base(recipe.model.base)
-        tokenizer = load_tokenizer(base_path)
+        tokenizer, chat = recipe_tokenizer(base_path, recipe.data.template)
         data = load_or_tokenize(recipe.data, tokenizer, progress=progress and main)
     data.report(out=say)
     if data.errors:
@@ -345,6 +350,9 @@ def train(
     # --- stage 2: model ---------------------------------------------------------------------------------------------
     # FSDP places (and may shard or lazily load) the weights itself in prepare().
     model = _build_model(recipe, base_path, hw, None if accelerator.distributed_type.value == "FSDP" else accelerator.device)
+    trained_rows_check(model, tokenizer, chat)  # the template's special tokens must be rows the base has trained
+    say(f"Plantilla de chat: {chat.name}{f' (como {chat.family})' if chat.family and chat.family != chat.name else ''}; "
+        f"fin de turno {chat.end_of_turn!r}" + (f", fecha fija {chat.date_string}" if chat.date_string else ""))
     head = output_head(model)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
@@ -452,7 +460,7 @@ def train(
         _prepare_run_dir(run_dir, resume)
         if resume:
             trim_metrics(run_dir, start_step)
-        atomic_write_text(run_dir / "recipe.yaml", recipe_text)
+        atomic_write_text(run_dir / RECIPE, recipe_text)
     accelerator.wait_for_everyone()
     if cfg.report_to != "none":
         flat = flatten(recipe.model_dump(mode="json"))
@@ -574,8 +582,9 @@ def train(
     if cfg.report_to != "none":
         accelerator.end_training()
     if main:
-        _write_artifacts(run_dir, accelerator.unwrap_model(model), tokenizer, data, recipe, hw, accelerator, {
+        _write_artifacts(run_dir, accelerator.unwrap_model(model), tokenizer, data, recipe, hw, accelerator, chat, {
             "base_path": base_path,
+            "chat_template": chat.record(),
             "steps": done,
             "train_seconds": round(time.time() - started, 1),
             "budget": None if not cfg.max_minutes else {
@@ -595,17 +604,19 @@ def train(
     return run_dir
 
 
-def _write_artifacts(run_dir: Path, model, tokenizer, data, recipe: Recipe, hw, accelerator, info: dict) -> None:
+def _write_artifacts(run_dir: Path, model, tokenizer, data, recipe: Recipe, hw, accelerator, chat, info: dict) -> None:
     with atomic_dir(run_dir / ".final", overwrite=True) as tmp:
         if recipe.method == "full":
-            save_full_model(model, tmp, tokenizer)
+            save_full_model(model, tmp, tokenizer, chat.eos_token_ids)
         else:
             model.save_pretrained(tmp)
+            # The run's stop tokens for whatever loads it next (merge, chat, eval, export): the end of turn first.
+            save_turn_end(model.get_base_model(), tmp, tokenizer, chat)
         save_tokenizer(tokenizer, tmp)
     for item in (run_dir / ".final").iterdir():
         os.replace(item, run_dir / item.name)
     shutil.rmtree(run_dir / ".final", ignore_errors=True)
-    atomic_write_text(run_dir / "data_fingerprint.json", json.dumps(data.fingerprint, indent=2, ensure_ascii=False))
+    atomic_write_text(run_dir / DATA_FINGERPRINT, json.dumps(data.fingerprint, indent=2, ensure_ascii=False))
     plot_losses(run_dir)
     info = {
         "base": recipe.model.base,
@@ -623,7 +634,7 @@ def _write_artifacts(run_dir: Path, model, tokenizer, data, recipe: Recipe, hw, 
 def _saved_recipe(checkpoint: Path, run_dir: Path) -> dict:
     import yaml
 
-    path = checkpoint / "recipe.yaml" if (checkpoint / "recipe.yaml").is_file() else run_dir / "recipe.yaml"
+    path = checkpoint / RECIPE if (checkpoint / RECIPE).is_file() else run_dir / RECIPE
     return yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 

@@ -21,15 +21,13 @@ from pathlib import Path
 
 from afinar.atomic import atomic_dir, atomic_write_text
 from afinar.attention import packed_attention_active, segments_of
+from afinar.data.chat_format import eos_setting
 from afinar.data.templates import IGNORE, collate, ids_and_labels
 from afinar.errors import AfinarError
+from afinar.runs import ADAPTER_WEIGHTS, CHECKPOINTS, METRICS, RECIPE, RUN_INFO  # noqa: F401 — RUN_INFO re-exported
 
-# The run folder's summary (hardware, steps, throughput, budget), written by train.py, read by eval and push.
-RUN_INFO = "afinar_run.json"
-CHECKPOINTS = "checkpoints"
 # Inside a checkpoint, accelerate's own `save_state` folder when the optimizer is sharded (FSDP, DeepSpeed).
 ENGINE_STATE = "accelerate"
-METRICS = "metrics.jsonl"
 # Positions per cross-entropy chunk: peak memory of the loss is CE_CHUNK × vocabulary, whatever the batch.
 CE_CHUNK = 256
 
@@ -101,7 +99,7 @@ def save_checkpoint(run_dir: Path, model, optimizer, scheduler, scaler, step: in
         )
         if engine_state is not None:
             os.replace(engine_state, tmp / ENGINE_STATE)
-        (tmp / "recipe.yaml").write_text(recipe_text, encoding="utf-8")
+        (tmp / RECIPE).write_text(recipe_text, encoding="utf-8")
         # Written last: its presence is what makes the folder a checkpoint (checkpoint_dirs).
         (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **info}), encoding="utf-8")
     for old in checkpoint_dirs(run_dir)[:-keep_last]:
@@ -136,10 +134,10 @@ def load_trained_weights(model, folder: Path) -> None:
     from safetensors.torch import load_file
 
     folder = Path(folder)
-    if (folder / "adapter_model.safetensors").is_file():
+    if (folder / ADAPTER_WEIGHTS).is_file():
         from peft import set_peft_model_state_dict
 
-        set_peft_model_state_dict(model, load_file(str(folder / "adapter_model.safetensors")))
+        set_peft_model_state_dict(model, load_file(str(folder / ADAPTER_WEIGHTS)))
         return
     from transformers.modeling_utils import load_sharded_checkpoint
 
@@ -154,22 +152,23 @@ def load_trained_weights(model, folder: Path) -> None:
                           f"sobran {len(unexpected)}).", where=str(folder))
 
 
-def save_full_model(model, folder: Path, tokenizer=None) -> None:
+def save_full_model(model, folder: Path, tokenizer=None, eos_token_ids: list[int] | None = None) -> None:
     """A whole trained model (`method: full`) saved as a standalone transformers folder: the inference settings
-    training changed (no KV cache, afinar's packed attention) put back in the saved config, and the tokenizer's end
-    of turn as generation's stop token."""
+    training changed (no KV cache, afinar's packed attention) put back in the saved config, and the chat format's
+    stop tokens (end of turn first) in config.json and generation_config.json."""
     config = model.config
-    saved = config.use_cache, config._attn_implementation
+    saved = config.use_cache, config._attn_implementation, config.eos_token_id
     config.use_cache = True
     if packed_attention_active(model):
         config._attn_implementation = "sdpa"
     try:
         if tokenizer is not None:
-            model.generation_config.eos_token_id = tokenizer.eos_token_id
+            config.eos_token_id = eos_setting(eos_token_ids or [tokenizer.eos_token_id])
+            model.generation_config.eos_token_id = config.eos_token_id
             model.generation_config.pad_token_id = tokenizer.pad_token_id
         model.save_pretrained(folder, safe_serialization=True)
     finally:
-        config.use_cache, config._attn_implementation = saved
+        config.use_cache, config._attn_implementation, config.eos_token_id = saved
 
 
 def remove_partial_checkpoints(run_dir: Path) -> None:

@@ -1,4 +1,7 @@
 """The Ollama Modelfile: its Go template renders what the model was trained on."""
+import json
+from pathlib import Path
+
 import pytest
 
 from afinar.config import GenerationSection
@@ -69,7 +72,12 @@ def test_non_chatml_and_broken_translation_are_refused(tokenizer, tmp_path):
         ("{{ if .X }}sí{{ else }}no{{ end }}", {"X": ""}, "no"),
         ("{{ range .L }}[{{ .N }}|{{ $.T }}]{{ else }}vacío{{ end }}", {"L": [{"N": 1}, {"N": 2}], "T": "t"}, "[1|t][2|t]"),
         ("{{ range .L }}x{{ else }}vacío{{ end }}", {"L": []}, "vacío"),
-        ("{{ .Falta }}-", {}, "-"),
+        ("{{ .Falta }}-", {}, "<no value>-"),  # Go prints a missing map key this way
+        ('{{ $x := "a" }}{{ range .L }}{{ $x = printf "%s%d" $x . }}{{ if eq . 2 }}{{ break }}{{ end }}{{ end }}{{ $x }}',
+         {"L": [1, 2, 3]}, "a12"),
+        ("{{ range $i, $m := .L }}{{ if and (eq $i 1) $.T }}[{{ $m }}]{{ else if not $i }}0{{ end }}{{ end }}",
+         {"L": ["x", "y"], "T": "t"}, "0[y]"),
+        ("{{ len (slice .L 1) }}", {"L": [1, 2, 3]}, "2"),
     ],
 )
 def test_go_template_subset_follows_go_rules(template, data, expected):
@@ -78,6 +86,99 @@ def test_go_template_subset_follows_go_rules(template, data, expected):
 
 def test_go_template_refuses_what_it_does_not_know():
     with pytest.raises(ValueError):
-        ollama.render_go_template("{{ len .Messages }}", {"Messages": []})
+        ollama.render_go_template("{{ upper .X }}", {"X": "a"})
+    with pytest.raises(ValueError):
+        ollama.render_go_template('{{ template "x" }}', {})
     with pytest.raises(ValueError):
         ollama.render_go_template("{{ if .X }}sin cerrar", {"X": 1})
+
+
+# --- Ollama's own templates and expected renders (tests/data/ollama, from Ollama's template/testdata) -------------
+
+GOLDEN = Path(__file__).parent.parent / "data" / "ollama"
+# template/template_test.go's three conversations, named as the expected files are.
+OLLAMA_CHATS = {
+    "user": [{"role": "user", "content": "Hello, how are you?"}],
+    "user-assistant-user": [
+        {"role": "user", "content": "Hello, how are you?"},
+        {"role": "assistant", "content": "I'm doing great. How can I help you today?"},
+        {"role": "user", "content": "I'd like to show off how chat templating works!"},
+    ],
+    "system-user-assistant-user": [
+        {"role": "system", "content": "You are a helpful assistant."},
+        {"role": "user", "content": "Hello, how are you?"},
+        {"role": "assistant", "content": "I'm doing great. How can I help you today?"},
+        {"role": "user", "content": "I'd like to show off how chat templating works!"},
+    ],
+}
+
+
+def golden(name: str, chat: str) -> str:
+    return (GOLDEN / name / chat).read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in GOLDEN.iterdir() if p.is_dir()))
+@pytest.mark.parametrize("chat", OLLAMA_CHATS)
+def test_interpreter_renders_ollamas_own_templates_as_ollama(name, chat):
+    """Our Go interpreter, on Ollama's own templates, gives Ollama's expected text byte for byte."""
+    template = (GOLDEN / name / "template.gotmpl").read_text(encoding="utf-8")
+    assert ollama.execute(template, OLLAMA_CHATS[chat]) == golden(name, chat)
+
+
+@pytest.mark.parametrize(("family", "theirs"), [("chatml", "chatml"), ("zephyr", "zephyr"), ("phi3", "phi-3"),
+                                                 ("gemma", "gemma-instruct")])
+def test_modelfile_templates_are_ollamas_own(family, theirs):
+    template, stops = ollama.go_template(family, "</s>" if family == "zephyr" else "<eos>")
+    assert template == (GOLDEN / theirs / "template.gotmpl").read_text(encoding="utf-8")
+    assert set(json.loads((GOLDEN / theirs / "params.json").read_text())["stop"]) <= set(stops)
+
+
+DATED = "Cutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\n"
+
+
+@pytest.mark.parametrize(("named", "family", "theirs"), [
+    ("chatml", "qwen2", "chatml"), ("zephyr", "tinyllama", "zephyr"), ("phi3", "phi3", "phi-3"),
+    ("gemma", "gemma", "gemma-instruct"), ("llama3", "llama3", "llama3-instruct")])
+@pytest.mark.parametrize("chat", OLLAMA_CHATS)
+def test_named_templates_render_what_ollamas_templates_do(named, family, theirs, chat):
+    """afinar's named Jinja templates (what the model is trained on) give Ollama's expected text for Ollama's
+    conversations. Llama 3: Llama 3.2's template always writes a system header with two date lines, which Ollama's
+    llama3-instruct lacks (our Modelfile writes them: LLAMA3_GO)."""
+    from afinar.data.chat_format import NAMED, apply, resolve
+    from tests.families import make_family_tokenizer
+
+    tokenizer = make_family_tokenizer(family)
+    apply(tokenizer, resolve(tokenizer, named))
+    ours = ollama._render(tokenizer, OLLAMA_CHATS[chat])
+    expected = golden(theirs, chat)
+    if named == "llama3":
+        header = "<|start_header_id|>system<|end_header_id|>\n\n"
+        expected = (expected.replace(header, header + DATED, 1) if expected.startswith(header)
+                    else header + DATED + "<|eot_id|>" + expected)
+    assert ours == expected
+    assert NAMED[named].jinja  # the template really is afinar's, not the tokenizer's own
+    modelfile = ollama.modelfile_text("m.gguf", None, GenerationSection(), named, tokenizer.eos_token)
+    assert ollama.ollama_prompt(modelfile, OLLAMA_CHATS[chat]) == ours
+
+
+@pytest.mark.parametrize(("family", "expected"), [("tinyllama", "zephyr"), ("qwen2", "chatml"), ("llama3", "llama3"),
+                                                  ("phi3", "phi3")])
+def test_modelfile_for_each_familys_own_template(family, expected, tmp_path):
+    """The real templates of the guides' models (in their tokenizers) get a checked Modelfile: Zephyr for TinyLlama,
+    ChatML with Qwen's default system prompt, Llama 3.2 with its dated header, Phi-3.5."""
+    from afinar.data.chat_format import apply, resolve
+    from tests.families import make_family_tokenizer
+
+    tokenizer = make_family_tokenizer(family)
+    fmt = resolve(tokenizer, "auto")
+    apply(tokenizer, fmt)
+    assert fmt.family == expected
+    text = ollama.write_modelfile(tmp_path, "m.gguf", tokenizer, None, GenerationSection()).read_text(encoding="utf-8")
+    parsed = ollama.parse_modelfile(text)
+    assert f"# Plantilla: {expected}" in text and f'stop "{tokenizer.eos_token}"' in parsed["parameters"]
+    if family == "qwen2":
+        assert parsed["system"] == "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
+    else:
+        assert "system" not in parsed
+    for chat in OLLAMA_CHATS.values():
+        assert ollama.ollama_prompt(text, chat) == ollama._render(tokenizer, chat)

@@ -1,5 +1,6 @@
 """ONNX export for Transformers.js, checked in onnxruntime against torch (tiny model)."""
 import dataclasses
+import functools
 import json
 import sys
 
@@ -7,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from afinar import extras
 from afinar.errors import AfinarError
 from afinar.export import onnx as onnx_export
 from afinar.export.reference import greedy_decode, greedy_reference
@@ -70,8 +72,9 @@ def test_existing_target_and_missing_packages(exported, tiny_base, reference, mo
         onnx_export.export_onnx(tiny_base, target, reference, 1, progress=False)
     assert info.value.code == "X003"
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    monkeypatch.setattr(extras, "available", functools.cache(extras.available.__wrapped__))  # not the cached answer
     with pytest.raises(AfinarError) as info:
-        onnx_export.require_optimum()
+        onnx_export.export_onnx(tiny_base, target.parent / "otra", reference, 1, progress=False)
     assert info.value.code == "X030" and 'pip install -e ".[onnx]"' in info.value.hint  # the exact line to run
 
 
@@ -150,7 +153,7 @@ def test_the_emulated_cpu_without_vnni_really_saturates_full_range_int8():
 INT8_LOGITS = """
 import json, numpy as np
 from pathlib import Path
-from afinar.export.onnx import OnnxCausalLM
+from afinar.inference.onnx_runtime import OnnxCausalLM
 config = json.loads(Path({config!r}).read_text())
 np.save({out!r}, OnnxCausalLM(Path({graph!r}), config).logits({ids!r}))
 """

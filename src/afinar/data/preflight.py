@@ -22,12 +22,12 @@ from afinar.data.language import LanguageShare, language_share
 from afinar.data.pii import KINDS, find_pii
 from afinar.data.split import prompt_key
 from afinar.errors import AfinarError
+from afinar.runs import DATA_REPORT_DIR as REPORT_DIR
 
 NEAR_THRESHOLD = 0.7  # 3-gram Jaccard: above this two texts say the same with a few words changed
 SHORT_ANSWER_WORDS = 3
 MAX_PLACES = 50  # places listed per finding; counts are always complete
 SAMPLES = 3
-REPORT_DIR = "informe_datos"
 
 # The same first-aid advice in both languages: tokens per word of each measure what Spanish costs this tokenizer.
 REFERENCE = {
@@ -377,7 +377,7 @@ def inspect(path: str | Path, base: str | None = None, max_length: int | None = 
 
     path = Path(path)
     data, base, default_out, name = _resolve(path, base, max_length)
-    tokenizer, reason = try_tokenizer(base)
+    tokenizer, reason = try_tokenizer(base, data.template)
     note = f"no se pudo cargar el tokenizador de '{base}' ({reason})" if tokenizer is None else ""
     if note:
         print(f"aviso: {note}")

@@ -1,7 +1,7 @@
 """Render examples with the tokenizer's own chat template and mark which tokens are trained.
 
 Labels are set only on assistant tokens, and each assistant turn's labels end with the end-of-turn token
-(`<|im_end|>` for ChatML). That is what teaches the model to stop. The seeds' recipe
+(`<|im_end|>` for ChatML; the tokenizer's eos once data/chat_format.py has applied the recipe's format). That is what teaches the model to stop. The seeds' recipe
 (`pad_token = eos_token` + `DataCollatorForLanguageModeling`) masks every pad id, so the EOS too, and the
 model never learns to stop; here labels come from character spans, never from token ids.
 """
@@ -34,6 +34,8 @@ def with_system(messages: list[dict], system_prompt: str | None) -> list[dict]:
 
 
 def end_of_turn(tokenizer) -> str:
+    """The token that closes an assistant turn: the tokenizer's eos, once the recipe's chat format is applied
+    (data/chat_format.apply makes them one)."""
     return tokenizer.eos_token
 
 
@@ -46,32 +48,38 @@ def assistant_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[in
         if message["role"] != "assistant":
             continue
         prefix = tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
-        upto = tokenizer.apply_chat_template(messages[: i + 1], tokenize=False)
-        if not text.startswith(prefix) or not text.startswith(upto):
+        if not text.startswith(prefix):
             raise AfinarError(
                 "T001",
                 "la plantilla de chat del tokenizador no es incremental (el prefijo cambia al añadir turnos); "
                 "no se pueden marcar solo los tokens del asistente.",
             )
         start = len(prefix)
-        stop = upto.find(eot, start)
-        spans.append((start, stop + len(eot) if stop >= 0 else len(upto)))
+        stop = text.find(eot, start)
+        if stop < 0:
+            raise AfinarError("T001", f"la plantilla no cierra la respuesta del asistente con el fin de turno ({eot}).")
+        spans.append((start, stop + len(eot)))
     return text, spans
 
 
 def encode(tokenizer, messages: list[dict], where: str = "") -> Encoded:
+    """Token ids and labels of a conversation, tokenized in pieces cut where each answer starts and ends.
+
+    Cut there so that the text before an answer is tokenized exactly as the generation prompt is at inference: a
+    byte-level BPE may merge across the cut otherwise (with SmolLM2's vocabulary, Llama 3's prompt ends in "\n\n",
+    one token at the end of a prompt but two before "Llama…": the model would learn to answer after a prompt it
+    never sees)."""
     text, spans = assistant_spans(tokenizer, messages)
-    encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids = encoding["input_ids"]
-    labels = [IGNORE] * len(ids)
-    for start, stop in spans:
-        for j, (a, b) in enumerate(encoding["offset_mapping"]):
-            if b > start and a < stop:
-                labels[j] = ids[j]
-    eos = tokenizer.eos_token_id
-    # A template that does not close the assistant turn with eos: append it so the model still learns to stop.
-    if spans and not text[spans[-1][0] : spans[-1][1]].endswith(end_of_turn(tokenizer)):
-        ids, labels = ids + [eos], labels + [eos]
+    ids: list[int] = []
+    labels: list[int] = []
+    done = 0
+    for start, stop in [*spans, (len(text), len(text))]:
+        for a, b, trained in ((done, start, False), (start, stop, True)):
+            if b > a:
+                piece = tokenizer(text[a:b], add_special_tokens=False)["input_ids"]
+                ids += piece
+                labels += piece if trained else [IGNORE] * len(piece)
+        done = stop
     return Encoded(ids, labels, where)
 
 

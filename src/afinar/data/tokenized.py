@@ -24,7 +24,7 @@ from afinar.data.formats import Problem
 from afinar.data.templates import IGNORE, encode, with_system
 from afinar.data.validate import fingerprint, gather, raise_if_errors, report_summary
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: conversations tokenized in pieces cut at each answer (data/templates.encode)
 # Below this many examples one process is faster than starting workers.
 PARALLEL_FROM = 20_000
 

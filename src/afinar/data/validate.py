@@ -162,12 +162,14 @@ def data_of(path: Path, max_length: int | None = None):
     return DataSection(sources=[DataSource(path=str(path))], max_length=max_length or 512), None
 
 
-def try_tokenizer(base: str):
-    """(tokenizer, "") or (None, "CODE: why"): checks that need no tokenizer still run without one (e.g. offline)."""
-    from afinar.models import load_tokenizer, resolve_base
+def try_tokenizer(base: str, template: str = "auto"):
+    """(tokenizer with the recipe's chat format, "") or (None, "CODE: why"): checks that need no tokenizer still run
+    without one (e.g. offline, or a base model whose recipe names no template)."""
+    from afinar.data.chat_format import recipe_tokenizer
+    from afinar.models import resolve_base
 
     try:
-        return load_tokenizer(resolve_base(base)), ""
+        return recipe_tokenizer(resolve_base(base), template)[0], ""
     except AfinarError as exc:
         return None, f"{exc.code}: {exc.message}"
 
@@ -181,7 +183,7 @@ def validate(path: str | Path, base: str | None = None, max_length: int | None =
         base = base or recipe.model.base
     prepared = gather(data)
     if base and not prepared.errors:
-        tokenizer, reason = try_tokenizer(base)
+        tokenizer, reason = try_tokenizer(base, data.template)
         if tokenizer is None:
             print(f"aviso: sin tokenizador no se comprueba la longitud en tokens ({reason})")
         else:

@@ -15,16 +15,26 @@ from pathlib import Path
 
 from afinar.atomic import atomic_write_text
 from afinar.config import GenerationSection
+from afinar.data.chat_format import stops_of
 from afinar.data.formats import Example, Problem, load_examples, shipped_dataset
-from afinar.data.templates import ids_and_labels, with_system
+from afinar.data.templates import encode_examples, ids_and_labels, with_system
+from afinar.data.validate import gather
 from afinar.errors import AfinarError
 from afinar.evaluate.checks import CHECKS
 from afinar.evaluate.metrics import measure
-from afinar.models import afinar_home
-from afinar.training import RUN_INFO, checkpoint_dirs, evaluate_loss, load_trained_weights, read_metrics
+from afinar.evaluate.report import write_report
+from afinar.inference.chat import generate_many
+from afinar.models import afinar_home, load_model
+from afinar.runs import DATA_FINGERPRINT, EVAL_DIR, RECIPE, RUN_INFO, load_ref, open_ref
+from afinar.training import (
+    checkpoint_dirs,
+    evaluate_loss,
+    load_trained_weights,
+    read_metrics,
+)
 
 SCHEMA = "afinar.eval/1"
-REPORT_DIR = "informe"
+REPORT_DIR = EVAL_DIR  # RUN/informe: metrics.json and index.html
 GENERAL_SET = "general_es"
 GENERAL_SYSTEM = "Eres un asistente útil. Respondes en español de forma clara y correcta."
 PASSES = ("greedy", "sampled")
@@ -34,8 +44,6 @@ BASE_ROWS = "__base__"  # PEFT's adapter name for rows of a mixed batch that run
 
 def _examples(recipe, split: str) -> tuple[list[Example], bool]:
     """Held-out examples and whether their text may be shown (only shipped datasets, never user data by default)."""
-    from afinar.data.validate import gather
-
     if split == "val":
         prepared = gather(recipe.data)
         if not prepared.val:
@@ -224,10 +232,6 @@ def evaluate_run(
     import torch
     from tqdm.auto import tqdm
 
-    from afinar.data.templates import encode_examples
-    from afinar.evaluate.report import write_report
-    from afinar.runs import load_ref, open_ref
-
     started = time.time()
     ref = open_ref(run)
     if not ref.is_run or ref.recipe is None:
@@ -246,8 +250,6 @@ def evaluate_run(
     model.eval()
     base_model = None
     if ref.standalone:  # method: full
-        from afinar.models import load_model
-
         base_model = load_model(ref.base_path, dtype=torch.float32).eval()
     pad = tokenizer.pad_token_id
 
@@ -290,7 +292,7 @@ def evaluate_run(
     for name in passes:
         gen: GenerationSection = settings[name]
         paired = _generate_pairs(model, base_model, tokenizer, prompts, gen, seed if name == "sampled" else None,
-                                 bar.update)
+                                 bar.update, stops_of(tokenizer, ref.path))
         for k, side in enumerate(SIDES):
             replies = paired[k :: len(SIDES)]
             for sample, (question, reference), reply in zip(samples, pairs, replies):
@@ -344,23 +346,21 @@ def evaluate_run(
     return metrics
 
 
-def _generate_pairs(model, base_model, tokenizer, prompts, gen, seed, on_batch) -> list:
+def _generate_pairs(model, base_model, tokenizer, prompts, gen, seed, on_batch, stops=None) -> list:
     """Replies [base, tuned] × prompt, in that order, batched: on a CPU a batch of answers costs little more than one.
 
     A plain LoRA run puts the base and tuned answers to the same question in one batch (PEFT's mixed-adapter batches:
     "__base__" rows skip the LoRA): one generation instead of two, and the tuned answers' steps ride along with the
     base's (measured: README, `afinar eval`). PEFT refuses mixed batches with DoRA ("Cannot pass `adapter_names`
     when DoRA is enabled"), and a full run's base is another model: there, each side generates on its own."""
-    from afinar.inference.chat import generate_many
-
     if base_model is None and not _uses_dora(model):
         adapters = [BASE_ROWS if side == "base" else model.active_adapter for side in SIDES] * len(prompts)
         return generate_many(model, tokenizer, [p for p in prompts for _ in SIDES], gen, seed=seed,
-                             on_batch=on_batch, adapter_names=adapters)
+                             on_batch=on_batch, adapter_names=adapters, stops=stops)
     base_side, as_base = _as_base(model, base_model)
     with as_base:
-        base = generate_many(base_side, tokenizer, prompts, gen, seed=seed, on_batch=on_batch)
-    tuned = generate_many(model, tokenizer, prompts, gen, seed=seed, on_batch=on_batch)
+        base = generate_many(base_side, tokenizer, prompts, gen, seed=seed, on_batch=on_batch, stops=stops)
+    tuned = generate_many(model, tokenizer, prompts, gen, seed=seed, on_batch=on_batch, stops=stops)
     return [reply for pair in zip(base, tuned) for reply in pair]
 
 
@@ -377,6 +377,6 @@ def _meta(run_dir: Path, seconds: float) -> dict:
     return {
         "eval_seconds": round(seconds, 1),
         "run_info": read(RUN_INFO),
-        "data_fingerprint": read("data_fingerprint.json"),
-        "recipe_yaml": (run_dir / "recipe.yaml").read_text(encoding="utf-8") if (run_dir / "recipe.yaml").is_file() else None,
+        "data_fingerprint": read(DATA_FINGERPRINT),
+        "recipe_yaml": (run_dir / RECIPE).read_text(encoding="utf-8") if (run_dir / RECIPE).is_file() else None,
     }

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import subprocess
@@ -20,15 +21,13 @@ import threading
 import time
 from pathlib import Path
 
-from afinar.atomic import atomic_dir
-from afinar.errors import AfinarError, install_hint
-from afinar.export.reference import (
-    Reference,
-    compare_choices,
-    greedy_decode,
-    same_prefix,
-)
+from afinar import extras
+from afinar.atomic import atomic_dir, require_free_space
+from afinar.errors import AfinarError
+from afinar.export.reference import Reference, compare_choices, same_prefix
 from afinar.export.weights import parameter_count, tensor_shapes
+from afinar.inference.sampling import greedy_decode
+from afinar.models import afinar_home
 
 QUANTS = ("f16", "q8_0", "q4_k_m")
 _FTYPES = {"q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M"}
@@ -46,19 +45,15 @@ def check_quants(quants: list[str]) -> list[str]:
 
 
 def llama_cpp_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
+    """The installed llama-cpp-python's version (X020 without it)."""
+    from importlib.metadata import version
 
-    try:
-        return version("llama-cpp-python")
-    except PackageNotFoundError:
-        raise AfinarError("X020", "falta llama-cpp-python, necesario para convertir, cuantizar y comprobar el GGUF.",
-                          hint=install_hint("llamacpp", ", que compila llama.cpp: unos minutos la primera vez")) from None
+    extras.require("llamacpp")
+    return version("llama-cpp-python")
 
 
 def converter_dir() -> Path:
     """The cached converter of the installed llama-cpp-python version, fetched from its sdist the first time."""
-    from afinar.models import afinar_home
-
     version = llama_cpp_version()
     cache = afinar_home() / "llama.cpp" / f"llama-cpp-python-{version}"
     if (cache / "convert_hf_to_gguf.py").is_file():
@@ -112,12 +107,24 @@ def _extract_converter(sdist: Path, out: Path) -> None:
         raise AfinarError("X021", "el sdist no trae el conversor completo.", where=str(sdist))
 
 
-def convert(model_dir: Path, out_file: Path, outtype: str = "f16", progress: bool = True) -> Path:
+def gguf_model_name(model_dir: Path, name: str) -> str:
+    """`general.name` of the GGUF: the export's name. llama.cpp keys one tokenizer rule on it: Phi-3's special tokens
+    swallow the whitespace after them (as in its tokenizer.json) only when the name contains "phi3" or "phi-3"
+    (llama-vocab.cpp); without it llama.cpp tokenizes `<|user|>\n…` unlike transformers."""
+    model_type = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8")).get("model_type")
+    lowered = name.lower()
+    return f"{name}-phi3" if model_type == "phi3" and "phi3" not in lowered and "phi-3" not in lowered else name
+
+
+def convert(model_dir: Path, out_file: Path, outtype: str = "f16", progress: bool = True,
+            model_name: str | None = None) -> Path:
     """HF folder → GGUF with llama.cpp's converter; a readable AfinarError when the converter refuses."""
     from tqdm import tqdm
 
     script = converter_dir() / "convert_hf_to_gguf.py"
     cmd = [sys.executable, str(script), str(model_dir), "--outfile", str(out_file), "--outtype", outtype]
+    if model_name:
+        cmd += ["--model-name", model_name]
     env = {k: v for k, v in os.environ.items() if k != "NO_LOCAL_GGUF"}  # use the converter's own gguf-py
     n = len(tensor_shapes(model_dir))
     log: list[str] = []
@@ -238,6 +245,8 @@ def verify(path: Path, ref: Reference, kind: str) -> dict:
             problems.append("la plantilla de chat del GGUF no es la del modelo afinado")
         if eos not in ref.eos_ids:
             problems.append(f"el eos del GGUF es {eos}, el del modelo afinado {sorted(ref.eos_ids)}")
+        if not llama_cpp.llama_vocab_is_eog(llm._model.vocab, ref.end_of_turn):
+            problems.append(f"llama.cpp no trata el fin de turno del modelo (id {ref.end_of_turn}) como fin de generación")
         llama_ids = llm.tokenize(ref.prompt_text.encode("utf-8"), add_bos=False, special=True)
         if llama_ids != ref.prompt_ids:
             problems.append("llama.cpp tokeniza el prompt distinto que transformers")
@@ -274,7 +283,8 @@ def verify(path: Path, ref: Reference, kind: str) -> dict:
         raise AfinarError("X027", f"el GGUF {kind} no termina su respuesta ({len(answer)} tokens sin fin de turno) y el "
                                   "modelo en transformers sí. No se guarda.", where=str(path),
                           hint="prueba q8_0 si falla q4_k_m" if kind == "q4_k_m" else None)
-    return {"plantilla": True, "eos": eos, "prompt_tokens_iguales": True, "se_detiene": stopped,
+    return {"plantilla": True, "eos": eos, "fin_de_turno": ref.end_of_turn, "prompt_tokens_iguales": True,
+            "se_detiene": stopped,
             "tokens_generados": len(answer), "primeros_tokens_iguales": agree, "casi_empates": choices["casi_empates"],
             "comparados": choices["comparados"], "max_abs_logits": round(choices["max_abs_logits"], 4),
             "respuesta_igual_hasta": same_prefix(answer, ref.answer),
@@ -287,8 +297,6 @@ def export_gguf(model_dir: Path, folder: Path, name: str, quants: list[str], ref
 
     Returns (checked results by kind, failures by kind). f16 failing raises: every quantisation starts from it; a
     quantisation failing is recorded and the others go on."""
-    from afinar.atomic import require_free_space
-
     quants = ["f16", *[q for q in check_quants(quants) if q != "f16"]]
     folder.mkdir(parents=True, exist_ok=True)
     params = parameter_count(model_dir)
@@ -297,7 +305,7 @@ def export_gguf(model_dir: Path, folder: Path, name: str, quants: list[str], ref
     failed: dict[str, AfinarError] = {}
     f16_tmp = folder / f".{name}-f16.gguf.tmp"
     try:
-        convert(model_dir, f16_tmp, "f16", progress=progress)
+        convert(model_dir, f16_tmp, "f16", progress=progress, model_name=gguf_model_name(model_dir, name))
         results["f16"] = {"path": folder / f"{name}-f16.gguf", **verify(f16_tmp, ref, "f16")}
         os.replace(f16_tmp, results["f16"]["path"])
         for kind in quants[1:]:

@@ -12,12 +12,25 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from afinar.atomic import atomic_write_text
 from afinar.errors import AfinarError
-from afinar.training import RUN_INFO
+from afinar.models import EMBEDDED
+from afinar.runs import (
+    ADAPTER_WEIGHTS,
+    DATA_FINGERPRINT,
+    EVAL_DIR,
+    EXPORT_DIR,
+    EXPORT_SUMMARY,
+    RECIPE,
+    RUN_INFO,
+    open_ref,
+    read_export_summary,
+    read_recipe,
+)
 
 _REPO = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "tokenizer_config.json",
-                 "special_tokens_map.json", "chat_template.jinja", "recipe.yaml", "data_fingerprint.json")
+ADAPTER_FILES = ("adapter_config.json", ADAPTER_WEIGHTS, "tokenizer.json", "tokenizer_config.json",
+                 "special_tokens_map.json", "chat_template.jinja", RECIPE, DATA_FINGERPRINT)
 # Local bookkeeping that would mislead on the Hub (absolute paths, the zip duplicates the safetensors).
 SKIP = {"afinar_merge.json", "afinar_manifest.json"}
 
@@ -34,17 +47,14 @@ class Upload:
 
 def _locate(source: Path) -> tuple[Path, Path | None]:
     """(run folder, export folder or None) from either of them."""
-    from afinar.runs import open_ref
-
-    if (source / "afinar_export.json").is_file():
-        summary = json.loads((source / "afinar_export.json").read_text(encoding="utf-8"))
-        return Path(summary["run"]), source
+    if (source / EXPORT_SUMMARY).is_file():
+        return Path(read_export_summary(source)["run"]), source
     ref = open_ref(source)
     if not ref.is_run:
         raise AfinarError("X053", "no es una ejecución ni una carpeta de exportación de afinar.", where=str(source),
                           hint="pasa runs/<nombre> o runs/<nombre>/export")
-    export = source / "export"
-    return source, export if (export / "afinar_export.json").is_file() else None
+    export = source / EXPORT_DIR
+    return source, export if (export / EXPORT_SUMMARY).is_file() else None
 
 
 def plan(source: str | Path) -> tuple[list[Upload], dict]:
@@ -53,7 +63,7 @@ def plan(source: str | Path) -> tuple[list[Upload], dict]:
     uploads: list[Upload] = []
     summary: dict = {}
     if export is not None:
-        summary = json.loads((export / "afinar_export.json").read_text(encoding="utf-8"))
+        summary = read_export_summary(export)
         exports = summary.get("exports", {})
         safetensors = "safetensors" in exports
         if safetensors:
@@ -68,7 +78,7 @@ def plan(source: str | Path) -> tuple[list[Upload], dict]:
             if key.startswith("gguf-") or key == "ollama":
                 path = export / item["ruta"]
                 uploads.append(Upload(path, f"gguf/{path.name}"))
-    if not uploads and (run / "adapter_model.safetensors").is_file():
+    if not uploads and (run / ADAPTER_WEIGHTS).is_file():
         uploads = [Upload(run / name, name) for name in ADAPTER_FILES if (run / name).is_file()]
     if not uploads:
         # a full fine-tuning run has no adapter: its model goes up from its checked export
@@ -83,13 +93,10 @@ def plan(source: str | Path) -> tuple[list[Upload], dict]:
 
 def model_card(run: Path, repo: str, summary: dict, adapter_only: bool) -> str:
     """README.md for the Hub: base, data, recipe, evaluation and what the model is and is not for (no dataset text)."""
-    from afinar.models import EMBEDDED
-    from afinar.runs import read_recipe
-
     recipe = read_recipe(run)
     info = _read_json(run / RUN_INFO)
-    metrics = _read_json(run / "informe" / "metrics.json")
-    fingerprint = _read_json(run / "data_fingerprint.json")
+    metrics = _read_json(run / EVAL_DIR / "metrics.json")
+    fingerprint = _read_json(run / DATA_FINGERPRINT)
     base_alias = info.get("base") or (recipe.model.base if recipe else None)
     base_id = EMBEDDED[base_alias].original if base_alias in EMBEDDED else base_alias
     front = ["---", "language:", "- es", "license: apache-2.0", "library_name: " + ("peft" if adapter_only else "transformers"),
@@ -169,8 +176,6 @@ def _mask(text: str, token: str | None) -> str:
 
 
 def push(source: str | Path, repo: str, private: bool = False, dry_run: bool = False, progress: bool = True) -> list[Upload]:
-    from afinar.atomic import atomic_write_text
-
     if not _REPO.match(repo or ""):
         raise AfinarError("X050", f"nombre de repositorio no válido: {repo!r}", hint="usa usuario/nombre")
     uploads, summary = plan(source)

@@ -1,9 +1,11 @@
 """An Ollama `Modelfile` beside the GGUF, whose TEMPLATE renders exactly what the model was trained on.
 
-The tuned model's Jinja chat template is translated to Ollama's Go template (ChatML for now: SmolLM2, Qwen2.5,
-TinyLlama-chat use it). The translation is checked at export time by rendering a known conversation both ways:
-with the tokenizer's own template, and with the Modelfile the way Ollama does it (SYSTEM prepended as a system message
-when the chat has none, consecutive turns of one role merged, then the Go template).
+The TEMPLATE comes from the run's chat format (data/chat_format.py): for each family afinar knows (`family_of`),
+Ollama's own Go template where Ollama has one (chatml, zephyr, phi-3, gemma-instruct; their stops from Ollama's
+`template/<name>.json`), and afinar's where it has none or differs (Llama 3.2 with its dated system header, the
+two formats of our guides). It is checked at export time by rendering known conversations both ways: with the
+tokenizer's own Jinja template, and with the Modelfile the way Ollama does it (SYSTEM prepended as a system message
+when the chat has none, consecutive turns of one role merged, then the Go template; export/gotemplate.py runs it).
 """
 from __future__ import annotations
 
@@ -12,14 +14,79 @@ from pathlib import Path
 
 from afinar.atomic import atomic_write_text
 from afinar.config import GenerationSection
+from afinar.data.chat_format import PINNED_DATE, PROBE, family_of
 from afinar.errors import AfinarError
+from afinar.export import gotemplate
 
+# Ollama's template/<name>.gotmpl, verbatim (tests/data/ollama holds them with Ollama's expected renders).
 CHATML_GO = (
     "{{- range .Messages }}<|im_start|>{{ .Role }}\n"
     "{{ .Content }}<|im_end|>\n"
     "{{ end }}<|im_start|>assistant\n"
 )
-CHATML_STOPS = ("<|im_end|>", "<|im_start|>")
+ZEPHYR_GO = (
+    "{{- range .Messages }}<|{{ .Role }}|>\n"
+    "{{ .Content }}</s>\n"
+    "{{ end }}<|assistant|>\n"
+)
+PHI3_GO = (
+    "{{- range .Messages }}<|{{ .Role }}|>\n"
+    "{{ .Content }}<|end|>\n"
+    "{{ end }}<|assistant|>\n"
+)
+GEMMA_GO = (
+    '{{- $system := "" }}\n'
+    "{{- range .Messages }}\n"
+    '{{- if eq .Role "system" }}\n'
+    "{{- if not $system }}{{ $system = .Content }}\n"
+    '{{- else }}{{ $system = printf "%s\\n\\n%s" $system .Content }}\n'
+    "{{- end }}\n"
+    "{{- continue }}\n"
+    '{{- else if eq .Role "user" }}<start_of_turn>user\n'
+    "{{- if $system }}\n"
+    "{{ $system }}\n"
+    '{{- $system = "" }}\n'
+    "{{- end }}\n"
+    '{{- else if eq .Role "assistant" }}<start_of_turn>model\n'
+    "{{- end }}\n"
+    "{{ .Content }}<end_of_turn>\n"
+    "{{ end }}<start_of_turn>model\n"
+)
+# Ollama's llama3-instruct has no system header when a chat has no system message, and no date lines; Llama 3.2's
+# own template (and afinar's `llama3`) always writes both. This one renders what the model was trained on.
+LLAMA3_GO = (
+    "<|start_header_id|>system<|end_header_id|>\n\n"
+    "Cutting Knowledge Date: December 2023\n"
+    "Today Date: " + PINNED_DATE + "\n\n"
+    "{{ if .System }}{{ .System }}{{ end }}<|eot_id|>\n"
+    '{{- range .Messages }}{{ if ne .Role "system" }}<|start_header_id|>{{ .Role }}<|end_header_id|>\n\n'
+    "{{ .Content }}<|eot_id|>\n"
+    "{{- end }}{{ end }}<|start_header_id|>assistant<|end_header_id|>\n\n"
+)
+USUARIO_ASISTENTE_GO = (
+    "{{- range .Messages }}"
+    '{{- if eq .Role "system" }}{{ .Content }}\n\n'
+    '{{ else if eq .Role "user" }}Usuario: {{ .Content }}\n'
+    '{{ else if eq .Role "assistant" }}Asistente: {{ .Content }}{EOS}\n'
+    "{{ end }}"
+    "{{- end }}Asistente:"
+)
+TUTOR_PHI2_GO = (
+    "{{- range .Messages }}<|{{ .Role }}|>\n"
+    "{{ .Content }}<|end|>\n"
+    '{{ if eq .Role "assistant" }}{EOS}{{ end }}'
+    "{{- end }}<|assistant|>\n"
+)
+# family → (Go template with {EOS} for the tokenizer's eos, Ollama's stops; the eos is always added).
+GO_TEMPLATES = {
+    "chatml": (CHATML_GO, ("<|im_start|>", "<|im_end|>")),
+    "zephyr": (ZEPHYR_GO.replace("</s>", "{EOS}"), ("<|system|>", "<|user|>", "<|assistant|>")),
+    "llama3": (LLAMA3_GO, ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>")),
+    "phi3": (PHI3_GO, ("<|end|>", "<|system|>", "<|user|>", "<|assistant|>")),
+    "gemma": (GEMMA_GO, ("<start_of_turn>", "<end_of_turn>")),
+    "usuario-asistente": (USUARIO_ASISTENTE_GO, ("Usuario:",)),
+    "tutor-phi2": (TUTOR_PHI2_GO, ("<|end|>", "<|user|>", "<|system|>")),
+}
 # Used to check the translation: two user turns in a row (Ollama merges them), an answer, a follow-up.
 KNOWN_CONVERSATION = [
     {"role": "user", "content": "Hola."},
@@ -29,15 +96,28 @@ KNOWN_CONVERSATION = [
 ]
 
 
-def is_chatml(template: str | None) -> bool:
-    return bool(template) and "<|im_start|>" in template and "<|im_end|>" in template
+def _render(tokenizer, messages: list[dict]) -> str:
+    """The prompt the model sees, without a leading BOS: llama.cpp and Ollama add it themselves from the GGUF."""
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    bos = tokenizer.bos_token
+    written = "bos_token" in (tokenizer.chat_template or "")  # Llama 3 and Gemma write it; ChatML's <|im_start|> is text
+    return text[len(bos):] if written and bos and text.startswith(bos) else text
 
 
-def default_system(tokenizer) -> str | None:
-    """The system prompt the template inserts by itself when a chat has none (SmolLM2 does), if any."""
-    text = tokenizer.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False)
-    m = re.match(r"<\|im_start\|>system\n(.*?)<\|im_end\|>\n", text, flags=re.DOTALL)
-    return m.group(1) if m else None
+def default_system(tokenizer, family: str | None = None) -> str | None:
+    """The system prompt the template inserts by itself when a chat has none (SmolLM2, Qwen2.5 do), if any: the
+    text a system message would need to render the same."""
+    family = family or family_of(tokenizer, tokenizer.chat_template)
+    if family is None:
+        return None
+    user = [PROBE[1]]
+    alone = _render(tokenizer, user)
+    with_marker = _render(tokenizer, [PROBE[0], *user])
+    before, _, after = with_marker.partition(PROBE[0]["content"])
+    if alone == with_marker.replace(PROBE[0]["content"], "") or not (alone.startswith(before) and alone.endswith(after)):
+        return None
+    found = alone[len(before): len(alone) - len(after)]
+    return found if found and _render(tokenizer, [{"role": "system", "content": found}, *user]) == alone else None
 
 
 def _quote(value: str, what: str) -> str:
@@ -46,13 +126,22 @@ def _quote(value: str, what: str) -> str:
     return f'"""{value}"""'
 
 
-def modelfile_text(gguf_name: str, system: str | None, gen: GenerationSection) -> str:
+def go_template(family: str, eos: str) -> tuple[str, tuple[str, ...]]:
+    """The family's Go TEMPLATE and its stops (the eos last), with the tokenizer's eos written in."""
+    template, stops = GO_TEMPLATES[family]
+    return template.replace("{EOS}", eos), tuple(dict.fromkeys([*stops, eos]))
+
+
+def modelfile_text(gguf_name: str, system: str | None, gen: GenerationSection, family: str = "chatml",
+                   eos: str = "<|im_end|>") -> str:
+    template, stops = go_template(family, eos)
     lines = [
         "# Generado por afinar. Crear el modelo: ollama create NOMBRE -f Modelfile",
+        f"# Plantilla: {family} (la misma con la que se entrenó; comprobada al exportar)",
         f"FROM ./{gguf_name}",
-        f"TEMPLATE {_quote(CHATML_GO, 'plantilla')}",
+        f"TEMPLATE {_quote(template, 'plantilla')}",
     ]
-    lines += [f'PARAMETER stop "{stop}"' for stop in CHATML_STOPS]
+    lines += [f'PARAMETER stop "{stop}"' for stop in stops]
     lines += [
         f"PARAMETER temperature {gen.temperature:g}",
         f"PARAMETER top_p {gen.top_p:g}",
@@ -93,114 +182,46 @@ def ollama_prompt(modelfile: str, messages: list[dict]) -> str:
     parsed = parse_modelfile(modelfile)
     if parsed.get("system") and (not messages or messages[0]["role"] != "system"):
         messages = [{"role": "system", "content": parsed["system"]}, *messages]
+    return execute(parsed.get("template", "{{ .Prompt }}"), messages)
+
+
+def execute(template: str, messages: list[dict]) -> str:
+    """Ollama's `Template.Execute` for a chat: consecutive turns of one role merged, the system turns joined as
+    `.System`, the messages as `.Messages`."""
     collated = [{"Role": m["role"], "Content": m["content"]} for m in _merge_same_role(messages)]
     system = "\n\n".join(m["Content"] for m in collated if m["Role"] == "system")
-    return render_go_template(parsed.get("template", "{{ .Prompt }}"), {"Messages": collated, "System": system})
+    return render_go_template(template, {"Messages": collated, "System": system})
 
 
 def check_modelfile(modelfile: str, tokenizer, system: str | None) -> None:
+    """Known conversations (ours, and one with a system message of its own) rendered by the Modelfile as Ollama
+    would and by the tokenizer's template must be the same text."""
     from afinar.data.templates import with_system
 
-    expected = tokenizer.apply_chat_template(with_system(_merge_same_role(KNOWN_CONVERSATION), system), tokenize=False,
-                                             add_generation_prompt=True)
-    got = ollama_prompt(modelfile, KNOWN_CONVERSATION)
-    if got != expected:
-        raise AfinarError("X041", "la plantilla del Modelfile no reproduce la del modelo afinado; no se escribe.")
+    chats = [KNOWN_CONVERSATION, [{"role": "system", "content": "Otro sistema."}, *KNOWN_CONVERSATION[1:]]]
+    for chat in chats:
+        expected = _render(tokenizer, with_system(_merge_same_role(chat), system))
+        if ollama_prompt(modelfile, chat) != expected:
+            raise AfinarError("X041", "la plantilla del Modelfile no reproduce la del modelo afinado; no se escribe.")
 
 
-def require_chatml(tokenizer) -> None:
-    if not is_chatml(tokenizer.chat_template):
-        raise AfinarError("X040", "solo sé traducir a Ollama plantillas ChatML (<|im_start|>…<|im_end|>); esta no lo es.",
-                          hint="usa el GGUF directamente con llama.cpp (lleva la plantilla dentro) o escribe el TEMPLATE a mano")
+def require_family(tokenizer) -> str:
+    family = family_of(tokenizer, tokenizer.chat_template) if tokenizer.chat_template else None
+    if family is None:
+        raise AfinarError("X040", "no sé traducir a Ollama esta plantilla de chat: no se parece a ninguna de las que "
+                                  "afinar conoce (" + ", ".join(GO_TEMPLATES) + ").",
+                          hint="usa el GGUF directamente con llama.cpp (lleva la plantilla dentro), escribe el "
+                               "TEMPLATE a mano, o entrena con data.template: una de esas")
+    return family
 
 
 def write_modelfile(folder: Path, gguf_name: str, tokenizer, system: str | None, gen: GenerationSection) -> Path:
-    require_chatml(tokenizer)
-    system = system if system is not None else default_system(tokenizer)
-    text = modelfile_text(gguf_name, system, gen)
+    family = require_family(tokenizer)
+    system = system if system is not None else default_system(tokenizer, family)
+    text = modelfile_text(gguf_name, system, gen, family, tokenizer.eos_token)
     check_modelfile(text, tokenizer, system)
     return atomic_write_text(folder / "Modelfile", text)
 
 
-# --- A small Go text/template interpreter: the subset Ollama's chat templates use -----------------------------------
-
-_ACTION = re.compile(r"\{\{(-\s)?\s*(.*?)\s*(\s-)?\}\}", flags=re.DOTALL)
-
-
-def _tokens(template: str) -> list[tuple[str, str]]:
-    """[("text", s) | ("action", a)], with Go's `{{- ` / ` -}}` trimming applied to the neighbouring text."""
-    out: list[tuple[str, str]] = []
-    pos = 0
-    trim_next = False
-    for m in _ACTION.finditer(template):
-        text = template[pos:m.start()]
-        if trim_next:
-            text = text.lstrip(" \t\r\n")
-        if m.group(1):
-            text = text.rstrip(" \t\r\n")
-        out.append(("text", text))
-        out.append(("action", m.group(2)))
-        trim_next = bool(m.group(3))
-        pos = m.end()
-    tail = template[pos:]
-    out.append(("text", tail.lstrip(" \t\r\n") if trim_next else tail))
-    return out
-
-
-def _parse(tokens: list[tuple[str, str]], i: int = 0, stop: tuple[str, ...] = ()) -> tuple[list, int, str | None]:
-    nodes: list = []
-    while i < len(tokens):
-        kind, value = tokens[i]
-        i += 1
-        if kind == "text":
-            nodes.append(("text", value))
-            continue
-        word = value.split(" ", 1)[0]
-        if word in stop:
-            return nodes, i, word
-        if word in ("if", "range"):
-            body, i, ended = _parse(tokens, i, ("else", "end"))
-            other: list = []
-            if ended == "else":
-                other, i, ended = _parse(tokens, i, ("end",))
-            if ended != "end":
-                raise ValueError(f"falta {{{{ end }}}} para {{{{ {value} }}}}")
-            nodes.append((word, value.split(" ", 1)[1].strip(), body, other))
-        elif word.startswith((".", "$.")):
-            nodes.append(("field", word))
-        else:
-            raise ValueError(f"acción de plantilla no admitida: {{{{ {value} }}}}")
-    if stop:
-        raise ValueError("plantilla sin cerrar")
-    return nodes, i, None
-
-
-def _lookup(name: str, dot, root):
-    scope, path = (root, name[2:]) if name.startswith("$.") else (dot, name[1:])
-    for part in [p for p in path.split(".") if p]:
-        scope = scope.get(part) if isinstance(scope, dict) else None
-    return scope
-
-
-def _run(nodes: list, dot, root, out: list[str]) -> None:
-    for node in nodes:
-        if node[0] == "text":
-            out.append(node[1])
-        elif node[0] == "field":
-            value = _lookup(node[1], dot, root)
-            out.append("" if value is None else str(value))
-        elif node[0] == "if":
-            _run(node[2] if _lookup(node[1], dot, root) else node[3], dot, root, out)
-        elif node[0] == "range":
-            items = _lookup(node[1], dot, root) or []
-            for item in items:
-                _run(node[2], item, root, out)
-            if not items:
-                _run(node[3], dot, root, out)
-
-
 def render_go_template(template: str, data: dict) -> str:
-    nodes, _, _ = _parse(_tokens(template))
-    out: list[str] = []
-    _run(nodes, data, data, out)
-    return "".join(out)
+    return gotemplate.render(template, data)

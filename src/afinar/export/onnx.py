@@ -2,7 +2,8 @@
 
 Layout is the one Transformers.js loads (`onnx/model.onnx`, `onnx/model_quantized.onnx`, tokenizer.json,
 tokenizer_config.json with the chat template inside, config.json, generation_config.json), as the epicrisis guide's
-Angular app expects.
+Angular app expects. The graph is run with `inference.onnx_runtime.OnnxCausalLM`, the same runner `afinar chat` and
+`afinar serve` use, and decoded with the same loop (`inference.sampling.greedy_decode`).
 """
 from __future__ import annotations
 
@@ -14,24 +15,18 @@ import time
 import warnings
 from pathlib import Path
 
+from afinar import extras
 from afinar.atomic import atomic_dir, require_free_space
-from afinar.errors import AfinarError, install_hint
-from afinar.export.reference import Reference, greedy_decode
+from afinar.errors import AfinarError
+from afinar.export.reference import Reference
 from afinar.hardware import int8_cpu_features
+from afinar.inference.onnx_runtime import QUANTIZED, OnnxCausalLM
+from afinar.inference.sampling import greedy_decode
+from afinar.merge import logits_agreement
 from afinar.models import embed_chat_template
 
 TASK = "text-generation-with-past"
-QUANTIZED = "model_quantized.onnx"  # the name Transformers.js loads for dtype "q8"
 FP32_MAX_ABS = 1e-3  # fp32 ONNX vs fp32 torch: same arithmetic, different kernels
-
-
-def require_optimum():
-    try:
-        import onnxruntime  # noqa: F401
-        from optimum.exporters.onnx import main_export  # noqa: F401
-    except ImportError:
-        raise AfinarError("X030", "faltan optimum-onnx y onnxruntime para exportar a ONNX.",
-                          hint=install_hint("onnx")) from None
 
 
 def export_onnx(model_dir: Path, target: Path, ref: Reference, params: int, overwrite: bool = False,
@@ -40,7 +35,7 @@ def export_onnx(model_dir: Path, target: Path, ref: Reference, params: int, over
 
     The INT8 copy is checked on this machine's CPU; if it fails, the folder is still written with the fp32 model alone
     and the report says why the INT8 is missing (`report["int8"]["escrito"] is False`)."""
-    require_optimum()
+    extras.require("onnx")
     if target.exists() and not overwrite:
         raise AfinarError("X003", "la carpeta ONNX ya existe.", where=str(target), hint="usa --sobrescribir")
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -180,53 +175,6 @@ def _export(model_dir: Path, out: Path) -> None:
         raise AfinarError("X032", "optimum-onnx no escribió model.onnx.", where=str(model_dir))
 
 
-class OnnxCausalLM:
-    """A greedy decoder over an optimum `text-generation-with-past` graph, with nothing but onnxruntime."""
-
-    def __init__(self, path: Path, config: dict):
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        self.inputs = {i.name: i for i in self.session.get_inputs()}
-        self.outputs = [o.name for o in self.session.get_outputs()]
-        heads = config["num_attention_heads"]
-        self.kv_heads = config.get("num_key_value_heads") or heads
-        self.head_dim = config.get("head_dim") or config["hidden_size"] // heads
-        self.past_names = [n for n in self.inputs if n.startswith("past_key_values.")]
-
-    def _feed(self, ids: list[int], past: dict | None, start: int):
-        import numpy as np
-
-        n = len(ids)
-        feed = {"input_ids": np.array([ids], dtype=np.int64)}
-        if "attention_mask" in self.inputs:
-            feed["attention_mask"] = np.ones((1, start + n), dtype=np.int64)
-        if "position_ids" in self.inputs:
-            feed["position_ids"] = np.arange(start, start + n, dtype=np.int64)[None]
-        for name in self.past_names:
-            dtype = np.float16 if "float16" in self.inputs[name].type else np.float32
-            feed[name] = past[name] if past else np.zeros((1, self.kv_heads, 0, self.head_dim), dtype=dtype)
-        out = dict(zip(self.outputs, self.session.run(None, feed)))
-        present = {n.replace("present.", "past_key_values.", 1): v for n, v in out.items() if n.startswith("present.")}
-        return out["logits"][0], present  # logits: (n, V)
-
-    def logits(self, ids: list[int]):
-        return self._feed(ids, None, 0)[0]
-
-    def stepper(self):
-        """A fresh `step(new_ids) -> last logits` for `greedy_decode`, carrying the key/value cache."""
-        state = {"past": None, "position": 0}
-
-        def step(ids: list[int]):
-            logits, state["past"] = self._feed(ids, state["past"], state["position"])
-            state["position"] += len(ids)
-            return logits[-1]
-
-        return step
-
-
 def _config(folder: Path) -> dict:
     return json.loads((folder / "config.json").read_text(encoding="utf-8"))
 
@@ -234,8 +182,6 @@ def _config(folder: Path) -> dict:
 def check_logits(path: Path, ref: Reference) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
-
-    from afinar.merge import logits_agreement
 
     model = AutoModelForCausalLM.from_pretrained(ref.model_dir, dtype=torch.float32)
     with torch.no_grad():

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from afinar.data.templates import with_system
+from afinar.inference.sampling import greedy_decode  # noqa: F401 — the loop every exported runtime is checked with
 
 # A question from the first-aid guide; the recipe's system prompt is added in front, as in chat.
 PROBE_QUESTION = "¿Qué debo hacer si alguien se quema la mano con agua hirviendo?"
@@ -32,6 +33,7 @@ class Reference:
     stopped: bool  # with the penalty, a stop token came within `max_new_tokens`
     answer: list[int]  # with the penalty: the answer before the stop (or the first max_new_tokens)
     max_new_tokens: int
+    end_of_turn: int = -1  # the chat format's end-of-turn id (the tokenizer's eos): every runtime must stop on it
 
 
 def stop_ids(tokenizer, generation_config) -> set[int]:
@@ -69,27 +71,7 @@ def greedy_reference(model_dir: Path, system_prompt: str | None, repetition_pena
     with torch.no_grad():  # logits at each compared position, prompt + plain answer fed at once
         logits = model(torch.tensor([ids + plain])).logits[0, len(ids) - 1: len(ids) - 1 + len(plain)]  # (n, V)
     return Reference(Path(model_dir), messages, text, ids, eos, tokenizer.chat_template, plain, logits.numpy(),
-                     repetition_penalty, stopped, answer, max_new_tokens)
-def greedy_decode(step, prompt_ids: list[int], eos: set[int], max_new_tokens: int,
-                  penalty: float = 1.0) -> tuple[list[int], bool]:
-    """Greedy decoding over any runtime: `step(new_ids)` feeds tokens and returns the last position's logits (V,).
-
-    `penalty` is transformers' repetition penalty (see `inference.engines.pick`), so each runtime is held to the same
-    rule as the reference. Returns (tokens without the stop token, whether a stop token came)."""
-    from afinar.inference.engines import Sampling, pick
-
-    greedy = Sampling(temperature=0.0, repetition_penalty=penalty)
-    logits = step(list(prompt_ids))
-    seen = set(prompt_ids)
-    tokens: list[int] = []
-    while len(tokens) < max_new_tokens:
-        token = pick(logits, seen, greedy, None)
-        if token in eos:
-            return tokens, True
-        tokens.append(token)
-        seen.add(token)
-        logits = step([token])
-    return tokens, False
+                     repetition_penalty, stopped, answer, max_new_tokens, tokenizer.eos_token_id)
 
 
 # Two candidates closer than this (in logits) are a tie that half-precision arithmetic may break either way; a broken

@@ -16,9 +16,19 @@ import json
 import shutil
 from pathlib import Path
 
+from afinar import extras
+from afinar.atomic import atomic_write_text
+from afinar.data.chat_format import folder_format
 from afinar.errors import AfinarError
+from afinar.export.archive import create_zip, verify_zip
+from afinar.export.gguf import check_quants, converter_dir, export_gguf
+from afinar.export.ollama import require_family, write_modelfile
+from afinar.export.onnx import QUANTIZED, export_onnx
+from afinar.export.reference import greedy_reference
 from afinar.export.weights import parameter_count
-from afinar.models import template_in_config
+from afinar.merge import merge
+from afinar.models import load_tokenizer, template_in_config
+from afinar.runs import EXPORT_DIR, EXPORT_SUMMARY, open_ref
 
 FORMATS = ("safetensors", "gguf", "ollama", "onnx", "zip")
 ALL = "todo"
@@ -38,9 +48,6 @@ def export(run: str | Path, formats: list[str], output: str | Path | None = None
 
     A format that fails does not discard the others: what was written and checked stays, the formats that do not
     depend on the failed one go on, `afinar_export.json` says what is missing and why, and then the error is raised."""
-    from afinar.export.gguf import check_quants
-    from afinar.runs import open_ref
-
     formats = list(FORMATS) if ALL in formats else list(dict.fromkeys(formats))
     unknown = [f for f in formats if f not in FORMATS]
     if unknown:
@@ -51,7 +58,7 @@ def export(run: str | Path, formats: list[str], output: str | Path | None = None
     if not ref.is_run:
         raise AfinarError("X002", "la carpeta no es una ejecución de afinar (adaptador LoRA o ajuste completo).", where=str(run),
                           hint="exporta desde runs/<nombre> (el adaptador se fusiona y se comprueba)")
-    job = _Job(ref, Path(output) if output else ref.path / "export", formats, dtype, quants, overwrite, progress)
+    job = _Job(ref, Path(output) if output else ref.path / EXPORT_DIR, formats, dtype, quants, overwrite, progress)
     planned = [job.targets[f] for f in formats]
     if "gguf" in formats or "ollama" in formats:
         planned += [job.root / "gguf" / f"{job.name}-{q}.gguf" for q in quants]
@@ -109,7 +116,7 @@ class _Job:
 
     def raise_failures(self) -> None:
         kept = f"se escribió y comprobó: {', '.join(self.written)}; " if self.written else ""
-        hint = f"{kept}detalle en {self.root / 'afinar_export.json'}"
+        hint = f"{kept}detalle en {self.root / EXPORT_SUMMARY}"
         if len(self.failed) == 1:
             (key, exc), = self.failed.items()
             raise AfinarError(exc.code, f"{key}: {exc.message}", where=exc.where,
@@ -120,8 +127,6 @@ class _Job:
     # --- the formats --------------------------------------------------------------------------------------------
 
     def safetensors(self) -> None:
-        from afinar.merge import merge
-
         merged = self.targets["safetensors"]
         merge(self.ref.path, output=merged, dtype=self.dtype, overwrite=self.overwrite)
         check = json.loads((merged / "afinar_merge.json").read_text(encoding="utf-8"))["check"]
@@ -133,8 +138,6 @@ class _Job:
               f"{gen.get('eos_token_id')}")
 
     def zip(self) -> None:
-        from afinar.export.archive import create_zip, verify_zip
-
         target = self.targets["zip"]
         manifest = create_zip(self.written["safetensors"], target, progress=self.progress)
         verify_zip(target, progress=False)
@@ -161,8 +164,6 @@ class _Job:
                 self.fail(key, exc)
 
     def reference(self, fp32: Path):
-        from afinar.export.reference import greedy_reference
-
         gen = self.ref.generation
         reference = greedy_reference(fp32, self.ref.system_prompt, gen.repetition_penalty, min(gen.max_new_tokens, 256))
         print(f"Referencia: el modelo fusionado en transformers (fp32, voraz, repetition_penalty "
@@ -174,8 +175,6 @@ class _Job:
         return reference
 
     def gguf(self, fp32: Path, reference) -> dict[str, dict]:
-        from afinar.export.gguf import export_gguf
-
         folder = self.targets["gguf"].parent
         results, quant_failures = export_gguf(fp32, folder, self.name, self.quants, reference, progress=self.progress)
         for kind, exc in quant_failures.items():
@@ -195,8 +194,6 @@ class _Job:
     def ollama(self, fp32: Path, results: dict[str, dict]) -> None:
         from transformers import AutoTokenizer
 
-        from afinar.export.ollama import write_modelfile
-
         # Ollama gets the first quantisation asked for (q8_0 by default): on small models q4_k_m drifts early.
         chosen = self.quants[0] if self.quants[0] in results else "f16"
         folder, source = self.targets["gguf"].parent, results[chosen]["path"].name
@@ -208,8 +205,6 @@ class _Job:
               f"ollama create {self.name} -f Modelfile")
 
     def onnx(self, fp32: Path, reference) -> None:
-        from afinar.export.onnx import QUANTIZED, export_onnx
-
         target = self.targets["onnx"]
         report = export_onnx(fp32, target, reference, parameter_count(fp32), overwrite=self.overwrite,
                              progress=self.progress)
@@ -226,28 +221,19 @@ class _Job:
 
 def _preflight(ref, formats: list[str]) -> None:
     """Everything that can be refused is refused before the first file is written."""
-    from afinar.models import load_tokenizer
-
-    tokenizer = load_tokenizer(ref.path)  # M008 without tokenizer files, M005 without a chat template
+    tokenizer = load_tokenizer(ref.path)  # M008 without tokenizer files
+    folder_format(ref.path, tokenizer)  # M005 without a chat template, M011–M013 one whose end of turn is not found
     if "gguf" in formats or "ollama" in formats:
-        from afinar.export.gguf import converter_dir
-
         converter_dir()  # llama-cpp-python installed, converter cached or fetched now
     if "ollama" in formats:
-        from afinar.export.ollama import require_chatml
-
-        require_chatml(tokenizer)
+        require_family(tokenizer)
     if "onnx" in formats:
-        from afinar.export.onnx import require_optimum
-
-        require_optimum()
+        extras.require("onnx")
 
 
 @contextlib.contextmanager
 def _fp32_merge(ref, root: Path, existing: Path | None):
     """The fp32 merged model GGUF and ONNX start from: reuse the safetensors export when it is fp32."""
-    from afinar.merge import merge
-
     if existing is not None:
         yield existing
         return
@@ -263,10 +249,8 @@ def _fp32_merge(ref, root: Path, existing: Path | None):
 def _write_summary(job: _Job) -> None:
     """`afinar_export.json` beside the exports: what was written, its size and how it was checked (read by push and
     chat), and what this command could not write and why."""
-    from afinar.atomic import atomic_write_text
-
     previous = {}
-    summary_path = job.root / "afinar_export.json"
+    summary_path = job.root / EXPORT_SUMMARY
     if summary_path.is_file():
         previous = json.loads(summary_path.read_text(encoding="utf-8")).get("exports", {})
     exports = {**previous}

@@ -5,22 +5,31 @@ import sys
 from pathlib import Path
 
 from afinar.config import GenerationSection
+from afinar.data.chat_format import Stops, cut_at_stop, stops_of
 from afinar.data.templates import with_system
-from afinar.inference.engines import Reply, Sampling, load_engine, sampling_kwargs, transformers_stream
+from afinar.inference.engines import (
+    Reply,
+    Sampling,
+    load_engine,
+    sampling_kwargs,
+    transformers_stream,
+)
 
 QUIT_WORDS = {"salir", "exit", "quit"}
 
 
-def generate(model, tokenizer, messages: list[dict], gen: GenerationSection, seed: int | None = None) -> Reply:
+def generate(model, tokenizer, messages: list[dict], gen: GenerationSection, seed: int | None = None,
+             stops: Stops | None = None) -> Reply:
     """One assistant turn with a loaded transformers model, streamed underneath (`generate_many` batches several;
     this is its one-at-a-time reference in tests/unit/test_eval.py and bench/eval_generation.py)."""
     prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt")  # (1, T)
-    *_, reply = transformers_stream(model, tokenizer, prompt, gen, seed)
+    *_, reply = transformers_stream(model, tokenizer, prompt, gen, seed, stops=stops)
     return reply
 
 
 def generate_many(model, tokenizer, conversations: list[list[dict]], gen: GenerationSection, seed: int | None = None,
-                  batch_size: int = 8, on_batch=None, adapter_names: list[str] | None = None) -> list[Reply]:
+                  batch_size: int = 8, on_batch=None, adapter_names: list[str] | None = None,
+                  stops: Stops | None = None) -> list[Reply]:
     """One assistant turn for each conversation, `batch_size` at a time with left padding and the KV cache.
 
     Generation on a CPU is bound by reading the weights once per token, so a batch of 8 answers costs little more
@@ -30,7 +39,7 @@ def generate_many(model, tokenizer, conversations: list[list[dict]], gen: Genera
     batches)."""
     import torch
 
-    eos = tokenizer.eos_token_id
+    stops = stops or stops_of(tokenizer)
     replies: list[Reply] = []
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"  # generation continues from the right end of every row
@@ -44,14 +53,14 @@ def generate_many(model, tokenizer, conversations: list[list[dict]], gen: Genera
                 torch.manual_seed(seed + start)
             mixed = {"adapter_names": adapter_names[start : start + batch_size]} if adapter_names else {}
             with torch.no_grad():
-                ids = model.generate(**batch, eos_token_id=eos, pad_token_id=tokenizer.pad_token_id,
+                ids = model.generate(**batch, eos_token_id=sorted(stops.ids), pad_token_id=tokenizer.pad_token_id,
                                      **sampling_kwargs(gen), **mixed)  # (B, T + new)
             width = batch["input_ids"].shape[1]
             for row, mask in zip(ids[:, width:].tolist(), batch["attention_mask"]):
-                stopped = eos in row
-                new = row[: row.index(eos) + 1] if stopped else row  # after eos: padding of finished rows
-                replies.append(Reply(tokenizer.decode(new, skip_special_tokens=True).strip(), int(mask.sum()),
-                                     len(new), stopped))
+                end = next((i for i, token in enumerate(row) if token in stops.ids), None)
+                new = row[:end] if end is not None else row  # after the stop: padding of finished rows
+                text, cut = cut_at_stop(tokenizer.decode(new, skip_special_tokens=True), stops.strings)
+                replies.append(Reply(text.strip(), int(mask.sum()), len(new), end is not None or cut))
             if on_batch is not None:
                 on_batch(len(texts))
     finally:

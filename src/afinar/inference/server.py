@@ -26,8 +26,9 @@ from fastapi.responses import (
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
+from afinar.data.templates import with_system
 from afinar.errors import AfinarError
-from afinar.inference.engines import Engine, Reply, Sampling
+from afinar.inference.engines import Engine, Reply, Sampling, load_engine
 
 log = logging.getLogger("afinar.serve")
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
@@ -89,8 +90,6 @@ def _error(status: int, message: str, kind: str = "invalid_request_error", code:
 
 
 def create_app(engine: Engine, options: ServeOptions | None = None) -> FastAPI:
-    from afinar.data.templates import with_system
-
     options = options or ServeOptions()
     limits = options.limits
     if "*" in options.cors:
@@ -241,8 +240,6 @@ def serve(sources: list[str], host: str = "127.0.0.1", port: int = 8000, engine:
     import os
 
     import uvicorn
-
-    from afinar.inference.engines import load_engine
 
     api_key = api_key or os.environ.get("AFINAR_API_KEY") or None
     check_bind(host, api_key)

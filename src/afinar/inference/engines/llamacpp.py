@@ -1,0 +1,86 @@
+"""The llama.cpp engine: a GGUF export (gguf/<name>-<quant>.gguf) in llama-cpp-python.
+
+Tokens come from llama.cpp's own sampler chain (no Python per-token math); their text goes through the same
+`sampling.stream_reply` as the onnxruntime engine. The chat template and eos come from the file's own metadata,
+rendered the way transformers renders chat templates.
+"""
+from __future__ import annotations
+
+import os
+import random
+import time
+from collections.abc import Generator, Iterator
+from pathlib import Path
+
+from afinar import extras
+from afinar.inference.engines.base import Engine, Personality
+from afinar.inference.sampling import Reply, Sampling, stream_reply
+
+
+class LlamaCppEngine(Engine):
+    """A GGUF export (gguf/<name>-<quant>.gguf). The chat template and eos come from the file's own metadata."""
+
+    name = "llama.cpp"
+
+    def __init__(self, gguf_path: Path, personality: Personality, n_ctx: int = 4096):
+        extras.require("llamacpp")
+        import llama_cpp
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+        super().__init__([personality])
+        self.llama_cpp = llama_cpp
+        self.llm = llama_cpp.Llama(model_path=str(gguf_path), n_ctx=n_ctx, n_threads=os.cpu_count() or 1, verbose=False)
+        self.context = self.llm.n_ctx()
+        meta = self.llm.metadata
+        self.eos = {int(meta.get("tokenizer.ggml.eos_token_id", self.llm.token_eos()))}
+        if personality.stops is not None:  # the run's other stop ids (Qwen's <|endoftext|>, Llama's <|end_of_text|>)
+            self.eos |= set(personality.stops.ids)
+        # Rendered the way transformers renders chat templates (same Jinja settings and variables).
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+        self.template = env.from_string(meta.get("tokenizer.chat_template") or "")
+        self.special = {name: self.llm.detokenize([int(meta[key])], special=True).decode("utf-8", "replace")
+                        for name, key in (("bos_token", "tokenizer.ggml.bos_token_id"),
+                                          ("eos_token", "tokenizer.ggml.eos_token_id")) if key in meta}
+
+    def _ids(self, messages: list[dict]) -> list[int]:
+        text = self.template.render(messages=messages, add_generation_prompt=True, **self.special)
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+
+    def prompt_tokens(self, model_id: str, messages: list[dict]) -> int:
+        return len(self._ids(messages))
+
+    def stream(self, model_id: str, messages: list[dict], sampling: Sampling) -> Iterator[str | Reply]:
+        self.get(model_id)
+        ids = self._ids(messages)
+
+        def decode(tokens: list[int]) -> str:
+            return self.llm.detokenize(tokens, special=False).decode("utf-8", "replace")
+
+        # Stop ids: the GGUF's eos and llama.cpp's end-of-generation tokens; stop strings: the run's (markers that
+        # are not one token, like the phi-2 guide's <|end|>), when the export knows its run.
+        stops = self.personalities[model_id].stops
+        with self.lock:
+            yield from stream_reply(self._tokens(ids, sampling), decode, len(ids), stops.strings if stops else ())
+
+    def _tokens(self, ids: list[int], sampling: Sampling) -> Generator[int, None, bool]:
+        """llama.cpp's own sampler chain (penalty over its last 64 tokens, as in Ollama); returns True at an
+        end-of-generation token. Like `sampling.sample_tokens`, but `max_tokens` and the time limit are checked after
+        each token."""
+        llm, vocab = self.llm, self.llm._model.vocab
+        deadline = time.monotonic() + sampling.timeout_s if sampling.timeout_s else None
+        llm.set_seed(sampling.seed if sampling.seed is not None else random.randrange(2**31))
+        tokens = llm.generate(ids, top_k=sampling.top_k if sampling.temperature > 0 else 1, top_p=sampling.top_p,
+                              min_p=0.0, temp=sampling.temperature, repeat_penalty=sampling.repetition_penalty,
+                              reset=True)
+        count = 0
+        try:
+            for token in tokens:
+                if token in self.eos or self.llama_cpp.llama_vocab_is_eog(vocab, token):
+                    return True
+                yield token
+                count += 1
+                if count >= sampling.max_tokens or (deadline and time.monotonic() > deadline):
+                    return False
+            return False
+        finally:
+            tokens.close()

@@ -1,0 +1,57 @@
+"""Which afinar modules may import which: dependencies run export → inference → runs/models/config, never back.
+
+Read from the source (AST), so a lazy import inside a function counts as much as one at the top."""
+import ast
+from pathlib import Path
+
+import afinar
+
+SRC = Path(afinar.__file__).parent
+
+
+def afinar_imports(path: Path, root: Path = SRC) -> set[str]:
+    """Every afinar module `path` imports, anywhere in the file (relative imports resolved; `root`: afinar's folder)."""
+    package = ".".join(("afinar", *path.relative_to(root).with_suffix("").parts))
+    if path.name != "__init__.py":
+        package = package.rsplit(".", 1)[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                base = f"{parent}.{base}" if base else parent
+            found.add(base)
+            found.update(f"{base}.{alias.name}" for alias in node.names)  # `from afinar import export`
+    return {name for name in found if name == "afinar" or name.startswith("afinar.")}
+
+
+def test_inference_never_imports_export():
+    modules = sorted((SRC / "inference").rglob("*.py"))
+    assert len(modules) >= 8  # engines/ is a package
+    bad = {str(m.relative_to(SRC)): sorted(n for n in afinar_imports(m) if n.startswith("afinar.export"))
+           for m in modules}
+    assert {k: v for k, v in bad.items() if v} == {}
+
+
+def test_sampling_is_a_leaf():
+    allowed = {"afinar.errors", "afinar.config"}
+    imported = afinar_imports(SRC / "inference" / "sampling.py")
+    assert imported <= allowed | {f"{m}.{name}" for m in allowed for name in ("AfinarError", "GenerationSection")}
+
+
+def test_the_run_folder_layout_imports_nothing_that_uses_it():
+    for module in ("runs.py", "extras.py"):
+        imported = afinar_imports(SRC / module)
+        assert not {n for n in imported if n.startswith(("afinar.train", "afinar.export", "afinar.inference",
+                                                          "afinar.evaluate", "afinar.merge"))}, module
+
+
+def test_the_layering_check_sees_lazy_and_relative_imports(tmp_path):
+    (tmp_path / "inference").mkdir()
+    sample = tmp_path / "inference" / "x.py"
+    sample.write_text("def f():\n    from afinar.export.onnx import QUANTIZED\n    from .. import export\n",
+                      encoding="utf-8")
+    assert {"afinar.export.onnx", "afinar.export"} <= afinar_imports(sample, tmp_path)
