@@ -32,7 +32,13 @@ from afinar.data.batching import (
     plan_micro_batches,
     shard_for_eval,
 )
-from afinar.data.chat_format import recipe_tokenizer, save_turn_end, trained_rows_check
+from afinar.data.chat_format import (
+    recipe_tokenizer,
+    save_turn_end,
+    trainable_token_indices,
+    untrained_tokens,
+    warm_up_tokens,
+)
 from afinar.data.templates import IGNORE, collate, collate_packed
 from afinar.dropout import use_cpu_lora_dropout
 from afinar.errors import AfinarError
@@ -151,7 +157,8 @@ def _accelerator(hw, cfg, run_dir: Path):
 # --- stage 2: model ---------------------------------------------------------------------------------------------
 
 
-def _build_model(recipe: Recipe, base_path: str, hw, device):
+def _build_model(recipe: Recipe, base_path: str, hw, device, tokenizer, chat):
+    """(model ready to train, ids of the template's tokens the base never trained: warmed up and trained too)."""
     import torch
     from peft import LoraConfig, get_peft_model
 
@@ -165,6 +172,9 @@ def _build_model(recipe: Recipe, base_path: str, hw, device):
     model = load_model(base_path, dtype=load_dtype, quantization=recipe.model.quantization, device=device)
     # No KV cache in training: with one, transformers skips the packed-sequence mask (examples would see each other).
     model.config.use_cache = False
+    cold = untrained_tokens(model, tokenizer, chat)
+    if cold:
+        warm_up_tokens(model, cold)
     # Packed rows: each example's own causal attention instead of a masked row × row one (afinar/attention.py).
     # Not under torch.compile: the examples' boundaries change every micro-batch and would recompile each time.
     if cfg.packing and not cfg.compile:
@@ -182,12 +192,13 @@ def _build_model(recipe: Recipe, base_path: str, hw, device):
     if full:
         if cfg.compile:
             model.model.compile(dynamic=True)
-        return model
+        return model, cold
     lora = recipe.lora
     model = get_peft_model(
         model,
         LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules,
-                   use_dora=lora.use_dora, bias="none", task_type="CAUSAL_LM"),
+                   use_dora=lora.use_dora, bias="none", task_type="CAUSAL_LM",
+                   trainable_token_indices=trainable_token_indices(model, cold) if cold else None),
     )
     if hw.device == "cpu":
         use_cpu_lora_dropout(model)  # PEFT's nn.Dropout is slow on a CPU (afinar/dropout.py)
@@ -195,7 +206,7 @@ def _build_model(recipe: Recipe, base_path: str, hw, device):
             _frozen_linears_to_bf16(model)
     if cfg.compile:
         model.get_base_model().model.compile(dynamic=True)
-    return model
+    return model, cold
 
 
 def _frozen_linears_to_bf16(model) -> None:
@@ -349,8 +360,11 @@ def train(
 
     # --- stage 2: model ---------------------------------------------------------------------------------------------
     # FSDP places (and may shard or lazily load) the weights itself in prepare().
-    model = _build_model(recipe, base_path, hw, None if accelerator.distributed_type.value == "FSDP" else accelerator.device)
-    trained_rows_check(model, tokenizer, chat)  # the template's special tokens must be rows the base has trained
+    model, cold = _build_model(recipe, base_path, hw, None if accelerator.distributed_type.value == "FSDP" else
+                               accelerator.device, tokenizer, chat)
+    if cold:
+        say(f"Tokens de la plantilla que el modelo base nunca entrenó: {', '.join(tokenizer.convert_ids_to_tokens(cold))}; "
+            f"empiezan con la media de los embeddings y se entrenan ({'sus filas, con PEFT' if recipe.method == 'lora' else 'con el resto'})")
     say(f"Plantilla de chat: {chat.name}{f' (como {chat.family})' if chat.family and chat.family != chat.name else ''}; "
         f"fin de turno {chat.end_of_turn!r}" + (f", fecha fija {chat.date_string}" if chat.date_string else ""))
     head = output_head(model)
@@ -584,7 +598,7 @@ def train(
     if main:
         _write_artifacts(run_dir, accelerator.unwrap_model(model), tokenizer, data, recipe, hw, accelerator, chat, {
             "base_path": base_path,
-            "chat_template": chat.record(),
+            "chat_template": {**chat.record(), "trained_tokens": tokenizer.convert_ids_to_tokens(cold)},
             "steps": done,
             "train_seconds": round(time.time() - started, 1),
             "budget": None if not cfg.max_minutes else {

@@ -129,16 +129,37 @@ def test_date_is_pinned():
     assert chat_format.pin_date("{{ messages }}") == ("{{ messages }}", None)
 
 
-def test_untrained_marker_rows_are_refused(tokenizer):
+def test_untrained_marker_rows_are_found_and_warmed_up(tokenizer):
     import torch
 
     from tests.conftest import make_tiny_model
 
     model = make_tiny_model(tokenizer)
     fmt = chat_format.resolve(copy.deepcopy(tokenizer), "auto")
-    chat_format.trained_rows_check(model, tokenizer, fmt)  # random rows: all "trained"
+    assert chat_format.untrained_tokens(model, tokenizer, fmt) == []  # random rows: all "trained"
+    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
     with torch.no_grad():
-        model.get_output_embeddings().weight[tokenizer.convert_tokens_to_ids("<|im_end|>")] = 0
-    with pytest.raises(AfinarError) as info:
-        chat_format.trained_rows_check(model, tokenizer, fmt)
-    assert info.value.code == "M015" and "<|im_end|>" in info.value.message
+        model.get_output_embeddings().weight[end] = 0
+    assert chat_format.untrained_tokens(model, tokenizer, fmt) == [end]
+    chat_format.warm_up_tokens(model, [end])
+    for matrix in (model.get_input_embeddings().weight, model.get_output_embeddings().weight):
+        others = torch.cat([matrix[:end], matrix[end + 1:]])
+        torch.testing.assert_close(matrix[end], others.mean(dim=0))
+    # An untied head trains its row too; a tied one follows the embeddings in PEFT.
+    assert chat_format.trainable_token_indices(model, [end]) == {"embed_tokens": [end], "lm_head": [end]}
+
+
+def test_bad_template_stops_training_before_anything_is_written(tiny_recipe, tmp_path, capsys):
+    """From the command line: a Spanish message with its code, exit 2, no run folder."""
+    import yaml
+
+    from afinar.cli import main
+
+    bad = tmp_path / "rota.jinja"
+    bad.write_text("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}", encoding="utf-8")
+    tiny_recipe["data"]["template"] = "rota.jinja"  # relative to the recipe file
+    recipe = tmp_path / "receta.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe), encoding="utf-8")
+    assert main(["train", str(recipe)]) == 2
+    assert "M013" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

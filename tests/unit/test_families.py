@@ -25,31 +25,34 @@ SYSTEM = "Eres un asistente."
 QUESTIONS = ["¿Qué hago con una quemadura?", "¿Y si alguien no respira?", "¿Cómo detengo una hemorragia?",
              "¿Qué hago si se atraganta?", "¿Pongo hielo en la quemadura?", "¿Llamo a emergencias?",
              "¿Y la posición lateral?", "¿Qué hago con una herida?"]
-# family → (data.template, vocabulary (llama.cpp's converter only knows published byte-level vocabularies),
-#           end of turn, stop ids by token, stop strings that must be there)
+# case → (family, data.template, vocabulary (llama.cpp's converter only knows published byte-level vocabularies),
+#         end of turn, stop ids by token, stop strings that must be there)
 CASES = {
-    "tinyllama": ("auto", "tiny", "</s>", ["</s>"], ()),
-    "qwen2": ("auto", "smollm2", "<|im_end|>", ["<|im_end|>", "<|endoftext|>"], ()),
-    "llama3": ("auto", "smollm2", "<|eot_id|>", ["<|eot_id|>", "<|end_of_text|>", "<|eom_id|>"], ()),
-    "llama3-base": ("usuario-asistente", "smollm2", "<|end_of_text|>", ["<|end_of_text|>"], ("Usuario:",)),
-    "phi2": ("tutor-phi2", "smollm2", "<|endoftext|>", ["<|endoftext|>"], ("<|end|>",)),
-    "phi3": ("auto", "tiny", "<|end|>", ["<|end|>", "<|assistant|>", "<|endoftext|>"], ()),
-    "gemma": ("gemma", "tiny", "<end_of_turn>", ["<end_of_turn>", "<eos>"], ()),
+    "tinyllama": ("tinyllama", "auto", "tiny", "</s>", ["</s>"], ()),
+    "qwen2": ("qwen2", "auto", "smollm2", "<|im_end|>", ["<|im_end|>", "<|endoftext|>"], ()),
+    "llama3": ("llama3", "auto", "smollm2", "<|eot_id|>", ["<|eot_id|>", "<|end_of_text|>", "<|eom_id|>"], ()),
+    "llama3-base": ("llama3-base", "usuario-asistente", "smollm2", "<|end_of_text|>", ["<|end_of_text|>"], ("Usuario:",)),
+    # Llama 3.2 base with Llama 3's template: its <|eot_id|> and header rows were never trained; they are warmed up to
+    # the mean embedding and trained (PEFT trainable_token_indices), then merged and exported with the rest.
+    "llama3-base-llama3": ("llama3-base", "llama3", "smollm2", "<|eot_id|>", ["<|eot_id|>", "<|end_of_text|>"], ()),
+    "phi2": ("phi2", "tutor-phi2", "smollm2", "<|endoftext|>", ["<|endoftext|>"], ("<|end|>",)),
+    "phi3": ("phi3", "auto", "tiny", "<|end|>", ["<|end|>", "<|assistant|>", "<|endoftext|>"], ()),
+    "gemma": ("gemma", "gemma", "tiny", "<end_of_turn>", ["<end_of_turn>", "<eos>"], ()),
 }
 FAMILY_OF = {"tinyllama": "zephyr", "qwen2": "chatml", "llama3": "llama3", "llama3-base": "usuario-asistente",
-             "phi2": "tutor-phi2", "phi3": "phi3", "gemma": "gemma"}
+             "llama3-base-llama3": "llama3", "phi2": "tutor-phi2", "phi3": "phi3", "gemma": "gemma"}
 
 
 @pytest.fixture(scope="module", params=list(CASES))
 def family_run(request, tmp_path_factory):
-    """(family, run folder): trained 60 steps to answer ANSWER to any of QUESTIONS, then stop."""
+    """(case, run folder): trained 60 steps to answer ANSWER to any of QUESTIONS, then stop."""
     from afinar.config import recipe_from_dict
     from afinar.train import train
 
-    family = request.param
-    template, vocab, *_ = CASES[family]
-    root = tmp_path_factory.mktemp(family)
-    base = save_family_base(family, root / family, vocab=vocab)  # phi3's GGUF needs "phi3" in the model's name
+    case = request.param
+    family, template, vocab, *_ = CASES[case]
+    root = tmp_path_factory.mktemp(case)
+    base = save_family_base(family, root / family, vocab=vocab)
     rows = [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": ANSWER}]} for q in QUESTIONS]
     run = train(recipe_from_dict({
         "name": f"familia-{family}", "model": {"base": str(base)},
@@ -60,7 +63,7 @@ def family_run(request, tmp_path_factory):
                   "scheduler": "constant"},
         "generation": {"temperature": 0, "repetition_penalty": 1.0, "max_new_tokens": 24},
         "output_dir": str(root / "run")}), progress=False)
-    return family, run
+    return case, run
 
 
 def chat(engine) -> object:
@@ -72,8 +75,8 @@ def chat(engine) -> object:
 
 
 def test_the_run_agrees_on_one_end_of_turn(family_run):
-    family, run = family_run
-    template, _, end, stop_tokens, stop_strings = CASES[family]
+    case, run = family_run
+    _, template, _, end, stop_tokens, stop_strings = CASES[case]
     tokenizer = load_tokenizer(run)
     ids = [tokenizer.convert_tokens_to_ids(t) for t in stop_tokens]
     assert tokenizer.eos_token == end
@@ -81,8 +84,10 @@ def test_the_run_agrees_on_one_end_of_turn(family_run):
     stored = stored_chat_templates(run)
     assert stored["config"] == stored["jinja"] == tokenizer.chat_template  # inside tokenizer_config.json too
     info = json.loads((run / "afinar_run.json").read_text())["chat_template"]
-    assert info["end_of_turn"] == end and info["family"] == FAMILY_OF[family] and set(stop_strings) <= set(info["stop_strings"])
-    if family == "llama3":
+    assert info["end_of_turn"] == end and info["family"] == FAMILY_OF[case] and set(stop_strings) <= set(info["stop_strings"])
+    assert info["trained_tokens"] == (["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
+                                      if case == "llama3-base-llama3" else [])
+    if template == "llama3" or case == "llama3":
         assert info["date_string"] == "26 Jul 2024" and "26 Jul 2024" in tokenizer.apply_chat_template(
             [{"role": "user", "content": "x"}], tokenize=False)
     # The end of turn is trained after every assistant turn of a rendered sample (label ≠ -100).
@@ -98,9 +103,9 @@ def test_the_run_agrees_on_one_end_of_turn(family_run):
 def test_merge_keeps_the_stop_ids(family_run):
     from afinar.merge import merge
 
-    family, run = family_run
+    case, run = family_run
     merged = merge(run, run.parent / "fusionado")  # raises if the logits differ
-    _, _, end, stop_tokens, _ = CASES[family]
+    _, _, _, end, stop_tokens, _ = CASES[case]
     tokenizer = load_tokenizer(merged)
     ids = [tokenizer.convert_tokens_to_ids(t) for t in stop_tokens]
     expected = ids if len(ids) > 1 else ids[0]
@@ -115,7 +120,7 @@ def test_chat_and_serve_stop_on_the_marker(family_run):
     from afinar.inference.engines import load_engine
     from afinar.inference.server import ServeOptions, create_app
 
-    family, run = family_run
+    _, run = family_run
     engine = load_engine([run])
     reply = chat(engine)
     assert (reply.text, reply.stopped) == (ANSWER, True)
@@ -133,8 +138,8 @@ def test_exports_stop_in_every_runtime(family_run):
     from afinar.inference.engines import load_engine
     from tests.transformers_js.runner import generate
 
-    family, run = family_run
-    _, _, end, stop_tokens, _ = CASES[family]
+    case, run = family_run
+    _, _, _, end, stop_tokens, _ = CASES[case]
     written = export(run, ["gguf", "ollama", "onnx"], progress=False)  # each checked: template, eos, the stop
     checked = {k: v["comprobado"] for k, v in json.loads((run / "export" / "afinar_export.json").read_text())["exports"].items()}
     assert checked["gguf-q8_0"]["se_detiene"] and checked["gguf-q8_0"]["fin_de_turno"] == load_tokenizer(run).eos_token_id
@@ -146,7 +151,7 @@ def test_exports_stop_in_every_runtime(family_run):
         reply = chat(engine)
         assert (reply.text, reply.stopped) == (ANSWER, True), path
     modelfile = written["ollama"].read_text(encoding="utf-8")
-    assert f"# Plantilla: {FAMILY_OF[family]}" in modelfile
+    assert f"# Plantilla: {FAMILY_OF[case]}" in modelfile
     assert f'stop "{end}"' in parse_modelfile(modelfile)["parameters"]
     tokenizer = load_tokenizer(run / "export" / "onnx")
     messages = [{"role": "user", "content": QUESTIONS[0]}]
@@ -158,16 +163,15 @@ def test_exports_stop_in_every_runtime(family_run):
     assert js["eos"][0] == tokenizer.convert_tokens_to_ids(stop_tokens[0])
 
 
-def test_llama3_template_on_the_base_model_is_refused(tmp_path):
-    """Llama 3.2 base has <|eot_id|> and the headers in its vocabulary but never trained them."""
-    from afinar.data.chat_format import trained_rows_check
+def test_untrained_template_tokens_are_found():
+    """Llama 3.2 base has <|eot_id|> and the headers in its vocabulary but never trained them; the instruct model did."""
+    from afinar.data.chat_format import untrained_tokens
 
-    tokenizer = make_family_tokenizer("llama3-base")
+    base = make_family_tokenizer("llama3-base")
     with pytest.raises(AfinarError) as info:
-        resolve(tokenizer, "auto")
-    assert info.value.code == "M005"
-    fmt = resolve(tokenizer, "llama3")
-    with pytest.raises(AfinarError) as info:
-        trained_rows_check(make_family_model("llama3-base", tokenizer), tokenizer, fmt)
-    assert info.value.code == "M015" and "<|eot_id|>" in info.value.message
-    assert "usuario-asistente" in info.value.hint
+        resolve(base, "auto")
+    assert info.value.code == "M005" and "usuario-asistente" in info.value.hint
+    cold = untrained_tokens(make_family_model("llama3-base", base), base, resolve(base, "llama3"))
+    assert base.convert_ids_to_tokens(cold) == ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
+    instruct = make_family_tokenizer("llama3")
+    assert untrained_tokens(make_family_model("llama3", instruct), instruct, resolve(instruct, "auto")) == []

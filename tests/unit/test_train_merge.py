@@ -319,6 +319,7 @@ def test_cpu_bf16_stores_the_frozen_linears_in_bf16_with_the_same_loss(tiny_reci
     loss and LoRA gradients as fp32 storage with the embedding table rounded to bf16; LoRA and norms stay fp32."""
     from afinar.data.templates import collate_packed, encode, with_system
     from afinar.hardware import Hardware
+    from afinar.data.chat_format import resolve
     from afinar.train import _build_model
     from afinar.training import output_head, token_loss_sum
 
@@ -330,7 +331,8 @@ def test_cpu_bf16_stores_the_frozen_linears_in_bf16_with_the_same_loss(tiny_reci
 
     def loss_and_grads(precision, rounded_embeddings=False):
         torch.manual_seed(0)
-        model = _build_model(recipe, str(tiny_base), Hardware("cpu", precision, ""), "cpu")
+        model, _ = _build_model(recipe, str(tiny_base), Hardware("cpu", precision, ""), "cpu", tokenizer,
+                                resolve(tokenizer, "auto"))
         if rounded_embeddings:  # fp32 storage, autocast casts; the embedding table rounded as bf16 storage rounds it
             table = model.get_input_embeddings().weight
             table.data = table.data.bfloat16().float()

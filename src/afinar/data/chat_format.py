@@ -429,25 +429,50 @@ def check_turns_closed(tokenizer, where: str = "data.template") -> None:
                           where=where, hint=names_help())
 
 
-def trained_rows_check(model, tokenizer, fmt: ChatFormat, where: str = "data.template") -> None:
-    """Refuse a template whose special tokens exist but were never trained in this base (Llama 3.2 base's
-    `<|eot_id|>` and headers): LoRA on attention and MLP cannot teach rows it does not train, so the model would
-    never stop (unslothai/unsloth#915). Untrained rows are (almost) zero next to the others."""
+def untrained_tokens(model, tokenizer, fmt: ChatFormat) -> list[int]:
+    """Ids of the template's special tokens whose embedding row (input, or output when untied) is (almost) zero next
+    to the others: tokens the base has in its vocabulary but never trained, like Llama 3.2 base's `<|eot_id|>` and
+    header tokens (unslothai/unsloth#915). LoRA on attention and MLP alone cannot teach rows it does not train: the
+    model would never emit them, and so never stop."""
     import torch
 
     text = _render(tokenizer, fmt.template, PROBE)
     used = {t for t in _special_tokens(tokenizer) if t and t in text} | {fmt.end_of_turn}
     ids = sorted({i for t in used if (i := _single_token(tokenizer, t)) is not None})
-    for matrix, what in ((model.get_input_embeddings().weight, "entrada"), (model.get_output_embeddings().weight, "salida")):
-        with torch.no_grad():
+    cold: set[int] = set()
+    with torch.no_grad():
+        for matrix in _embedding_matrices(model):
             norms = matrix.detach().float().norm(dim=1)
             typical = float(norms.median())
-            cold = [i for i in ids if i < len(norms) and float(norms[i]) < 1e-3 * typical]
-        if cold:
-            names = ", ".join(tokenizer.convert_ids_to_tokens(i) for i in cold)
-            raise AfinarError(
-                "M015", f"la plantilla usa tokens que este modelo base nunca entrenó ({names}: su fila de embeddings "
-                        f"de {what} es casi cero). Con LoRA no aprendería a emitirlos ni a terminar.", where=where,
-                hint="usa data.template: usuario-asistente, tutor-phi2 o zephyr (texto normal + el eos del modelo), "
-                     "o la variante Instruct del modelo")
+            cold |= {i for i in ids if i < len(norms) and float(norms[i]) < 1e-3 * typical}
+    return sorted(cold)
 
+
+def _embedding_matrices(model) -> list:
+    """The input embeddings and the output head's weight (once when tied)."""
+    matrices = [model.get_input_embeddings().weight, model.get_output_embeddings().weight]
+    return list({id(m): m for m in matrices}.values())
+
+
+def warm_up_tokens(model, ids: list[int]) -> None:
+    """Untrained rows start from the mean of the trained ones (Unsloth's `fix_untrained_tokens`), in the input
+    embeddings and the output head: from zero, the output row would need many steps before the token is ever
+    likely, and an input row of zeros carries nothing."""
+    import torch
+
+    with torch.no_grad():
+        for matrix in _embedding_matrices(model):
+            keep = torch.ones(matrix.shape[0], dtype=torch.bool, device=matrix.device)
+            keep[ids] = False
+            matrix[ids] = matrix[keep].float().mean(dim=0).to(matrix.dtype)
+
+
+def trainable_token_indices(model, ids: list[int]) -> dict[str, list[int]]:
+    """PEFT's `trainable_token_indices` that trains these rows: the input embeddings, and the output head too when
+    it is not tied to them (tied heads follow the embeddings in PEFT)."""
+    names = {id(module): name.rsplit(".", 1)[-1] for name, module in model.named_modules()}
+    tied = model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    out = {names[id(model.get_input_embeddings())]: ids}
+    if not tied:
+        out[names[id(model.get_output_embeddings())]] = ids
+    return out
