@@ -33,6 +33,7 @@ from afinar.data.batching import (
     shard_for_eval,
 )
 from afinar.data.chat_format import (
+    check_turns_closed,
     recipe_tokenizer,
     save_turn_end,
     trainable_token_indices,
@@ -323,6 +324,7 @@ def train(
     with accelerator.main_process_first():  # the main process converts/tokenizes; the others read its cache
         base_path = resolve_base(recipe.model.base)
         tokenizer, chat = recipe_tokenizer(base_path, recipe.data.template)
+        check_turns_closed(tokenizer)  # M013 before any data is read: the end of turn is trained after every answer
         data = load_or_tokenize(recipe.data, tokenizer, progress=progress and main)
     data.report(out=say)
     if data.errors:

@@ -163,3 +163,17 @@ def test_bad_template_stops_training_before_anything_is_written(tiny_recipe, tmp
     assert main(["train", str(recipe)]) == 2
     assert "M013" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_a_template_that_closes_only_some_answers_is_refused(tokenizer):
+    """Resolve sees one answer closed; the check with two answers sees the second one is not."""
+    only_first = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] }}"
+                  "{% if m['role'] != 'assistant' or loop.index0 == 2 %}{{ '<|im_end|>' }}{% endif %}{{ '\n' }}"
+                  "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+    base = copy.deepcopy(tokenizer)
+    base.chat_template = only_first
+    chat_format.apply(base, chat_format.resolve(base, "auto"))
+    with pytest.raises(AfinarError) as info:
+        chat_format.check_turns_closed(base)
+    assert info.value.code in ("T001", "M013")
+    chat_format.check_turns_closed(tokenizer)  # ChatML closes every answer
