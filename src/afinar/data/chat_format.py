@@ -13,6 +13,9 @@ derives, from a rendered conversation, the one **end-of-turn** token that everyt
 
 Nothing here invents special tokens: a named template whose markers the base does not have as single tokens is
 refused with the names that suit a base model (their markers are plain text plus the eos the base already knows).
+Markers the base has but never trained (Llama 3.2 base's `<|eot_id|>`) are found by their near-zero embedding rows;
+training starts them at the mean embedding and trains those rows (`untrained_tokens`, `warm_up_tokens`,
+`trainable_token_indices`, used by train.py).
 A template that reads the date (Llama 3's `strftime_now`) gets it pinned, so training text does not change from day
 to day; the value is recorded.
 
@@ -21,7 +24,7 @@ The template travels inside the tokenizer (tokenizer_config.json and chat_templa
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from afinar.errors import AfinarError
@@ -171,7 +174,6 @@ class ChatFormat:
     stop_strings: tuple[str, ...] = ()  # text that ends an answer in runtimes that see text (role markers…)
     date_string: str | None = None  # the pinned date, when the template reads one
     family: str | None = None  # the NAMED template it renders like (Ollama's TEMPLATE comes from it)
-    notes: list[str] = field(default_factory=list)
 
     def record(self) -> dict:
         """What afinar_run.json keeps."""
