@@ -192,17 +192,16 @@ class _Job:
         return results
 
     def ollama(self, fp32: Path, results: dict[str, dict]) -> None:
-        from transformers import AutoTokenizer
-
         # Ollama gets the first quantisation asked for (q8_0 by default): on small models q4_k_m drifts early.
         chosen = self.quants[0] if self.quants[0] in results else "f16"
         folder, source = self.targets["gguf"].parent, results[chosen]["path"].name
-        modelfile = write_modelfile(folder, source, AutoTokenizer.from_pretrained(fp32), self.ref.system_prompt,
-                                    self.ref.generation)
-        self.done("ollama", modelfile, {"from": source, "plantilla_renderizada_igual": True})
-        print(f"ollama: {modelfile} (FROM {source}) — la plantilla Go, renderizada como Ollama con una conversación "
-              f"conocida, da el mismo texto que la plantilla del modelo. Crear: cd {folder} && "
-              f"ollama create {self.name} -f Modelfile")
+        tokenizer = load_tokenizer(fp32)
+        modelfile = write_modelfile(folder, source, tokenizer, self.ref.system_prompt, self.ref.generation)
+        family = require_family(tokenizer)
+        self.done("ollama", modelfile, {"from": source, "plantilla": family, "plantilla_renderizada_igual": True})
+        print(f"ollama: {modelfile} (FROM {source}) — plantilla {family}: la plantilla Go, renderizada como Ollama con "
+              f"dos conversaciones conocidas, da el mismo texto que la del modelo; para en {tokenizer.eos_token}. "
+              f"Crear: cd {folder} && ollama create {self.name} -f Modelfile")
 
     def onnx(self, fp32: Path, reference) -> None:
         target = self.targets["onnx"]
