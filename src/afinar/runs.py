@@ -115,7 +115,9 @@ def export_parts(path: Path) -> tuple[str, Path, ModelRef | None] | None:
     """(kind, file or folder, run ref or None) for an export folder, a GGUF in it or its ONNX folder; else None."""
 
     def run_of(summary: dict) -> ModelRef | None:
-        return open_ref(summary["run"]) if summary.get("run") else None
+        # An export copied elsewhere (another machine) no longer has its run beside it: it still loads by itself.
+        run = summary.get("run")
+        return open_ref(run) if run and Path(run).is_dir() else None
 
     path = Path(path)
     if path.is_file() and path.suffix == ".gguf":  # RUN/export/gguf/x.gguf

@@ -177,3 +177,11 @@ def test_a_template_that_closes_only_some_answers_is_refused(tokenizer):
         chat_format.check_turns_closed(base)
     assert info.value.code in ("T001", "M013")
     chat_format.check_turns_closed(tokenizer)  # ChatML closes every answer
+
+
+def test_a_gguf_alone_knows_its_text_stops():
+    """A GGUF copied without its run carries only the template: the plain-text markers of ours still stop it."""
+    assert chat_format.named_stop_strings(chat_format.TUTOR_PHI2.jinja) == ("<|end|>", "<|user|>", "<|system|>")
+    assert chat_format.named_stop_strings(chat_format.USUARIO_ASISTENTE.jinja) == ("Usuario:",)
+    assert chat_format.named_stop_strings(chat_format.CHATML.jinja) == ()  # <|im_end|> is a token: llama.cpp's EOG
+    assert chat_format.named_stop_strings("{{ otra }}") == ()

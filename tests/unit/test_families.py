@@ -8,6 +8,7 @@ usuario-asistente), Qwen2 (ChatML with Qwen's default system), Phi (phi-2: no te
 is not a token), Phi-3 (Phi-3.5's template), Gemma (named `gemma`: Gemma's own refuses a system message).
 """
 import json
+import shutil
 
 import pytest
 
@@ -145,8 +146,12 @@ def test_exports_stop_in_every_runtime(family_run):
     assert checked["gguf-q8_0"]["se_detiene"] and checked["gguf-q8_0"]["fin_de_turno"] == load_tokenizer(run).eos_token_id
     assert checked["onnx"]["int8"]["se_detiene"]
     gguf = run / "export" / checked["ollama"]["from"].join(("gguf/", ""))
-    for path in (gguf, run / "export" / "onnx"):  # llama.cpp with the GGUF, onnxruntime with the ONNX
-        engine = load_engine([path])
+    alone = run.parent / "copiado"  # the files copied to another machine, without their run
+    alone.mkdir()
+    shutil.copy2(gguf, alone / gguf.name)
+    shutil.copytree(run / "export" / "onnx", alone / "onnx")
+    for path in (gguf, run / "export" / "onnx", alone / gguf.name, alone / "onnx"):
+        engine = load_engine([path])  # llama.cpp with the GGUF, onnxruntime with the ONNX
         assert engine.name == ("llama.cpp" if path.suffix == ".gguf" else "onnxruntime")
         reply = chat(engine)
         assert (reply.text, reply.stopped) == (ANSWER, True), path

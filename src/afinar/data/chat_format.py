@@ -368,6 +368,16 @@ def stops_of(tokenizer, folder=None) -> Stops:
     return Stops(frozenset(ids), tuple(strings))
 
 
+def named_stop_strings(template: str) -> tuple[str, ...]:
+    """The text stops of one of our templates for base models (zephyr, usuario-asistente, tutor-phi2: their markers
+    are plain text, such as tutor-phi2's `<|end|>`), recognised by its exact text as a GGUF carries it; for a runtime
+    without the run's tokenizer. Templates whose markers are special tokens stop on those tokens: ()."""
+    for named in NAMED.values():
+        if not named.markers and template in (named.jinja, pin_date(named.jinja)[0]):
+            return named.stops
+    return ()
+
+
 def cut_at_stop(text: str, strings: tuple[str, ...]) -> tuple[str, bool]:
     """`text` up to the first stop string, and whether one was there."""
     found = [i for i in (text.find(s) for s in strings if s) if i >= 0]

@@ -13,6 +13,7 @@ from collections.abc import Generator, Iterator
 from pathlib import Path
 
 from afinar import extras
+from afinar.data.chat_format import named_stop_strings
 from afinar.inference.engines.base import Engine, Personality
 from afinar.inference.sampling import Reply, Sampling, stream_reply
 
@@ -38,6 +39,8 @@ class LlamaCppEngine(Engine):
         # Rendered the way transformers renders chat templates (same Jinja settings and variables).
         env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
         self.template = env.from_string(meta.get("tokenizer.chat_template") or "")
+        # Without its run (a GGUF copied on its own), the stop strings of the named template it carries, if any.
+        self.template_stops = named_stop_strings(meta.get("tokenizer.chat_template") or "")
         self.special = {name: self.llm.detokenize([int(meta[key])], special=True).decode("utf-8", "replace")
                         for name, key in (("bos_token", "tokenizer.ggml.bos_token_id"),
                                           ("eos_token", "tokenizer.ggml.eos_token_id")) if key in meta}
@@ -59,8 +62,9 @@ class LlamaCppEngine(Engine):
         # Stop ids: the GGUF's eos and llama.cpp's end-of-generation tokens; stop strings: the run's (markers that
         # are not one token, like the phi-2 guide's <|end|>), when the export knows its run.
         stops = self.personalities[model_id].stops
+        strings = stops.strings if stops else self.template_stops
         with self.lock:
-            yield from stream_reply(self._tokens(ids, sampling), decode, len(ids), stops.strings if stops else ())
+            yield from stream_reply(self._tokens(ids, sampling), decode, len(ids), strings)
 
     def _tokens(self, ids: list[int], sampling: Sampling) -> Generator[int, None, bool]:
         """llama.cpp's own sampler chain (penalty over its last 64 tokens, as in Ollama); returns True at an
