@@ -49,16 +49,13 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.conftest import CORPUS as FIRST_AID
+
 FAMILIES = ("tinyllama", "qwen2", "llama3", "llama3-base", "phi2", "phi3", "gemma")
 SPM_FAMILIES = ("tinyllama", "phi3", "gemma")
 
 CORPUS = [
-    "Enfría la quemadura con agua corriente durante veinte minutos.",
-    "Llama al 112 si la persona no respira o no responde.",
-    "Coloca a la persona en posición lateral de seguridad.",
-    "¿Qué hago si alguien se atraganta? Anímale a toser.",
-    "Presiona la herida con una gasa limpia para detener la hemorragia.",
-    "No pongas hielo ni mantequilla sobre una quemadura.",
+    *FIRST_AID[:6],  # tests/conftest.py's sentences, then what chats and the guides' formats add
     "Eres un asistente de primeros auxilios. Responde en español, con frases cortas.",
     "Hola, ¿cómo estás? Muy bien, gracias. ¿En qué puedo ayudarte hoy?",
     "Los números 0 1 2 3 4 5 6 7 8 9 y los signos , . : ; ¿ ? ¡ ! ( ) [ ] { } \" ' - _ / áéíóúñü ÁÉÍÓÚÑÜ",

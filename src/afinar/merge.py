@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 
 from afinar.atomic import atomic_dir, require_free_space
-from afinar.data.chat_format import eos_setting, folder_format
+from afinar.data.chat_format import folder_format, set_turn_end
 from afinar.errors import AfinarError
 from afinar.hardware import torch_dtype
 from afinar.models import save_tokenizer
@@ -40,7 +40,6 @@ def merge(run: str | Path, output: str | Path | None = None, dtype: str = "fp32"
     import torch
     from transformers import AutoModelForCausalLM
 
-
     if dtype not in DTYPES:
         raise AfinarError("G001", f"dtype '{dtype}' no válido; opciones: {', '.join(DTYPES)}")
     ref = open_ref(run)
@@ -64,10 +63,7 @@ def merge(run: str | Path, output: str | Path | None = None, dtype: str = "fp32"
     # Plain transformers users get the stop token and the recipe's sampling from generation_config.json.
     gen = ref.generation
     # The run's end of turn (first) and the family's other stop ids, in config.json and generation_config.json alike.
-    eos = eos_setting(folder_format(ref.path, tokenizer).eos_token_ids)
-    merged.config.eos_token_id = eos
-    merged.generation_config.eos_token_id = eos
-    merged.generation_config.pad_token_id = tokenizer.pad_token_id
+    set_turn_end(merged, tokenizer, folder_format(ref.path, tokenizer).eos_token_ids)
     sampling = {"temperature": gen.temperature, "top_p": gen.top_p} if gen.temperature > 0 else {}
     merged.generation_config.update(
         do_sample=bool(sampling), repetition_penalty=gen.repetition_penalty, max_new_tokens=gen.max_new_tokens, **sampling

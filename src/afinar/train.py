@@ -35,7 +35,7 @@ from afinar.data.batching import (
 from afinar.data.chat_format import (
     check_turns_closed,
     recipe_tokenizer,
-    save_turn_end,
+    set_turn_end,
     trainable_token_indices,
     untrained_tokens,
     warm_up_tokens,
@@ -627,7 +627,9 @@ def _write_artifacts(run_dir: Path, model, tokenizer, data, recipe: Recipe, hw, 
         else:
             model.save_pretrained(tmp)
             # The run's stop tokens for whatever loads it next (merge, chat, eval, export): the end of turn first.
-            save_turn_end(model.get_base_model(), tmp, tokenizer, chat)
+            base = model.get_base_model()
+            set_turn_end(base, tokenizer, chat.eos_token_ids)
+            base.generation_config.save_pretrained(tmp)
         save_tokenizer(tokenizer, tmp)
     for item in (run_dir / ".final").iterdir():
         os.replace(item, run_dir / item.name)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from afinar.atomic import atomic_dir, atomic_write_text
 from afinar.attention import packed_attention_active, segments_of
-from afinar.data.chat_format import eos_setting
+from afinar.data.chat_format import set_turn_end
 from afinar.data.templates import IGNORE, collate, ids_and_labels
 from afinar.errors import AfinarError
 from afinar.runs import ADAPTER_WEIGHTS, CHECKPOINTS, METRICS, RECIPE, RUN_INFO  # noqa: F401 — RUN_INFO re-exported
@@ -163,9 +163,7 @@ def save_full_model(model, folder: Path, tokenizer=None, eos_token_ids: list[int
         config._attn_implementation = "sdpa"
     try:
         if tokenizer is not None:
-            config.eos_token_id = eos_setting(eos_token_ids or [tokenizer.eos_token_id])
-            model.generation_config.eos_token_id = config.eos_token_id
-            model.generation_config.pad_token_id = tokenizer.pad_token_id
+            set_turn_end(model, tokenizer, eos_token_ids or [tokenizer.eos_token_id])
         model.save_pretrained(folder, safe_serialization=True)
     finally:
         config.use_cache, config._attn_implementation, config.eos_token_id = saved

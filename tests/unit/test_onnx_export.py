@@ -11,8 +11,9 @@ import torch
 from afinar import extras
 from afinar.errors import AfinarError
 from afinar.export import onnx as onnx_export
-from afinar.export.reference import greedy_decode, greedy_reference
+from afinar.export.reference import greedy_reference
 from afinar.export.weights import parameter_count
+from afinar.inference.sampling import greedy_decode
 
 
 @pytest.fixture(scope="module")

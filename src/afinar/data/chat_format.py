@@ -384,20 +384,14 @@ def cut_at_stop(text: str, strings: tuple[str, ...]) -> tuple[str, bool]:
     return (text[:min(found)], True) if found else (text, False)
 
 
-def eos_setting(ids: list[int]) -> int | list[int]:
-    """`eos_token_id` as transformers configs write it: one id, or the list when the family has several."""
-    return ids if len(ids) > 1 else ids[0]
-
-
-def save_turn_end(model, folder, tokenizer, fmt: ChatFormat) -> None:
-    """generation_config.json with the format's stop ids, beside an adapter (PEFT saves none): merge, chat and the
-    exports read the end of turn from here and from the tokenizer."""
-    import copy
-
-    gen = copy.deepcopy(model.generation_config)
-    gen.eos_token_id = eos_setting(fmt.eos_token_ids)
-    gen.pad_token_id = tokenizer.pad_token_id
-    gen.save_pretrained(folder)
+def set_turn_end(model, tokenizer, eos_token_ids: list[int]) -> None:
+    """The stop ids (the end of turn first) as `eos_token_id` of the model's config and generation config (one id,
+    or the list when the family has several), and the tokenizer's pad: what `save_pretrained` then writes to
+    config.json and generation_config.json (merge, `method: full`, and beside an adapter, which PEFT saves without)."""
+    eos = eos_token_ids if len(eos_token_ids) > 1 else eos_token_ids[0]
+    model.config.eos_token_id = eos
+    model.generation_config.eos_token_id = eos
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
 
 
 def generation_eos_of(path_or_id) -> list[int] | int | None:

@@ -1,7 +1,8 @@
 """Render examples with the tokenizer's own chat template and mark which tokens are trained.
 
-Labels are set only on assistant tokens, and each assistant turn's labels end with the end-of-turn token
-(`<|im_end|>` for ChatML; the tokenizer's eos once data/chat_format.py has applied the recipe's format). That is what teaches the model to stop. The seeds' recipe
+Labels are set only on assistant tokens, and each assistant turn's labels end with the end-of-turn token (the
+tokenizer's eos once data/chat_format.py has applied the recipe's format; `<|im_end|>` for ChatML). That is what
+teaches the model to stop. The seeds' recipe
 (`pad_token = eos_token` + `DataCollatorForLanguageModeling`) masks every pad id, so the EOS too, and the
 model never learns to stop; here labels come from character spans, never from token ids.
 """

@@ -215,8 +215,10 @@ def require_family(tokenizer) -> str:
     return family
 
 
-def write_modelfile(folder: Path, gguf_name: str, tokenizer, system: str | None, gen: GenerationSection) -> Path:
-    family = require_family(tokenizer)
+def write_modelfile(folder: Path, gguf_name: str, tokenizer, system: str | None, gen: GenerationSection,
+                    family: str | None = None) -> Path:
+    """The checked Modelfile; `family`: the tokenizer's, when the caller already knows it (`require_family`)."""
+    family = family or require_family(tokenizer)
     system = system if system is not None else default_system(tokenizer, family)
     text = modelfile_text(gguf_name, system, gen, family, tokenizer.eos_token)
     check_modelfile(text, tokenizer, system)

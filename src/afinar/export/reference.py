@@ -4,8 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from afinar.data.chat_format import folder_format
 from afinar.data.templates import with_system
-from afinar.inference.sampling import greedy_decode  # noqa: F401 — the loop every exported runtime is checked with
 
 # A question from the first-aid guide; the recipe's system prompt is added in front, as in chat.
 PROBE_QUESTION = "¿Qué debo hacer si alguien se quema la mano con agua hirviendo?"
@@ -36,13 +36,6 @@ class Reference:
     end_of_turn: int = -1  # the chat format's end-of-turn id (the tokenizer's eos): every runtime must stop on it
 
 
-def stop_ids(tokenizer, generation_config) -> set[int]:
-    ids = {tokenizer.eos_token_id}
-    eos = getattr(generation_config, "eos_token_id", None)
-    ids.update(eos if isinstance(eos, list) else [eos])
-    return {i for i in ids if i is not None}
-
-
 def greedy_reference(model_dir: Path, system_prompt: str | None, repetition_penalty: float = 1.0,
                      max_new_tokens: int = 256) -> Reference:
     import torch
@@ -54,7 +47,7 @@ def greedy_reference(model_dir: Path, system_prompt: str | None, repetition_pena
     messages = with_system([{"role": "user", "content": PROBE_QUESTION}], system_prompt)
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    eos = stop_ids(tokenizer, model.generation_config)
+    eos = set(folder_format(model_dir, tokenizer).eos_token_ids)  # the end of turn and generation_config's ids
 
     def run(penalty: float, limit: int) -> tuple[list[int], bool]:
         # Replace, not pass: transformers fills a passed config's defaults from the model's own (do_sample=True…).

@@ -28,7 +28,7 @@ from afinar.export.reference import greedy_reference
 from afinar.export.weights import parameter_count
 from afinar.merge import merge
 from afinar.models import load_tokenizer, template_in_config
-from afinar.runs import EXPORT_DIR, EXPORT_SUMMARY, open_ref
+from afinar.runs import EXPORT_DIR, EXPORT_SUMMARY, open_ref, read_export_summary
 
 FORMATS = ("safetensors", "gguf", "ollama", "onnx", "zip")
 ALL = "todo"
@@ -196,8 +196,8 @@ class _Job:
         chosen = self.quants[0] if self.quants[0] in results else "f16"
         folder, source = self.targets["gguf"].parent, results[chosen]["path"].name
         tokenizer = load_tokenizer(fp32)
-        modelfile = write_modelfile(folder, source, tokenizer, self.ref.system_prompt, self.ref.generation)
         family = require_family(tokenizer)
+        modelfile = write_modelfile(folder, source, tokenizer, self.ref.system_prompt, self.ref.generation, family)
         self.done("ollama", modelfile, {"from": source, "plantilla": family, "plantilla_renderizada_igual": True})
         print(f"ollama: {modelfile} (FROM {source}) — plantilla {family}: la plantilla Go, renderizada como Ollama con "
               f"dos conversaciones conocidas, da el mismo texto que la del modelo; para en {tokenizer.eos_token}. "
@@ -248,11 +248,8 @@ def _fp32_merge(ref, root: Path, existing: Path | None):
 def _write_summary(job: _Job) -> None:
     """`afinar_export.json` beside the exports: what was written, its size and how it was checked (read by push and
     chat), and what this command could not write and why."""
-    previous = {}
     summary_path = job.root / EXPORT_SUMMARY
-    if summary_path.is_file():
-        previous = json.loads(summary_path.read_text(encoding="utf-8")).get("exports", {})
-    exports = {**previous}
+    exports = {**read_export_summary(job.root).get("exports", {})}
     for key, path in job.written.items():
         exports[key] = {"ruta": str(path.relative_to(job.root)), "bytes": size_of(path), "comprobado": job.checks.get(key, {})}
     not_written = {key: {"codigo": exc.code, "motivo": exc.message, **({"donde": exc.where} if exc.where else {})}

@@ -33,10 +33,11 @@ def personality_id(path: Path, recipe_name: str | None) -> str:
     return (recipe_name or path.name).replace("_", "-")
 
 
-def personality_of(ref: ModelRef) -> Personality:
-    """A run or merged folder as a personality: its recipe's name, system prompt, generation settings and report."""
+def personality_of(ref: ModelRef, tokenizer=None) -> Personality:
+    """A run or merged folder as a personality: its recipe's name, system prompt, generation settings, report and
+    stops (`tokenizer`: the folder's, when the caller has already loaded it)."""
     return Personality(personality_id(ref.path, ref.recipe.name if ref.recipe else None), ref.path, ref.system_prompt,
-                       ref.generation, ref.eval_report, stops=stops_of(load_tokenizer(ref.path), ref.path))
+                       ref.generation, ref.eval_report, stops=stops_of(tokenizer or load_tokenizer(ref.path), ref.path))
 
 
 class Engine:

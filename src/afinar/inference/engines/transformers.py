@@ -24,7 +24,8 @@ class TransformersEngine(Engine):
     def __init__(self, refs: list, dtype=None):
         import torch
 
-        personalities = [personality_of(ref) for ref in refs]
+        tokenizers = [load_tokenizer(str(ref.path)) for ref in refs]
+        personalities = [personality_of(ref, tokenizer) for ref, tokenizer in zip(refs, tokenizers)]
         super().__init__(personalities)
         runs = [r for r in refs if not r.standalone]
         merged = [r for r in refs if r.standalone]
@@ -34,7 +35,7 @@ class TransformersEngine(Engine):
         bases = {r.base_path for r in runs}
         if len(bases) > 1:
             raise AfinarError("S011", "las personalidades deben compartir el modelo base: " + ", ".join(sorted(map(str, bases))))
-        self.tokenizers = {p.id: load_tokenizer(str(ref.path)) for p, ref in zip(personalities, refs)}
+        self.tokenizers = {p.id: tokenizer for p, tokenizer in zip(personalities, tokenizers)}
         if merged:
             self.model = load_model(str(merged[0].path), dtype=dtype or torch.float32)
             self.adapters = False
