@@ -7,6 +7,7 @@
 #   a) bf16   b) fp16 (con GradScaler)   c) QLoRA 4 bits (instala bitsandbytes si falta)
 #   d) FSDP2 con 1 GPU (recipes/accelerate/fsdp.yaml)   e) DDP con 1 GPU (recipes/accelerate/ddp.yaml)
 # Opcional: WITH_DEEPSPEED=1 añade f) DeepSpeed ZeRO-2 con 1 GPU (instala deepspeed si falta; tarda más).
+# Cada una imprime además el plan (memoria por fórmula y medida, paso previsto) junto al pico y el paso reales.
 # Sigue tras un fallo; al final, una línea OK/FALLO por comprobación, y sale con 1 si alguna falló.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -77,6 +78,12 @@ records = [json.loads(line) for line in metrics_file.read_text(encoding="utf-8")
     if metrics_file.is_file() else []
 losses = [r for r in records if "loss" in r]
 print(f"  última pérdida: {json.dumps(losses[-1], ensure_ascii=False) if losses else 'ninguna'}")
+# Plan and reality (issue 15): the predicted peak (formula and measured at the start) and step, and what happened.
+plan, steps_s = info.get("plan") or {}, [r["step_seconds"] for r in losses[1:] if "step_seconds" in r]
+if plan:
+    print(f"  plan: memoria {plan.get('formula_memory_gb')} GiB (fórmula), {plan.get('memory_gb')} GiB (medida al "
+          f"empezar) · pico real {info.get('memory_peak_gb')} GiB · paso previsto {plan.get('step_seconds')} s, "
+          f"real {sum(steps_s) / len(steps_s) if steps_s else float('nan'):.3f} s")
 problems = []
 if hardware.get("device") != "cuda":
     problems.append(f"device {hardware.get('device')!r}, se esperaba 'cuda'")

@@ -22,7 +22,7 @@ Measured per tool (the first `--calentamiento` optimizer steps are left out of t
 
 - real tokens/s: non-padding input tokens of the timed steps (attention_mask.sum() for padded batches; every token
   of a padding-free row) over their wall time. guías/trl: a TrainerCallback timestamps each optimizer step. afinar:
-  per-step `real_tokens`/`seconds` from metrics.jsonl when it logs them, else the "throughput" of afinar_run.json
+  per-step `real_tokens`/`step_seconds` from metrics.jsonl when it logs them, else the "throughput" of afinar_run.json
   (marked when it includes the first step), else (older afinar) the mean of metrics.jsonl's per-step tokens_per_s.
 - examples/s, time from process start to the end of the first step, and the child's peak RSS (`os.wait4`'s
   ru_maxrss: the process and the workers it waited for).
@@ -383,8 +383,8 @@ def child_afinar(args) -> dict:
         result["first_step_s"] = called - started + info["time_to_first_step_s"]
     through = info.get("throughput")
     kept = steps[args.calentamiento:] or steps
-    if kept and all("real_tokens" in r and "seconds" in r for r in kept):  # per-step counts: skip the warm-up here
-        tokens, seconds = sum(r["real_tokens"] for r in kept), sum(r["seconds"] for r in kept)
+    if kept and all("real_tokens" in r and "step_seconds" in r for r in kept):  # per-step counts: skip the warm-up
+        tokens, seconds = sum(r["real_tokens"] for r in kept), sum(r["step_seconds"] for r in kept)
         examples = sum(r.get("examples", 0) for r in kept) or None
         result.update(real_tokens=tokens, examples=examples, seconds=seconds, steps_timed=len(kept),
                       tokens_per_s=tokens / seconds, examples_per_s=examples / seconds if examples else None)

@@ -1,10 +1,11 @@
 """A time budget instead of a step count (`afinar train --minutos N`, recipe `train.max_minutes`).
 
-The recipe measures its own step on this machine (a calibration pass on the first step's micro-batches) and the
-held-out loss of the base; from those, `plan_steps` says how many optimizer steps fit in what is left of the
-budget, held-out evaluations included, and the scheduler's warmup and decay are built for that many steps. During
-the loop, a step that would end past the deadline is not started (`out_of_time`): the run ends at a step boundary
-with its final checkpoint, held-out loss and artifacts. Plain arithmetic here, tested without a model.
+The step time is the plan's (planning/, `afinar plan`): real steps of the recipe measured on this machine at two
+token counts, fitted as a + b·tokens, plus the optimizer's step; with the measured held-out evaluation of the base,
+`plan_steps` says how many optimizer steps fit in what is left of the budget, held-out evaluations included, and
+the scheduler's warmup and decay are built for that many steps. During the loop, a step that would end past the
+deadline is not started (`out_of_time`): the run ends at a step boundary with its final checkpoint, held-out loss
+and artifacts. Plain arithmetic here, tested without a model.
 """
 from __future__ import annotations
 

@@ -2,11 +2,15 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
 from afinar import __version__
 from afinar.errors import AfinarError
+
+# Set in the child `afinar train` runs the training in (see _supervise).
+SUPERVISED = "AFINAR_SUPERVISED"
 
 
 def _cmd_validate(args) -> int:
@@ -109,8 +113,77 @@ def _cmd_train(args) -> int:
         "model.base": args.base,
         "output_dir": args.output,
     }
+    if _supervise():
+        return _supervised_train(args, overrides)
     train(args.recipe, overrides=overrides, resume=args.resume, overwrite=args.overwrite, progress=not args.sin_progreso,
           force=args.force)
+    return 0
+
+
+def _supervise() -> bool:
+    """`afinar train` runs the training in a child process it watches, so that a kill by the system (Linux's
+    out-of-memory killer sends SIGKILL, which no process can catch) still ends with the plan's explanation. Not
+    under a launcher (accelerate launch, torchrun): those watch their processes themselves."""
+    launched = any(k in os.environ for k in ("LOCAL_RANK", "WORLD_SIZE", "ACCELERATE_NUM_PROCESSES"))
+    return os.name == "posix" and not launched and not os.environ.get(SUPERVISED)
+
+
+def _supervised_train(args, overrides: dict) -> int:
+    import signal
+    import subprocess
+
+    from afinar.config import apply_overrides, load_recipe
+    from afinar.runs import PLAN
+    from afinar.training import checkpoint_dirs
+
+    run_dir = apply_overrides(load_recipe(args.recipe), overrides).run_dir()  # R00x here, before any child
+    child = subprocess.Popen([sys.executable, "-m", "afinar", *args.argv], env={**os.environ, SUPERVISED: "1"},
+                             preexec_fn=_die_with_parent)
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the child too: it answers for both
+    try:
+        code = child.wait()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if code != -signal.SIGKILL:
+        return code if code >= 0 else 128 - code
+    plan_file = run_dir / PLAN
+    explained, hint = "", "baja train.tokens_per_batch o data.max_length, o activa train.gradient_checkpointing"
+    if plan_file.is_file():
+        saved = json.loads(plan_file.read_text(encoding="utf-8"))
+        memory = saved["memory"]
+        explained = (f" El plan calculaba un pico de {memory['total_gb']:.2f} GiB para "
+                     f"{saved['device']['available_gb']:.2f} GiB disponibles ({memory['verdict']}).")
+        if saved.get("suggestions"):
+            hint = "; ".join(f"{s['change']} (−{s['saves_gb']:.2f} GiB)" for s in saved["suggestions"])
+    kept = checkpoint_dirs(run_dir)
+    hint += ("; la ejecución conserva su último checkpoint (" + kept[-1].name + "): continúa con --resume "
+             "(--forzar si cambias la receta)") if kept else "; no había checkpoint todavía"
+    error = AfinarError("T017", "el sistema detuvo el entrenamiento (SIGKILL), casi siempre por falta de memoria "
+                        "(el «OOM killer» de Linux)." + explained, where=str(run_dir), hint=hint)
+    print(f"error {error.render()}", file=sys.stderr)
+    return 137
+
+
+def _die_with_parent() -> None:
+    """In the child, before it runs: Linux sends it SIGKILL if the supervising `afinar train` dies (kill -9 of the
+    command a user started must stop the training, not leave it running alone)."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _cmd_plan(args) -> int:
+    from afinar.plan import plan
+
+    overrides = {"train.tokens_per_batch": args.tokens_per_batch, "data.max_length": args.max_length,
+                 "model.base": args.base}
+    if args.gradient_checkpointing is not None:
+        overrides["train.gradient_checkpointing"] = args.gradient_checkpointing
+    plan(args.recipe, device=args.dispositivo, calibrate=args.calibrar, as_json=args.json, overrides=overrides)
     return 0
 
 
@@ -243,10 +316,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="carpeta de la ejecución (por defecto runs/<nombre>)")
     p.add_argument("--resume", action="store_true", help="continúa desde el último checkpoint completo")
     p.add_argument("--forzar", "--force", dest="force", action="store_true",
-                   help="con --resume: continúa aunque la receta cambiara lote, semilla, datos o LoRA")
+                   help="entrena aunque el plan diga que no cabe; con --resume, continúa aunque la receta cambiara "
+                        "lote, semilla, datos o LoRA")
     p.add_argument("--sobrescribir", "--overwrite", dest="overwrite", action="store_true", help="borra la carpeta de salida si existe")
     p.add_argument("--sin-progreso", action="store_true", help="sin barra de progreso (registros de CI)")
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("plan", help="antes de entrenar: ¿cabe en este equipo (o en esa GPU) y cuánto tarda?")
+    p.add_argument("recipe", help="receta .yaml (ver recipes/)")
+    p.add_argument("--dispositivo", "--device",
+                   help="cpu, cuda, o una GPU de la tabla: rtx2060, rtx3050-4gb, rtx3050-8gb, rtx3060, rtx4060, t4, "
+                        "l4, a100-40gb, a100-80gb, h100 (por defecto: este equipo)")
+    p.add_argument("--calibrar", dest="calibrar", action="store_true", default=None,
+                   help="mide pasos reales en este equipo (por defecto cuando el dispositivo es este equipo)")
+    p.add_argument("--no-calibrar", dest="calibrar", action="store_false",
+                   help="solo la fórmula (segundos): sin cargar el modelo")
+    p.add_argument("--json", action="store_true", help="el plan en JSON (memory.total_gb, time.step_seconds…)")
+    p.add_argument("--tokens-per-batch", type=int)
+    p.add_argument("--max-length", type=int)
+    p.add_argument("--base", help="modelo base: smollm2-135m, carpeta, .gguf o id del Hub (solo su config.json)")
+    p.add_argument("--gradient-checkpointing", dest="gradient_checkpointing", action="store_true", default=None)
+    p.add_argument("--sin-gradient-checkpointing", dest="gradient_checkpointing", action="store_false")
+    p.set_defaults(func=_cmd_plan)
 
     p = sub.add_parser("merge", help="fusiona el adaptador en un modelo safetensors independiente")
     p.add_argument("run", help="carpeta de la ejecución (runs/<nombre>)")
@@ -295,7 +386,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     try:
         return args.func(args)
     except AfinarError as exc:

@@ -100,6 +100,16 @@ def _hub_error(spec: str, exc: Exception) -> AfinarError:
     )
 
 
+def load_config(path_or_id: str | os.PathLike):
+    """The base's config.json only (from the Hub: that one small file, no weights); M003 offline or unknown id."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(str(path_or_id), trust_remote_code=False)
+    except (OSError, ValueError) as exc:
+        raise _hub_error(str(path_or_id), exc) from exc
+
+
 def load_tokenizer(path_or_id: str | os.PathLike):
     from transformers import AutoTokenizer
 

@@ -17,7 +17,8 @@ from afinar.models import load_model, load_tokenizer
 
 RECIPE = "recipe.yaml"  # the resolved recipe (also inside each checkpoint and a merged copy)
 RUN_INFO = "afinar_run.json"  # the training's summary (hardware, steps, throughput, budget); read by eval and push
-METRICS = "metrics.jsonl"  # one line per step, and the held-out loss every eval_every steps
+METRICS = "metrics.jsonl"  # one line per step (loss, step_seconds, tokens), and the held-out loss every eval_every steps
+PLAN = "plan.json"  # `afinar plan` as the run measured it at its start: predicted peak memory and step time
 CHECKPOINTS = "checkpoints"  # step-NNNNNN/ folders, each complete or absent
 ADAPTER_WEIGHTS = "adapter_model.safetensors"  # the LoRA adapter (PEFT's file name)
 EVAL_DIR = "informe"  # `afinar eval`'s report: metrics.json and index.html

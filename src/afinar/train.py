@@ -22,29 +22,34 @@ import time
 from pathlib import Path
 
 from afinar.atomic import atomic_dir, atomic_write_text
-from afinar.attention import use_packed_attention
 from afinar.budget import BudgetPlan, out_of_time, plan_steps
 from afinar.config import Recipe, apply_overrides, dump_recipe, load_recipe
 from afinar.data.batching import (
-    MicroBatchStream,
-    SourceMix,
     examples_of,
-    plan_micro_batches,
     shard_for_eval,
 )
 from afinar.data.chat_format import (
     check_turns_closed,
     recipe_tokenizer,
     set_turn_end,
-    trainable_token_indices,
     untrained_tokens,
     warm_up_tokens,
 )
+from afinar.data.pipeline import prepare_training_data
 from afinar.data.templates import IGNORE, collate, collate_packed
-from afinar.dropout import use_cpu_lora_dropout
 from afinar.errors import AfinarError
-from afinar.models import save_tokenizer
-from afinar.runs import CHECKPOINTS, DATA_FINGERPRINT, DATA_REPORT_DIR, RECIPE, RUN_INFO
+from afinar.models import load_config, save_tokenizer
+from afinar.planning.estimate import DataShape, estimate, process_rss, resolve_target
+from afinar.planning.memory import measured_peak, reset_peak
+from afinar.planning.timing import fit_step_time
+from afinar.runs import (
+    CHECKPOINTS,
+    DATA_FINGERPRINT,
+    DATA_REPORT_DIR,
+    PLAN,
+    RECIPE,
+    RUN_INFO,
+)
 from afinar.training import (
     ENGINE_STATE,
     append_metrics,
@@ -52,9 +57,11 @@ from afinar.training import (
     flatten,
     held_out_loss,
     load_checkpoint,
+    load_dtype,
     output_head,
     perplexity,
     plot_losses,
+    prepare_for_training,
     read_metrics,
     remove_partial_checkpoints,
     resume_conflicts,
@@ -67,10 +74,6 @@ from afinar.training import (
     trim_metrics,
 )
 
-# Longest packed row (or the longest example, if longer). With a block-diagonal mask (train.compile, or a model
-# without attention backends) a row's attention covers all of it: measured on SmolLM2-135M, one 1024-token row
-# trained 30 % slower than 4 rows of 256. Per-example attention (afinar/attention.py) does not care.
-PACKED_ROW_TOKENS = 512
 TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "trackio": "trackio"}
 __all__ = ["train", "read_metrics", "checkpoint_dirs", "RUN_INFO"]
 
@@ -160,81 +163,17 @@ def _accelerator(hw, cfg, run_dir: Path):
 
 def _build_model(recipe: Recipe, base_path: str, hw, device, tokenizer, chat):
     """(model ready to train, ids of the template's tokens the base never trained: warmed up and trained too)."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-
     from afinar.models import load_model
 
-    cfg = recipe.train
     full = recipe.method == "full"
-    # Frozen base weights in the training dtype on GPU; on CPU keep fp32 weights and let autocast do bf16 matmuls.
-    # Weights that train stay fp32 (master weights under autocast): in bf16, AdamW's small updates would round away.
-    load_dtype = hw.dtype if hw.device == "cuda" and not full else torch.float32
-    model = load_model(base_path, dtype=load_dtype, quantization=recipe.model.quantization, device=device)
-    # No KV cache in training: with one, transformers skips the packed-sequence mask (examples would see each other).
-    model.config.use_cache = False
+    model = load_model(base_path, dtype=load_dtype(recipe, hw), quantization=recipe.model.quantization, device=device)
     cold = untrained_tokens(model, tokenizer, chat)
     if cold:
         warm_up_tokens(model, cold)
-    # Packed rows: each example's own causal attention instead of a masked row × row one (afinar/attention.py).
-    # Not under torch.compile: the examples' boundaries change every micro-batch and would recompile each time.
-    if cfg.packing and not cfg.compile:
-        use_packed_attention(model)
-    # use_reentrant=False: reentrant checkpointing marks LoRA weights ready twice under DDP.
-    gc_kwargs = {"use_reentrant": False}
-    if recipe.model.quantization == "4bit":
-        from peft import prepare_model_for_kbit_training
-
-        model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=cfg.gradient_checkpointing, gradient_checkpointing_kwargs=gc_kwargs
-        )
-    elif cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gc_kwargs)
-    if full:
-        if cfg.compile:
-            model.model.compile(dynamic=True)
-        return model, cold
-    lora = recipe.lora
-    model = get_peft_model(
-        model,
-        LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules,
-                   use_dora=lora.use_dora, bias="none", task_type="CAUSAL_LM",
-                   trainable_token_indices=trainable_token_indices(model, cold) if cold else None),
-    )
-    if hw.device == "cpu":
-        use_cpu_lora_dropout(model)  # PEFT's nn.Dropout is slow on a CPU (afinar/dropout.py)
-        if hw.precision == "bf16":
-            _frozen_linears_to_bf16(model)
-    if cfg.compile:
-        model.get_base_model().model.compile(dynamic=True)
+    model = prepare_for_training(model, recipe, hw, cold)
+    if recipe.train.compile:
+        (model if full else model.get_base_model()).model.compile(dynamic=True)
     return model, cold
-
-
-def _frozen_linears_to_bf16(model) -> None:
-    """CPU bf16: store the frozen base's linear layers, embeddings and output head in bf16.
-
-    Autocast casts every frozen weight to bf16 at each call anyway: storing them in bf16 once gives the same results
-    without a bf16 copy of each weight made in every forward and kept for the backward (measured on SmolLM2-135M:
-    about 0.4 GB less and fewer casts per step). The embedding table is not autocast's, but its rows only feed the
-    fp32 residual stream: they are looked up in bf16 and handed on in fp32 (rounded to bf16 precision, as on a GPU
-    training in bf16); a tied output head then needs no bf16 copy of the vocabulary × hidden matrix at every loss
-    (−170 MB at the step's peak on SmolLM2-135M). Norms and LoRA stay fp32."""
-    import torch
-
-    frozen = [m for m in model.modules() if not any(p.requires_grad for p in m.parameters(recurse=False))]
-    embeddings = model.get_input_embeddings()
-    for module in frozen:
-        if type(module) is torch.nn.Linear:  # a head with LoRA is a PEFT layer, not an nn.Linear: left alone
-            module.to(torch.bfloat16)
-    if type(embeddings) is torch.nn.Embedding and embeddings in frozen:
-        embeddings.to(torch.bfloat16)
-        embeddings.register_forward_hook(lambda module, inputs, output: output.float())
-    # The fp32 weights were read lazily from the memory-mapped safetensors file; the cast touched every page of the
-    # linear layers, and they stay resident while any tensor still maps the file. Copying the fp32 tensors left
-    # (norms) lets the mapping go: otherwise peak RSS grows by the fp32 linear weights (measured).
-    for tensor in [*model.parameters(), *model.buffers()]:
-        if tensor.dtype == torch.float32 and not tensor.requires_grad:
-            tensor.data = tensor.data.clone()
 
 
 def _optimizer_step_seconds(optimizer, params: list) -> float:
@@ -280,12 +219,15 @@ def train(
     overwrite: bool = False,
     progress: bool = True,
     force: bool = False,
-) -> Path:
+    plan_only: bool = False,
+):
     """Train as the recipe says; returns the run folder (LoRA adapter, or the whole model with `method: full`;
     tokenizer, recipe, metrics, plot).
 
     `resume` continues from the last complete checkpoint (refused when the recipe changed what the data order or
-    the optimizer depend on, unless `force`); `overwrite` empties an existing run folder first."""
+    the optimizer depend on, unless `force`); `overwrite` empties an existing run folder first. Before the weights
+    are read, the plan's memory check (planning/) refuses a run that would not fit, unless `force`.
+    `plan_only`: stop after measuring real steps and return the measured Plan (`afinar plan`); nothing is written."""
     import torch
     import yaml
     from accelerate.utils import broadcast_object_list
@@ -293,7 +235,6 @@ def train(
     from transformers import get_scheduler
 
     from afinar import hardware
-    from afinar.data.tokenized import load_or_tokenize
     from afinar.models import resolve_base
 
     started = time.time()
@@ -302,7 +243,8 @@ def train(
     recipe = apply_overrides(recipe, overrides or {})
     cfg = recipe.train
     run_dir = recipe.run_dir()
-    _check_run_dir(run_dir, resume, overwrite)
+    if not plan_only:
+        _check_run_dir(run_dir, resume, overwrite)
     deadline = started + cfg.max_minutes * 60 if cfg.max_minutes else None  # the budget counts from here
     if cfg.max_minutes and cfg.max_steps:
         raise AfinarError(
@@ -325,31 +267,24 @@ def train(
         base_path = resolve_base(recipe.model.base)
         tokenizer, chat = recipe_tokenizer(base_path, recipe.data.template)
         check_turns_closed(tokenizer)  # M013 before any data is read: the end of turn is trained after every answer
-        data = load_or_tokenize(recipe.data, tokenizer, progress=progress and main)
-    data.report(out=say)
-    if data.errors:
-        raise AfinarError("D000", f"los datos tienen {len(data.errors)} errores (ver arriba).")
-    if len(data.train) == 0:
-        raise AfinarError("T004", "no queda ningún ejemplo de entrenamiento tras aplicar max_length.")
-    lengths = data.lengths("train")
-    if max(lengths) > cfg.tokens_per_batch:
-        raise AfinarError(
-            "T005", f"el ejemplo más largo tiene {max(lengths)} tokens y train.tokens_per_batch es {cfg.tokens_per_batch}.",
-            where="train.tokens_per_batch",
-            hint=f"sube train.tokens_per_batch a {max(lengths)} o más, o baja data.max_length",
-        )
-    weights = [s.weight for s in recipe.data.sources]
-    mix = SourceMix(data.train["source"], weights, cfg.seed)
-    if len(weights) > 1:
-        drawn = mix.per_epoch()
-        for k, source in enumerate(recipe.data.sources):
-            say(f"  mezcla por época: {Path(source.path).name}: {drawn.get(k, 0)} de {mix.sizes[k]} (peso {source.weight:g})")
-    # Packed rows stay short: attention over a row costs its length squared (see data/batching.py).
-    row_tokens = max(max(lengths), PACKED_ROW_TOKENS)
-    stream = MicroBatchStream(mix, lengths, cfg.batch_size, cfg.tokens_per_batch, cfg.packing, row_tokens)
-    val_lengths = data.lengths("val")
-    val_plan = plan_micro_batches(list(range(len(val_lengths))), val_lengths, cfg.batch_size,
-                                  max(cfg.tokens_per_batch, max(val_lengths, default=0)), cfg.packing, row_tokens)
+        prepared = prepare_training_data(recipe, tokenizer, progress=progress and main, say=say)
+    data, lengths, stream, val_plan = prepared.data, prepared.lengths, prepared.stream, prepared.val_plan
+
+    # --- the plan's memory check, before any weight is read --------------------------------------------------------
+    config = load_config(base_path)
+    shape = DataShape.of(prepared, recipe, processes)
+    target = resolve_target("local", recipe)
+    runtime_bytes = process_rss()  # PyTorch, transformers, the data and tokenizer: everything but the model
+    check = None
+    if not resume:
+        check = estimate(recipe, config, shape, target, measure_time=False, runtime_bytes=runtime_bytes, detailed=False)
+        if check.memory.verdict == "no cabe" and not force:
+            raise AfinarError(
+                "T015", "según el plan, esta ejecución no cabe en la memoria de este equipo; "
+                + check.explain_out_of_memory(), where="train",
+                hint=f"prueba: {check.suggestion_text()}; o añade --forzar para intentarlo igualmente "
+                     f"(detalle: afinar plan RECETA)",
+            )
 
     def collated(dataset, micro_batch: list[list[int]]) -> dict:
         flat = examples_of(micro_batch)
@@ -376,9 +311,8 @@ def train(
     say(f"{method}: {trainable:,} parámetros entrenables de {total:,} ({100 * trainable / total:.2f} %)")
 
     # --- stage 3: optimizer and schedule ----------------------------------------------------------------------------
-    per_step = cfg.grad_accum * processes
-    steps_per_epoch = max(1, stream.micro_batches_per_epoch() // per_step)
-    total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    steps_per_epoch = prepared.steps_per_epoch(cfg.grad_accum, processes)
+    total_steps = prepared.total_steps(cfg, processes)
     raw_optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
                                       weight_decay=cfg.weight_decay)
     optimizer = raw_optimizer
@@ -395,29 +329,37 @@ def train(
         batches = (collated(data.val, val_plan[i]) for i in shard_for_eval(len(val_plan), rank, processes))
         return held_out_loss(model, batches, head, accelerator.autocast, reduce=reduce_sums) if val_plan else None
 
-    def seconds_per_token() -> float:
-        """Forward + backward of this process's first-step micro-batches, twice (the first warms allocators and
-        kernels up), per real token; gradients and RNG put back, so the run is the one it would be without this.
-        Sharded engines (FSDP, DeepSpeed) count their own backward calls: there, a no-grad forward × 3."""
+    def calibrate() -> dict:
+        """Real steps, measured. Memory: forward + backward of the epoch's largest micro-batch (the one that sets
+        the peak), twice (the first warms allocators and kernels up), and the process's peak over them. Time: a
+        typical micro-batch (the median by tokens) and the smallest, fitted as a + b·tokens per micro-batch
+        (planning/timing.py), plus the optimizer's own step. Gradients and RNG put back, so the run is the one it
+        would be without this. Sharded engines (FSDP, DeepSpeed) count their own backward calls: there, a no-grad
+        forward × 3."""
         state = rng_state()
-        micro = stream.step(1, cfg.grad_accum, rank, processes)
-        tokens = sum(lengths[i] for _, rows in micro for i in examples_of(rows))
-        times = []
-        for _ in range(2):
+        by_tokens = sorted(stream.epoch_plan(0), key=lambda rows: sum(lengths[i] for i in examples_of(rows)))
+        largest = prepared.largest_micro_batch()
+        load_peak = reset_peak(accelerator.device.type)
+        samples = []
+        for rows in (largest, largest, by_tokens[len(by_tokens) // 2], by_tokens[0]):
+            tokens = sum(lengths[i] for i in examples_of(rows))
+            batch = collated(data.train, rows)
             t0 = time.time()
-            for _, rows in micro:
-                batch = collated(data.train, rows)
-                if sharded:
-                    with torch.no_grad():
-                        token_loss_sum(model, batch, head, accelerator.autocast)
-                else:
-                    with accelerator.no_sync(model):
-                        loss_sum, _ = token_loss_sum(model, batch, head, accelerator.autocast)
-                        loss_sum.backward()
-            times.append((time.time() - t0) * (3 if sharded else 1))
+            if sharded:
+                with torch.no_grad():
+                    token_loss_sum(model, batch, head, accelerator.autocast)
+            else:
+                with accelerator.no_sync(model):
+                    loss_sum, _ = token_loss_sum(model, batch, head, accelerator.autocast)
+                    loss_sum.backward()
+            if accelerator.device.type == "cuda":
+                torch.cuda.synchronize()
+            samples.append((tokens, (time.time() - t0) * (3 if sharded else 1)))
+        peak = max(measured_peak(accelerator.device.type), load_peak)
         optimizer.zero_grad(set_to_none=True)
         set_rng_state(state)
-        return min(times) / max(tokens, 1)
+        fit = fit_step_time(samples[2:], 0.0 if sharded else _optimizer_step_seconds(raw_optimizer, params))
+        return {"fit": fit, "peak_bytes": peak}
 
     # --- stage 4: resume, or the time budget's plan ------------------------------------------------------------------
     start_step = 0
@@ -441,28 +383,37 @@ def train(
     # The base's held-out loss (untrained; with LoRA, B starts at zero: exactly the base model), before anything is
     # written: its time goes into the budget's plan.
     base_loss, eval_seconds = None, 0.0
-    if not resume and val_plan:
+    if not resume and val_plan and not plan_only:
         t0 = time.time()
         base_loss = validation_loss()
         eval_seconds = time.time() - t0
-    plan = None
+    # The plan, measured: real steps of this recipe on this machine (also the time budget's estimate).
+    plan = budget = None
+    if not resume or cfg.max_minutes:
+        try:
+            calibration = calibrate()
+        except (RuntimeError, MemoryError) as exc:
+            if not is_out_of_memory(exc):
+                raise
+            raise _out_of_memory(check, run_dir, 1, calibrating=True) from exc
+        plan = estimate(recipe, config, shape, target, calibration=calibration, runtime_bytes=runtime_bytes,
+                        detailed=plan_only)
+        say(plan.one_line())
+        if plan_only:
+            return plan
     if cfg.max_minutes and not resume:
-        tokens_per_step = sum(lengths[i] for rows in stream.epoch_plan(0) for i in examples_of(rows)) / (
-            steps_per_epoch * processes)
-        optimizer_seconds = 0.0 if sharded else _optimizer_step_seconds(raw_optimizer, params)
-        step_seconds = seconds_per_token() * tokens_per_step + optimizer_seconds
         remaining = deadline - time.time()
-        steps = plan_steps(remaining, step_seconds, eval_seconds, cfg.eval_every, total_steps)
-        plan = BudgetPlan(cfg.max_minutes * 60, remaining, step_seconds, eval_seconds,
-                          *broadcast_object_list([steps]), total_steps)
-        if plan.steps < 1:
+        steps = plan_steps(remaining, plan.step_seconds, eval_seconds, cfg.eval_every, total_steps)
+        budget = BudgetPlan(cfg.max_minutes * 60, remaining, plan.step_seconds, eval_seconds,
+                            *broadcast_object_list([steps]), total_steps)
+        if budget.steps < 1:
             raise AfinarError(
                 "T012", f"el presupuesto de {cfg.max_minutes:g} min no alcanza ni para un paso en este equipo "
-                f"(un paso ≈ {step_seconds:.0f} s, y ya van {time.time() - started:.0f} s de carga y medida).",
+                f"(un paso ≈ {plan.step_seconds:.0f} s, y ya van {time.time() - started:.0f} s de carga y medida).",
                 where="train.max_minutes", hint="sube --minutos, o baja data.max_length o train.batch_size",
             )
-        total_steps = plan.steps
-        say(plan.summary(("esta CPU" if hw.device == "cpu" else "esta GPU") + (f" × {processes} procesos" if processes > 1 else "")))
+        total_steps = budget.steps
+        say(budget.summary(("esta CPU" if hw.device == "cpu" else "esta GPU") + (f" × {processes} procesos" if processes > 1 else "")))
     # The scheduler is stepped once per optimizer step by us (accelerate's wrapper would step it once per process).
     scheduler = get_scheduler(
         cfg.scheduler, raw_optimizer, num_warmup_steps=round(cfg.warmup_ratio * total_steps),
@@ -477,6 +428,8 @@ def train(
         if resume:
             trim_metrics(run_dir, start_step)
         atomic_write_text(run_dir / RECIPE, recipe_text)
+        if plan is not None:  # read back if the process dies of memory (cli.py) and beside afinar_run.json
+            atomic_write_text(run_dir / PLAN, json.dumps(plan.to_json(), indent=2, ensure_ascii=False))
     accelerator.wait_for_everyone()
     if cfg.report_to != "none":
         flat = flatten(recipe.model_dump(mode="json"))
@@ -516,72 +469,78 @@ def train(
     counted = {"real_tokens": 0, "trained_tokens": 0, "examples": 0, "seconds": 0.0}
     first_step_at, first_seconds = None, 0.0
     done = start_step
-    for step in range(start_step + 1, total_steps + 1):
-        t0 = time.time()
-        micro = [(epoch, rows, collated(data.train, rows)) for epoch, rows in stream.step(step, cfg.grad_accum, rank, processes)]
-        # Token-weighted: each micro-batch's summed loss over the step's labelled tokens on all processes, so
-        # accumulation and processes add up to one large batch. DDP averages gradients over processes and
-        # accelerator.backward divides by grad_accum: both are undone by the factor below.
-        # One all-reduce for the step's labelled tokens, real (unpadded) tokens, examples, and whether any process
-        # is out of time (the budget: every process must stop at the same step).
-        late = False
-        if deadline is not None:
-            timed = done - start_step - 1  # the first step of a process is slower; leave it out once there are more
-            estimate = (counted["seconds"] - first_seconds) / timed if timed > 0 else (plan.step_s if plan else 0.0)
-            late = out_of_time(time.time(), deadline, estimate, eval_seconds * (2 if step % cfg.eval_every == 0 else 1))
-        local = [sum(int((b["labels"][:, 1:] != IGNORE).sum()) for _, _, b in micro),
-                 sum(lengths[i] for _, mb, _ in micro for i in examples_of(mb)),
-                 sum(len(examples_of(mb)) for _, mb, _ in micro), int(late)]
-        n_step, real, examples, late = (int(x) for x in accelerator.reduce(torch.tensor(local, device=accelerator.device), "sum"))
-        if late:
-            break
-        scale = cfg.grad_accum * processes / max(n_step, 1)
-        step_sum = 0.0
-        for _, _, batch in micro:  # batch: input_ids/labels (B, W) + position_ids (packed) or attention_mask
-            with accelerator.accumulate(model):
-                loss_sum, _ = token_loss_sum(model, batch, head, accelerator.autocast)
-                accelerator.backward(loss_sum * scale)
-                step_sum += float(loss_sum.detach())
-                if accelerator.sync_gradients:
-                    grad_norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm or float("inf"))
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-        scheduler.step()
-        step_sum, _ = reduce_sums(step_sum, 0)
-        loss_value = step_sum / max(n_step, 1)
-        elapsed = time.time() - t0
-        counted["real_tokens"] += real
-        counted["trained_tokens"] += n_step
-        counted["examples"] += examples
-        counted["seconds"] += elapsed
-        if first_step_at is None:
-            first_step_at, first_seconds = time.time(), elapsed
-        done = step
+    try:
+        for step in range(start_step + 1, total_steps + 1):
+            t0 = time.time()
+            micro = [(epoch, rows, collated(data.train, rows)) for epoch, rows in stream.step(step, cfg.grad_accum, rank, processes)]
+            # Token-weighted: each micro-batch's summed loss over the step's labelled tokens on all processes, so
+            # accumulation and processes add up to one large batch. DDP averages gradients over processes and
+            # accelerator.backward divides by grad_accum: both are undone by the factor below.
+            # One all-reduce for the step's labelled tokens, real (unpadded) tokens, examples, and whether any process
+            # is out of time (the budget: every process must stop at the same step).
+            late = False
+            if deadline is not None:
+                timed = done - start_step - 1  # the first step of a process is slower; leave it out once there are more
+                expected = (counted["seconds"] - first_seconds) / timed if timed > 0 else (budget.step_s if budget else 0.0)
+                late = out_of_time(time.time(), deadline, expected, eval_seconds * (2 if step % cfg.eval_every == 0 else 1))
+            local = [sum(int((b["labels"][:, 1:] != IGNORE).sum()) for _, _, b in micro),
+                     sum(lengths[i] for _, mb, _ in micro for i in examples_of(mb)),
+                     sum(len(examples_of(mb)) for _, mb, _ in micro), int(late)]
+            n_step, real, examples, late = (int(x) for x in accelerator.reduce(torch.tensor(local, device=accelerator.device), "sum"))
+            if late:
+                break
+            scale = cfg.grad_accum * processes / max(n_step, 1)
+            step_sum = 0.0
+            for _, _, batch in micro:  # batch: input_ids/labels (B, W) + position_ids (packed) or attention_mask
+                with accelerator.accumulate(model):
+                    loss_sum, _ = token_loss_sum(model, batch, head, accelerator.autocast)
+                    accelerator.backward(loss_sum * scale)
+                    step_sum += float(loss_sum.detach())
+                    if accelerator.sync_gradients:
+                        grad_norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm or float("inf"))
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            step_sum, _ = reduce_sums(step_sum, 0)
+            loss_value = step_sum / max(n_step, 1)
+            elapsed = time.time() - t0
+            counted["real_tokens"] += real
+            counted["trained_tokens"] += n_step
+            counted["examples"] += examples
+            counted["seconds"] += elapsed
+            if first_step_at is None:
+                first_step_at, first_seconds = time.time(), elapsed
+            done = step
 
-        record = {
-            "step": step,
-            "epoch": round(micro[-1][0] + 1e-9, 4),
-            "loss": loss_value,
-            "lr": scheduler.get_last_lr()[0],
-            "grad_norm": float(grad_norm),
-            "tokens_per_s": real / max(elapsed, 1e-9),
-            "real_tokens": real,
-            "examples": examples,
-            "seconds": round(elapsed, 4),
-        }
-        if step % cfg.eval_every == 0 or step == total_steps:
-            measured = validation_loss()
-            if measured is not None:
-                eval_loss = measured
-                record.update(eval_loss=eval_loss, eval_ppl=perplexity(eval_loss))
-        if main and (step % cfg.log_every == 0 or "eval_loss" in record):
-            append_metrics(run_dir, record)
-        if cfg.report_to != "none":
-            accelerator.log({k: v for k, v in record.items() if k != "step"}, step=step)
-        if step % cfg.save_every == 0 and step != total_steps:
-            write_checkpoint(step)
-        bar.set_postfix(loss=f"{loss_value:.3f}", eval=f"{eval_loss:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
-        bar.update(1)
+            record = {
+                "step": step,
+                "epoch": round(micro[-1][0] + 1e-9, 4),
+                "loss": loss_value,
+                "lr": scheduler.get_last_lr()[0],
+                "grad_norm": float(grad_norm),
+                "tokens_per_s": real / max(elapsed, 1e-9),
+                "real_tokens": real,
+                "examples": examples,
+                "step_seconds": round(elapsed, 4),
+            }
+            if step % cfg.eval_every == 0 or step == total_steps:
+                measured = validation_loss()
+                if measured is not None:
+                    eval_loss = measured
+                    record.update(eval_loss=eval_loss, eval_ppl=perplexity(eval_loss))
+            if main and (step % cfg.log_every == 0 or "eval_loss" in record):
+                append_metrics(run_dir, record)
+            if cfg.report_to != "none":
+                accelerator.log({k: v for k, v in record.items() if k != "step"}, step=step)
+            if step % cfg.save_every == 0 and step != total_steps:
+                write_checkpoint(step)
+            bar.set_postfix(loss=f"{loss_value:.3f}", eval=f"{eval_loss:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
+            bar.update(1)
+    except (RuntimeError, MemoryError) as exc:  # torch.OutOfMemoryError is a RuntimeError
+        if not is_out_of_memory(exc):
+            raise
+        bar.close()
+        raise _out_of_memory(plan or check, run_dir, done + 1) from exc
     bar.close()
 
     if done < total_steps:  # the time budget ran out before the plan (a slower machine than measured): end here
@@ -605,11 +564,16 @@ def train(
             "train_seconds": round(time.time() - started, 1),
             "budget": None if not cfg.max_minutes else {
                 "minutes": cfg.max_minutes, "planned_steps": total_steps, "steps": done,
-                "step_seconds_planned": plan.step_s if plan else None, "eval_seconds": eval_seconds,
+                "step_seconds_planned": budget.step_s if budget else None, "eval_seconds": eval_seconds,
                 "seconds": round(time.time() - started, 1)},
             "final_train_loss": loss_value,
             "final_eval_loss": eval_loss if not math.isnan(eval_loss) else None,
             "time_to_first_step_s": round((first_step_at or time.time()) - started, 2),
+            # Plan and reality side by side: the predicted peak and step, the measured ones.
+            "plan": None if plan is None else {
+                "memory_gb": round(plan.memory.total / 2**30, 3), "step_seconds": round(plan.step_seconds, 4),
+                "formula_memory_gb": round(plan.memory.measured.get("formula_bytes", plan.memory.total) / 2**30, 3)},
+            "memory_peak_gb": round(measured_peak(accelerator.device.type) / 2**30, 3),
             "throughput": {**counted, "seconds": round(counted["seconds"], 3),
                            "tokens_per_s": counted["real_tokens"] / max(counted["seconds"], 1e-9),
                            "examples_per_s": counted["examples"] / max(counted["seconds"], 1e-9)},
@@ -618,6 +582,26 @@ def train(
         say(f"Listo en {time.time() - started:.0f} s{took}. Adaptador, tokenizador, receta y métricas en {run_dir}")
     accelerator.wait_for_everyone()
     return run_dir
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """CUDA's out of memory, or a CPU allocation the system refused (torch's DefaultCPUAllocator, Python's own)."""
+    text = str(exc)
+    return (type(exc).__name__ == "OutOfMemoryError" or isinstance(exc, MemoryError)
+            or "can't allocate memory" in text or "out of memory" in text.lower())
+
+
+def _out_of_memory(plan, run_dir: Path, step: int, calibrating: bool = False) -> AfinarError:
+    """The plan's own explanation of an out-of-memory and what to change, instead of a traceback."""
+    kept = checkpoint_dirs(run_dir) if not calibrating else []
+    where = "al medir los primeros pasos (antes de escribir nada)" if calibrating else f"en el paso {step}"
+    explained = plan.explain_out_of_memory() if plan is not None else ""
+    resume = (f"la ejecución conserva su último checkpoint ({kept[-1].name}): tras el cambio, continúa con "
+              "--resume --forzar" if kept else "no había checkpoint todavía: vuelve a empezar tras el cambio")
+    return AfinarError(
+        "T016", f"sin memoria {where}. {explained}", where=str(run_dir),
+        hint=f"{plan.suggestion_text() if plan is not None else 'baja train.tokens_per_batch'}; {resume}",
+    )
 
 
 def _write_artifacts(run_dir: Path, model, tokenizer, data, recipe: Recipe, hw, accelerator, chat, info: dict) -> None:

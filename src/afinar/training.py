@@ -4,6 +4,8 @@
 - checkpoints: a folder that gets its final name only when complete (`atomic_dir`), so kill -9 at any moment
   leaves the previous complete one; each holds the adapter, optimizer, scheduler, scaler, RNG of every process and
   the resolved recipe;
+- the model as it trains (`prepare_for_training`: KV cache off, per-example attention, gradient checkpointing,
+  the LoRA adapter, CPU dropout and bf16 storage), shared with the planner, which does the same on an empty model;
 - the loss: cross-entropy summed over the tokens that carry a label, with the output head applied only at those
   positions and in chunks (`token_loss_sum`), and the held-out loss built on it;
 - metrics.jsonl (a torn last line from a power cut is ignored) and the loss plot;
@@ -20,9 +22,10 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 from afinar.atomic import atomic_dir, atomic_write_text
-from afinar.attention import packed_attention_active, segments_of
-from afinar.data.chat_format import set_turn_end
+from afinar.attention import packed_attention_active, segments_of, use_packed_attention
+from afinar.data.chat_format import set_turn_end, trainable_token_indices
 from afinar.data.templates import IGNORE, collate, ids_and_labels
+from afinar.dropout import use_cpu_lora_dropout
 from afinar.errors import AfinarError
 from afinar.runs import ADAPTER_WEIGHTS, CHECKPOINTS, METRICS, RECIPE, RUN_INFO  # noqa: F401 — RUN_INFO re-exported
 
@@ -30,6 +33,86 @@ from afinar.runs import ADAPTER_WEIGHTS, CHECKPOINTS, METRICS, RECIPE, RUN_INFO 
 ENGINE_STATE = "accelerate"
 # Positions per cross-entropy chunk: peak memory of the loss is CE_CHUNK × vocabulary, whatever the batch.
 CE_CHUNK = 256
+
+
+# --- the model as it trains ---------------------------------------------------------------------------------
+
+
+def load_dtype(recipe, hw):
+    """The dtype the base is loaded in: the training dtype on a GPU (LoRA); fp32 on a CPU, where autocast does the
+    bf16 matmuls, and for `method: full`, whose weights train (in bf16, AdamW's small updates would round away)."""
+    import torch
+
+    return hw.dtype if hw.device == "cuda" and recipe.method != "full" else torch.float32
+
+
+def prepare_for_training(model, recipe, hw, cold=()):
+    """The loaded base as it trains: no KV cache, per-example attention for packed rows, gradient checkpointing, the
+    recipe's LoRA adapter (with the rows of `cold` template tokens trained too), CPU dropout and bf16 storage.
+
+    Also run by the planner on an empty (meta-device) model, so its memory trace is this very model."""
+    from peft import LoraConfig, get_peft_model
+
+    cfg = recipe.train
+    # No KV cache in training: with one, transformers skips the packed-sequence mask (examples would see each other).
+    model.config.use_cache = False
+    # Packed rows: each example's own causal attention instead of a masked row × row one (afinar/attention.py).
+    # Not under torch.compile: the examples' boundaries change every micro-batch and would recompile each time.
+    if cfg.packing and not cfg.compile:
+        use_packed_attention(model)
+    # use_reentrant=False: reentrant checkpointing marks LoRA weights ready twice under DDP.
+    gc_kwargs = {"use_reentrant": False}
+    if recipe.model.quantization == "4bit":
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=cfg.gradient_checkpointing, gradient_checkpointing_kwargs=gc_kwargs
+        )
+    elif cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gc_kwargs)
+    if recipe.method == "full":
+        return model
+    lora = recipe.lora
+    model = get_peft_model(
+        model,
+        LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules,
+                   use_dora=lora.use_dora, bias="none", task_type="CAUSAL_LM",
+                   trainable_token_indices=trainable_token_indices(model, list(cold)) if cold else None),
+    )
+    if hw.device == "cpu":
+        use_cpu_lora_dropout(model)  # PEFT's nn.Dropout is slow on a CPU (afinar/dropout.py)
+        if hw.precision == "bf16":
+            frozen_linears_to_bf16(model)
+    return model
+
+
+def frozen_linears_to_bf16(model) -> None:
+    """CPU bf16: store the frozen base's linear layers, embeddings and output head in bf16.
+
+    Autocast casts every frozen weight to bf16 at each call anyway: storing them in bf16 once gives the same results
+    without a bf16 copy of each weight made in every forward and kept for the backward (measured on SmolLM2-135M:
+    about 0.4 GB less and fewer casts per step). The embedding table is not autocast's, but its rows only feed the
+    fp32 residual stream: they are looked up in bf16 and handed on in fp32 (rounded to bf16 precision, as on a GPU
+    training in bf16); a tied output head then needs no bf16 copy of the vocabulary × hidden matrix at every loss
+    (−170 MB at the step's peak on SmolLM2-135M). Norms and LoRA stay fp32."""
+    import torch
+
+    frozen = [m for m in model.modules() if not any(p.requires_grad for p in m.parameters(recurse=False))]
+    embeddings = model.get_input_embeddings()
+    for module in frozen:
+        if type(module) is torch.nn.Linear:  # a head with LoRA is a PEFT layer, not an nn.Linear: left alone
+            module.to(torch.bfloat16)
+    if type(embeddings) is torch.nn.Embedding and embeddings in frozen:
+        embeddings.to(torch.bfloat16)
+        embeddings.register_forward_hook(lambda module, inputs, output: output.float())
+    # The fp32 weights were read lazily from the memory-mapped safetensors file; the cast touched every page of the
+    # linear layers, and they stay resident while any tensor still maps the file. Copying the fp32 tensors left
+    # (norms) lets the mapping go: otherwise peak RSS grows by the fp32 linear weights (measured).
+    for tensor in [*model.parameters(), *model.buffers()]:
+        if tensor.dtype == torch.float32 and not tensor.requires_grad:
+            tensor.data = tensor.data.clone()
+
+
 
 
 # --- seeding and RNG --------------------------------------------------------------------------------------

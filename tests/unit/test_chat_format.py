@@ -149,8 +149,9 @@ def test_untrained_marker_rows_are_found_and_warmed_up(tokenizer):
     assert chat_format.trainable_token_indices(model, [end]) == {"embed_tokens": [end], "lm_head": [end]}
 
 
-def test_bad_template_stops_training_before_anything_is_written(tiny_recipe, tmp_path, capsys):
-    """From the command line: a Spanish message with its code, exit 2, no run folder."""
+def test_bad_template_stops_training_before_anything_is_written(tiny_recipe, tmp_path, capfd):
+    """From the command line: a Spanish message with its code, exit 2, no run folder. (`afinar train` trains in a
+    child process it supervises: its messages reach the terminal's stderr, hence capfd.)"""
     import yaml
 
     from afinar.cli import main
@@ -161,7 +162,7 @@ def test_bad_template_stops_training_before_anything_is_written(tiny_recipe, tmp
     recipe = tmp_path / "receta.yaml"
     recipe.write_text(yaml.safe_dump(tiny_recipe), encoding="utf-8")
     assert main(["train", str(recipe)]) == 2
-    assert "M013" in capsys.readouterr().err
+    assert "M013" in capfd.readouterr().err
     assert not (tmp_path / "run").exists()
 
 

@@ -12,7 +12,7 @@ def test_help_does_not_import_heavy_libraries():
 
 def test_every_command_is_mapped():
     parser = build_parser()
-    for command in ("validate", "train", "merge", "chat", "demo"):
+    for command in ("validate", "train", "plan", "merge", "chat", "demo"):
         args = parser.parse_args([command, "x"] if command != "demo" else [command])
         assert callable(args.func)
 

@@ -299,17 +299,17 @@ def test_cpu_bf16_keeps_a_tied_head_tied_and_a_lora_head_fp32():
     from peft import LoraConfig, get_peft_model
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from afinar.train import _frozen_linears_to_bf16
+    from afinar.training import frozen_linears_to_bf16
 
     config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
     tied = get_peft_model(LlamaForCausalLM(config), LoraConfig(r=4, target_modules=["q_proj"]))
-    _frozen_linears_to_bf16(tied)
+    frozen_linears_to_bf16(tied)
     assert tied.get_output_embeddings().weight is tied.get_input_embeddings().weight
     assert tied.get_input_embeddings().weight.dtype == torch.bfloat16
     config.tie_word_embeddings = False
     lora_head = get_peft_model(LlamaForCausalLM(config), LoraConfig(r=4, target_modules=["q_proj", "lm_head"]))
-    _frozen_linears_to_bf16(lora_head)
+    frozen_linears_to_bf16(lora_head)
     head = lora_head.get_base_model().lm_head
     assert head.base_layer.weight.dtype == torch.bfloat16 and head.lora_A["default"].weight.dtype == torch.float32
 

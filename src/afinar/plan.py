@@ -1,0 +1,97 @@
+"""`afinar plan RECIPE`: before training, will it fit on my machine (or that GPU), and how long will it take?
+
+Memory from the base's config.json and the recipe's real data (planning/), for this machine or a GPU of the table
+(`--dispositivo`); time measured here by default (`--calibrar`: `afinar train` up to its first real steps, nothing
+written), computed from FLOPs and the device's peak for a GPU that is not this machine's. A table for people,
+`--json` for scripts.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from pathlib import Path
+
+from afinar.config import Recipe, apply_overrides, load_recipe
+from afinar.data.chat_format import recipe_tokenizer
+from afinar.data.pipeline import prepare_training_data
+from afinar.errors import AfinarError
+from afinar.models import load_config, resolve_base
+from afinar.planning.estimate import (
+    DataShape,
+    Plan,
+    decimal,
+    estimate,
+    gib,
+    minutes,
+    process_rss,
+    resolve_target,
+)
+from afinar.planning.memory import FITS
+from afinar.train import train
+
+
+def plan(recipe: str | Path | Recipe, device: str | None = None, calibrate: bool | None = None,
+         as_json: bool = False, overrides: dict | None = None) -> Plan:
+    """The plan for `recipe` on `device` (None: this machine; "cpu", "cuda" or a key of planning.devices.DEVICES).
+    `calibrate` (default: when the device is this machine) measures real training steps here."""
+    recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
+    recipe = apply_overrides(recipe, overrides or {})
+    target = resolve_target(device, recipe)
+    calibrate = target.local if calibrate is None else calibrate
+    if calibrate and not target.local:
+        raise AfinarError("L003", f"--calibrar mide pasos reales en este equipo, no en {target.name}.",
+                          hint="quita --calibrar para estimar esa GPU con su tabla, o planifica sin --dispositivo")
+    # With --json, stdout is the JSON alone: what training prints on the way goes to stderr.
+    quiet = contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext()
+    with quiet:
+        base_path = resolve_base(recipe.model.base)
+        config = load_config(base_path)
+        tokenizer, _ = recipe_tokenizer(base_path, recipe.data.template)
+        prepared = prepare_training_data(recipe, tokenizer, progress=False,
+                                         say=(lambda *a, **k: None) if calibrate else print)
+        result = estimate(recipe, config, DataShape.of(prepared, recipe), target, runtime_bytes=process_rss(),
+                          measure_time=not calibrate)
+        if calibrate and result.memory.verdict == "no cabe":
+            print("No se calibra: según la fórmula no cabe, y cargar el modelo podría agotar la memoria.")
+            result = estimate(recipe, config, DataShape.of(prepared, recipe), target, runtime_bytes=process_rss())
+        elif calibrate:  # `afinar train` up to its measured first steps: the same model, data and micro-batches
+            result = train(recipe, progress=False, plan_only=True, force=True)
+    if as_json:
+        print(json.dumps(result.to_json(), indent=2, ensure_ascii=False))
+    else:
+        print(render(result))
+    return result
+
+
+def render(plan: Plan) -> str:
+    """The plan as a console table (plain text: it reads the same in a terminal, a log or a notebook)."""
+    m, d, t = plan.memory, plan.data, plan.target
+    lines = [f"Plan de «{plan.recipe}» ({plan.base}, {plan.method}) en {t.name} ({t.precision})", ""]
+    lines.append("Memoria (pico previsto)")
+    width = max(len(p.label) for p in m.parts) + 2
+    for part in m.parts:
+        lines.append(f"  {part.label:<{width}}{gib(part.bytes):>11}")
+    lines.append(f"  {'Total del entrenamiento (fórmula)':<{width}}{gib(m.training_peak):>11}")
+    if m.load_peak:
+        lines.append(f"  {'Pico al cargar los pesos (fp32)':<{width}}{gib(m.load_peak):>11}")
+    if m.measured:
+        lines.append(f"  {'Pico medido en pasos reales':<{width}}{gib(m.measured['peak_bytes']):>11}")
+    per_token = plan.activation_bytes_per_token
+    if len(per_token) == 2:
+        lines.append(f"  Activaciones y temporales por token: {decimal(per_token['sin_checkpointing'] / 2**20)} MiB "
+                     f"sin gradient checkpointing, {decimal(per_token['con_checkpointing'] / 2**20)} MiB con él "
+                     f"(micro-lote mayor: {d.rows} × {d.width} tokens)")
+    lines.append(f"  → {gib(m.total)} de {gib(m.available_bytes)} disponibles ({gib(m.device_bytes)} en total): "
+                 f"{m.verdict.upper()}" + ("" if m.verdict == "cabe" else f" (cabe: ≤ {FITS:.0%} de lo disponible)"))
+    if plan.suggestions and m.verdict != "cabe":
+        lines.append("  Qué cambiar:")
+        lines += [f"    - {text}: −{gib(saved)}" for text, saved in plan.suggestions]
+    lines += ["", "Tiempo"]
+    how = ("medido aquí con pasos reales (a + b·tokens)" if plan.calibrated
+           else f"estimado: {decimal(plan.flops_per_token / 1e9)} GFLOP por token")
+    lines.append(f"  {d.examples} ejemplos, {d.tokens_per_step:.0f} tokens por paso, {d.steps_per_epoch} pasos por época")
+    lines.append(f"  Un paso ≈ {decimal(plan.step_seconds)} s ({how})")
+    lines.append(f"  Una época ≈ {minutes(plan.epoch_seconds)}; la receta ({d.total_steps} pasos) ≈ "
+                 f"{minutes(plan.total_seconds)}, sin contar la carga ni las validaciones")
+    return "\n".join(lines)

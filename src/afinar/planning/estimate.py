@@ -1,0 +1,397 @@
+"""The plan: will this recipe fit on this device, and how long will it take? (`afinar plan`, and `afinar train`'s
+one-line summary and refusal).
+
+Inputs: the base's `config.json` only (no weights), the recipe, the recipe's data as training batches it
+(data/pipeline.py: tokens per step, the largest micro-batch), and a target: this machine (CPU or its GPU) or a GPU
+of planning/devices.py. Memory: planning/memory.py on a step traced by planning/trace.py; time: planning/timing.py,
+measured on this machine when `calibration` is given (train.py measures real steps and the real peak).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+
+from afinar.atomic import atomic_write_text
+from afinar.errors import AfinarError
+from afinar.planning import memory as mem
+from afinar.planning.devices import DEVICES
+from afinar.planning.model_size import model_size
+from afinar.planning.timing import (
+    CPU_FRACTION,
+    StepTimeFit,
+    flops_per_token,
+    gpu_step_seconds,
+    matmul_tflops,
+)
+
+GIB = mem.GIB
+TRACE_CACHE_VERSION = 4
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where the run would train."""
+    kind: str  # "cpu" | "cuda" (this machine's GPU) | "gpu" (one of DEVICES, not this machine)
+    name: str
+    precision: str  # fp32 | bf16 | fp16
+    memory_bytes: int
+    available_bytes: int
+    local: bool
+    device: object = None  # planning.devices.Device for table GPUs
+
+    @property
+    def device_type(self) -> str:
+        return "cpu" if self.kind == "cpu" else "cuda"
+
+
+@dataclass(frozen=True)
+class DataShape:
+    """What the plan needs from the recipe's data (data/pipeline.TrainingData)."""
+    rows: int  # rows of the largest micro-batch
+    width: int  # its widest row (tokens)
+    examples_per_row: int
+    labelled: int  # labelled positions in it
+    tokens_per_step: float  # real tokens per optimizer step, mean over an epoch
+    micro_batches_per_step: int
+    steps_per_epoch: int
+    total_steps: int
+    mean_example_tokens: float
+    labelled_fraction: float
+    examples: int
+
+    @classmethod
+    def of(cls, prepared, recipe, processes: int = 1) -> "DataShape":
+        from afinar.data.batching import examples_of
+
+        cfg = recipe.train
+        lengths = prepared.lengths
+        largest = prepared.largest_micro_batch()
+        widest = max(sum(lengths[i] for i in row) for row in largest)
+        labels = prepared.data.train["labels"]
+        labelled_of = [sum(1 for x in labels[i][1:] if x != -100) for i in range(len(lengths))]
+        tokens = prepared.micro_batch_tokens()
+        per_step = cfg.grad_accum * processes
+        return cls(
+            rows=len(largest), width=widest,
+            examples_per_row=max(1, round(len(examples_of(largest)) / len(largest))),
+            labelled=sum(labelled_of[i] for i in examples_of(largest)),
+            tokens_per_step=sum(tokens) / max(1, len(tokens)) * cfg.grad_accum,
+            micro_batches_per_step=cfg.grad_accum,
+            steps_per_epoch=max(1, len(tokens) // per_step),
+            total_steps=prepared.total_steps(cfg, processes),
+            mean_example_tokens=sum(lengths) / len(lengths),
+            labelled_fraction=sum(labelled_of) / max(1, sum(lengths)),
+            examples=len(lengths),
+        )
+
+
+@dataclass
+class Plan:
+    recipe: str
+    base: str
+    method: str
+    target: Target
+    data: DataShape
+    memory: mem.MemoryEstimate
+    activation_bytes_per_token: dict  # {"con_checkpointing": …, "sin_checkpointing": …}
+    step_seconds: float
+    flops_per_token: float
+    calibrated: bool
+    fit: StepTimeFit | None = None
+    suggestions: list = field(default_factory=list)  # [(text, bytes saved)]
+
+    @property
+    def total_seconds(self) -> float:
+        return self.step_seconds * self.data.total_steps
+
+    @property
+    def epoch_seconds(self) -> float:
+        return self.step_seconds * self.data.steps_per_epoch
+
+    def one_line(self) -> str:
+        how = "medido aquí" if self.calibrated else "estimado"
+        return (f"Plan: memoria ≈ {gib(self.memory.total)} de {gib(self.memory.available_bytes)} disponibles en "
+                f"{self.target.name} ({self.memory.verdict}); ≈ {decimal(self.step_seconds, 1)} s por paso ({how}), "
+                f"{self.data.total_steps} pasos ≈ {minutes(self.total_seconds)}")
+
+    def explain_out_of_memory(self) -> str:
+        lines = [f"el plan calculaba un pico de {gib(self.memory.total)} para {gib(self.memory.available_bytes)} "
+                 f"disponibles en {self.target.name}:"]
+        lines += [f"  {p.label}: {gib(p.bytes)}" for p in self.memory.parts]
+        return "\n".join(lines)
+
+    def suggestion_text(self) -> str:
+        return "; ".join(f"{text} (−{gib(saved)})" for text, saved in self.suggestions) or "baja data.max_length"
+
+    def to_json(self) -> dict:
+        m = self.memory
+        return {
+            "recipe": self.recipe, "base": self.base, "method": self.method,
+            "device": {"kind": self.target.kind, "name": self.target.name, "precision": self.target.precision,
+                       "memory_gb": round(self.target.memory_bytes / GIB, 3),
+                       "available_gb": round(self.target.available_bytes / GIB, 3), "local": self.target.local},
+            "memory": {
+                "total_gb": round(m.total / GIB, 3), "verdict": m.verdict,
+                "training_peak_gb": round(m.training_peak / GIB, 3), "load_peak_gb": round(m.load_peak / GIB, 3),
+                "parts_gb": {p.key: round(p.bytes / GIB, 4) for p in m.parts},
+                "activations_mb_per_token": {k: round(v / 2**20, 4) for k, v in self.activation_bytes_per_token.items()},
+                "measured": {k: round(v / GIB, 3) if k.endswith("bytes") else v for k, v in m.measured.items()},
+                "largest_micro_batch": {"rows": self.data.rows, "tokens_per_row": self.data.width},
+            },
+            "time": {
+                "step_seconds": round(self.step_seconds, 4), "steps": self.data.total_steps,
+                "steps_per_epoch": self.data.steps_per_epoch, "epoch_seconds": round(self.epoch_seconds, 1),
+                "total_seconds": round(self.total_seconds, 1), "tokens_per_step": round(self.data.tokens_per_step, 1),
+                "flops_per_token": round(self.flops_per_token), "calibrated": self.calibrated,
+                "fit": None if self.fit is None else {"fixed_seconds": self.fit.fixed, "seconds_per_token": self.fit.per_token,
+                                                      "optimizer_seconds": self.fit.optimizer,
+                                                      "samples": [list(s) for s in self.fit.samples]},
+            },
+            "suggestions": [{"change": text, "saves_gb": round(saved / GIB, 3)} for text, saved in self.suggestions],
+        }
+
+
+def gib(n: float) -> str:
+    return f"{decimal(n / GIB)} GiB"
+
+
+def decimal(x: float, digits: int = 2) -> str:
+    """Spanish decimals: 2,46 (and thousands apart with a thin space: 4 884 480)."""
+    return f"{x:,.{digits}f}".replace(",", " ").replace(".", ",")
+
+
+def minutes(seconds: float) -> str:
+    if seconds >= 3600:
+        return f"{int(seconds // 3600)} h {round(seconds % 3600 / 60):02d} min"
+    m, s = divmod(round(seconds), 60)
+    return f"{m} min {s:02d} s" if m else f"{s} s"
+
+
+# --- the target ---------------------------------------------------------------------------------------------------
+
+
+def ram_bytes() -> tuple[int, int]:
+    """(this machine's RAM, what a run can use: MemAvailable plus what this process holds)."""
+    info = {}
+    try:
+        for line in open("/proc/meminfo", encoding="ascii"):
+            key, _, value = line.partition(":")
+            info[key] = int(value.split()[0]) * 1024
+    except OSError:
+        import psutil  # not Linux
+
+        vm = psutil.virtual_memory()
+        return vm.total, vm.available + process_rss()
+    return info["MemTotal"], info.get("MemAvailable", info["MemFree"]) + process_rss()
+
+
+def process_rss() -> int:
+    try:
+        return int(open("/proc/self/statm").read().split()[1]) * 4096
+    except OSError:
+        import psutil
+
+        return psutil.Process().memory_info().rss
+
+
+def resolve_target(spec: str | None, recipe) -> Target:
+    """`--dispositivo`: None/"local" (this machine as training would use it), "cpu", "cuda", or a key of DEVICES."""
+    import torch
+
+    from afinar import hardware
+
+    key = (spec or "local").lower()
+    quant = recipe.model.quantization
+    if key in ("local", "cuda") and torch.cuda.is_available():
+        hw = hardware.detect(recipe.train.precision, quant)
+        free, total = torch.cuda.mem_get_info()
+        return Target("cuda", torch.cuda.get_device_name(0), hw.precision, total, free + torch.cuda.memory_reserved(),
+                      True)
+    if key == "cuda":
+        raise AfinarError("L002", "--dispositivo cuda: este equipo no tiene una GPU NVIDIA que PyTorch vea.",
+                          hint="planifica para una GPU de la tabla: --dispositivo " + ", ".join(DEVICES))
+    if key in ("local", "cpu"):
+        if quant == "4bit":
+            raise AfinarError("H001", "QLoRA 4-bit (quantization: 4bit) necesita una GPU NVIDIA con CUDA; en CPU no.",
+                              hint="planifica para una GPU (--dispositivo t4, rtx3060…) o quita 'quantization: 4bit'")
+        hw = hardware.detect(recipe.train.precision if recipe.train.precision != "fp16" else "auto", quant)
+        total, available = ram_bytes()
+        return Target("cpu", "esta CPU", hw.precision, total, available, True)
+    if key not in DEVICES:
+        import difflib
+
+        close = difflib.get_close_matches(key, list(DEVICES), n=1)
+        raise AfinarError("L001", f"dispositivo desconocido: {spec!r}.",
+                          hint=(f"¿quisiste decir {close[0]}? " if close else "")
+                          + "usa cpu, cuda o uno de: " + ", ".join(DEVICES))
+    device = DEVICES[key]
+    wanted = recipe.train.precision
+    if wanted in ("auto", "bf16") and device.peak_tflops.get("bf16"):
+        precision = "bf16"
+    elif wanted == "fp32":
+        precision = "fp32"
+    elif wanted == "bf16":
+        raise AfinarError("H002", f"{device.name} no admite bf16.", where="train.precision", hint="usa fp16 o auto")
+    else:
+        precision = "fp16"
+    usable = int(device.memory_gib * GIB * 0.96)  # driver and ECC reserve part of it (devices.py)
+    return Target("gpu", device.name, precision, int(device.memory_gib * GIB), usable, False, device)
+
+
+# --- the estimate ---------------------------------------------------------------------------------------------------
+
+
+def _hardware(target: Target):
+    from afinar.hardware import Hardware
+
+    return Hardware("cpu" if target.kind == "cpu" else "cuda", target.precision, "plan")
+
+
+def _traces(config, recipe, target: Target, shape: DataShape, both: bool = True) -> dict:
+    """Step traces without gradient checkpointing (the CPU allocator's share is measured against it) and with it
+    (`both`, or when the recipe uses it), cached by everything they depend on."""
+    from importlib.metadata import version
+
+    from afinar.models import afinar_home
+
+    relevant = {"config": config.to_dict(), "method": recipe.method, "lora": recipe.lora.model_dump(mode="json"),
+                "quantization": recipe.model.quantization,
+                "packing": recipe.train.packing, "compile": recipe.train.compile, "device": target.device_type,
+                "precision": target.precision, "shape": [shape.rows, shape.width, shape.examples_per_row, shape.labelled],
+                "versions": [version(p) for p in ("torch", "transformers", "peft")], "v": TRACE_CACHE_VERSION}
+    key = hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:24]
+    path = afinar_home() / "plan" / f"{key}.json"
+    out = {}
+    if path.is_file():
+        try:
+            out = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            out = {}
+    wanted = [False, True] if both or recipe.train.gradient_checkpointing else [False]
+    missing = [gc for gc in wanted if ("gc" if gc else "no_gc") not in out]
+    if not missing:
+        return out
+    import torch
+
+    hw = _hardware(target)
+    # The trace draws from the global generator (LoRA's initialization, dropout masks): train() has seeded it
+    # already, and the run must be the one it would be without the plan.
+    with torch.random.fork_rng(devices=[]):
+        out.update(_trace_variants(config, recipe, hw, shape, missing))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(out))
+    return out
+
+
+def _trace_variants(config, recipe, hw, shape: DataShape, variants: list[bool]) -> dict:
+    from afinar.planning.trace import empty_training_model, trace_step
+
+    out = {}
+    for gc in variants:
+        variant = recipe.model_copy(deep=True)
+        variant.train.gradient_checkpointing = gc
+        fake, model, head = empty_training_model(config, variant, hw)
+        trace = trace_step(fake, model, head, hw, shape.rows, shape.width, shape.examples_per_row, shape.labelled)
+        out["gc" if gc else "no_gc"] = asdict(trace)
+        if "weights" not in out:
+            out["weights"] = mem.weight_bytes(model, recipe.model.quantization == "4bit")
+            out["weights_4bit"] = mem.weight_bytes(model, True)
+            out["trainable"] = mem.trainable_parameters(model)
+            out["load_fp32"] = mem.load_peak_bytes(model, 0, hw.device, recipe.method == "full")
+    return out
+
+
+def estimate(recipe, config, shape: DataShape, target: Target, calibration: dict | None = None,
+             runtime_bytes: int | None = None, recipe_name: str = "", measure_time: bool = True,
+             detailed: bool = True) -> Plan:
+    """The plan for `recipe` on `target`. `calibration`: {"fit": StepTimeFit, "peak_bytes": …} measured here.
+    `runtime_bytes`: this process's memory without the model (CPU; default: now). `measure_time=False`: memory
+    only (the step time is left 0), with no matmul timed. `detailed=False` (`afinar train`): the other setting of
+    gradient checkpointing is traced only when the suggestions need it (the plan does not fit)."""
+    traces = _traces(config, recipe, target, shape, both=detailed)
+    gc = recipe.train.gradient_checkpointing
+    step = traces["gc" if gc else "no_gc"]
+    no_gc = traces["no_gc"]
+    cpu = target.kind == "cpu"
+    runtime = (runtime_bytes if runtime_bytes is not None else process_rss()) if cpu else mem.GPU_CONTEXT
+    trainable = traces["trainable"]
+    method = "Ajuste completo" if recipe.method == "full" else "LoRA"
+    weights_label = {"fp32": "fp32", "bf16": "bf16", "fp16": "fp16"}[target.precision]
+    if recipe.model.quantization == "4bit":
+        weights_label = "4 bits (NF4) y 16 bits"
+    elif cpu and target.precision == "bf16":
+        weights_label = "bf16 (capas lineales y embeddings), fp32 el resto"
+    elif cpu:
+        weights_label = "fp32"
+    activations = step["saved"]  # what the backward needs (the chunked loss keeps only N × hidden of its own)
+    backward = max(0, step["peak"] - step["saved"] - step["loss"])
+    parts = [
+        mem.Part("runtime", "Entorno (Python, PyTorch, datos y tokenizador; medido)" if cpu else "Contexto CUDA y cuBLAS",
+                 runtime),
+        mem.Part("weights", f"Pesos del modelo base ({weights_label})", 0 if recipe.method == "full" else traces["weights"]),
+        mem.Part("trainable", f"Parámetros entrenables ({method}: {decimal(trainable, 0)}) × 4 B", trainable * 4),
+        mem.Part("optimizer", "Gradientes y estados de AdamW (12 B por parámetro entrenable)", trainable * 12),
+        mem.Part("activations", f"Activaciones {'con' if gc else 'sin'} gradient checkpointing "
+                                f"({shape.rows} × {shape.width} tokens)", activations),
+        mem.Part("logits", "Logits de la pérdida (por trozos de 256 posiciones)", step["loss"]),
+        mem.Part("backward", "Temporales del backward", backward),
+    ]
+    if cpu:
+        parts.append(mem.Part("allocator", "Reserva del asignador de memoria (glibc, medida)",
+                              mem.CPU_FIRST_STEP + int(mem.CPU_ALLOCATOR_FACTOR * no_gc["peak"])))
+    else:
+        parts.append(mem.Part("allocator", "Fragmentación del asignador de PyTorch (+10 %)",
+                              int(mem.GPU_ALLOCATOR_FACTOR * step["peak"])))
+    load_peak = (runtime + traces["load_fp32"]) if cpu and traces["load_fp32"] else 0
+    estimate_ = mem.MemoryEstimate(parts, load_peak, target.memory_bytes, target.available_bytes)
+    if calibration and "peak_bytes" in calibration:
+        estimate_.measured = {"peak_bytes": calibration["peak_bytes"], "formula_bytes": estimate_.total}
+
+    size = model_size(config)
+    flops = flops_per_token(size, trainable if recipe.method != "full" else 0, recipe.method, gc,
+                            shape.mean_example_tokens, shape.labelled_fraction)
+    fit = calibration.get("fit") if calibration else None
+    if fit is not None:
+        step_seconds = fit.seconds(shape.tokens_per_step, shape.micro_batches_per_step)
+    elif not measure_time:
+        step_seconds = 0.0
+    elif target.kind == "gpu":
+        step_seconds = gpu_step_seconds(flops * shape.tokens_per_step, target.device, target.precision, recipe.method)
+    else:  # this machine, uncalibrated: its matmul rate, measured, times the fraction a step reaches
+        from afinar.planning.devices import ACHIEVABLE_FRACTION
+
+        fraction = CPU_FRACTION if target.kind == "cpu" else ACHIEVABLE_FRACTION["full" if recipe.method == "full" else "lora"]
+        rate = matmul_tflops(target.precision, target.device_type) * 1e12 * fraction
+        step_seconds = flops * shape.tokens_per_step / rate
+    activations_per_token = {name: traces[key]["peak"] / traces[key]["tokens"]
+                             for name, key in (("con_checkpointing", "gc"), ("sin_checkpointing", "no_gc")) if key in traces}
+    plan = Plan(recipe_name or recipe.name, recipe.model.base, recipe.method, target, shape, estimate_,
+                activations_per_token, step_seconds, flops, fit is not None, fit)
+    if "gc" not in traces and estimate_.verdict != "cabe":
+        traces = _traces(config, recipe, target, shape, both=True)
+    plan.suggestions = _suggestions(recipe, target, traces, estimate_, shape)
+    return plan
+
+
+def _suggestions(recipe, target: Target, traces: dict, estimate_: mem.MemoryEstimate, shape: DataShape) -> list:
+    """What to change, with the memory each change saves (shown when the plan is not "cabe"; an out-of-memory
+    during training names them too)."""
+    out = []
+    cpu = target.kind == "cpu"
+    if recipe.model.quantization == "none" and recipe.method == "lora" and not cpu:
+        out.append(("model.quantization: 4bit (QLoRA)", max(0, traces["weights"] - traces["weights_4bit"])))
+    if not recipe.train.gradient_checkpointing and "gc" in traces:
+        saved = traces["no_gc"]["peak"] - traces["gc"]["peak"]
+        out.append(("train.gradient_checkpointing: true", saved))
+    step = sum(estimate_.part(k) for k in ("activations", "logits", "backward", "allocator"))
+    half = max(16, recipe.train.tokens_per_batch // 2)
+    longest = shape.width
+    text = f"train.tokens_per_batch: {half}"
+    if longest > half:
+        text += f" (y data.max_length ≤ {half}: hoy el ejemplo más largo ocupa {longest} tokens)"
+    out.append((text, step // 2))
+    if recipe.train.batch_size > 1 and not recipe.train.packing:
+        out.append((f"train.batch_size: {max(1, recipe.train.batch_size // 2)} y train.grad_accum "
+                    f"{recipe.train.grad_accum * 2}", step // 2))
+    return out

@@ -1,0 +1,162 @@
+"""Peak memory of a training run, in parts a user can act on, and the verdict against the device's memory.
+
+    total = runtime + base weights + trainable weights + gradients and optimizer + the step (activations kept for
+            the backward, the loss's logits chunks, the backward's temporaries) [+ the CPU allocator's reuse]
+
+- **Base weights**: every frozen parameter in the dtype training keeps it in (`training.load_dtype`: bf16/fp16 on
+  a GPU; on a CPU fp32, with the linear layers and embeddings stored in bf16 under bf16 autocast); with 4-bit
+  (QLoRA, NF4 with double quantization, bitsandbytes) the body's linear weights take 0.5 B + their quantization
+  constants (one fp8 absmax per 64 weights and one fp32 per 256 absmax: 0.127 bits per weight), the embeddings,
+  norms and output head stay 16-bit.
+- **Trainable weights** 4 B each (fp32 master weights), **gradients** 4 B, **AdamW** two fp32 states, 8 B: 16 B per
+  trainable parameter in all (LoRA: the adapter; `method: full`: every weight).
+- **The step**: traced on an empty model (planning/trace.py), for the largest micro-batch of the recipe's data.
+- **Runtime**: on a CPU, the process's own memory with PyTorch, transformers and PEFT imported and the data and
+  tokenizer loaded, before the model (measured: the planner and `afinar train` run in such a process); on a
+  GPU, the CUDA context and cuBLAS workspace (0.5 GiB, an assumption: 300–500 MiB is what nvidia-smi shows for a
+  PyTorch process before its first tensor, and its kernels' modules add to it).
+- **CPU allocator**: glibc keeps freed blocks for reuse instead of returning them, and one training step's many
+  different tensor sizes leave its heap larger than what is alive at any moment. Measured on SmolLM2-135M (bf16,
+  AMD EPYC, glibc 2.36), over the first steps after loading: a first step of 16 tokens added 105 MiB (kernels'
+  buffers: CPU_FIRST_STEP); at 512 tokens (LoRA all-linear) the resident memory grew by 1 202 MiB for a traced peak
+  of 598 MiB (with glibc's reuse of large blocks off, `mallopt(M_MMAP_THRESHOLD, 64 KiB)`, it grew by 659 MiB, but
+  steps took twice as long); and with gradient checkpointing it grew about as much as without it (enfermeria.yaml:
+  the heap keeps the room the recomputation churns through). The allowance is CPU_FIRST_STEP + CPU_ALLOCATOR_FACTOR
+  × the traced peak of the same step *without* gradient checkpointing, the factor fitted on three runs (the demo's
+  recipe; enfermeria.yaml with and without checkpointing: it came out between 0.8 and 1.15) and checked on sixteen
+  by bench/plan_accuracy.py. Fitted on SmolLM2-135M only: on a CPU, `afinar plan` measures by default instead.
+  On a GPU PyTorch's caching allocator rounds and splits blocks: +10 % of the step, an assumption.
+- **Loading** on a CPU reads the weights in fp32 first (then casts the linear layers to bf16): for small steps the
+  process's peak is there, so the total is the larger of loading and training.
+
+Verdict: "cabe" under 85 % of the device's memory, "justo" up to 100 %, "no cabe" above (a GPU also loses some
+memory to its driver: devices.py).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+GIB = 2**30
+ADAMW_BYTES = 16  # fp32 weight 4 + gradient 4 + two AdamW states 8, per trainable parameter
+NF4_BYTES = 0.5 + 0.127 / 8  # 4 bits + double-quantized absmax constants, per quantized weight
+GPU_CONTEXT = int(0.5 * GIB)
+GPU_ALLOCATOR_FACTOR = 0.10
+CPU_FIRST_STEP = 128 * 2**20  # kernels' buffers of a first step (measured: 105 MiB, above)
+CPU_ALLOCATOR_FACTOR = 1.0  # × the traced peak of the step without gradient checkpointing (fitted, above)
+FITS, TIGHT = 0.85, 1.0
+
+
+@dataclass(frozen=True)
+class Part:
+    key: str  # stable id for --json
+    label: str  # Spanish, for the table
+    bytes: int
+    note: str = ""
+
+
+@dataclass
+class MemoryEstimate:
+    parts: list[Part]
+    load_peak: int  # the process while loading the weights (CPU); 0 when loading is never the peak
+    device_bytes: int  # the device's memory (GPU) or this machine's RAM
+    available_bytes: int  # what the run can use: free RAM plus what the planner itself holds, or the GPU's
+    measured: dict = field(default_factory=dict)  # from --calibrar: the real peak, when measured
+
+    @property
+    def training_peak(self) -> int:
+        return sum(p.bytes for p in self.parts)
+
+    @property
+    def total(self) -> int:
+        if "peak_bytes" in self.measured:
+            return self.measured["peak_bytes"]
+        return max(self.training_peak, self.load_peak)
+
+    @property
+    def verdict(self) -> str:
+        ratio = self.total / max(self.available_bytes, 1)
+        return "cabe" if ratio <= FITS else "justo" if ratio <= TIGHT else "no cabe"
+
+    def part(self, key: str) -> int:
+        return sum(p.bytes for p in self.parts if p.key == key)
+
+
+def weight_bytes(model, quantized: bool) -> int:
+    """Bytes of the frozen weights as training keeps them, from the prepared (empty) model's own dtypes."""
+    import torch
+
+    total = 0
+    seen = set()
+    embeddings = model.get_input_embeddings().weight
+    head = model.get_output_embeddings()
+    head_weight = head.weight if head is not None else None
+    for module in model.modules():
+        for param in module.parameters(recurse=False):
+            if id(param) in seen or param.requires_grad:
+                continue
+            seen.add(id(param))
+            is_linear = type(module) is torch.nn.Linear or type(module).__name__ == "Linear"  # PEFT wraps base_layer
+            if quantized and is_linear and param.dim() == 2 and param is not embeddings and param is not head_weight:
+                total += int(param.numel() * NF4_BYTES)
+            else:
+                total += param.numel() * param.element_size()
+    return total
+
+
+def trainable_parameters(model) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def load_peak_bytes(model, runtime: int, device_type: str, full: bool) -> int:
+    """CPU: weights read in fp32 (4 B each), and the bf16 copies of the linear layers made while those are mapped."""
+    if device_type != "cpu":
+        return 0
+    params = {id(p): p for p in model.parameters()}.values()
+    fp32 = sum(p.numel() for p in params) * 4
+    converted = sum(p.numel() * p.element_size() for p in params if not p.requires_grad and p.element_size() == 2)
+    return runtime + fp32 + (0 if full else converted)
+
+
+# --- measuring the real peak (this process) ------------------------------------------------------------------------
+
+
+def reset_peak(device_type: str) -> int:
+    """Start measuring a new peak; returns the peak so far (the process's, including loading). CPU: Linux's VmHWM,
+    reset by writing 5 to /proc/self/clear_refs (Linux ≥ 4.0); elsewhere the peak cannot be reset (0)."""
+    import torch
+
+    if device_type == "cuda":
+        so_far = torch.cuda.max_memory_reserved()
+        torch.cuda.reset_peak_memory_stats()
+        return so_far
+    so_far = _vm_hwm()
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as handle:
+            handle.write("5")
+    except OSError:
+        pass
+    return so_far
+
+
+def measured_peak(device_type: str) -> int:
+    """The peak since `reset_peak`: CPU resident memory (VmHWM), or on a GPU what PyTorch reserved plus what the
+    process holds outside it (CUDA context, cuBLAS workspace: the device's used memory minus PyTorch's reserve)."""
+    import torch
+
+    if device_type == "cuda":
+        free, total = torch.cuda.mem_get_info()
+        outside = max(0, total - free - torch.cuda.memory_reserved())
+        return torch.cuda.max_memory_reserved() + outside
+    return _vm_hwm()
+
+
+def _vm_hwm() -> int:
+    try:
+        for line in open("/proc/self/status", encoding="ascii"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource  # not Linux: ru_maxrss (bytes on macOS), never reset
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
