@@ -5,6 +5,7 @@ import argparse
 import json
 import os
 import sys
+import time
 
 from afinar import __version__
 from afinar.errors import AfinarError
@@ -133,10 +134,12 @@ def _supervised_train(args, overrides: dict) -> int:
     import subprocess
 
     from afinar.config import apply_overrides, load_recipe
+    from afinar.planning.estimate import decimal
     from afinar.runs import PLAN
     from afinar.training import checkpoint_dirs
 
     run_dir = apply_overrides(load_recipe(args.recipe), overrides).run_dir()  # R00x here, before any child
+    started = time.time()
     child = subprocess.Popen([sys.executable, "-m", "afinar", *args.argv], env={**os.environ, SUPERVISED: "1"},
                              preexec_fn=_die_with_parent)
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the child too: it answers for both
@@ -148,13 +151,13 @@ def _supervised_train(args, overrides: dict) -> int:
         return code if code >= 0 else 128 - code
     plan_file = run_dir / PLAN
     explained, hint = "", "baja train.tokens_per_batch o data.max_length, o activa train.gradient_checkpointing"
-    if plan_file.is_file():
+    if plan_file.is_file() and plan_file.stat().st_mtime >= started:  # this run's plan, not an older run's
         saved = json.loads(plan_file.read_text(encoding="utf-8"))
         memory = saved["memory"]
-        explained = (f" El plan calculaba un pico de {memory['total_gb']:.2f} GiB para "
-                     f"{saved['device']['available_gb']:.2f} GiB disponibles ({memory['verdict']}).")
+        explained = (f" El plan calculaba un pico de {decimal(memory['total_gb'])} GiB para "
+                     f"{decimal(saved['device']['available_gb'])} GiB disponibles ({memory['verdict']}).")
         if saved.get("suggestions"):
-            hint = "; ".join(f"{s['change']} (−{s['saves_gb']:.2f} GiB)" for s in saved["suggestions"])
+            hint = "; ".join(f"{s['change']} (−{decimal(s['saves_gb'])} GiB)" for s in saved["suggestions"])
     kept = checkpoint_dirs(run_dir)
     hint += ("; la ejecución conserva su último checkpoint (" + kept[-1].name + "): continúa con --resume "
              "(--forzar si cambias la receta)") if kept else "; no había checkpoint todavía"

@@ -147,6 +147,9 @@ def test_loading_and_the_measured_peak_decide_the_total():
     assert MemoryEstimate(parts, 90 * GIB, 128 * GIB, 100 * GIB).verdict == "justo"  # the load peak wins
     measured = MemoryEstimate(parts, 0, 128 * GIB, 100 * GIB, measured={"peak_bytes": 120 * GIB})
     assert measured.total == 120 * GIB and measured.verdict == "no cabe"
+    # a measurement below the formula does not lower the prediction (the heap grows after the first steps)
+    below = MemoryEstimate(parts, 0, 128 * GIB, 100 * GIB, measured={"peak_bytes": 5 * GIB})
+    assert below.total == 10 * GIB == below.formula_total
 
 
 def test_resolve_target(tiny_recipe):

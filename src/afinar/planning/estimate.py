@@ -59,6 +59,7 @@ class DataShape:
     mean_example_tokens: float
     labelled_fraction: float
     examples: int
+    longest_example: int = 0
 
     @classmethod
     def of(cls, prepared, recipe, processes: int = 1) -> "DataShape":
@@ -83,6 +84,7 @@ class DataShape:
             mean_example_tokens=sum(lengths) / len(lengths),
             labelled_fraction=sum(labelled_of) / max(1, sum(lengths)),
             examples=len(lengths),
+            longest_example=max(lengths),
         )
 
 
@@ -338,7 +340,7 @@ def estimate(recipe, config, shape: DataShape, target: Target, calibration: dict
         mem.Part("backward", "Temporales del backward", backward),
     ]
     if cpu:
-        parts.append(mem.Part("allocator", "Reserva del asignador de memoria (glibc, medida)",
+        parts.append(mem.Part("allocator", "Reserva del asignador de memoria (glibc; ajustada con medidas)",
                               mem.CPU_FIRST_STEP + int(mem.CPU_ALLOCATOR_FACTOR * no_gc["peak"])))
     else:
         parts.append(mem.Part("allocator", "Fragmentación del asignador de PyTorch (+10 %)",
@@ -346,7 +348,7 @@ def estimate(recipe, config, shape: DataShape, target: Target, calibration: dict
     load_peak = (runtime + traces["load_fp32"]) if cpu and traces["load_fp32"] else 0
     estimate_ = mem.MemoryEstimate(parts, load_peak, target.memory_bytes, target.available_bytes)
     if calibration and "peak_bytes" in calibration:
-        estimate_.measured = {"peak_bytes": calibration["peak_bytes"], "formula_bytes": estimate_.total}
+        estimate_.measured = {"peak_bytes": calibration["peak_bytes"], "formula_bytes": estimate_.formula_total}
 
     size = model_size(config)
     flops = flops_per_token(size, trainable if recipe.method != "full" else 0, recipe.method, gc,
@@ -386,7 +388,7 @@ def _suggestions(recipe, target: Target, traces: dict, estimate_: mem.MemoryEsti
         out.append(("train.gradient_checkpointing: true", saved))
     step = sum(estimate_.part(k) for k in ("activations", "logits", "backward", "allocator"))
     half = max(16, recipe.train.tokens_per_batch // 2)
-    longest = shape.width
+    longest = shape.longest_example or shape.width
     text = f"train.tokens_per_batch: {half}"
     if longest > half:
         text += f" (y data.max_length ≤ {half}: hoy el ejemplo más largo ocupa {longest} tokens)"
