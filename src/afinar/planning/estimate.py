@@ -333,11 +333,12 @@ def estimate(recipe, config, shape: DataShape, target: Target, calibration: dict
                  runtime),
         mem.Part("weights", f"Pesos del modelo base ({weights_label})", 0 if recipe.method == "full" else traces["weights"]),
         mem.Part("trainable", f"Parámetros entrenables ({method}: {decimal(trainable, 0)}) × 4 B", trainable * 4),
-        mem.Part("optimizer", "Gradientes y estados de AdamW (12 B por parámetro entrenable)", trainable * 12),
+        # The gradients (4 B each) are created in the backward: they are in the traced step below.
+        mem.Part("optimizer", "Estados de AdamW (8 B por parámetro entrenable)", trainable * 8),
         mem.Part("activations", f"Activaciones {'con' if gc else 'sin'} gradient checkpointing "
                                 f"({shape.rows} × {shape.width} tokens)", activations),
         mem.Part("logits", "Logits de la pérdida (por trozos de 256 posiciones)", step["loss"]),
-        mem.Part("backward", "Temporales del backward", backward),
+        mem.Part("backward", "Temporales del backward y gradientes", backward),
     ]
     if cpu:
         parts.append(mem.Part("allocator", "Reserva del asignador de memoria (glibc; ajustada con medidas)",

@@ -9,7 +9,8 @@
   constants (one fp8 absmax per 64 weights and one fp32 per 256 absmax: 0.127 bits per weight), the embeddings,
   norms and output head stay 16-bit.
 - **Trainable weights** 4 B each (fp32 master weights), **gradients** 4 B, **AdamW** two fp32 states, 8 B: 16 B per
-  trainable parameter in all (LoRA: the adapter; `method: full`: every weight).
+  trainable parameter in all (LoRA: the adapter; `method: full`: every weight). The gradients are created by the
+  backward, so they are part of the traced step (not counted twice).
 - **The step**: traced on an empty model (planning/trace.py), for the largest micro-batch of the recipe's data.
 - **Runtime**: on a CPU, the process's own memory with PyTorch, transformers and PEFT imported and the data and
   tokenizer loaded, before the model (measured: the planner and `afinar train` run in such a process); on a
@@ -37,7 +38,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 GIB = 2**30
-ADAMW_BYTES = 16  # fp32 weight 4 + gradient 4 + two AdamW states 8, per trainable parameter
 NF4_BYTES = 0.5 + 0.127 / 8  # 4 bits + double-quantized absmax constants, per quantized weight
 GPU_CONTEXT = int(0.5 * GIB)
 GPU_ALLOCATOR_FACTOR = 0.10
