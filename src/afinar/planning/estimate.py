@@ -217,9 +217,14 @@ def resolve_target(spec: str | None, recipe) -> Target:
         if quant == "4bit":
             raise AfinarError("H001", "QLoRA 4-bit (quantization: 4bit) necesita una GPU NVIDIA con CUDA; en CPU no.",
                               hint="planifica para una GPU (--dispositivo t4, rtx3060…) o quita 'quantization: 4bit'")
-        hw = hardware.detect(recipe.train.precision if recipe.train.precision != "fp16" else "auto", quant)
+        wanted = recipe.train.precision
+        if torch.cuda.is_available():  # detect() would describe the GPU: the CPU's own choice instead
+            precision = wanted if wanted in ("fp32", "bf16") else ("bf16" if hardware.cpu_supports_bf16() else "fp32")
+        else:
+            precision = hardware.detect(wanted if wanted != "fp16" else "auto", quant).precision
         total, available = ram_bytes()
-        return Target("cpu", "esta CPU", hw.precision, total, available, True)
+        # With a GPU here, training would run on it: the CPU plan cannot be measured by training (not "local").
+        return Target("cpu", "esta CPU", precision, total, available, not torch.cuda.is_available())
     if key not in DEVICES:
         import difflib
 
