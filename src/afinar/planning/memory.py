@@ -25,13 +25,14 @@
   the heap keeps the room the recomputation churns through). The allowance is CPU_FIRST_STEP + CPU_ALLOCATOR_FACTOR
   × the traced peak of the same step *without* gradient checkpointing, the factor fitted on three runs (the demo's
   recipe; enfermeria.yaml with and without checkpointing: it came out between 0.8 and 1.15) and checked on sixteen
-  by bench/plan_accuracy.py. Fitted on SmolLM2-135M only: on a CPU, `afinar plan` measures by default instead.
+  by bench/plan_accuracy.py. Fitted on SmolLM2-135M only: on a CPU `afinar plan` also measures by default, and
+  its total is the larger of the formula and the measured peak.
   On a GPU PyTorch's caching allocator rounds and splits blocks: +10 % of the step, an assumption.
 - **Loading** on a CPU reads the weights in fp32 first (then casts the linear layers to bf16): for small steps the
   process's peak is there, so the total is the larger of loading and training.
 
-Verdict: "cabe" under 85 % of the device's memory, "justo" up to 100 %, "no cabe" above (a GPU also loses some
-memory to its driver: devices.py).
+Verdict against the memory the run can use (free RAM plus what the planner itself holds; a table GPU's memory less
+what its driver keeps, devices.py): "cabe" up to 85 %, "justo" up to 100 %, "no cabe" above.
 """
 from __future__ import annotations
 
