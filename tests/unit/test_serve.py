@@ -9,7 +9,7 @@ import pytest
 
 from afinar.errors import AfinarError
 from afinar.inference.engines import Sampling, TransformersEngine
-from afinar.inference.server import Limits, ServeOptions, check_bind, create_app
+from afinar.inference.server import Limits, ServeOptions, check_bind, create_app, request_hostname
 from afinar.runs import open_ref
 from tests.conftest import train_tiny_run
 
@@ -206,3 +206,58 @@ def test_logs_hold_no_message_content_unless_asked(engine, caplog):
         logged = "\n".join(r.getMessage() for r in caplog.records)
         assert "POST /v1/chat/completions → 200" in logged
         assert (secret in logged) is log_content
+
+
+def test_host_origin_and_chunked_bodies_are_checked(engine):
+    """DNS rebinding (a foreign Host on a loopback server), a foreign page's Origin, and a chunked body with no
+    declared size: refused, the chunked one as soon as it passes the limit."""
+    from afinar.inference.server import LOOPBACK
+
+    app = create_app(engine, ServeOptions(limits=Limits(max_body_bytes=4096), allowed_hosts=LOOPBACK | {"127.0.0.1"}))
+    with Server(app) as base:
+        assert httpx.get(f"{base}/health").status_code == 200
+        rebound = httpx.get(f"{base}/v1/models", headers={"Host": f"ataque.example:{base.rsplit(':', 1)[1]}"})
+        assert rebound.status_code == 403 and rebound.json()["error"]["code"] == "host_not_allowed"
+        foreign = httpx.post(f"{base}/v1/chat/completions", content=b'{"model": "enfermeria"}',
+                             headers={"Origin": "http://ataque.example", "Content-Type": "text/plain"})
+        assert foreign.status_code == 403 and foreign.json()["error"]["code"] == "origin_not_allowed"
+        same = httpx.post(f"{base}/v1/chat/completions", json={"model": "enfermeria", "messages": []},
+                          headers={"Origin": base})
+        assert same.status_code == 400  # past the guard: the empty messages are the route's error
+
+        def chunks(count):
+            for _ in range(count):
+                yield b" " * 1024
+
+        chunked = httpx.post(f"{base}/v1/chat/completions", content=chunks(8), headers={"Content-Type": "application/json"})
+        assert "content-length" not in chunked.request.headers
+        assert chunked.status_code == 413 and chunked.json()["error"]["code"] == "body_too_large"
+
+    # serve() on loopback refuses other Host names; elsewhere (with a key) any
+    assert request_hostname("[::1]:8000") == "::1" and request_hostname("LocalHost") == "localhost"
+
+
+def test_an_endless_chunked_body_is_cut_off_at_the_limit(engine):
+    """At the ASGI level, a body that never ends: the server stops reading once past the limit and answers 413
+    (before this, the whole body was read first: it would have pulled all 1000 chunks)."""
+    import asyncio
+
+    app = create_app(engine, ServeOptions(limits=Limits(max_body_bytes=4096)))
+    pulled, sent = [], []
+
+    async def receive():
+        pulled.append(1)
+        if len(pulled) > 1000:
+            return {"type": "http.disconnect"}
+        return {"type": "http.request", "body": b" " * 1024, "more_body": True}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": "/v1/chat/completions", "raw_path": b"/v1/chat/completions", "query_string": b"",
+             "headers": [(b"host", b"127.0.0.1:8000"), (b"content-type", b"application/json")],
+             "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 8000)}
+    asyncio.run(asyncio.wait_for(app(scope, receive, send), 10))
+    assert [m["status"] for m in sent if m["type"] == "http.response.start"] == [413]
+    assert len(pulled) <= 4096 // 1024 + 2

@@ -1,9 +1,10 @@
 """`afinar serve`: an OpenAI-compatible API (FastAPI) and a chat page over one engine with one or more personalities.
 
 Imported only by `afinar serve` (cli.py imports lazily), so FastAPI stays off the path of every other command.
-Safe by default: binds 127.0.0.1; another host needs an API key (compared in constant time); request bodies, prompt
-tokens and max_tokens are capped; each request has a time limit; CORS only for listed origins; the log never holds
-message content unless asked (`--log-contenido`).
+Safe by default: binds 127.0.0.1; another host needs an API key (compared in constant time); on loopback only the
+loopback names are accepted in `Host` (DNS rebinding), and a browser `Origin` must be this server or a listed CORS
+origin; request bodies are capped while they are read (a chunked body is cut off at the limit, 413), prompt tokens and
+max_tokens too; each request has a time limit; the log never holds message content unless asked (`--log-contenido`).
 """
 from __future__ import annotations
 
@@ -48,6 +49,32 @@ class ServeOptions:
     cors: list[str] = field(default_factory=list)
     limits: Limits = field(default_factory=Limits)
     log_content: bool = False
+    # Host names a request may be addressed to (None: any). Bound to loopback, `serve` allows only the loopback
+    # names: a web page whose domain an attacker re-points to 127.0.0.1 (DNS rebinding) sends its own Host.
+    allowed_hosts: set[str] | None = None
+
+
+def request_hostname(host_header: str) -> str:
+    """'127.0.0.1:8000' → '127.0.0.1', '[::1]:8000' → '::1', 'LocalHost' → 'localhost'."""
+    from urllib.parse import urlsplit
+
+    try:
+        return urlsplit("//" + host_header).hostname or ""
+    except ValueError:
+        return ""
+
+
+def foreign_origin(origin: str | None, host_header: str, allowed: list[str]) -> bool:
+    """A browser's Origin that is neither this server (same scheme-less host:port as the Host header) nor listed
+    for CORS: its page must not drive the model (no CSRF with a text/plain POST)."""
+    from urllib.parse import urlsplit
+
+    if origin is None or origin in allowed:
+        return False
+    try:
+        return urlsplit(origin).netloc.lower() != host_header.lower()
+    except ValueError:
+        return True
 
 
 class Message(BaseModel):
@@ -99,6 +126,13 @@ def create_app(engine: Engine, options: ServeOptions | None = None) -> FastAPI:
     @app.middleware("http")
     async def guard(request: Request, call_next):
         started = time.perf_counter()
+        host = request.headers.get("host", "")
+        if options.allowed_hosts is not None and request_hostname(host) not in options.allowed_hosts:
+            return _error(403, "nombre de equipo no permitido en la cabecera Host (solo se atiende a "
+                          f"{', '.join(sorted(options.allowed_hosts))})", "permission_error", "host_not_allowed")
+        if foreign_origin(request.headers.get("origin"), host, options.cors):
+            return _error(403, "origen no permitido: una página de otro sitio no puede usar este servidor "
+                          "(añádelo con --cors si es tuyo)", "permission_error", "origin_not_allowed")
         if request.url.path.startswith("/v1/") and options.api_key and request.method != "OPTIONS":
             given = request.headers.get("authorization", "")
             token = given[7:] if given.lower().startswith("bearer ") else ""
@@ -106,12 +140,18 @@ def create_app(engine: Engine, options: ServeOptions | None = None) -> FastAPI:
                 return _error(401, "falta la clave o no es válida (cabecera Authorization: Bearer …)",
                               "authentication_error", "invalid_api_key")
         if request.method == "POST":
+            too_big = _error(413, f"la petición ocupa más de {limits.max_body_bytes // 1024} KB", code="body_too_large")
             declared = request.headers.get("content-length", "")
-            # A declared size over the limit is refused unread; otherwise the body is read (starlette keeps it for
-            # the route) and measured, for requests that declare none or lie.
-            too_big = declared.isdigit() and int(declared) > limits.max_body_bytes
-            if too_big or len(await request.body()) > limits.max_body_bytes:
-                return _error(413, f"la petición ocupa más de {limits.max_body_bytes // 1024} KB", code="body_too_large")
+            if declared.isdigit() and int(declared) > limits.max_body_bytes:  # refused unread
+                return too_big
+            # Otherwise read only up to the limit: a chunked body (no declared size) or one that lies about its size
+            # is cut off as soon as it passes it, never held whole in memory.
+            body = bytearray()
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > limits.max_body_bytes:
+                    return too_big
+            request._body = bytes(body)  # starlette hands it to the route (BaseHTTPMiddleware replays `_body`)
         response = await call_next(request)
         log.info("%s %s → %s (%.0f ms)", request.method, request.url.path, response.status_code,
                  1000 * (time.perf_counter() - started))
@@ -244,7 +284,8 @@ def serve(sources: list[str], host: str = "127.0.0.1", port: int = 8000, engine:
     api_key = api_key or os.environ.get("AFINAR_API_KEY") or None
     check_bind(host, api_key)
     loaded = load_engine(sources, engine)
-    app = create_app(loaded, ServeOptions(api_key, list(cors or []), limits or Limits(), log_content))
+    allowed_hosts = LOOPBACK | {host} if host in LOOPBACK else None  # on loopback: DNS rebinding refused
+    app = create_app(loaded, ServeOptions(api_key, list(cors or []), limits or Limits(), log_content, allowed_hosts))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     names = ", ".join(loaded.personalities)
     print(f"Sirviendo {names} con {loaded.name} en http://{host}:{port}/ (API: http://{host}:{port}/v1)"
