@@ -12,6 +12,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from afinar.planning.estimate import minutes
+
 # Kept back from the budget for the final checkpoint, the adapter, the plot and afinar_run.json (measured on
 # SmolLM2-135M: about 1 s; more on a slow disk) and for steps slower than the calibrated ones.
 RESERVE_SECONDS = 5.0
@@ -30,7 +32,7 @@ class BudgetPlan:
     def summary(self, device: str) -> str:
         capped = " (el máximo de la receta: sus épocas)" if self.steps == self.cap else ""
         evals = f", validación {self.eval_s:.0f} s cada vez" if self.eval_s else ""
-        return (f"Presupuesto: {_minutes(self.budget_s)} → ≈ {self.steps} pasos{capped} en {_minutes(self.remaining_s)} "
+        return (f"Presupuesto: {minutes(self.budget_s)} → ≈ {self.steps} pasos{capped} en {minutes(self.remaining_s)} "
                 f"que quedan, en {device} ({self.step_s:.1f} s por paso{evals}; las épocas de la receta serían "
                 f"{self.cap} pasos)")
 
@@ -56,8 +58,3 @@ def plan_steps(remaining_s: float, step_s: float, eval_s: float, eval_every: int
 def out_of_time(now: float, deadline: float, step_s: float, eval_s: float) -> bool:
     """Would one more step, then the final evaluation and the artifacts, end past the deadline?"""
     return now + step_s + eval_s + RESERVE_SECONDS > deadline
-
-
-def _minutes(seconds: float) -> str:
-    minutes, rest = divmod(round(seconds), 60)
-    return f"{minutes} min {rest:02d} s" if minutes else f"{rest} s"

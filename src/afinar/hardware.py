@@ -69,10 +69,12 @@ def int8_cpu_features() -> dict:
     return info
 
 
-def detect(precision: str = "auto", quantization: str = "none") -> Hardware:
+def detect(precision: str = "auto", quantization: str = "none", cpu_only: bool = False) -> Hardware:
+    """Device and precision for training; `cpu_only`: the CPU's choice even where there is a GPU (`afinar plan
+    --dispositivo cpu`)."""
     import torch
 
-    if torch.cuda.is_available():
+    if torch.cuda.is_available() and not cpu_only:
         name = torch.cuda.get_device_name(0)
         bf16 = torch.cuda.is_bf16_supported()
         if precision == "auto":

@@ -50,11 +50,11 @@ def plan(recipe: str | Path | Recipe, device: str | None = None, calibrate: bool
         tokenizer, _ = recipe_tokenizer(base_path, recipe.data.template)
         prepared = prepare_training_data(recipe, tokenizer, progress=False,
                                          say=(lambda *a, **k: None) if calibrate else print)
-        result = estimate(recipe, config, DataShape.of(prepared, recipe), target, runtime_bytes=process_rss(),
-                          measure_time=not calibrate)
+        shape, runtime = DataShape.of(prepared, recipe), process_rss()
+        result = estimate(recipe, config, shape, target, runtime_bytes=runtime, measure_time=not calibrate)
         if calibrate and result.memory.verdict == "no cabe":
             print("No se calibra: según la fórmula no cabe, y cargar el modelo podría agotar la memoria.")
-            result = estimate(recipe, config, DataShape.of(prepared, recipe), target, runtime_bytes=process_rss())
+            result = estimate(recipe, config, shape, target, runtime_bytes=runtime)
         elif calibrate:  # `afinar train` up to its measured first steps: the same model, data and micro-batches
             result = train(recipe, progress=False, plan_only=True, force=True)
     if as_json:

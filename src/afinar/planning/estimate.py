@@ -16,7 +16,7 @@ from afinar.atomic import atomic_write_text
 from afinar.errors import AfinarError
 from afinar.planning import memory as mem
 from afinar.planning.devices import DEVICES
-from afinar.planning.model_size import model_size
+from afinar.planning.model_size import ModelSize, model_size
 from afinar.planning.timing import (
     CPU_FRACTION,
     StepTimeFit,
@@ -26,7 +26,7 @@ from afinar.planning.timing import (
 )
 
 GIB = mem.GIB
-TRACE_CACHE_VERSION = 4
+TRACE_CACHE_VERSION = 5
 
 
 @dataclass(frozen=True)
@@ -69,17 +69,15 @@ class DataShape:
         lengths = prepared.lengths
         largest = prepared.largest_micro_batch()
         widest = max(sum(lengths[i] for i in row) for row in largest)
-        labels = prepared.data.train["labels"]
-        labelled_of = [sum(1 for x in labels[i][1:] if x != -100) for i in range(len(lengths))]
+        labelled_of = prepared.data.train["n_trained"]  # labelled positions of each example, counted when tokenized
         tokens = prepared.micro_batch_tokens()
-        per_step = cfg.grad_accum * processes
         return cls(
             rows=len(largest), width=widest,
             examples_per_row=max(1, round(len(examples_of(largest)) / len(largest))),
             labelled=sum(labelled_of[i] for i in examples_of(largest)),
             tokens_per_step=sum(tokens) / max(1, len(tokens)) * cfg.grad_accum,
             micro_batches_per_step=cfg.grad_accum,
-            steps_per_epoch=max(1, len(tokens) // per_step),
+            steps_per_epoch=prepared.steps_per_epoch(cfg.grad_accum, processes),
             total_steps=prepared.total_steps(cfg, processes),
             mean_example_tokens=sum(lengths) / len(lengths),
             labelled_fraction=sum(labelled_of) / max(1, sum(lengths)),
@@ -218,10 +216,7 @@ def resolve_target(spec: str | None, recipe) -> Target:
             raise AfinarError("H001", "QLoRA 4-bit (quantization: 4bit) necesita una GPU NVIDIA con CUDA; en CPU no.",
                               hint="planifica para una GPU (--dispositivo t4, rtx3060…) o quita 'quantization: 4bit'")
         wanted = recipe.train.precision
-        if torch.cuda.is_available():  # detect() would describe the GPU: the CPU's own choice instead
-            precision = wanted if wanted in ("fp32", "bf16") else ("bf16" if hardware.cpu_supports_bf16() else "fp32")
-        else:
-            precision = hardware.detect(wanted if wanted != "fp16" else "auto", quant).precision
+        precision = hardware.detect(wanted if wanted != "fp16" else "auto", quant, cpu_only=True).precision
         total, available = ram_bytes()
         # With a GPU here, training would run on it: the CPU plan cannot be measured by training (not "local").
         return Target("cpu", "esta CPU", precision, total, available, not torch.cuda.is_available())
@@ -302,6 +297,7 @@ def _trace_variants(config, recipe, hw, shape: DataShape, variants: list[bool]) 
         trace = trace_step(fake, model, head, hw, shape.rows, shape.width, shape.examples_per_row, shape.labelled)
         out["gc" if gc else "no_gc"] = asdict(trace)
         if "weights" not in out:
+            out["size"] = asdict(model_size(config))
             out["weights"] = mem.weight_bytes(model, recipe.model.quantization == "4bit")
             out["weights_4bit"] = mem.weight_bytes(model, True)
             out["trainable"] = mem.trainable_parameters(model)
@@ -356,7 +352,7 @@ def estimate(recipe, config, shape: DataShape, target: Target, calibration: dict
     if calibration and "peak_bytes" in calibration:
         estimate_.measured = {"peak_bytes": calibration["peak_bytes"], "formula_bytes": estimate_.formula_total}
 
-    size = model_size(config)
+    size = ModelSize(**traces["size"])  # measured with the traces (and cached with them): no second empty model
     flops = flops_per_token(size, trainable if recipe.method != "full" else 0, recipe.method, gc,
                             shape.mean_example_tokens, shape.labelled_fraction)
     fit = calibration.get("fit") if calibration else None
