@@ -221,7 +221,7 @@ def _cmd_serve(args) -> int:
     limits = Limits(max_body_bytes=args.max_body_kb * 1024, max_prompt_tokens=args.max_prompt_tokens,
                     max_tokens=args.max_tokens, timeout_s=args.timeout)
     serve(args.sources, host=args.host, port=args.port, engine=args.motor, api_key=args.api_key, cors=args.cors,
-          limits=limits, log_content=args.log_contenido)
+          limits=limits, log_content=args.log_contenido, with_base=args.con_base)
     return 0
 
 
@@ -229,6 +229,14 @@ def _cmd_demo(args) -> int:
     from afinar.demo import demo
 
     demo(output=args.output, epochs=args.epochs, max_steps=args.max_steps, minutes=args.minutos)
+    return 0
+
+
+def _cmd_estudio(args) -> int:
+    from afinar.studio.launch import estudio
+
+    estudio(port=args.puerto, open_browser=not args.no_abrir, host=args.host, folder=args.carpeta,
+            max_upload_mb=args.max_subida_mb)
     return 0
 
 
@@ -376,6 +384,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-tokens", type=int, default=1024, help="max_tokens máximo por petición (400)")
     p.add_argument("--timeout", type=float, default=120.0, help="segundos máximos generando por petición")
     p.add_argument("--log-contenido", action="store_true", help="escribe los mensajes en el registro (por defecto no)")
+    p.add_argument("--con-base", action="store_true",
+                   help="sirve también el modelo base como personalidad 'base', para comparar lado a lado "
+                        "(no con exportaciones GGUF/ONNX)")
     p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("demo", help="entrena la receta de enfermería en el modelo incluido, compara y fusiona")
@@ -385,6 +396,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--minutos", "--minutes", type=float,
                    help="minutos de entrenamiento (por defecto 5; los pasos que quepan en este equipo)")
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("estudio", help="la aplicación web local, en español: datos, modelo, entrenar, evaluar, exportar y usar")
+    p.add_argument("--puerto", type=int, default=7860)
+    p.add_argument("--no-abrir", action="store_true", help="no abre el navegador (imprime la dirección)")
+    p.add_argument("--host", default="127.0.0.1", help="otra dirección que 127.0.0.1 expone el estudio a tu red (con token)")
+    p.add_argument("--carpeta", default="afinar-estudio", help="dónde guarda datos, recetas y ejecuciones")
+    p.add_argument("--max-subida-mb", type=int, default=50, help="tamaño máximo de un archivo subido")
+    p.set_defaults(func=_cmd_estudio)
     return parser
 
 

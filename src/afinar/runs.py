@@ -26,6 +26,7 @@ DATA_REPORT_DIR = "informe_datos"  # `afinar inspect`'s report on the data; kept
 EXPORT_DIR = "export"  # `afinar export`'s default output
 EXPORT_SUMMARY = "afinar_export.json"  # in an export folder: what was written and how it was checked
 DATA_FINGERPRINT = "data_fingerprint.json"  # hashes and counts of the training data (never its text)
+STOP_REQUEST = ".detener"  # created in the run folder (by the studio, or by hand) to stop training at the end of the current step, saving everything; resumable with --resume
 
 
 @dataclass

@@ -9,6 +9,8 @@ Micro-batches hold up to `train.batch_size` examples and `train.tokens_per_batch
 with position_ids restarting at each example (no padding; see data/templates.collate_packed), or padded and grouped
 by length with `train.packing: false`. The loss of a step is exact per trained token across micro-batches and
 processes: every micro-batch's summed cross-entropy is divided by the step's token count, all-reduced.
+A stop request (runs.STOP_REQUEST, a file in the run folder) ends the loop at a step boundary like the time budget
+does: held-out loss, checkpoint and every artifact, then a normal return (exit code 0); --resume continues.
 Reusable pieces (checkpoints, RNG, the loss, metrics) live in afinar/training.py.
 """
 from __future__ import annotations
@@ -49,6 +51,7 @@ from afinar.runs import (
     PLAN,
     RECIPE,
     RUN_INFO,
+    STOP_REQUEST,
 )
 from afinar.training import (
     ENGINE_STATE,
@@ -86,8 +89,9 @@ def _check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
         if not checkpoint_dirs(run_dir):
             raise AfinarError("T002", "no hay ningún checkpoint completo para continuar.", where=str(run_dir))
         return
-    # A data report from `afinar inspect` may already be there: it belongs beside the run, keep it.
-    if run_dir.exists() and any(p.name != DATA_REPORT_DIR for p in run_dir.iterdir()) and not overwrite:
+    # A data report from `afinar inspect` may already be there: it belongs beside the run, keep it. A stop request
+    # alone does not make the folder a run (train() removes a stale one).
+    if run_dir.exists() and any(p.name not in (DATA_REPORT_DIR, STOP_REQUEST) for p in run_dir.iterdir()) and not overwrite:
         raise AfinarError(
             "T003",
             "la carpeta de salida ya existe y no está vacía.",
@@ -102,7 +106,8 @@ def _prepare_run_dir(run_dir: Path, resume: bool) -> None:
         shutil.rmtree(run_dir / ".final", ignore_errors=True)
     elif run_dir.exists():
         for entry in run_dir.iterdir():
-            if entry.name != DATA_REPORT_DIR:
+            # A stop request here was made during loading (the stale one went at the start): it must still stop.
+            if entry.name not in (DATA_REPORT_DIR, STOP_REQUEST):
                 shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
     run_dir.mkdir(parents=True, exist_ok=True)
 
@@ -239,6 +244,7 @@ def train(
 
     started = time.time()
     # --- stage 0: recipe and launch checks (nothing is written before these pass) ---------------------------------
+    recipe_path = None if isinstance(recipe, Recipe) else str(recipe)
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
     recipe = apply_overrides(recipe, overrides or {})
     cfg = recipe.train
@@ -258,6 +264,9 @@ def train(
     rank, processes, main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
     sharded = accelerator.distributed_type.value in ("FSDP", "DEEPSPEED")
     say = print if main else (lambda *args, **kwargs: None)
+    stop_file = run_dir / STOP_REQUEST
+    if main and not plan_only:  # a leftover request (a crash before it was removed) must not stop this run at once
+        stop_file.unlink(missing_ok=True)
     seed_everything(cfg.seed)
     where = f"{processes} procesos ({accelerator.distributed_type.value})" if processes > 1 else hw.device
     say(f"Hardware: {where}, precisión {hw.precision} — {hw.reason}")
@@ -380,6 +389,9 @@ def train(
             say(f"aviso: continuando con cambios ({', '.join(changed)}); no será idéntico a no haber parado")
         if cfg.max_minutes and saved.get("total_steps"):  # a budget run keeps the plan it made (and its schedule)
             total_steps = saved["total_steps"]
+        elif saved.get("total_steps") not in (None, total_steps):
+            say(f"aviso: la ejecución planeaba {saved['total_steps']} pasos y ahora son {total_steps} "
+                "(cambiaron --max-steps, --epochs o --minutos); el calendario de la tasa de aprendizaje cambia")
     # The base's held-out loss (untrained; with LoRA, B starts at zero: exactly the base model), before anything is
     # written: its time goes into the budget's plan.
     base_loss, eval_seconds = None, 0.0
@@ -469,6 +481,7 @@ def train(
     counted = {"real_tokens": 0, "trained_tokens": 0, "examples": 0, "seconds": 0.0}
     first_step_at, first_seconds = None, 0.0
     done = start_step
+    stopped = False
     try:
         for step in range(start_step + 1, total_steps + 1):
             t0 = time.time()
@@ -476,8 +489,9 @@ def train(
             # Token-weighted: each micro-batch's summed loss over the step's labelled tokens on all processes, so
             # accumulation and processes add up to one large batch. DDP averages gradients over processes and
             # accelerator.backward divides by grad_accum: both are undone by the factor below.
-            # One all-reduce for the step's labelled tokens, real (unpadded) tokens, examples, and whether any process
-            # is out of time (the budget: every process must stop at the same step).
+            # One all-reduce for the step's labelled tokens, real (unpadded) tokens, examples, whether any process
+            # is out of time (the budget), and whether a stop was requested (the main process looks for the file):
+            # every process must stop at the same step.
             late = False
             if deadline is not None:
                 timed = done - start_step - 1  # the first step of a process is slower; leave it out once there are more
@@ -485,8 +499,11 @@ def train(
                 late = out_of_time(time.time(), deadline, expected, eval_seconds * (2 if step % cfg.eval_every == 0 else 1))
             local = [sum(int((b["labels"][:, 1:] != IGNORE).sum()) for _, _, b in micro),
                      sum(lengths[i] for _, mb, _ in micro for i in examples_of(mb)),
-                     sum(len(examples_of(mb)) for _, mb, _ in micro), int(late)]
-            n_step, real, examples, late = (int(x) for x in accelerator.reduce(torch.tensor(local, device=accelerator.device), "sum"))
+                     sum(len(examples_of(mb)) for _, mb, _ in micro), int(late), int(main and stop_file.exists())]
+            n_step, real, examples, late, stop = (int(x) for x in accelerator.reduce(torch.tensor(local, device=accelerator.device), "sum"))
+            if stop:
+                stopped = True
+                break
             if late:
                 break
             scale = cfg.grad_accum * processes / max(n_step, 1)
@@ -543,8 +560,11 @@ def train(
         raise _out_of_memory(plan or check, run_dir, done + 1) from exc
     bar.close()
 
-    if done < total_steps:  # the time budget ran out before the plan (a slower machine than measured): end here
-        say(f"Se acaba el presupuesto de {cfg.max_minutes:g} min: fin en el paso {done} de {total_steps} planeados.")
+    # A stop request, or the time budget ran out before the plan (a slower machine than measured): end here, with
+    # the held-out loss of the last step.
+    if done < total_steps:
+        if not stopped:
+            say(f"Se acaba el presupuesto de {cfg.max_minutes:g} min: fin en el paso {done} de {total_steps} planeados.")
         if done > start_step and done % cfg.eval_every != 0:
             measured = validation_loss()
             if measured is not None:
@@ -561,6 +581,8 @@ def train(
             "base_path": base_path,
             "chat_template": {**chat.record(), "trained_tokens": tokenizer.convert_ids_to_tokens(cold)},
             "steps": done,
+            "planned_steps": total_steps,
+            "stopped": stopped,  # by a stop request: --resume continues to planned_steps
             "train_seconds": round(time.time() - started, 1),
             "budget": None if not cfg.max_minutes else {
                 "minutes": cfg.max_minutes, "planned_steps": total_steps, "steps": done,
@@ -578,8 +600,18 @@ def train(
                            "tokens_per_s": counted["real_tokens"] / max(counted["seconds"], 1e-9),
                            "examples_per_s": counted["examples"] / max(counted["seconds"], 1e-9)},
         })
-        took = f" (presupuesto {cfg.max_minutes:g} min, {done} pasos)" if cfg.max_minutes else ""
-        say(f"Listo en {time.time() - started:.0f} s{took}. Adaptador, tokenizador, receta y métricas en {run_dir}")
+        if stopped:
+            command = f"afinar train {recipe_path if recipe_path else 'RECETA'} --resume"
+            same = " (con las mismas opciones)" if any(v is not None for v in (overrides or {}).values()) else ""
+            kept = "el modelo" if recipe.method == "full" else "el adaptador"
+            say(f"Detenido a petición en el paso {done} de {total_steps}: {kept} y un checkpoint quedan guardados; "
+                f"continúa con: {command}{same}")
+        else:
+            took = f" (presupuesto {cfg.max_minutes:g} min, {done} pasos)" if cfg.max_minutes else ""
+            say(f"Listo en {time.time() - started:.0f} s{took}. Adaptador, tokenizador, receta y métricas en {run_dir}")
+        # Removed once everything is saved: the studio can take its disappearance as "saved". A request that came
+        # during the last step is consumed too (the run ended anyway).
+        stop_file.unlink(missing_ok=True)
     accelerator.wait_for_everyone()
     return run_dir
 

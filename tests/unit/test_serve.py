@@ -261,3 +261,158 @@ def test_an_endless_chunked_body_is_cut_off_at_the_limit(engine):
     asyncio.run(asyncio.wait_for(app(scope, receive, send), 10))
     assert [m["status"] for m in sent if m["type"] == "http.response.start"] == [413]
     assert len(pulled) <= 4096 // 1024 + 2
+
+
+# --- `afinar serve --con-base`: the base model beside the runs --------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def base_engine(runs):
+    return TransformersEngine([open_ref(r) for r in runs], with_base=True)
+
+
+def ask(engine, model_id, question=QUESTION, max_tokens=12):
+    from afinar.data.templates import with_system
+
+    messages = with_system([{"role": "user", "content": question}], engine.personalities[model_id].system_prompt)
+    return engine.complete(model_id, messages, Sampling(temperature=0.0, max_tokens=max_tokens))
+
+
+def plain_base_answer(run, base_folder, question=QUESTION, max_tokens=12):
+    """The base model loaded on its own (no PEFT at all), prompted the way the run is (its chat format and system
+    prompt), greedy: what the `base` personality must say."""
+    import torch
+
+    from afinar.config import GenerationSection
+    from afinar.data.chat_format import stops_of
+    from afinar.data.templates import with_system
+    from afinar.inference.engines import transformers_stream
+    from afinar.models import load_model, load_tokenizer
+
+    ref = open_ref(run)
+    tokenizer = load_tokenizer(str(run))
+    model = load_model(str(base_folder), dtype=torch.float32).eval()
+    messages = with_system([{"role": "user", "content": question}], ref.system_prompt)
+    prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt")
+    *_, reply = transformers_stream(model, tokenizer, prompt, GenerationSection(temperature=0.0, max_new_tokens=max_tokens),
+                                    stops=stops_of(tokenizer, run))
+    return reply
+
+
+def test_con_base_adds_a_base_personality_marked_in_the_api(base_engine, runs):
+    assert list(base_engine.personalities) == ["enfermeria", "tutor-algoritmos", "base"]
+    base, first = base_engine.personalities["base"], base_engine.personalities["enfermeria"]
+    # a fair comparison: the first run's system prompt and generation settings
+    assert base.is_base and base.system_prompt == first.system_prompt == "Eres un asistente."
+    assert base.generation == first.generation and base.report is None
+    with Server(create_app(base_engine, ServeOptions())) as url:
+        assert [m.id for m in client(url).models.list().data] == ["enfermeria", "tutor-algoritmos", "base"]
+        info = {p["id"]: p for p in httpx.get(f"{url}/api/personalidades").json()}
+        assert {k: p["es_base"] for k, p in info.items()} == {"enfermeria": False, "tutor-algoritmos": False, "base": True}
+        assert info["base"]["system_prompt"] == "Eres un asistente." and info["base"]["temperature"] == 0.0
+        reply = client(url).chat.completions.create(model="base", messages=[{"role": "user", "content": QUESTION}],
+                                                    temperature=0, max_tokens=12)
+        assert reply.choices[0].message.content == plain_base_answer(runs[0], open_ref(runs[0]).base_path).text
+    # without the flag, nothing changes
+    plain = TransformersEngine([open_ref(runs[0])])
+    assert list(plain.personalities) == ["enfermeria"] and not plain.personalities["enfermeria"].is_base
+
+
+def test_base_answers_like_the_base_model_loaded_alone(base_engine, runs, tiny_base):
+    got, want = ask(base_engine, "base"), plain_base_answer(runs[0], tiny_base)
+    assert (got.text, got.completion_tokens, got.stopped) == (want.text, want.completion_tokens, want.stopped)
+    assert got.text  # something to compare
+    tuned = ask(base_engine, "enfermeria")
+    assert tuned.text == expected(runs, 0).text
+    assert tuned.text != got.text  # the adapter changes the answer: the base really is computed without it
+
+
+def test_base_and_tuned_requests_never_mix_adapter_state(base_engine, runs):
+    from afinar.data.templates import with_system
+
+    want = {"enfermeria": expected(runs, 0).text, "tutor-algoritmos": expected(runs, 1).text,
+            "base": ask(base_engine, "base").text}
+    assert len(set(want.values())) == 3
+    before = ask(base_engine, "enfermeria").text
+    ask(base_engine, "base")
+    assert ask(base_engine, "enfermeria").text == before == want["enfermeria"]
+    # a base answer left half-way (the client went away) still puts the adapters back on
+    messages = with_system([{"role": "user", "content": QUESTION}], "Eres un asistente.")
+    pieces = base_engine.stream("base", messages, Sampling(temperature=0.0, max_tokens=12))
+    next(pieces)
+    pieces.close()
+    assert base_engine.model.get_model_status().enabled is True
+    assert ask(base_engine, "tutor-algoritmos").text == want["tutor-algoritmos"]
+    assert base_engine.lock.acquire(timeout=1)  # and the lock was released
+    base_engine.lock.release()
+
+    # concurrent requests over HTTP, base among them, streaming or not: each gets its own weights
+    got: list[tuple[str, str]] = []
+    with Server(create_app(base_engine, ServeOptions())) as url:
+        def request(model, stream):
+            c = client(url)
+            kwargs = {"model": model, "messages": [{"role": "user", "content": QUESTION}], "temperature": 0,
+                      "max_tokens": 12}
+            if stream:
+                parts = c.chat.completions.create(stream=True, **kwargs)
+                got.append((model, "".join(p.choices[0].delta.content or "" for p in parts if p.choices).strip()))
+            else:
+                got.append((model, c.chat.completions.create(**kwargs).choices[0].message.content))
+
+        threads = [threading.Thread(target=request, args=(m, i % 2 == 0)) for i, m in
+                   enumerate(["base", "enfermeria", "base", "tutor-algoritmos"] * 2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+    assert len(got) == 8
+
+    def same(text):  # a stream never sends half a character: a tiny model's trailing partial byte is left out
+        return text.rstrip("\ufffd").strip()
+
+    for model, text in got:
+        assert same(text) == same(want[model]), model
+
+
+def test_base_id_does_not_clash_with_a_run_called_base():
+    from afinar.inference.engines import base_personality_id
+
+    assert base_personality_id({"enfermeria"}) == "base"
+    assert base_personality_id({"base", "enfermeria"}) == "base-original"
+    assert base_personality_id({"base", "base-original"}) == "base-original-2"
+
+
+def test_con_base_is_refused_for_gguf_and_onnx_exports(tmp_path):
+    """An export holds only the tuned model: S013, before anything is loaded (these files are empty)."""
+    from afinar.inference.engines import load_engine
+
+    onnx = tmp_path / "export"
+    (onnx / "onnx").mkdir(parents=True)
+    (onnx / "onnx" / "model.onnx").write_bytes(b"")
+    gguf = tmp_path / "gguf" / "modelo-q8_0.gguf"
+    gguf.parent.mkdir()
+    gguf.write_bytes(b"")
+    for source, kind in ((onnx, "ONNX"), (gguf, "GGUF")):
+        with pytest.raises(AfinarError) as info:
+            load_engine([source], with_base=True)
+        assert info.value.code == "S013" and kind in str(info.value)
+        assert "afinar serve RUN --con-base" in (info.value.hint or "")
+
+
+def test_con_base_on_a_merged_folder_loads_the_base_beside_it(runs, tiny_base, tmp_path):
+    """A merged (or full) model has no adapter to turn off: the base is a second model, from afinar_merge.json;
+    a copy without that file cannot say which base it came from (S014)."""
+    import shutil
+
+    from afinar.merge import merge
+
+    merged = merge(runs[0], tmp_path / "fusionado")
+    engine = TransformersEngine([open_ref(merged)], with_base=True)
+    assert list(engine.personalities) == ["enfermeria", "base"] and engine.base_model is not None
+    assert ask(engine, "base").text == plain_base_answer(runs[0], tiny_base).text
+    assert ask(engine, "enfermeria").text == expected(runs, 0).text
+    copy = shutil.copytree(merged, tmp_path / "copia")
+    (copy / "afinar_merge.json").unlink()
+    with pytest.raises(AfinarError) as info:
+        TransformersEngine([open_ref(copy)], with_base=True)
+    assert info.value.code == "S014"

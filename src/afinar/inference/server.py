@@ -176,7 +176,7 @@ def create_app(engine: Engine, options: ServeOptions | None = None) -> FastAPI:
     def personalities():
         return [{"id": p.id, "system_prompt": p.system_prompt, "temperature": p.generation.temperature,
                  "top_p": p.generation.top_p, "max_tokens": p.generation.max_new_tokens,
-                 "informe": f"/informe/{p.id}" if p.report else None, "motor": engine.name}
+                 "informe": f"/informe/{p.id}" if p.report else None, "motor": engine.name, "es_base": p.is_base}
                 for p in engine.personalities.values()]
 
     @app.get("/informe/{model_id}")
@@ -276,18 +276,20 @@ def _first_error(exc: Exception) -> str:
 
 def serve(sources: list[str], host: str = "127.0.0.1", port: int = 8000, engine: str = "auto",
           api_key: str | None = None, cors: list[str] | None = None, limits: Limits | None = None,
-          log_content: bool = False) -> None:
+          log_content: bool = False, with_base: bool = False) -> None:
+    """`with_base` (`--con-base`): the base model the runs were trained from is one more personality (`base`), for
+    the chat page's side-by-side comparison."""
     import os
 
     import uvicorn
 
     api_key = api_key or os.environ.get("AFINAR_API_KEY") or None
     check_bind(host, api_key)
-    loaded = load_engine(sources, engine)
+    loaded = load_engine(sources, engine, with_base=with_base)
     allowed_hosts = LOOPBACK | {host} if host in LOOPBACK else None  # on loopback: DNS rebinding refused
     app = create_app(loaded, ServeOptions(api_key, list(cors or []), limits or Limits(), log_content, allowed_hosts))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    names = ", ".join(loaded.personalities)
+    names = ", ".join(f"{p.id} (modelo base)" if p.is_base else p.id for p in loaded.personalities.values())
     print(f"Sirviendo {names} con {loaded.name} en http://{host}:{port}/ (API: http://{host}:{port}/v1)"
           + (" — con clave" if api_key else ""))
     uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -21,6 +21,7 @@ from afinar.errors import AfinarError
 from afinar.inference.engines.base import (
     Engine,
     Personality,
+    base_personality_id,
     personality_id,
     personality_of,
 )
@@ -28,6 +29,7 @@ from afinar.inference.engines.llamacpp import LlamaCppEngine
 from afinar.inference.engines.onnx import OnnxEngine
 from afinar.inference.engines.transformers import (
     TransformersEngine,
+    base_of,
     sampling_kwargs,
     transformers_stream,
 )
@@ -38,17 +40,31 @@ ENGINES = ("auto", "transformers", "llama.cpp", "onnxruntime")
 
 __all__ = [
     "ENGINES", "Engine", "LlamaCppEngine", "OnnxEngine", "Personality", "Reply", "Sampling", "TransformersEngine",
-    "load_engine", "personality_id", "personality_of", "pick", "sampling_kwargs", "transformers_stream",
+    "base_of", "base_personality_id", "check_base_servable", "load_engine", "personality_id", "personality_of", "pick",
+    "sampling_kwargs", "transformers_stream",
 ]
 
 
-def load_engine(sources: list[str | Path], engine: str = "auto") -> Engine:
-    """Runs and merged folders → transformers; a GGUF file or export → llama.cpp; an ONNX export → onnxruntime."""
+def check_base_servable(kind: str | None, path: Path) -> None:
+    """`--con-base` needs the base's weights beside the tuned ones: a GGUF or ONNX export holds only the tuned model
+    (S013)."""
+    if kind:
+        raise AfinarError("S013", f"--con-base no funciona con una exportación {kind.upper()}: la exportación solo "
+                                  "guarda el modelo afinado, no el modelo base.", where=str(path),
+                          hint="sirve la ejecución (RUN) con el motor transformers: afinar serve RUN --con-base")
+
+
+def load_engine(sources: list[str | Path], engine: str = "auto", with_base: bool = False) -> Engine:
+    """Runs and merged folders → transformers; a GGUF file or export → llama.cpp; an ONNX export → onnxruntime.
+    `with_base`: also serve the base model the runs were trained from (transformers only; personality `base`)."""
     if engine not in ENGINES:
         raise AfinarError("S012", f"motor desconocido: {engine}", hint="opciones: " + ", ".join(ENGINES))
     paths = [Path(s) for s in sources]
     exports = [export_parts(p) for p in paths]
     if any(exports) and engine in ("auto", "llama.cpp", "onnxruntime"):
+        if with_base:
+            kind, path, _ = next(e for e in exports if e)
+            check_base_servable(kind, path)
         if len(paths) > 1:
             raise AfinarError("S011", "un GGUF o un ONNX lleva un solo modelo: sirve varias personalidades con sus "
                                       "ejecuciones (adaptadores sobre una base) y el motor transformers.")
@@ -63,4 +79,4 @@ def load_engine(sources: list[str | Path], engine: str = "auto") -> Engine:
     if engine not in ("auto", "transformers"):
         raise AfinarError("S012", f"el motor {engine} necesita una exportación ({'gguf' if engine == 'llama.cpp' else 'onnx'}).",
                           hint="exporta antes con afinar export RUN --formato gguf|onnx")
-    return TransformersEngine([open_ref(p) for p in paths])
+    return TransformersEngine([open_ref(p) for p in paths], with_base=with_base)

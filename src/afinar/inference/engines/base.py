@@ -27,6 +27,7 @@ class Personality:
     report: Path | None = None  # the run's evaluation report, linked from the web page
     extra: dict = field(default_factory=dict)
     stops: Stops | None = None  # the run's chat format's stops (None: the runtime's own eos)
+    is_base: bool = False  # the base model the runs were trained from (`afinar serve --con-base`)
 
 
 def personality_id(path: Path, recipe_name: str | None) -> str:
@@ -38,6 +39,27 @@ def personality_of(ref: ModelRef, tokenizer=None) -> Personality:
     stops (`tokenizer`: the folder's, when the caller has already loaded it)."""
     return Personality(personality_id(ref.path, ref.recipe.name if ref.recipe else None), ref.path, ref.system_prompt,
                        ref.generation, ref.eval_report, stops=stops_of(tokenizer or load_tokenizer(ref.path), ref.path))
+
+
+BASE_ID = "base"
+
+
+def base_personality_id(taken) -> str:
+    """`base`, or, when a run is itself called so, `base-original` (then `base-original-2`, …)."""
+    if BASE_ID not in taken:
+        return BASE_ID
+    candidate, n = f"{BASE_ID}-original", 2
+    while candidate in taken:
+        candidate, n = f"{BASE_ID}-original-{n}", n + 1
+    return candidate
+
+
+def base_personality(first: Personality, base_path: str | Path, taken) -> Personality:
+    """The base model as a personality beside the runs: the first run's system prompt, generation settings and
+    stops (its chat format too: the engine prompts it with the first run's tokenizer), so that a comparison
+    changes nothing but the weights."""
+    return Personality(base_personality_id(taken), Path(base_path), first.system_prompt, first.generation,
+                       stops=first.stops, is_base=True)
 
 
 class Engine:

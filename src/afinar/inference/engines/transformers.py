@@ -4,16 +4,28 @@ In transformers, several runs on the same base are several LoRA adapters on one 
 `set_adapter`); the engine's lock makes a request's adapter choice and its generation one step, so concurrent
 requests to different personalities never mix. `transformers_stream` is also what `afinar eval` and
 `chat.generate` use to generate with a model already loaded.
+
+With `with_base` (`afinar serve --con-base`) the base model the runs were trained from is one more personality: for
+LoRA runs the same loaded weights with the adapters disabled (PEFT `disable_adapter()`, entered and left under the
+same lock, so a base request and a tuned one never mix); for a `method: full` run or a merged folder, the base loaded
+as a second model.
 """
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
+from contextlib import nullcontext
 
 from afinar.config import GenerationSection
 from afinar.data.chat_format import Stops, stops_of
 from afinar.errors import AfinarError
-from afinar.inference.engines.base import Engine, personality_of
+from afinar.inference.engines.base import (
+    Engine,
+    Personality,
+    base_personality,
+    personality_of,
+)
 from afinar.inference.sampling import Reply, Sampling, stream_reply
 from afinar.models import load_model, load_tokenizer
 
@@ -21,7 +33,9 @@ from afinar.models import load_model, load_tokenizer
 class TransformersEngine(Engine):
     name = "transformers"
 
-    def __init__(self, refs: list, dtype=None):
+    def __init__(self, refs: list, dtype=None, with_base: bool = False):
+        """`refs`: runs on one base, or one merged/full folder; `with_base`: also serve that base (personality
+        `base`, or `base-original` when a run is already called `base`)."""
         import torch
 
         tokenizers = [load_tokenizer(str(ref.path)) for ref in refs]
@@ -36,9 +50,18 @@ class TransformersEngine(Engine):
         if len(bases) > 1:
             raise AfinarError("S011", "las personalidades deben compartir el modelo base: " + ", ".join(sorted(map(str, bases))))
         self.tokenizers = {p.id: tokenizer for p, tokenizer in zip(personalities, tokenizers)}
+        self.base_model = None  # the base as a second model (full/merged with `with_base`)
+        base_path = base_of(refs[0]) if with_base else None  # checked before any weights are loaded
+        if base_path:
+            original = base_personality(personalities[0], base_path, self.personalities)
+            self.personalities[original.id] = original
+            self.tokenizers[original.id] = tokenizers[0]  # the first run's chat format: same prompt, other weights
         if merged:
             self.model = load_model(str(merged[0].path), dtype=dtype or torch.float32)
             self.adapters = False
+            if base_path:
+                self.base_model = load_model(base_path, dtype=dtype or torch.float32)
+                self.base_model.eval()
         else:
             from peft import PeftModel
 
@@ -58,16 +81,45 @@ class TransformersEngine(Engine):
     def prompt_tokens(self, model_id: str, messages: list[dict]) -> int:
         return int(self._prompt(model_id, messages).shape[1])
 
+    def _weights(self, personality: Personality):
+        """(model, context to generate in) for a personality; called under the lock. The base of LoRA runs is the
+        same model inside `disable_adapter()`, which turns every adapter off until the context is left."""
+        if not personality.is_base:
+            if self.adapters:
+                self.model.set_adapter(personality.id)
+            return self.model, nullcontext()
+        if self.base_model is not None:
+            return self.base_model, nullcontext()
+        return self.model, self.model.disable_adapter()
+
     def stream(self, model_id: str, messages: list[dict], sampling: Sampling) -> Iterator[str | Reply]:
-        self.get(model_id)
+        personality = self.get(model_id)
         gen = GenerationSection(temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k,
                                 repetition_penalty=sampling.repetition_penalty, max_new_tokens=sampling.max_tokens)
-        with self.lock:  # adapter choice + generation are one step
-            if self.adapters:
-                self.model.set_adapter(model_id)
-            # Closing this generator closes the inner one first: generation stops before the lock is released.
-            yield from transformers_stream(self.model, self.tokenizers[model_id], self._prompt(model_id, messages), gen,
-                                           sampling.seed, sampling.timeout_s, self.personalities[model_id].stops)
+        with self.lock:  # adapter choice (or adapters off, for the base) + generation are one step
+            model, weights = self._weights(personality)
+            prompt = self._prompt(model_id, messages)
+            # Closing this generator closes the inner one first: generation stops (and the adapters are back on)
+            # before the lock is released.
+            with weights:
+                yield from transformers_stream(model, self.tokenizers[model_id], prompt, gen, sampling.seed,
+                                               sampling.timeout_s, personality.stops)
+
+
+MERGE_SUMMARY = "afinar_merge.json"  # written by `afinar merge` in the merged folder, with the run's base
+
+
+def base_of(ref) -> str:
+    """The base model a run (LoRA or full) or a merged folder was trained from; S014 when it is not known."""
+    base = ref.base_path
+    summary = ref.path / MERGE_SUMMARY
+    if not base and ref.kind == "merged" and summary.is_file():
+        base = json.loads(summary.read_text(encoding="utf-8")).get("base")
+    if not base:
+        raise AfinarError("S014", "no se sabe de qué modelo base viene este modelo: --con-base no puede compararlo.",
+                          where=str(ref.path),
+                          hint="sirve la ejecución (RUN) en lugar de una copia sin su afinar_merge.json, o quita --con-base")
+    return str(base)
 
 
 def sampling_kwargs(gen: GenerationSection) -> dict:

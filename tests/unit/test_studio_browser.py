@@ -1,0 +1,260 @@
+"""`afinar estudio` in a real headless Chromium (Debian's `chromium` driven by Playwright), with real jobs on a tiny
+random model: the whole path a nurse would click through, a reload in the middle of training, and the security
+checks a browser makes possible (no token, a foreign page)."""
+import json
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from afinar.studio.app import StudioOptions, create_app
+from afinar.studio.workspace import Workspace
+from tests.conftest import qa_rows
+from tests.unit.test_web_page import browser  # noqa: F401 — the Chromium fixture
+
+SECRET_PHRASE = "quemadura 17"  # text of one row: the page must never show it unless asked
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LiveStudio:
+    """The studio's app under uvicorn in a thread (jobs are real processes)."""
+
+    def __init__(self, folder: Path, token: str = "tok-de-prueba", **options):
+        import uvicorn
+
+        self.port = free_port()
+        self.token = token
+        self.workspace = Workspace(folder)
+        self.app = create_app(self.workspace, StudioOptions(token=token, port=self.port,
+                                                            job_env={"OMP_NUM_THREADS": "1"}, **options))
+        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self):
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            assert time.monotonic() < deadline, "el estudio no arrancó"
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc):
+        current = self.app.state.jobs.current()
+        if current:  # a failing test must not leave a training running
+            self.app.state.jobs.cancel(current["id"])
+        self.app.state.server.stop()
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+def write_rows(path: Path, rows: list[dict], broken_line: int | None = None) -> Path:
+    lines = [json.dumps(r, ensure_ascii=False) for r in rows]
+    if broken_line:
+        lines[broken_line - 1] = lines[broken_line - 1].replace('"output"', "output")  # unquoted key: D001
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def new_job(page, click: str) -> None:
+    """Click what starts a job and wait until the panel shows that job (not the previous one's final state)."""
+    before = page.get_attribute("#panel-trabajo", "data-trabajo")
+    page.click(click)
+    wait_until(lambda: page.get_attribute("#panel-trabajo", "data-trabajo") not in (None, before), 30, "el trabajo nuevo")
+
+
+def state_is(page, *states: str, timeout: float = 180_000) -> str:
+    selector = ", ".join(f"#trabajo-estado[data-estado='{s}']" for s in states)
+    page.wait_for_selector(selector, timeout=timeout)
+    return page.get_attribute("#trabajo-estado", "data-estado")
+
+
+def points(page) -> int:
+    return int(page.get_attribute("#grafica", "data-puntos"))
+
+
+def wait_until(condition, timeout: float = 180, what: str = "") -> None:
+    """Polls from Python: the studio's Content-Security-Policy forbids the eval that page.wait_for_function needs
+    (and the tests keep the policy on, so a page that broke it would fail here)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"no llegó: {what}"
+        time.sleep(0.2)
+
+
+def test_whole_path_in_the_browser(browser, tmp_path, tiny_base):  # noqa: F811
+    with LiveStudio(tmp_path / "estudio") as studio:
+        page = browser.new_page()
+        page.on("dialog", lambda d: d.accept())
+        page.goto(f"{studio.url}/?token={studio.token}")
+        page.wait_for_selector("body[data-listo='1']")
+        assert "token" not in page.url  # taken out of the address bar
+
+        # --- Datos: a file with an error on line 3 is shown by line and field, never with the row's text
+        rows = qa_rows(40)
+        page.set_input_files("#archivo", str(write_rows(tmp_path / "con-error.jsonl", rows, broken_line=3)))
+        page.click("#subir")
+        problem = page.wait_for_selector(".problema.error[data-linea='3'][data-codigo='D001']")
+        assert "Cómo arreglarlo" in problem.inner_text()
+        page.set_input_files("#archivo", str(write_rows(tmp_path / "bien.jsonl", rows)))
+        page.click("#subir")
+        wait_until(lambda: "40 ejemplos válidos, 0 errores" in page.inner_text("#validacion"), 60, "validación")
+        page.click("#ver-informe")
+        page.wait_for_selector("#informe-datos li", timeout=120_000)
+        assert SECRET_PHRASE not in page.content()
+        page.click("#ver-ejemplos")  # asked for: now text is shown, with the trained tokens marked
+        page.wait_for_selector("#ejemplos pre.ejemplo mark", timeout=60_000)
+
+        # --- Modelo: base = the tiny model's folder; enough epochs that only «Detener» ends it
+        page.click("#ir-modelo")
+        page.fill("#nombre", "prueba")
+        page.select_option("#base", "otra")
+        page.fill("#base-otra", str(tiny_base))
+        page.click("#avanzado summary")
+        page.fill("#minutos", "0")
+        page.fill("#epocas", "2000")
+        page.fill("#lr", "0.01")
+        page.fill("#lora-r", "4")
+        page.click("#guardar-receta")
+        page.wait_for_selector("#plan-veredicto", timeout=180_000)
+        assert "GiB" in page.inner_text("#plan-veredicto")
+        page.click("#ver-comando")
+        assert "afinar train recetas/prueba.yaml" in page.inner_text("#comando")
+        recipe = page.request.get(f"{studio.url}/api/recetas/prueba.yaml", headers={"X-Afinar-Token": studio.token})
+        assert recipe.ok and "name: prueba" in recipe.text()
+
+        # --- Entrenar: live chart; a reload replays the progress; «Detener y guardar»; «Reanudar»
+        page.click("#ir-entrenar")
+        new_job(page, "#empezar")
+        wait_until(lambda: points(page) >= 3, 180, "3 puntos en la gráfica")
+        assert page.inner_text("#lectura")
+        before = points(page)
+        page.reload()
+        page.wait_for_selector("body[data-listo='1']")
+        wait_until(lambda: points(page) >= before, 60, "la gráfica repuesta tras recargar")
+        assert page.is_visible("#grafica")  # back on the same step (#entrenar in the address)
+        page.click("#detener")
+        assert state_is(page, "detenido", "fallido") == "detenido", page.inner_text("#panel-trabajo")
+        stopped_at = points(page)
+        info = json.loads((studio.workspace.runs / "prueba" / "afinar_run.json").read_text())
+        assert info["stopped"] and info["steps"] >= stopped_at
+        new_job(page, "#reanudar")
+        wait_until(lambda: points(page) > stopped_at, 180, "pasos tras reanudar")
+        page.click("#detener")
+        assert state_is(page, "detenido", "fallido") == "detenido", page.inner_text("#panel-trabajo")
+        assert json.loads((studio.workspace.runs / "prueba" / "afinar_run.json").read_text())["steps"] > info["steps"]
+
+        # --- Evaluar: report, blind rating, printable summary
+        page.click("#ir-evaluar")
+        page.fill("#preguntas", "2")
+        new_job(page, "#evaluar")
+        assert state_is(page, "terminado", "fallido") == "terminado", page.inner_text("#panel-trabajo")
+        page.wait_for_selector("#tabla-evaluacion")
+        page.click("#empezar-valoracion")
+        page.wait_for_selector(".par")
+        cards = page.locator(".par")
+        assert cards.count() == 2
+        for i in range(2):
+            cards.nth(i).locator(".elegir[data-eleccion='a']").click()
+        wait_until(lambda: "Preferiste" in page.inner_text("#resultado-valoracion"), 30, "resultado de la valoración")
+        summary = page.request.get(studio.url + page.get_attribute("#resumen-imprimible", "href"))
+        assert summary.ok and "Tarjeta de datos" in summary.text() and "Valoración a ciegas" in summary.text()
+        assert "Preferiste" in summary.text() and SECRET_PHRASE not in summary.text()
+
+        # --- Exportar: a format with its usage line
+        page.click("#ir-exportar")
+        new_job(page, ".exportar[data-formato='safetensors']")
+        assert state_is(page, "terminado", "fallido") == "terminado", page.inner_text("#panel-trabajo")
+        page.wait_for_selector(".exportacion[data-formato='safetensors'] pre.uso")
+        assert "afinar chat" in page.inner_text(".exportacion[data-formato='safetensors']")
+
+        # --- Usar: the chat page of `afinar serve --con-base`, base and tuned side by side
+        page.click("#ir-usar")
+        page.click("#abrir-chat")
+        page.wait_for_selector("#chat:not([hidden])", timeout=180_000)
+        chat = page.frame_locator("#chat")
+        chat.locator("body[data-listo='1']").wait_for(timeout=60_000)
+        chat.locator("#entrada").fill("¿Qué hago con una quemadura?")
+        chat.locator("#enviar").click()
+        chat.locator(".msg.assistant[data-fin]").first.wait_for(timeout=60_000)
+
+        # --- Ejecuciones: the run with its state and loss sparkline; the API for scripts
+        page.click("#ir-ejecuciones")
+        row = page.wait_for_selector("#lista-ejecuciones tr[data-ejecucion='prueba']")
+        assert "detenida" in row.inner_text() and row.query_selector("svg.chispa polyline")
+        runs = page.request.get(f"{studio.url}/api/ejecuciones", headers={"X-Afinar-Token": studio.token}).json()
+        assert runs["ejecuciones"][0]["nombre"] == "prueba" and runs["ejecuciones"][0]["evaluada"]
+
+
+def test_security_in_the_browser(browser, tmp_path):  # noqa: F811
+    with LiveStudio(tmp_path / "estudio") as studio:
+        context = browser.new_context()
+        page = context.new_page()
+        answer = page.goto(f"{studio.url}/")  # without the token the command printed
+        assert answer.status == 401 and "Falta el token" in page.inner_text("body")
+        answer = page.goto(f"{studio.url}/?token=otro")
+        assert answer.status == 401
+        assert page.request.get(f"{studio.url}/api/estado").status == 401
+
+        page.goto(f"{studio.url}/?token={studio.token}")  # now the cookie is set in this browser
+        page.wait_for_selector("body[data-listo='1']")
+        # Another page (another origin: same machine, other port) tries to use the studio with that cookie.
+        evil = LiveEvilPage(studio.url)
+        with evil:
+            other = context.new_page()
+            other.goto(evil.url)
+            wait_until(lambda: other.evaluate("window.result") is not None, 20, "la página ajena")
+            assert other.evaluate("window.result").startswith("bloqueado")
+        assert studio.app.state.jobs.current() is None and not list(studio.workspace.recipes.iterdir())
+        refused = page.request.post(f"{studio.url}/api/recetas", headers={"Origin": "http://evil.example",
+                                                                          "X-Afinar-Token": studio.token},
+                                    data={"nombre": "x", "datos": "afinar:primeros_auxilios"})
+        assert refused.status == 403
+        context.close()
+
+
+class LiveEvilPage:
+    """A page on another port that POSTs to the studio as a cross-site attacker would (the browser sends the studio's
+    same-site cookie, and its own Origin)."""
+
+    def __init__(self, target: str):
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        script = (f"<script>fetch('{target}/api/recetas', {{method: 'POST', credentials: 'include', mode: 'no-cors', "
+                  "headers: {'Content-Type': 'text/plain'}, body: JSON.stringify({nombre: 'robada', datos: "
+                  "'afinar:primeros_auxilios'})}).then(() => window.result = 'bloqueado (opaco)', "
+                  "e => window.result = 'bloqueado: ' + e)</script>")
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                body = script.encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/"
+
+    def __enter__(self):
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+
+
+@pytest.fixture(autouse=True)
+def _no_hub(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
