@@ -11,10 +11,31 @@ def test_help_does_not_import_heavy_libraries():
 
 
 def test_every_command_is_mapped():
+    import argparse
+
     parser = build_parser()
-    for command in ("validate", "train", "plan", "merge", "chat", "demo"):
-        args = parser.parse_args([command, "x"] if command != "demo" else [command])
-        assert callable(args.func)
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    assert {"validate", "inspect", "train", "plan", "eval", "merge", "export", "push", "import", "chat", "serve", "demo",
+            "estudio"} <= set(commands)
+    for name, sub in commands.items():
+        if name == "import":  # a group: its sources are the commands
+            sub = next(a for a in sub._actions if isinstance(a, argparse._SubParsersAction)).choices["smc"]
+        assert callable(sub._defaults.get("func")), name
+    args = parser.parse_args(["estudio", "--no-abrir", "--puerto", "7999"])
+    assert args.func.__name__ == "_cmd_estudio" and args.puerto == 7999 and args.no_abrir
+
+
+def test_estudio_on_a_busy_port_says_so_in_spanish(tmp_path, capsys):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert main(["estudio", "--puerto", str(port), "--no-abrir", "--carpeta", str(tmp_path / "e")]) == 2
+    err = capsys.readouterr().err
+    assert "E050" in err and "ocupado" in err and f"--puerto {port + 1}" in err
+    assert not (tmp_path / "e").exists()  # refused before making anything
 
 
 def test_user_errors_exit_2_in_spanish(tmp_path, capsys):

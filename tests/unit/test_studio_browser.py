@@ -2,7 +2,6 @@
 random model: the whole path a nurse would click through, a reload in the middle of training, and the security
 checks a browser makes possible (no token, a foreign page)."""
 import json
-import socket
 import threading
 import time
 from pathlib import Path
@@ -12,38 +11,26 @@ import pytest
 from afinar.studio.app import StudioOptions, create_app
 from afinar.studio.workspace import Workspace
 from tests.conftest import qa_rows
+from tests.unit.test_serve import Server, free_port
 from tests.unit.test_web_page import browser  # noqa: F401 — the Chromium fixture
 
 SECRET_PHRASE = "quemadura 17"  # text of one row: the page must never show it unless asked
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class LiveStudio:
+class LiveStudio(Server):
     """The studio's app under uvicorn in a thread (jobs are real processes)."""
 
     def __init__(self, folder: Path, token: str = "tok-de-prueba", **options):
-        import uvicorn
-
-        self.port = free_port()
+        port = free_port()  # before the app: the cookie's name carries it
         self.token = token
         self.workspace = Workspace(folder)
-        self.app = create_app(self.workspace, StudioOptions(token=token, port=self.port,
-                                                            job_env={"OMP_NUM_THREADS": "1"}, **options))
-        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.app = create_app(self.workspace, StudioOptions(token=token, port=port, job_env={"OMP_NUM_THREADS": "1"},
+                                                            **options))
+        super().__init__(self.app, port)
+        self.url = f"http://127.0.0.1:{port}"
 
     def __enter__(self):
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            assert time.monotonic() < deadline, "el estudio no arrancó"
-            time.sleep(0.05)
+        super().__enter__()
         return self
 
     def __exit__(self, *exc):
@@ -51,8 +38,7 @@ class LiveStudio:
         if current:  # a failing test must not leave a training running
             self.app.state.jobs.cancel(current["id"])
         self.app.state.server.stop()
-        self.server.should_exit = True
-        self.thread.join(10)
+        super().__exit__(*exc)
 
 
 def write_rows(path: Path, rows: list[dict], broken_line: int | None = None) -> Path:

@@ -21,15 +21,17 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, unquote
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from afinar import __version__
 from afinar.atomic import atomic_write_text
+from afinar.cli import _die_with_parent
 from afinar.errors import AfinarError
 from afinar.inference.server import LOOPBACK, foreign_origin, request_hostname
 from afinar.runs import EVAL_DIR, EXPORT_DIR, EXPORT_SUMMARY, RECIPE, RUN_INFO
@@ -214,7 +216,8 @@ class ChatServer:
         self.process = subprocess.Popen(
             [self.python, "-m", "afinar", "serve", str(run_dir), "--con-base", "--port", str(self.port)],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=self.ws.root,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            preexec_fn=_die_with_parent if os.name == "posix" else None)  # ends with the studio, even killed
         log.close()
         self.run = run
         return self.status()
@@ -267,6 +270,7 @@ def create_app(workspace: Workspace, options: StudioOptions) -> FastAPI:
         status = 409 if isinstance(exc, JobConflict) else 404 if exc.code in NOT_FOUND_CODES else 400
         return JSONResponse(_error_body(exc.code, exc.message, exc.where, exc.hint), status_code=status)
 
+    @app.exception_handler(RequestValidationError)  # a body the route's model refuses (FastAPI's own 422 is English)
     @app.exception_handler(ValidationError)
     async def invalid_body(request: Request, exc: ValidationError):
         first = exc.errors()[0]
@@ -311,9 +315,10 @@ def create_app(workspace: Workspace, options: StudioOptions) -> FastAPI:
         declared = request.headers.get("content-length", "")
         limit = options.max_upload_bytes
         if declared.isdigit() and int(declared) > limit:
-            return _json(413, "E013", f"el archivo ocupa más de {limit // 2**20} MB, el límite del estudio",
+            return _json(413, "E013", f"el archivo ocupa más de {_mb(limit)}, el límite del estudio",
                          "divide el archivo o arranca el estudio con --max-subida-mb")
-        final = workspace.new_dataset_path(request.headers.get("x-nombre-archivo", "datos"))
+        shown_name = unquote(request.headers.get("x-nombre-archivo", "datos"))  # the page sends it URI-encoded
+        final = workspace.new_dataset_path(shown_name)
         partial = final.with_name(f".{final.name}.subida")
         size = 0
         try:
@@ -321,11 +326,11 @@ def create_app(workspace: Workspace, options: StudioOptions) -> FastAPI:
                 async for chunk in request.stream():
                     size += len(chunk)
                     if size > limit:
-                        raise AfinarError("E013", f"el archivo ocupa más de {limit // 2**20} MB, el límite del estudio")
+                        raise AfinarError("E013", f"el archivo ocupa más de {_mb(limit)}, el límite del estudio")
                     handle.write(chunk)
             problem = _not_jsonl(partial)
             if problem:
-                raise AfinarError("E014", problem, where=request.headers.get("x-nombre-archivo"),
+                raise AfinarError("E014", problem, where=shown_name,
                                   hint="sube un archivo .jsonl: un ejemplo por línea, cada uno un objeto JSON "
                                        '({"messages": […]} o {"instruction": …, "output": …})')
             os.replace(partial, final)
@@ -355,8 +360,8 @@ def create_app(workspace: Workspace, options: StudioOptions) -> FastAPI:
 
     @app.post("/api/recetas")
     def write_recipe(form: RecipeForm):
-        data_path = (form.datos if form.datos.startswith("afinar:") else
-                     os.path.relpath(_dataset_file(workspace, form.datos), workspace.recipes))
+        source = _dataset_file(workspace, form.datos)  # E011 for a name that is neither uploaded nor shipped
+        data_path = form.datos if form.datos.startswith("afinar:") else os.path.relpath(source, workspace.recipes)
         recipe, text = build_recipe(form.model_dump(), data_path, workspace)
         path = workspace.recipe_path(recipe.name)
         atomic_write_text(path, text)
@@ -526,6 +531,10 @@ def create_app(workspace: Workspace, options: StudioOptions) -> FastAPI:
 # --- helpers (run in a thread: they read files and may load a tokenizer) --------------------------------------------
 
 
+def _mb(size: int) -> str:
+    return f"{size / 2**20:g} MB".replace(".", ",")
+
+
 def _dataset_file(workspace: Workspace, dataset: str) -> Path:
     if dataset.startswith("afinar:"):
         from afinar.data.formats import shipped_dataset
@@ -547,11 +556,11 @@ def _not_jsonl(path: Path) -> str | None:
     if b"\0" in head[:4096]:
         return "no es un archivo de texto (¿un PDF, una hoja de cálculo o una imagen?)."
     try:
-        text = head.decode("utf-8")
+        text = head.decode("utf-8-sig")  # as the validator reads it: a BOM is allowed
     except UnicodeDecodeError as exc:
         if exc.start < len(head) - 4:  # not just a character cut at the 1 MB boundary
             return "no está en UTF-8: guárdalo como «UTF-8» en tu editor."
-        text = head[: exc.start].decode("utf-8")
+        text = head[: exc.start].decode("utf-8-sig")
     for line in text.splitlines()[:200]:
         if line.strip():
             try:

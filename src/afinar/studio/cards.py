@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import html
 import json
+import hashlib
 import random
-import secrets
 import time
 from pathlib import Path
 
@@ -36,7 +36,10 @@ def _ratings(run_dir: Path, metrics: dict) -> dict:
     evaluated = metrics.get("meta", {}).get("finished") or (run_dir / EVAL_DIR / "metrics.json").stat().st_mtime
     if saved.get("evaluacion") == evaluated and len(saved.get("orden", [])) == len(metrics["samples"]):
         return saved
-    order = random.Random(secrets.randbits(64)).choices(["afinado", "base"], k=len(metrics["samples"]))
+    # The same order on every reload before the first vote (nothing is written on GET): drawn from the evaluation's
+    # own bytes, which the page never receives.
+    seed = hashlib.sha256((run_dir / EVAL_DIR / "metrics.json").read_bytes()).hexdigest()
+    order = random.Random(seed).choices(["afinado", "base"], k=len(metrics["samples"]))
     return {"evaluacion": evaluated, "orden": order, "elecciones": {}, "creada": time.time()}
 
 

@@ -36,8 +36,8 @@ def checked_name(value: str, what: str) -> str:
 def slug(text: str, fallback: str = "datos") -> str:
     """A file-system-safe name from what the user typed or the uploaded file's name (shown, never trusted)."""
     plain = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
-    plain = re.sub(r"[^A-Za-z0-9_.-]+", "-", plain).strip("-.")[:40]
-    return plain or fallback
+    plain = re.sub(r"\.{2,}", ".", re.sub(r"[^A-Za-z0-9_.-]+", "-", plain)).strip("-._")[:40].strip("-._")
+    return plain or fallback  # starts with a letter or digit and has no '..': checked_name accepts it
 
 
 @dataclass

@@ -99,6 +99,8 @@ function showValidation(v, name) {
 }
 async function useDataset(id, name) {
   S.datos = {id, nombre: name}; save();
+  const shipped = id.startsWith("afinar:") && CONFIG.datos_incluidos[id.slice(7)];
+  if (shipped) for (const c of $$("input[name=comprobacion]")) c.checked = shipped.comprobaciones.includes(c.value);
   $("#informe-datos").replaceChildren(); $("#ejemplos").replaceChildren();
   say(`Comprobando ${name}…`);
   const v = await api("GET", `/api/datos/${encodeURIComponent(id)}/validacion`);

@@ -1,0 +1,996 @@
+"""`afinar estudio` through its HTTP API (FastAPI's TestClient, no browser, no real training): the security guard,
+uploads, recipes, jobs run by a fake "python" that only writes what a training writes, the live events, the runs list,
+the blind A/B rating and the printable summary. The real training path is test_studio_browser.py's."""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import shutil
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import quote
+
+import psutil
+import pytest
+import yaml
+from fastapi.testclient import TestClient
+
+from afinar.errors import AfinarError
+from afinar.runs import EVAL_DIR, METRICS, RECIPE, RUN_INFO, STOP_REQUEST
+from afinar.studio.app import MAX_JSON_BODY, StudioOptions, create_app
+from afinar.studio.events import loss_reading
+from afinar.studio.jobs import JobManager
+from afinar.studio.workspace import NAME, RATINGS, Workspace
+
+TOKEN = "t0k"
+PORT = 7860
+BASE_URL = f"http://127.0.0.1:{PORT}"
+AUTH = {"X-Afinar-Token": TOKEN}
+ROW_PHRASE = "cigüeña violeta"  # in every row of the test data: no answer of the studio may contain it
+QUESTION_PHRASE = "pregunta apartada del faro"  # in the evaluation's questions: not in the printable summary
+
+# A stand-in for the interpreter: `FAKE -m afinar train recetas/NAME.yaml …` writes what a training writes into
+# ejecuciones/NAME (metrics.jsonl, the progress bar, afinar_run.json) and behaves as FAKE_MODE says:
+#   ok    — writes FAKE_STEPS metric lines and exits 0
+#   fail  — prints an afinar error (T016 with a suggestion) to stderr and exits 2
+#   wait  — after the metrics, waits for the stop file (then records that it saw it in `visto`, waits for the test's
+#           `soltar` and exits 0 as a stopped training) or for `soltar` alone (exits 0); gives up after FAKE_WAIT_S
+#   child — like wait, but first starts a child process (its pid in `hijo.pid`), as `afinar train` starts the
+#           supervised training
+# Every start appends its arguments to `llamadas.jsonl` in the studio's folder (its working directory).
+FAKE_PYTHON = r'''#!{python}
+import json, os, subprocess, sys, time
+from pathlib import Path
+
+args = sys.argv[1:]
+with open("llamadas.jsonl", "a", encoding="utf-8") as calls:
+    calls.write(json.dumps(args) + "\n")
+assert args[:2] == ["-m", "afinar"], args
+mode = os.environ.get("FAKE_MODE", "ok")
+if args[2] == "train" and "--output" in args:
+    run = Path(args[args.index("--output") + 1]).name
+else:
+    run = Path(args[3]).stem
+run_dir = Path("ejecuciones") / run
+if mode == "fail":
+    print("Cargando el modelo…", flush=True)
+    sys.stderr.write("error T016: sin memoria\n  sugerencia: baja tokens_per_batch\n")
+    sys.exit(2)
+run_dir.mkdir(parents=True, exist_ok=True)
+steps = int(os.environ.get("FAKE_STEPS", "4"))
+with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as metrics:
+    for step in range(1, steps + 1):
+        metrics.write(json.dumps({"step": step, "loss": round(3.0 - 0.25 * step, 4)}) + "\n")
+        metrics.flush()
+        sys.stdout.write(f"\rEntrenando:  {100 * step // steps}%|####      | {step}/{steps} [00:0{step}<00:01,  1.00paso/s]")
+        sys.stdout.flush()
+print(flush=True)
+stopped = False
+if mode == "child":
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    Path("hijo.pid").write_text(str(child.pid))
+if mode in ("wait", "child"):
+    deadline = time.time() + float(os.environ.get("FAKE_WAIT_S", "60"))
+    stop, release = run_dir / ".detener", Path("soltar")
+    while time.time() < deadline and not release.exists():
+        if stop.exists():
+            Path("visto").write_text(str(stop.resolve()))
+            stopped = True
+            while time.time() < deadline and not release.exists():
+                time.sleep(0.02)
+            break
+        time.sleep(0.02)
+(run_dir / "afinar_run.json").write_text(json.dumps(
+    {"steps": steps, "train_seconds": 1.5, "final_train_loss": 3.0 - 0.25 * steps, "stopped": stopped}))
+print("Entrenamiento terminado.", flush=True)
+'''
+
+
+# --- fixtures and helpers -------------------------------------------------------------------------------------------
+
+
+def make_fake_python(folder: Path) -> Path:
+    path = folder / "python-falso"
+    path.write_text(FAKE_PYTHON.replace("{python}", sys.executable), encoding="utf-8")
+    path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    return path
+
+
+class Studio:
+    """The app on a fresh folder, a TestClient that speaks like the page (token header), and clean-up of any job a
+    failing test leaves running."""
+
+    def __init__(self, folder: Path, mode: str = "ok", **options):
+        folder.mkdir(parents=True, exist_ok=True)
+        self.workspace = Workspace(folder / "estudio")
+        env = {"FAKE_MODE": mode, "FAKE_WAIT_S": "60", **options.pop("job_env", {})}
+        python = options.pop("python", None) or str(make_fake_python(folder))
+        self.options = StudioOptions(token=TOKEN, port=PORT, python=python, job_env=env, **options)
+        self.app = create_app(self.workspace, self.options)
+        self.client = TestClient(self.app, base_url=BASE_URL)
+
+    @property
+    def root(self) -> Path:
+        return self.workspace.root
+
+    def get(self, url: str, **kw):
+        return self.client.get(url, headers={**AUTH, **kw.pop("headers", {})}, **kw)
+
+    def post(self, url: str, **kw):
+        return self.client.post(url, headers={**AUTH, **kw.pop("headers", {})}, **kw)
+
+    def recipe(self, name: str = "prueba", **form) -> dict:
+        answer = self.post("/api/recetas", json={"nombre": name, "datos": "afinar:primeros_auxilios", **form})
+        assert answer.status_code == 200, answer.text
+        return answer.json()
+
+    def train(self, recipe: str = "prueba", **form) -> dict:
+        answer = self.post("/api/trabajos", json={"tipo": "entrenar", "receta": recipe, **form})
+        assert answer.status_code == 202, answer.text
+        return answer.json()
+
+    def job(self, job_id: str) -> dict:
+        answer = self.get(f"/api/trabajos/{job_id}")
+        assert answer.status_code == 200, answer.text
+        return answer.json()
+
+    def wait_end(self, job_id: str) -> dict:
+        def ended():
+            record = self.job(job_id)
+            return record if record["estado"] != "en_curso" else None
+
+        return wait_for(ended, f"el trabajo {job_id} no terminó")
+
+    def close(self):
+        (self.root / "soltar").touch()  # a waiting fake exits
+        current = self.app.state.jobs.current()
+        if current and current.get("estado") == "en_curso":
+            with contextlib.suppress(AfinarError):  # it ended in between
+                self.app.state.jobs.cancel(current["id"])
+        wait_for(lambda: self.app.state.jobs.current() is None, "un trabajo siguió en curso al acabar la prueba")
+        self.client.close()
+
+
+@pytest.fixture
+def studio(tmp_path):
+    made = []
+
+    def make(mode: str = "ok", **options) -> Studio:
+        made.append(Studio(tmp_path / f"s{len(made)}", mode, **options))
+        return made[-1]
+
+    yield make
+    for one in made:
+        one.close()
+
+
+def wait_for(predicate, what: str, timeout: float = 60.0):
+    """Polls until `predicate` gives something true (a guard against hanging, not a speed requirement)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        assert time.monotonic() < deadline, what
+        time.sleep(0.02)
+
+
+def error_of(answer) -> dict:
+    body = answer.json()
+    assert "error" in body, body
+    return body["error"]
+
+
+def rows(n: int) -> list[dict]:
+    return [{"instruction": f"¿Qué hago con la {ROW_PHRASE} número {i}?",
+             "output": f"Con la {ROW_PHRASE} {i}, enfría con agua y llama al 112."} for i in range(n)]
+
+
+def jsonl(items: list[dict], broken_line: int | None = None) -> bytes:
+    lines = [json.dumps(r, ensure_ascii=False) for r in items]
+    if broken_line:
+        lines[broken_line - 1] = lines[broken_line - 1].replace('"output"', "output")  # unquoted key: D001
+    return ("\n".join(lines) + "\n").encode("utf-8")
+
+
+def gone(pid: int) -> bool:
+    """Ended (a zombie nobody has reaped yet counts as ended)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def sse_events(text: str) -> list[dict]:
+    events = []
+    for block in text.split("\n\n"):
+        event: dict = {}
+        for line in block.split("\n"):
+            field, _, value = line.partition(": ")
+            if field in ("id", "event", "data"):
+                event[field] = value
+        if "event" in event:
+            event["data"] = json.loads(event["data"])
+            events.append(event)
+    return events
+
+
+# --- 1. security ----------------------------------------------------------------------------------------------------
+
+
+def test_without_token_api_is_401_json_and_page_is_spanish_html(studio):
+    client = studio().client
+    answer = client.get("/api/estado")
+    assert answer.status_code == 401
+    assert answer.json()["error"]["codigo"] == "E001"
+    page = client.get("/")
+    assert page.status_code == 401
+    assert page.headers["content-type"].startswith("text/html")
+    assert "Falta el token del estudio" in page.text and "lang=es" in page.text
+    assert "afinar_estudio" not in page.headers.get("set-cookie", "")
+
+
+def test_wrong_token_is_401(studio):
+    client = studio().client
+    assert client.get("/api/estado", headers={"X-Afinar-Token": "otro"}).status_code == 401
+    assert client.get("/?token=otro").status_code == 401
+    client.cookies.set(f"afinar_estudio_{PORT}", "otro")
+    assert client.get("/api/estado").status_code == 401
+    assert client.get("/").status_code == 401
+    client.cookies.clear()
+    assert client.get("/api/estado", headers={"X-Afinar-Token": ""}).status_code == 401
+
+
+def test_page_link_sets_strict_httponly_cookie_and_csp(studio):
+    client = studio().client
+    page = client.get(f"/?token={TOKEN}")
+    assert page.status_code == 200
+    cookie = page.headers["set-cookie"]
+    assert cookie.startswith(f"afinar_estudio_{PORT}={TOKEN};")
+    assert "HttpOnly" in cookie and "samesite=strict" in cookie.lower()
+    assert f'<meta name="afinar-token" content="{TOKEN}">' in page.text
+    csp = page.headers["content-security-policy"]
+    assert "script-src 'self'" in csp and "object-src 'none'" in csp
+    assert page.headers["cache-control"] == "no-store"
+    # from now on the cookie alone opens the page and every GET (the event stream relies on it)
+    assert client.get("/api/estado").status_code == 200
+    assert client.get("/").status_code == 200
+    assert client.get("/static/studio.js").status_code == 200
+
+
+def test_cookie_alone_never_authorizes_a_post(studio):
+    s = studio()
+    s.client.get(f"/?token={TOKEN}")
+    form = {"nombre": "prueba", "datos": "afinar:primeros_auxilios"}
+    answer = s.client.post("/api/recetas", json=form)
+    assert answer.status_code == 403
+    assert error_of(answer)["codigo"] == "E004"
+    assert not any(s.workspace.recipes.iterdir())
+    assert s.client.post("/api/recetas", json=form, headers=AUTH).status_code == 200
+
+
+def test_dns_rebinding_host_is_refused(studio):
+    client = studio().client
+    answer = client.get("/api/estado", headers={**AUTH, "Host": "evil.example:7860"})
+    assert answer.status_code == 403
+    assert error_of(answer)["codigo"] == "E002"
+    assert client.get("/api/estado", headers={**AUTH, "Host": "localhost:7860"}).status_code == 200
+    assert client.get("/api/estado", headers={**AUTH, "Host": f"127.0.0.1:{PORT}"}).status_code == 200
+
+
+def test_foreign_origin_is_refused_same_origin_works(studio):
+    s = studio()
+    form = {"nombre": "prueba", "datos": "afinar:primeros_auxilios"}
+    answer = s.post("/api/recetas", json=form, headers={"Origin": "http://evil.example"})
+    assert answer.status_code == 403
+    assert error_of(answer)["codigo"] == "E003"
+    assert not any(s.workspace.recipes.iterdir())
+    answer = s.post("/api/recetas", json=form, headers={"Origin": BASE_URL})
+    assert answer.status_code == 200, answer.text
+
+
+def test_get_never_changes_state(studio):
+    s = studio("wait")
+    assert s.get("/api/trabajos").json() == {"actual": None, "trabajos": []}
+    s.recipe()
+    assert s.get("/api/trabajos").json()["actual"] is None
+    assert list(s.workspace.jobs.iterdir()) == []
+    assert not (s.root / "llamadas.jsonl").exists()  # nothing was started
+    job = s.train()
+    # the actions answer GET with 405 and do nothing
+    assert s.get(f"/api/trabajos/{job['id']}/cancelar").status_code == 405
+    assert s.get(f"/api/trabajos/{job['id']}/detener").status_code == 405
+    assert s.job(job["id"])["estado"] == "en_curso"
+    assert "cancelar_pedido" not in s.job(job["id"])
+    assert not (s.workspace.runs / "prueba" / STOP_REQUEST).exists()
+
+
+@pytest.mark.parametrize("path", ["/static/..%2Fapp.py", "/static/index.html", "/static/app.py",
+                                  "/static/%2E%2E%2Fapp.py", "/static/__init__.py"])
+def test_static_serves_only_its_two_files(studio, path):
+    s = studio()
+    answer = s.get(path)
+    assert answer.status_code == 404
+    assert "create_app" not in answer.text and "afinar-token" not in answer.text
+
+
+def test_static_files_are_served(studio):
+    s = studio()
+    script = s.get("/static/studio.js")
+    assert script.status_code == 200 and script.headers["content-type"].startswith("text/javascript")
+    assert "X-Afinar-Token" in script.text
+    assert s.get("/static/studio.css").headers["content-type"].startswith("text/css")
+
+
+def test_json_body_over_limit_is_413_declared_and_chunked(studio):
+    s = studio()
+    big = json.dumps({"nombre": "prueba", "datos": "afinar:primeros_auxilios",
+                      "descripcion": "x" * (MAX_JSON_BODY + 10)}).encode()
+    answer = s.post("/api/recetas", content=big, headers={"Content-Type": "application/json"})
+    assert answer.status_code == 413
+    assert error_of(answer)["codigo"] == "E005"
+
+    def chunks():
+        for start in range(0, len(big), 16384):
+            yield big[start:start + 16384]
+
+    answer = s.post("/api/recetas", content=chunks(), headers={"Content-Type": "application/json"})
+    assert answer.status_code == 413
+    assert error_of(answer)["codigo"] == "E005"
+    assert not any(s.workspace.recipes.iterdir())
+
+
+def test_chunked_json_body_under_limit_is_accepted(studio):
+    s = studio()
+    body = json.dumps({"nombre": "prueba", "datos": "afinar:primeros_auxilios"}).encode()
+    answer = s.post("/api/recetas", content=iter([body[:10], body[10:]]), headers={"Content-Type": "application/json"})
+    assert answer.status_code == 200, answer.text
+    assert (s.workspace.recipes / "prueba.yaml").is_file()
+
+
+@pytest.mark.parametrize("body", [{"tipo": "borrar"}, {"tipo": "entrenar", "receta": "prueba", "desconocido": 1}])
+def test_invalid_request_body_is_a_spanish_400(studio, body):
+    """The page reads {error: {codigo, mensaje}}: a body the forms reject must come back that way, not as FastAPI's
+    English 422 {detail: [...]}."""
+    s = studio()
+    answer = s.post("/api/trabajos", json=body)
+    assert answer.status_code == 400, answer.text
+    assert error_of(answer)["codigo"] == "E006"
+
+
+# --- 2. uploads -----------------------------------------------------------------------------------------------------
+
+
+def datos_entries(s: Studio) -> list[str]:
+    return sorted(p.name for p in s.workspace.data.iterdir())
+
+
+def test_upload_lists_errors_by_line_without_row_text(studio):
+    s = studio()
+    answer = s.post("/api/datos", content=jsonl(rows(12), broken_line=3),
+                    headers={"X-Nombre-Archivo": "mis_datos.jsonl"})
+    assert answer.status_code == 200, answer.text
+    result = answer.json()
+    errors = result["validacion"]["errores"]
+    assert [(e["linea"], e["codigo"]) for e in errors] == [(3, "D001")]
+    assert errors[0]["arreglo"] and errors[0]["mensaje"]
+    assert result["validacion"]["ejemplos"] == 11
+    assert ROW_PHRASE not in answer.text and "cig" not in answer.text
+    saved = s.workspace.data / f"{result['id']}.jsonl"
+    assert saved.read_bytes() == jsonl(rows(12), broken_line=3)
+    assert datos_entries(s) == [saved.name]
+    listed = s.get("/api/datos").json()["subidos"]
+    assert [d["id"] for d in listed] == [result["id"]]
+    again = s.get(f"/api/datos/{result['id']}/validacion")
+    assert again.status_code == 200 and again.json()["errores"] == errors
+    assert ROW_PHRASE not in again.text
+
+
+@pytest.mark.parametrize("content", [b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n1 0 obj\n<< /Type /Catalog >>\x00\x01\x02endobj\n",
+                                     b"PK\x03\x04\x14\x00\x06\x00" + bytes(range(256)),
+                                     b"", b"no es json\ntampoco esto\n"])
+def test_not_a_jsonl_is_refused_whole_and_nothing_is_kept(studio, content):
+    s = studio()
+    answer = s.post("/api/datos", content=content, headers={"X-Nombre-Archivo": "informe.pdf"})
+    assert answer.status_code == 400
+    error = error_of(answer)
+    assert error["codigo"] == "E014" and error["mensaje"] and error["sugerencia"]
+    assert datos_entries(s) == []  # neither the file nor its temporary copy
+
+
+def test_oversize_upload_is_413_declared_and_chunked(studio):
+    s = studio(max_upload_bytes=1024)
+    big = jsonl(rows(40))
+    assert len(big) > 1024
+    answer = s.post("/api/datos", content=big, headers={"X-Nombre-Archivo": "grande.jsonl"})
+    assert answer.status_code == 413
+    assert error_of(answer)["codigo"] == "E013"
+    assert datos_entries(s) == []
+
+    def chunks():
+        for start in range(0, len(big), 200):
+            yield big[start:start + 200]
+
+    answer = s.post("/api/datos", content=chunks(), headers={"X-Nombre-Archivo": "grande.jsonl"})
+    assert answer.status_code == 413
+    assert error_of(answer)["codigo"] == "E013"
+    assert datos_entries(s) == []
+    small = jsonl(rows(2))
+    assert len(small) < 1024
+    assert s.post("/api/datos", content=small, headers={"X-Nombre-Archivo": "x.jsonl"}).status_code == 200
+
+
+def test_upload_with_utf8_bom_is_a_jsonl(studio):
+    """Windows editors save «UTF-8 con BOM»: the validator reads it (utf-8-sig on line 1), so the upload must not
+    refuse it as «not a JSONL» before the validator sees it."""
+    s = studio()
+    content = "\ufeff".encode() + jsonl(rows(1))
+    answer = s.post("/api/datos", content=content, headers={"X-Nombre-Archivo": "uno.jsonl"})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["validacion"]["total_errores"] == 0
+
+
+@pytest.mark.parametrize("filename", ["../../etc/passwd.jsonl", "..\\..\\win.jsonl", "/abs/ruta.jsonl", "", "..",
+                                      "a b;rm -rf.jsonl"])
+def test_client_filename_never_picks_the_path(studio, filename):
+    s = studio()
+    answer = s.post("/api/datos", content=jsonl(rows(6)), headers={"X-Nombre-Archivo": filename})
+    assert answer.status_code == 200, answer.text
+    dataset = answer.json()["id"]
+    assert NAME.match(dataset) and "/" not in dataset and "\\" not in dataset
+    files = [p for p in s.root.rglob("*") if p.is_file() and p.suffix == ".jsonl"]
+    assert files == [s.workspace.data / f"{dataset}.jsonl"]
+    assert not (s.root.parent / "etc").exists()
+
+
+@pytest.mark.parametrize("filename", ["_notas.jsonl", "datos..v2.jsonl", "-.-raro.jsonl"])
+def test_uploaded_dataset_id_can_be_used_afterwards(studio, filename):
+    """The id the upload returns is what the page sends back (validation, recipe): the studio must accept it."""
+    s = studio()
+    answer = s.post("/api/datos", content=jsonl(rows(6)), headers={"X-Nombre-Archivo": filename})
+    assert answer.status_code == 200, answer.text
+    dataset = answer.json()["id"]
+    assert s.get(f"/api/datos/{dataset}/validacion").status_code == 200
+    recipe = s.post("/api/recetas", json={"nombre": "con-subidos", "datos": dataset})
+    assert recipe.status_code == 200, recipe.text
+
+
+def test_uploaded_name_sent_by_the_page_is_decoded(studio):
+    """studio.js sends X-Nombre-Archivo as encodeURIComponent(file.name): the name shown must be the user's, not
+    its %-escapes."""
+    s = studio()
+    answer = s.post("/api/datos", content=jsonl(rows(6)),
+                    headers={"X-Nombre-Archivo": quote("Enfermería básica.jsonl", safe="")})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["id"].startswith("Enfermeria-basica-")
+
+
+# --- 3. recipes -----------------------------------------------------------------------------------------------------
+
+
+def test_recipe_from_shipped_dataset_loads_with_preset_and_overrides(studio):
+    from afinar.config import load_recipe
+    from afinar.data.formats import shipped_dataset
+
+    s = studio()
+    answer = s.recipe("mi-modelo", preajuste="rapido", avanzado={"train.lr": 0.001, "lora.r": 8, "train.epochs": ""})
+    assert answer["nombre"] == "mi-modelo" and answer["existe"] is False
+    assert answer["comando"].endswith("afinar train recetas/mi-modelo.yaml")
+    path = s.workspace.recipes / "mi-modelo.yaml"
+    assert answer["yaml"] == path.read_text(encoding="utf-8")
+    recipe = load_recipe(path)
+    assert recipe.name == "mi-modelo"
+    assert Path(recipe.data.sources[0].path) == shipped_dataset("primeros_auxilios")
+    assert recipe.output_dir == "ejecuciones/mi-modelo"
+    assert recipe.train.max_minutes == 5
+    assert recipe.train.lr == 0.001  # the override, not the preset's 3e-3
+    assert recipe.train.epochs == 3  # an empty override keeps the preset
+    assert recipe.lora.r == 8
+    assert recipe.checks == ["enfermeria"]  # the shipped dataset's checks
+
+
+def test_recipe_presets_differ(studio):
+    from afinar.config import load_recipe
+
+    s = studio()
+    s.recipe("lento", preajuste="cuidadoso")
+    recipe = load_recipe(s.workspace.recipes / "lento.yaml")
+    assert recipe.train.max_minutes == 60 and recipe.train.lr == 1e-3 and recipe.lora.r == 32
+
+
+def test_recipe_from_uploaded_dataset_resolves_to_the_upload(studio):
+    from afinar.config import load_recipe
+
+    s = studio()
+    dataset = s.post("/api/datos", content=jsonl(rows(6)), headers={"X-Nombre-Archivo": "propios.jsonl"}).json()["id"]
+    s.recipe("propia", datos=dataset)
+    recipe = load_recipe(s.workspace.recipes / "propia.yaml")
+    assert Path(recipe.data.sources[0].path).resolve() == (s.workspace.data / f"{dataset}.jsonl").resolve()
+    # relative to the recipe: the studio's folder can be copied elsewhere and trained from there
+    written = yaml.safe_load((s.workspace.recipes / "propia.yaml").read_text(encoding="utf-8"))
+    assert written["data"]["sources"][0]["path"] == f"../datos/{dataset}.jsonl"
+
+
+@pytest.mark.parametrize("name", ["../x", "con espacio", "..", "a/b", "", "x" * 65, "ñandú"])
+def test_bad_recipe_name_is_e010(studio, name):
+    s = studio()
+    answer = s.post("/api/recetas", json={"nombre": name, "datos": "afinar:primeros_auxilios"})
+    assert answer.status_code == 400
+    assert error_of(answer)["codigo"] == "E010"
+    assert not any(s.workspace.recipes.iterdir())
+
+
+def test_invalid_advanced_value_names_the_field(studio):
+    s = studio()
+    answer = s.post("/api/recetas", json={"nombre": "prueba", "datos": "afinar:primeros_auxilios",
+                                          "avanzado": {"train.lr": -1}})
+    assert answer.status_code == 400
+    error = error_of(answer)
+    assert error["codigo"] == "R001" and "train.lr" in error["mensaje"]
+    assert not any(s.workspace.recipes.iterdir())
+    forbidden = s.post("/api/recetas", json={"nombre": "prueba", "datos": "afinar:primeros_auxilios",
+                                             "avanzado": {"output_dir": "/tmp/fuera"}})
+    assert forbidden.status_code == 400 and error_of(forbidden)["codigo"] == "E016"
+
+
+def test_recipe_with_unknown_uploaded_dataset_is_refused(studio):
+    s = studio()
+    for datos, code, status in (("no-subido", "E011", 404), ("../../x", "E010", 400)):
+        answer = s.post("/api/recetas", json={"nombre": "prueba", "datos": datos})
+        assert (answer.status_code, error_of(answer)["codigo"]) == (status, code), datos
+    assert not any(s.workspace.recipes.iterdir())
+
+
+@pytest.mark.parametrize("datos", ["afinar:no_existe", "afinar:../../../../../../tmp/fuera"])
+def test_recipe_with_unknown_shipped_dataset_is_refused(studio, datos):
+    """Only the shipped datasets the studio lists (and no path: «no path sent by the browser reaches the file
+    system»), refused when the recipe is written rather than when the training starts."""
+    s = studio()
+    answer = s.post("/api/recetas", json={"nombre": "prueba", "datos": datos})
+    assert answer.status_code == 404, answer.text[:200]
+    assert error_of(answer)["codigo"] == "E011"
+    assert not any(s.workspace.recipes.iterdir())
+
+
+def test_recipe_download(studio):
+    s = studio()
+    s.recipe("bajar")
+    answer = s.get("/api/recetas/bajar.yaml")
+    assert answer.status_code == 200
+    assert answer.text == (s.workspace.recipes / "bajar.yaml").read_text(encoding="utf-8")
+    assert 'attachment; filename="bajar.yaml"' == answer.headers["content-disposition"]
+    assert s.get("/api/recetas/otra.yaml").status_code == 404
+
+
+# --- 4. jobs --------------------------------------------------------------------------------------------------------
+
+
+def test_training_job_runs_the_cli_command_and_ends(studio):
+    s = studio("ok", job_env={"FAKE_STEPS": "5"})
+    s.recipe()
+    job = s.train()
+    assert job["estado"] == "en_curso" and job["tipo"] == "entrenar" and job["ejecucion"] == "prueba"
+    assert job["comando"] == "afinar train recetas/prueba.yaml"
+    done = s.wait_end(job["id"])
+    assert done["estado"] == "terminado" and done["codigo_salida"] == 0 and "error" not in done
+    calls = [json.loads(line) for line in (s.root / "llamadas.jsonl").read_text().splitlines()]
+    assert calls == [["-m", "afinar", "train", "recetas/prueba.yaml"]]
+    assert s.get("/api/estado").json()["trabajo"] is None
+    listed = s.get("/api/trabajos").json()
+    assert listed["actual"] is None and [j["id"] for j in listed["trabajos"]] == [job["id"]]
+    detail = s.get("/api/ejecuciones/prueba").json()
+    assert detail["estado"] == "terminada" and detail["pasos"] == 5 and len(detail["metricas"]) == 5
+    assert detail["ultimo_trabajo"]["id"] == job["id"]
+    assert "Entrenamiento terminado." in detail["registro"]
+
+
+def test_second_job_while_one_runs_is_409(studio):
+    s = studio("wait")
+    s.recipe("primera")
+    s.recipe("segunda")
+    first = s.train("primera")
+    assert first["estado"] == "en_curso"
+    answer = s.post("/api/trabajos", json={"tipo": "entrenar", "receta": "segunda"})
+    assert answer.status_code == 409
+    error = error_of(answer)
+    assert error["codigo"] == "E020"
+    assert "ya hay un trabajo en curso" in error["mensaje"] and "primera" in error["mensaje"]
+    assert s.get("/api/estado").json()["trabajo"]["id"] == first["id"]
+    assert len(list(s.workspace.jobs.glob("*.json"))) == 1
+
+
+def test_failed_job_shows_the_error_and_its_suggestion(studio):
+    s = studio("fail")
+    s.recipe()
+    job = s.train()
+    done = s.wait_end(job["id"])
+    assert done["estado"] == "fallido" and done["codigo_salida"] == 2
+    assert done["error"]["codigo"] == "T016"
+    assert done["error"]["mensaje"] == "sin memoria"
+    assert done["error"]["sugerencia"] == "baja tokens_per_batch"
+    diagnostics = s.get(f"/api/trabajos/{job['id']}/diagnostico")
+    assert diagnostics.status_code == 200
+    assert "Orden: afinar train recetas/prueba.yaml" in diagnostics.text
+    assert "Error: T016: sin memoria — sugerencia: baja tokens_per_batch" in diagnostics.text
+    assert "estado fallido" in diagnostics.text
+    # the next job can start
+    assert s.post("/api/trabajos", json={"tipo": "entrenar", "receta": "prueba"}).status_code == 202
+
+
+def test_cancel_ends_the_job_and_its_children(studio):
+    s = studio("child")
+    s.recipe()
+    job = s.train()
+    child = int(wait_for(lambda: (s.root / "hijo.pid").is_file() and (s.root / "hijo.pid").read_text(),
+                         "el falso no arrancó su hijo"))
+    assert not gone(job["pid"]) and not gone(child)
+    answer = s.post(f"/api/trabajos/{job['id']}/cancelar")
+    assert answer.status_code == 200 and answer.json()["cancelar_pedido"]
+    done = s.wait_end(job["id"])
+    assert done["estado"] == "cancelado"
+    wait_for(lambda: gone(job["pid"]), "el proceso del trabajo sigue vivo")
+    wait_for(lambda: gone(child), "el hijo del trabajo sigue vivo")
+    again = s.post(f"/api/trabajos/{job['id']}/cancelar")
+    assert again.status_code == 400 and error_of(again)["codigo"] == "E025"
+    assert s.get("/api/ejecuciones/prueba").json()["estado"] == "cancelada"
+
+
+def test_stop_and_save_creates_the_stop_file_in_the_run_folder(studio):
+    s = studio("wait")
+    s.recipe()
+    job = s.train()
+    run_dir = s.workspace.runs / "prueba"
+    wait_for(lambda: (run_dir / METRICS).is_file(), "el falso no escribió métricas")
+    answer = s.post(f"/api/trabajos/{job['id']}/detener")
+    assert answer.status_code == 200 and answer.json()["detener_pedido"]
+    assert (run_dir / STOP_REQUEST).is_file()
+    seen = wait_for(lambda: (s.root / "visto").is_file() and (s.root / "visto").read_text(),
+                    "el entrenamiento no vio la petición de detener")
+    assert Path(seen) == (run_dir / STOP_REQUEST).resolve()
+    assert s.job(job["id"])["estado"] == "en_curso"
+    (s.root / "soltar").touch()
+    done = s.wait_end(job["id"])
+    assert done["estado"] == "detenido"
+    assert not (run_dir / STOP_REQUEST).exists()  # a later resume must not stop at once
+    assert s.get("/api/ejecuciones/prueba").json()["estado"] == "detenida"
+
+
+def test_stop_and_save_only_for_trainings_and_running_jobs(studio):
+    s = studio("ok")
+    s.recipe()
+    job = s.train()
+    s.wait_end(job["id"])
+    answer = s.post(f"/api/trabajos/{job['id']}/detener")
+    assert answer.status_code == 400 and error_of(answer)["codigo"] == "E025"
+    assert s.post("/api/trabajos/no-existe/detener").status_code == 404
+    assert s.post("/api/trabajos/..%2Fx/detener").status_code in (400, 404)
+
+
+def test_existing_run_is_not_overwritten_without_asking(studio):
+    s = studio("ok")
+    s.recipe()
+    (s.workspace.runs / "prueba").mkdir()
+    (s.workspace.runs / "prueba" / "importante.txt").write_text("no lo pises")
+    answer = s.post("/api/trabajos", json={"tipo": "entrenar", "receta": "prueba"})
+    assert answer.status_code == 400
+    error = error_of(answer)
+    assert error["codigo"] == "E027" and "prueba" in error["mensaje"] and error["sugerencia"]
+    assert not (s.root / "llamadas.jsonl").exists()
+    assert s.post("/api/recetas", json={"nombre": "prueba", "datos": "afinar:primeros_auxilios"}).json()["existe"]
+    job = s.train(sobrescribir=True)
+    assert job["argv"] == ["train", "recetas/prueba.yaml", "--sobrescribir"]
+    s.wait_end(job["id"])
+
+
+def test_training_an_unknown_recipe_is_refused(studio):
+    s = studio()
+    answer = s.post("/api/trabajos", json={"tipo": "entrenar", "receta": "nada"})
+    assert answer.status_code in (400, 404) and error_of(answer)["codigo"] == "E015"
+    answer = s.post("/api/trabajos", json={"tipo": "entrenar"})
+    assert answer.status_code == 400 and error_of(answer)["codigo"] == "E026"
+    answer = s.post("/api/trabajos", json={"tipo": "exportar", "ejecucion": "nada", "formato": "zip"})
+    assert answer.status_code == 404 and error_of(answer)["codigo"] == "E012"
+    assert not (s.root / "llamadas.jsonl").exists()
+
+
+def test_deleted_run_folder_is_a_spanish_404_and_the_app_goes_on(studio):
+    s = studio("ok")
+    s.recipe()
+    job = s.train()
+    s.wait_end(job["id"])
+    assert s.get("/api/ejecuciones/prueba").status_code == 200
+    shutil.rmtree(s.workspace.runs / "prueba")
+    answer = s.get("/api/ejecuciones/prueba")
+    assert answer.status_code == 404
+    error = error_of(answer)
+    assert error["codigo"] == "E012" and "ya no existe" in error["mensaje"]
+    for url in ("/api/ejecuciones/prueba/valoracion", "/api/ejecuciones/prueba/resumen",
+                "/api/comparar?a=prueba&b=prueba"):
+        assert s.get(url).status_code == 404, url
+    assert s.get("/api/estado").status_code == 200
+    assert s.get("/api/ejecuciones").json() == {"ejecuciones": []}
+    assert s.job(job["id"])["estado"] == "terminado"
+
+
+def _dead_pid() -> int:
+    done = subprocess.Popen([sys.executable, "-c", "pass"])
+    done.wait()
+    return done.pid
+
+
+def _record(ws: Workspace, job_id: str, pid: int, run: str = "vieja", **extra) -> Path:
+    path = ws.jobs / f"{job_id}.json"
+    path.write_text(json.dumps({"id": job_id, "tipo": "entrenar", "ejecucion": run, "argv": ["train", "x"],
+                                "comando": "afinar train x", "pid": pid, "inicio": time.time() - 5,
+                                "estado": "en_curso", **extra}))
+    return path
+
+
+def test_recovery_marks_a_dead_job_interrumpido(tmp_path):
+    ws = Workspace(tmp_path / "estudio")
+    _record(ws, "20240101-000000-entrenar-vieja", _dead_pid())
+    (ws.jobs / "20240101-000000-entrenar-vieja.log").write_text("Entrenando:  10%|#  | 1/10 [00:01<00:09]\n")
+    manager = JobManager(ws, sys.executable)
+    record = manager.get("20240101-000000-entrenar-vieja")
+    assert record["estado"] == "interrumpido"
+    assert record["error"]["mensaje"] and record["fin"] >= record["inicio"]
+    assert manager.current() is None
+    assert json.loads((ws.jobs / "20240101-000000-entrenar-vieja.json").read_text())["estado"] == "interrumpido"
+
+
+def test_recovery_ignores_a_reused_pid_of_another_program(tmp_path):
+    ws = Workspace(tmp_path / "estudio")
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        _record(ws, "20240101-000000-entrenar-vieja", other.pid)
+        manager = JobManager(ws, sys.executable)
+        assert manager.get("20240101-000000-entrenar-vieja")["estado"] == "interrumpido"
+        assert manager.current() is None
+        assert other.poll() is None  # not touched
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_recovery_adopts_a_live_job_and_sees_it_finish(tmp_path):
+    ws = Workspace(tmp_path / "estudio")
+    run_dir = ws.runs / "vieja"
+    run_dir.mkdir()
+    release = tmp_path / "soltar"
+    waiting = "import sys, time, pathlib\nwhile not pathlib.Path(sys.argv[1]).exists(): time.sleep(0.02)"
+    live = subprocess.Popen([sys.executable, "-c", waiting, str(release), "afinar"])
+    try:
+        _record(ws, "20240101-000000-entrenar-vieja", live.pid)
+        manager = JobManager(ws, sys.executable)
+        assert manager.current()["id"] == "20240101-000000-entrenar-vieja"
+        with pytest.raises(AfinarError) as conflict:
+            manager.start("entrenar", "otra", ["train", "x"])
+        assert conflict.value.code == "E020"
+        (run_dir / RUN_INFO).write_text(json.dumps({"steps": 3, "train_seconds": 2.0}))
+        release.touch()
+        live.wait(30)
+        wait_for(lambda: manager.current() is None, "el trabajo adoptado no terminó")
+        assert manager.get("20240101-000000-entrenar-vieja")["estado"] == "terminado"
+    finally:
+        release.touch()
+        live.kill()
+        live.wait()
+
+
+# --- 5. live events -------------------------------------------------------------------------------------------------
+
+
+def test_events_of_a_finished_job_replay_every_step_then_end(studio):
+    s = studio("ok", job_env={"FAKE_STEPS": "6"})
+    s.recipe()
+    job = s.train()
+    s.wait_end(job["id"])
+    with s.client.stream("GET", f"/api/trabajos/{job['id']}/eventos", headers=AUTH) as stream:
+        assert stream.status_code == 200
+        assert stream.headers["content-type"].startswith("text/event-stream")
+        events = sse_events("".join(stream.iter_text()))
+    steps = [e for e in events if e["event"] == "paso"]
+    assert [int(e["id"]) for e in steps] == [1, 2, 3, 4, 5, 6]
+    assert [e["data"]["step"] for e in steps] == [1, 2, 3, 4, 5, 6]
+    assert "baja" in steps[-1]["data"]["lectura"]
+    assert events[-1]["event"] == "fin" and events[-1]["data"]["estado"] == "terminado"
+    assert [e["event"] for e in events].count("fin") == 1
+    progress = [e for e in events if e["event"] == "progreso"]
+    assert progress and progress[-1]["data"]["n"] == 6 and progress[-1]["data"]["total"] == 6
+    log = [line for e in events if e["event"] == "registro" for line in e["data"]["lineas"]]
+    assert "Entrenamiento terminado." in log
+
+
+def test_events_resume_after_last_event_id(studio):
+    s = studio("ok", job_env={"FAKE_STEPS": "6"})
+    s.recipe()
+    job = s.train()
+    s.wait_end(job["id"])
+    with s.client.stream("GET", f"/api/trabajos/{job['id']}/eventos",
+                         headers={**AUTH, "Last-Event-ID": "2"}) as stream:
+        events = sse_events("".join(stream.iter_text()))
+    assert [int(e["id"]) for e in events if e["event"] == "paso"] == [3, 4, 5, 6]
+    assert events[-1]["event"] == "fin"
+    # the reading under the chart still uses the whole curve, not only what was sent again
+    reading = [e for e in events if e["event"] == "paso"][-1]["data"]["lectura"]
+    assert reading == loss_reading([round(3.0 - 0.25 * i, 4) for i in range(1, 7)], [])
+
+
+def test_events_with_the_cookie_only_and_unknown_job(studio):
+    s = studio("ok", job_env={"FAKE_STEPS": "2"})
+    s.recipe()
+    job = s.train()
+    s.wait_end(job["id"])
+    s.client.get(f"/?token={TOKEN}")  # the page's EventSource sends only the cookie
+    with s.client.stream("GET", f"/api/trabajos/{job['id']}/eventos") as stream:
+        assert stream.status_code == 200
+        events = sse_events("".join(stream.iter_text()))
+    assert events[-1]["event"] == "fin"
+    missing = s.get("/api/trabajos/no-existe/eventos")
+    assert missing.status_code == 404 and error_of(missing)["codigo"] == "E022"
+
+
+def test_loss_reading():
+    falling = [3.0 - 0.2 * i for i in range(10)]
+    assert loss_reading(falling, []).startswith("La pérdida baja (2,90 → 1,30)")
+    assert "aprendiendo" in loss_reading(falling, [])
+    assert "sobreajuste" not in loss_reading(falling, [2.0, 1.8, 1.7])
+    assert "sobreajuste" in loss_reading(falling, [2.0, 1.5, 1.7])
+    assert "apenas cambia" in loss_reading([2.0, 2.01, 1.99, 2.0, 2.0, 2.01, 2.0, 1.99], [])
+    rising = loss_reading([1.0 + 0.1 * i for i in range(10)], [])
+    assert rising.startswith("La pérdida sube") and "tasa de aprendizaje" in rising
+    assert "NaN" in loss_reading([2.0, 1.9, math.nan, 1.8, 1.7, 1.6], [])
+    assert "NaN" in loss_reading([2.0, math.inf], [])
+    assert "pocos pasos" in loss_reading([3.0, 2.0], [])
+    assert "pocos pasos" in loss_reading([], [])
+
+
+# --- 6. runs list, blind rating, printable summary, comparison ------------------------------------------------------
+
+
+def make_run(ws: Workspace, name: str, samples: int = 3, lr: float = 3e-3, data: Path | None = None) -> Path:
+    """A finished run folder as training and eval leave it (only what the studio reads)."""
+    run_dir = ws.runs / name
+    (run_dir / EVAL_DIR).mkdir(parents=True)
+    (run_dir / RUN_INFO).write_text(json.dumps({
+        "steps": 6, "train_seconds": 90.0, "final_train_loss": 1.25, "final_eval_loss": 1.5, "base": "smollm2-135m",
+        "chat_template": {"name": "chatml"}, "hardware": {"device": "cpu", "precision": "fp32"}, "method": "lora"}))
+    (run_dir / METRICS).write_text("".join(json.dumps({"step": i, "loss": 3.0 - 0.25 * i}) + "\n" for i in range(1, 7)))
+    if data is None:
+        data = ws.data / "propios-0000aaaa.jsonl"
+        data.write_bytes(jsonl(rows(8)))
+    (run_dir / RECIPE).write_text(yaml.safe_dump({
+        "name": name, "model": {"base": "smollm2-135m"},
+        "data": {"sources": [{"path": str(data)}], "system_prompt": "Eres un asistente de primeros auxilios."},
+        "lora": {"r": 16, "alpha": 32}, "train": {"lr": lr, "epochs": 3}, "output_dir": f"ejecuciones/{name}"}))
+    (run_dir / "data_fingerprint.json").write_text(json.dumps({
+        "files": {str(data): {"examples": 8, "sha256": "ab" * 32}}, "train_examples": 7, "val_examples": 1,
+        "formats": {"instruction": 8}}))
+    greedy = {"stop_rate": 0.5, "repetition": 0.1, "chrf": 0.3}
+    (run_dir / EVAL_DIR / "metrics.json").write_text(json.dumps({
+        "meta": {"finished": 1_700_000_000.0}, "shows_prompts": True, "loss": {"base": 2.5, "tuned": 1.5},
+        "generation": {"greedy": {"base": greedy, "tuned": {**greedy, "chrf": 0.5}}}, "generated": samples,
+        "examples": samples,
+        "samples": [{"question": f"{QUESTION_PHRASE} {i}",
+                     "outputs": {"greedy": {"base": {"text": f"respuesta B0 {i}"},
+                                            "tuned": {"text": f"respuesta T1 {i}"}}}} for i in range(samples)]}))
+    return run_dir
+
+
+def test_runs_list_shows_a_finished_run(studio):
+    s = studio()
+    make_run(s.workspace, "hecha")
+    (s.workspace.runs / "vacia").mkdir()
+    listed = {r["nombre"]: r for r in s.get("/api/ejecuciones").json()["ejecuciones"]}
+    assert set(listed) == {"hecha", "vacia"}
+    run = listed["hecha"]
+    assert run["estado"] == "terminada"
+    assert run["chispa"] == [2.75, 2.5, 2.25, 2.0, 1.75, 1.5]
+    assert run["pasos"] == 6 and run["duracion_s"] == 90.0 and run["perdida_final"] == 1.25
+    assert run["evaluada"] is True and run["valorada"] is False
+    assert listed["vacia"]["estado"] == "nueva" and listed["vacia"]["chispa"] == []
+
+
+def test_blind_pairs_do_not_say_which_is_which(studio):
+    s = studio()
+    make_run(s.workspace, "hecha")
+    answer = s.get("/api/ejecuciones/hecha/valoracion")
+    assert answer.status_code == 200
+    body = answer.json()
+    assert body["resultado"] is None and body["preguntas_visibles"] is True
+    assert [p["indice"] for p in body["pares"]] == [0, 1, 2]
+    for i, pair in enumerate(body["pares"]):
+        assert set(pair) == {"indice", "pregunta", "a", "b", "eleccion"}
+        assert {pair["a"], pair["b"]} == {f"respuesta B0 {i}", f"respuesta T1 {i}"}
+        assert pair["eleccion"] is None
+    for word in ("afinado", "base", "tuned", "orden"):
+        assert word not in answer.text, word
+
+
+def test_rating_all_pairs_counts_by_the_hidden_order(studio):
+    s = studio()
+    run_dir = make_run(s.workspace, "hecha")
+    choices = {0: "a", 1: "b", 2: "igual"}
+    answers = []
+    for index, choice in choices.items():
+        answer = s.post("/api/ejecuciones/hecha/valoracion", json={"indice": index, "eleccion": choice})
+        assert answer.status_code == 200, answer.text
+        answers.append(answer.json())
+    assert [a["valoradas"] for a in answers] == [1, 2, 3]
+    assert answers[0]["resultado"] is None and answers[1]["resultado"] is None
+    order = json.loads((run_dir / RATINGS).read_text())["orden"]
+    expected = {"afinado": 0, "base": 0, "igual": 1}
+    expected[order[0]] += 1  # "a" is the first of the hidden order
+    expected[{"afinado": "base", "base": "afinado"}[order[1]]] += 1  # "b" the other one
+    result = answers[-1]["resultado"]
+    assert {k: result[k] for k in expected} == expected and result["total"] == 3
+    assert f"afinado en {expected['afinado']} de 3" in result["texto"]
+    after = s.get("/api/ejecuciones/hecha/valoracion").json()
+    assert after["resultado"] == result and [p["eleccion"] for p in after["pares"]] == ["a", "b", "igual"]
+    assert s.get("/api/ejecuciones/hecha").json()["valoracion"] == result
+    assert {r["nombre"]: r for r in s.get("/api/ejecuciones").json()["ejecuciones"]}["hecha"]["valorada"] is True
+
+
+def test_the_pairs_the_expert_sees_are_the_ones_counted(studio):
+    """Choosing, in what GET showed, the tuned answer every time must count as «afinado» every time (and a reload
+    before rating must not swap A and B)."""
+    s = studio()
+    make_run(s.workspace, "hecha", samples=24)
+    shown = s.get("/api/ejecuciones/hecha/valoracion").json()["pares"]
+    assert s.get("/api/ejecuciones/hecha/valoracion").json()["pares"] == shown
+    result = None
+    for pair in shown:
+        pick = "a" if pair["a"].startswith("respuesta T1") else "b"
+        result = s.post("/api/ejecuciones/hecha/valoracion", json={"indice": pair["indice"], "eleccion": pick}).json()
+    assert result["resultado"]["afinado"] == 24, result
+
+
+def test_invalid_rating_is_refused(studio):
+    s = studio()
+    run_dir = make_run(s.workspace, "hecha")
+    for form, code in (({"indice": 0, "eleccion": "c"}, "E031"), ({"indice": 3, "eleccion": "a"}, "E032"),
+                       ({"indice": -1, "eleccion": "a"}, "E032")):
+        answer = s.post("/api/ejecuciones/hecha/valoracion", json=form)
+        assert answer.status_code == 400 and error_of(answer)["codigo"] == code, form
+    assert not (run_dir / RATINGS).exists()
+    shutil.rmtree(run_dir / EVAL_DIR)
+    answer = s.get("/api/ejecuciones/hecha/valoracion")
+    assert answer.status_code == 404 and error_of(answer)["codigo"] == "E030"
+
+
+def test_printable_summary_has_both_cards_and_no_row_text(studio):
+    s = studio()
+    make_run(s.workspace, "hecha")
+    s.post("/api/ejecuciones/hecha/valoracion", json={"indice": 0, "eleccion": "igual"})
+    answer = s.get("/api/ejecuciones/hecha/resumen")
+    assert answer.status_code == 200
+    assert answer.headers["content-type"].startswith("text/html")
+    assert answer.headers["content-security-policy"].startswith("default-src 'none'")
+    text = answer.text
+    assert "Tarjeta de datos" in text and "Tarjeta del modelo" in text
+    assert "propios-0000aaaa.jsonl" in text and "abababababababab" in text
+    assert "Valoración a ciegas" in text and "ninguna en 1" in text
+    assert ROW_PHRASE not in text and "cig" not in text
+    assert QUESTION_PHRASE not in text and "respuesta T1" not in text
+    (s.workspace.runs / "sin-entrenar").mkdir()
+    unfinished = s.get("/api/ejecuciones/sin-entrenar/resumen")
+    assert unfinished.status_code == 404 and error_of(unfinished)["codigo"] == "E033"
+
+
+def test_compare_lists_recipe_differences(studio):
+    s = studio()
+    make_run(s.workspace, "rapida", lr=3e-3)
+    make_run(s.workspace, "lenta", lr=1e-3, data=s.workspace.data / "propios-0000aaaa.jsonl")
+    answer = s.get("/api/comparar", params={"a": "rapida", "b": "lenta"})
+    assert answer.status_code == 200
+    body = answer.json()
+    assert body["diferencias"] == [{"clave": "train.lr", "a": 3e-3, "b": 1e-3}]
+    assert body["a"]["nombre"] == "rapida" and body["b"]["nombre"] == "lenta"
+    assert len(body["a"]["metricas"]) == 6 and body["a"]["evaluacion"]["perdida"] == {"base": 2.5, "tuned": 1.5}
+    same = s.get("/api/comparar", params={"a": "rapida", "b": "rapida"}).json()
+    assert same["diferencias"] == []
+    assert s.get("/api/comparar", params={"a": "rapida", "b": "../x"}).status_code == 400
