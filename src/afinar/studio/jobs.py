@@ -235,7 +235,17 @@ class JobManager:
         (run_dir / STOP_REQUEST).touch()
         record["detener_pedido"] = time.time()
         self._update(record)
+        threading.Thread(target=self._keep_requesting, args=(record["id"], run_dir / STOP_REQUEST), daemon=True).start()
         return record
+
+    def _keep_requesting(self, job_id: str, request: Path) -> None:
+        """`afinar train` removes a stop request left over from an earlier run when it starts: a click in the seconds
+        before that would be lost, so the request is put back until the job ends (the training deletes it once it
+        has saved; _finish removes whatever is left)."""
+        while read_json(self._record_path(job_id)).get("estado") == "en_curso":
+            if not request.exists() and request.parent.is_dir():
+                request.touch()
+            time.sleep(0.5)
 
     def cancel(self, job_id: str) -> dict:
         """«Cancelar»: the whole process group ends now (SIGTERM, SIGKILL after a grace); checkpoints already written

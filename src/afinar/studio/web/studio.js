@@ -274,7 +274,9 @@ function showJob(job) {
 function finished(job) {
   showJob(job);
   const bar = $("#barra");
-  if (job.estado === "terminado" || job.estado === "detenido") { if (!bar.hasAttribute("value")) { bar.max = 1; bar.value = 1; } }
+  const took = job.fin && job.inicio ? ` en ${minutes(job.fin - job.inicio)}` : "";
+  if (job.estado === "terminado") { bar.max = 1; bar.value = 1; $("#eta").textContent = `Terminado${took}.`; }
+  else if (job.estado === "detenido") $("#eta").textContent = `Detenido y guardado${took}: «Reanudar» sigue desde aquí.`;
   const words = {terminado: "terminó", detenido: "se detuvo y guardó lo aprendido: puedes evaluarlo, exportarlo o reanudarlo", cancelado: "se canceló", fallido: "falló", interrumpido: "se interrumpió"};
   say(`${KIND[job.tipo]} de «${job.ejecucion}» ${words[job.estado] || job.estado}.`);
   if (job.error) {
@@ -388,6 +390,7 @@ async function showExports() {
       item.uso.map((u) => [el("p", {}, u.etiqueta + ":"), el("pre", {class: "uso"}, u.texto)])));
   }
   for (const [key, f] of Object.entries(failed)) parts.push(el("p", {class: "malo"}, `${key}: no se escribió — ${f.codigo}: ${f.motivo}`));
+  if (parts.length) parts.unshift(el("p", {}, "Las rutas son relativas a la carpeta del estudio: ", el("code", {}, CONFIG.carpeta)));
   box.replaceChildren(...(parts.length ? parts : [el("p", {}, "Aún no hay exportaciones de esta ejecución.")]));
   refreshServer();
 }
