@@ -459,10 +459,11 @@ def create_app(workspace: Workspace, options: StudioOptions) -> FastAPI:
     def run_detail(name: str):
         run_dir = workspace.run_path(name)
         last = jobs.last_for(name)
+        metrics = read_metrics(run_dir)
         return {
-            **run_summary(run_dir, jobs.last_training(name)),
+            **run_summary(run_dir, jobs.last_training(name), metrics),
             "receta": (run_dir / RECIPE).read_text(encoding="utf-8") if (run_dir / RECIPE).is_file() else None,
-            "metricas": read_metrics(run_dir),
+            "metricas": metrics,
             "salidas": run_outputs(run_dir),
             "ultimo_trabajo": last,
             "registro": log_lines(tail(jobs.log_path(last["id"]), 16384))[-60:] if last else [],
@@ -483,11 +484,12 @@ def create_app(workspace: Workspace, options: StudioOptions) -> FastAPI:
         keys = sorted(set(recipes[0]) | set(recipes[1]))
         differences = [{"clave": k, "a": recipes[0].get(k), "b": recipes[1].get(k)} for k in keys
                        if recipes[0].get(k) != recipes[1].get(k) and k not in ("name", "output_dir")]
-        return {"a": {**run_summary(left, jobs.last_training(a)), "evaluacion": _evaluation_summary(left),
-                      "metricas": read_metrics(left)},
-                "b": {**run_summary(right, jobs.last_training(b)), "evaluacion": _evaluation_summary(right),
-                      "metricas": read_metrics(right)},
-                "diferencias": differences}
+        sides = {}
+        for key, name, folder in (("a", a, left), ("b", b, right)):
+            metrics = read_metrics(folder)
+            sides[key] = {**run_summary(folder, jobs.last_training(name), metrics),
+                          "evaluacion": _evaluation_summary(folder), "metricas": metrics}
+        return {**sides, "diferencias": differences}
 
     @app.get("/api/ejecuciones/{name}/informe")
     def eval_report(name: str):

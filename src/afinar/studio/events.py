@@ -20,6 +20,7 @@ from afinar.studio.jobs import JobManager, log_lines, progress_of, tail
 POLL_S = 0.5
 HEARTBEAT_S = 15.0
 LOG_SNAPSHOT_LINES = 40
+READ_LIMIT = 1 << 20  # bytes of metrics.jsonl read per poll
 
 
 def sse(event: str, data: dict, event_id: int | None = None) -> str:
@@ -71,7 +72,7 @@ class MetricsTail:
             self.losses, self.eval_losses = [], []
         with open(self.path, "rb") as handle:
             handle.seek(self.offset)
-            chunk = handle.read()
+            chunk = handle.read(READ_LIMIT)  # a long run's replay comes over a few polls, not all in memory at once
         rows = []
         complete = chunk[: chunk.rfind(b"\n") + 1]
         self.offset += len(complete)
@@ -119,6 +120,8 @@ class LogTail:
         self.offset = size
         text = self.pending + text
         complete, _, self.pending = text.rpartition("\n")
+        # The training redraws its bar with '\r' and no newline for as long as it runs: only the last redraw matters.
+        self.pending = self.pending[self.pending.rfind("\r"):][-8192:] if "\r" in self.pending else self.pending[-8192:]
         return _readable(log_lines(complete)) if complete else [], text
 
 
@@ -139,9 +142,15 @@ async def job_events(jobs: JobManager, runs_dir: Path, job_id: str, last_id: int
     if progress:
         yield sse("progreso", progress)
     last_beat = time.monotonic()
+    def steps() -> list[str]:
+        rows = metrics.new_rows()
+        # One reading per batch (of the whole curve so far): per row, replaying a long run would be quadratic.
+        reading = loss_reading(metrics.losses, metrics.eval_losses) if rows else ""
+        return [sse("paso", {**row, "lectura": reading}, count) for count, row in rows]
+
     while True:
-        for count, row in metrics.new_rows():
-            yield sse("paso", {**row, "lectura": loss_reading(metrics.losses, metrics.eval_losses)}, count)
+        for event in steps():
+            yield event
         lines, raw = log.new_lines()
         if lines:
             yield sse("registro", {"lineas": lines})
@@ -153,8 +162,9 @@ async def job_events(jobs: JobManager, runs_dir: Path, job_id: str, last_id: int
         if current != record:
             record = current
             if record.get("estado") != "en_curso":
-                for count, row in metrics.new_rows():  # what the job wrote just before it ended
-                    yield sse("paso", {**row, "lectura": loss_reading(metrics.losses, metrics.eval_losses)}, count)
+                while events := steps():  # what the job wrote just before it ended (maybe over several reads)
+                    for event in events:
+                        yield event
                 lines, _ = log.new_lines()
                 if lines:
                     yield sse("registro", {"lineas": lines})

@@ -141,10 +141,10 @@ def run_status(run_dir: Path, job: dict | None) -> str:
     return "nueva"
 
 
-def run_summary(run_dir: Path, job: dict | None = None) -> dict:
+def run_summary(run_dir: Path, job: dict | None = None, metrics: list[dict] | None = None) -> dict:
     """One row of «Ejecuciones» (and GET /api/ejecuciones): status, date, duration, final loss, sparkline."""
     info = read_json(run_dir / RUN_INFO)
-    metrics = read_metrics(run_dir)
+    metrics = read_metrics(run_dir) if metrics is None else metrics
     losses = [m["loss"] for m in metrics if "loss" in m]
     evaluation = read_json(run_dir / EVAL_DIR / "metrics.json")
     exports = read_json(run_dir / EXPORT_DIR / EXPORT_SUMMARY).get("exports", {})
