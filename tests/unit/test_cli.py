@@ -1,5 +1,8 @@
 import subprocess
 import sys
+import time
+
+import pytest
 
 from afinar.cli import build_parser, main
 
@@ -66,3 +69,38 @@ def test_validate_recipe_offline_hub_base_still_checks_the_data(tmp_path, capsys
     (tmp_path / "d.jsonl").write_text('{"instruction": "¿Qué hago?", "output": "Llama al 112."}\n', encoding="utf-8")
     assert main(["validate", str(recipe)]) == 0
     assert "aviso: sin tokenizador" in capsys.readouterr().out
+
+
+def test_estudio_prints_its_address_and_serves_only_with_its_token(tmp_path):
+    import os
+    import socket
+    import urllib.error
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen([sys.executable, "-m", "afinar", "estudio", "--no-abrir", "--puerto", str(port),
+                                "--carpeta", str(tmp_path / "estudio")], stdout=subprocess.PIPE, text=True,
+                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        first = process.stdout.readline()
+        assert first.startswith(f"afinar estudio: http://127.0.0.1:{port}/?token="), first
+        url = first.split(": ", 1)[1].strip()
+        assert len(url.split("token=")[1]) >= 32  # a fresh random token, not a fixed one
+        for _ in range(100):  # the address is printed just before uvicorn listens
+            try:
+                with urllib.request.urlopen(url, timeout=5) as answer:
+                    assert answer.status == 200 and "afinar estudio" in answer.read().decode()
+                break
+            except urllib.error.URLError as exc:
+                if isinstance(exc, urllib.error.HTTPError):
+                    raise
+                time.sleep(0.1)
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5)
+        assert refused.value.code == 401
+        assert (tmp_path / "estudio" / "datos").is_dir() and (tmp_path / "estudio" / "ejecuciones").is_dir()
+    finally:
+        process.terminate()
+        process.wait(10)

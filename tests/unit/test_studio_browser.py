@@ -191,6 +191,20 @@ def test_security_in_the_browser(browser, tmp_path):  # noqa: F811
 
         page.goto(f"{studio.url}/?token={studio.token}")  # now the cookie is set in this browser
         page.wait_for_selector("body[data-listo='1']")
+        # Keyboard only: Tab to a step and Enter opens it.
+        page.focus("#ir-datos")
+        page.keyboard.press("Tab")
+        page.keyboard.press("Enter")
+        assert page.is_visible("#paso-modelo") and not page.is_visible("#paso-datos")
+        page.click("#ir-datos")
+        # Not a JSONL (a PDF): a Spanish message in the page, nothing kept, the studio goes on.
+        pdf = tmp_path / "informe.pdf"
+        pdf.write_bytes(b"%PDF-1.4\n\x00\x01\x02 binario")
+        page.set_input_files("#archivo", str(pdf))
+        page.click("#subir")
+        page.wait_for_selector("#aviso:not([hidden])")
+        assert "E014" in page.inner_text("#aviso") and ".jsonl" in page.inner_text("#aviso")
+        assert not list(studio.workspace.data.iterdir())
         # Another page (another origin: same machine, other port) tries to use the studio with that cookie.
         evil = LiveEvilPage(studio.url)
         with evil:

@@ -25,19 +25,32 @@ from urllib.parse import parse_qs, unquote
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
+from fastapi.responses import (
+    FileResponse,
+    HTMLResponse,
+    JSONResponse,
+    PlainTextResponse,
+    Response,
+    StreamingResponse,
+)
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from afinar import __version__
 from afinar.atomic import atomic_write_text
-from afinar.cli import _die_with_parent
 from afinar.errors import AfinarError
 from afinar.inference.server import LOOPBACK, foreign_origin, request_hostname
 from afinar.runs import EVAL_DIR, EXPORT_DIR, EXPORT_SUMMARY, RECIPE, RUN_INFO
 from afinar.studio import cards
 from afinar.studio.events import job_events
-from afinar.studio.jobs import TRAINING, JobConflict, JobManager, command_line, error_of, log_lines, tail
+from afinar.studio.jobs import (
+    JobConflict,
+    JobManager,
+    command_line,
+    error_of,
+    log_lines,
+    tail,
+)
 from afinar.studio.settings import (
     CHECKS,
     EXPORT_FORMATS,
@@ -47,7 +60,13 @@ from afinar.studio.settings import (
     export_usage,
     fix_for,
 )
-from afinar.studio.workspace import Workspace, read_json, read_metrics, run_outputs, run_summary
+from afinar.studio.workspace import (
+    Workspace,
+    read_json,
+    read_metrics,
+    run_outputs,
+    run_summary,
+)
 
 TOKEN_HEADER = "x-afinar-token"
 MAX_JSON_BODY = 256 * 1024
@@ -212,13 +231,13 @@ class ChatServer:
         if not (run_dir / RUN_INFO).is_file():
             raise AfinarError("E034", "esta ejecución no tiene un modelo entrenado todavía.", where=run)
         self.port = free_port()
-        log = open(self.ws.jobs / "servidor.log", "wb")
-        self.process = subprocess.Popen(
-            [self.python, "-m", "afinar", "serve", str(run_dir), "--con-base", "--port", str(self.port)],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=self.ws.root,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            preexec_fn=_die_with_parent if os.name == "posix" else None)  # ends with the studio, even killed
-        log.close()
+        # Stopped by the studio's shutdown (Ctrl-C). No PR_SET_PDEATHSIG here as `afinar train` does: preexec_fn is
+        # not safe in a process with threads (uvicorn's), and a chat server left over holds no data.
+        with open(self.ws.jobs / "servidor.log", "wb") as log:
+            self.process = subprocess.Popen(
+                [self.python, "-m", "afinar", "serve", str(run_dir), "--con-base", "--port", str(self.port)],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=self.ws.root,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"})
         self.run = run
         return self.status()
 
@@ -322,7 +341,7 @@ def create_app(workspace: Workspace, options: StudioOptions) -> FastAPI:
         partial = final.with_name(f".{final.name}.subida")
         size = 0
         try:
-            with open(partial, "wb") as handle:
+            with open(partial, "wb") as handle:  # noqa: ASYNC230 — chunks of a local file: not worth a thread each
                 async for chunk in request.stream():
                     size += len(chunk)
                     if size > limit:
@@ -619,7 +638,7 @@ def _plan(recipe: Path, workspace: Workspace, python: str) -> dict:
     argv = ["plan", str(recipe.relative_to(workspace.root)), "--no-calibrar", "--json"]
     try:
         done = subprocess.run([python, "-m", "afinar", *argv], capture_output=True, text=True, cwd=workspace.root,
-                              timeout=600, env={**os.environ, "PYTHONIOENCODING": "utf-8"})
+                              timeout=600, check=False, env={**os.environ, "PYTHONIOENCODING": "utf-8"})
     except subprocess.TimeoutExpired:
         raise AfinarError("E040", "el plan tardó más de 10 minutos.") from None
     if done.returncode != 0:
@@ -660,10 +679,9 @@ def _diagnostics(jobs: JobManager, record: dict) -> str:
         except PackageNotFoundError:
             return "no instalado"
 
-    cpu = ""
     try:
-        cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo", encoding="utf-8")
-                    if line.startswith("model name")), "")
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            cpu = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), "")
     except OSError:
         cpu = platform.processor()
     lines = log_lines(tail(jobs.log_path(record["id"]), 32768))
@@ -672,8 +690,9 @@ def _diagnostics(jobs: JobManager, record: dict) -> str:
         f"afinar {__version__} · Python {platform.python_version()} · {platform.platform()}",
         f"CPU: {cpu} ({os.cpu_count()} núcleos) · torch {v('torch')} · transformers {v('transformers')} · peft {v('peft')}",
         f"Orden: {record.get('comando')}",
-        f"Trabajo: {record.get('tipo')} de «{record.get('ejecucion')}», estado {record.get('estado')}, código de salida "
-        f"{record.get('codigo_salida')}, inicio {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(record.get('inicio', 0)))}",
+        (f"Trabajo: {record.get('tipo')} de «{record.get('ejecucion')}», estado {record.get('estado')}, código de salida "
+         f"{record.get('codigo_salida')}, inicio "
+         f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(record.get('inicio', 0)))}"),
     ]
     if record.get("error"):
         error = record["error"]

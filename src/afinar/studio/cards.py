@@ -2,9 +2,9 @@
 (saved with the run) and the printable summary with a data card and a model card in Spanish (HTML → print/PDF)."""
 from __future__ import annotations
 
+import hashlib
 import html
 import json
-import hashlib
 import random
 import time
 from pathlib import Path
@@ -13,7 +13,14 @@ from afinar import __version__
 from afinar.atomic import atomic_write_text
 from afinar.errors import AfinarError
 from afinar.htmlpage import page, table
-from afinar.runs import DATA_FINGERPRINT, EVAL_DIR, EXPORT_DIR, EXPORT_SUMMARY, RECIPE, RUN_INFO
+from afinar.runs import (
+    DATA_FINGERPRINT,
+    EVAL_DIR,
+    EXPORT_DIR,
+    EXPORT_SUMMARY,
+    RECIPE,
+    RUN_INFO,
+)
 from afinar.studio.workspace import RATINGS, read_json, read_metrics
 
 CHOICES = ("a", "b", "igual")
@@ -129,8 +136,8 @@ def summary_html(run_dir: Path, data_report: dict | None = None) -> str:
     data, lora, train = recipe.get("data", {}), recipe.get("lora", {}), recipe.get("train", {})
     name = recipe.get("name", run_dir.name)
     parts = [f"<h1>Resumen de la ejecución «{html.escape(name)}»</h1>",
-             f"<p>Generado por afinar {__version__} el {time.strftime('%d/%m/%Y %H:%M')}. "
-             "<button onclick='window.print()'>Imprimir o guardar como PDF</button></p>"]
+             (f"<p>Generado por afinar {__version__} el {time.strftime('%d/%m/%Y %H:%M')}. "
+              "<button onclick='window.print()'>Imprimir o guardar como PDF</button></p>")]
     if recipe.get("description"):
         parts.append(f"<p><b>Propósito:</b> {html.escape(recipe['description'])}</p>")
 

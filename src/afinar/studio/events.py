@@ -131,7 +131,7 @@ def _readable(lines: list[str]) -> list[str]:
 
 
 async def job_events(jobs: JobManager, runs_dir: Path, job_id: str, last_id: int,
-                     disconnected: Callable[[], "asyncio.Future[bool]"], poll_s: float = POLL_S) -> AsyncIterator[str]:
+                     disconnected: Callable[[], asyncio.Future[bool]], poll_s: float = POLL_S) -> AsyncIterator[str]:
     record = jobs.get(job_id)
     yield "retry: 3000\n\n"
     yield sse("estado", record)

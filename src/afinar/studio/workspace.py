@@ -19,7 +19,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from afinar.errors import AfinarError
-from afinar.runs import CHECKPOINTS, EVAL_DIR, EXPORT_DIR, EXPORT_SUMMARY, METRICS, RECIPE, RUN_INFO
+from afinar.runs import (
+    CHECKPOINTS,
+    EVAL_DIR,
+    EXPORT_DIR,
+    EXPORT_SUMMARY,
+    METRICS,
+    RECIPE,
+    RUN_INFO,
+)
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 RATINGS = "valoracion_ciega.json"  # the expert's blind A/B choices, saved with the run
