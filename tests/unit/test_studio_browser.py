@@ -111,6 +111,9 @@ def test_whole_path_in_the_browser(browser, tmp_path, tiny_base):  # noqa: F811
         page.click("#guardar-receta")
         page.wait_for_selector("#plan-veredicto", timeout=180_000)
         assert "GiB" in page.inner_text("#plan-veredicto")
+        assert "sin medir" in page.inner_text("#plan")
+        page.click("#medir-plan")  # real steps of this recipe on this machine
+        wait_until(lambda: "(medido aquí)" in page.inner_text("#plan"), 180, "el plan medido")
         page.click("#ver-comando")
         assert "afinar train recetas/prueba.yaml" in page.inner_text("#comando")
         recipe = page.request.get(f"{studio.url}/api/recetas/prueba.yaml", headers={"X-Afinar-Token": studio.token})
@@ -258,3 +261,43 @@ class LiveEvilPage:
 @pytest.fixture(autouse=True)
 def _no_hub(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+def finished_run(runs: Path, name: str, lr: float, losses: list[float]) -> None:
+    """A run folder as training leaves it (what «Ejecuciones» reads), without training."""
+    import yaml
+
+    folder = runs / name
+    folder.mkdir(parents=True)
+    (folder / "recipe.yaml").write_text(yaml.safe_dump({"name": name, "train": {"lr": lr, "epochs": 1}}), encoding="utf-8")
+    (folder / "metrics.jsonl").write_text("".join(json.dumps({"step": i + 1, "loss": v}) + "\n"
+                                                  for i, v in enumerate(losses)), encoding="utf-8")
+    (folder / "afinar_run.json").write_text(json.dumps({"steps": len(losses), "train_seconds": 61.0,
+                                                        "final_train_loss": losses[-1], "stopped": False}),
+                                            encoding="utf-8")
+
+
+def test_runs_list_opens_and_compares_two_runs(browser, tmp_path):  # noqa: F811
+    with LiveStudio(tmp_path / "estudio") as studio:
+        finished_run(studio.workspace.runs, "primera", 2e-3, [4.0, 3.5, 3.1, 2.9])
+        finished_run(studio.workspace.runs, "segunda", 1e-3, [4.0, 3.8, 3.6, 3.5, 3.4])
+        page = browser.new_page()
+        page.goto(f"{studio.url}/?token={studio.token}#ejecuciones")
+        page.wait_for_selector("body[data-listo='1']")
+        page.wait_for_selector("#lista-ejecuciones tr[data-ejecucion='segunda']")
+        rows = page.locator("#lista-ejecuciones tbody tr")
+        assert rows.count() == 2
+        assert "terminada" in page.inner_text("tr[data-ejecucion='primera']")
+        assert "2,900" in page.inner_text("tr[data-ejecucion='primera']")  # final loss, Spanish decimals
+        assert page.locator("tr[data-ejecucion='segunda'] svg.chispa polyline").count() == 1
+        assert page.is_disabled("#comparar")
+        page.check("tr[data-ejecucion='primera'] input.marcar")
+        page.check("tr[data-ejecucion='segunda'] input.marcar")
+        page.click("#comparar")
+        page.wait_for_selector("#comparacion table")
+        compared = page.inner_text("#comparacion")
+        assert "train.lr" in compared and "0.002" in compared and "0.001" in compared
+        page.click("tr[data-ejecucion='primera'] button.abrir")
+        page.wait_for_selector("#detalle-ejecucion h3")
+        assert "primera" in page.inner_text("#detalle-ejecucion") and "metrics.jsonl" in page.inner_text("#detalle-ejecucion")
+        assert page.inner_text("#ctx-ejecucion") == "primera"  # the run the other steps now work on

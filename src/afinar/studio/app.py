@@ -397,11 +397,15 @@ def create_app(workspace: Workspace, options: StudioOptions) -> FastAPI:
                                  headers={"Content-Disposition": f'attachment; filename="{name}.yaml"'})
 
     @app.post("/api/recetas/{name}/plan")
-    async def plan_card(name: str):
+    async def plan_card(name: str, medir: bool = False):
         path = workspace.recipe_path(name)
         if not path.is_file():
             return _json(404, "E015", "no existe esa receta")
-        return await run_in_threadpool(_plan, path, workspace, options.python)
+        if medir and jobs.current():  # measuring steps while a job runs would measure both at half speed
+            busy = jobs.current()
+            raise JobConflict("E020", f"hay un trabajo en curso ({busy['tipo']} de «{busy['ejecucion']}»): medir ahora "
+                              "daría tiempos falsos.", hint="mide cuando termine")
+        return await run_in_threadpool(_plan, path, workspace, options.python, medir)
 
     # --- jobs ---------------------------------------------------------------------------------------------------------
 
@@ -633,9 +637,10 @@ def _run_data_report(run_dir: Path) -> dict | None:
         return None
 
 
-def _plan(recipe: Path, workspace: Workspace, python: str) -> dict:
-    """`afinar plan RECETA --no-calibrar --json` in a process of its own (the studio stays light: no torch here)."""
-    argv = ["plan", str(recipe.relative_to(workspace.root)), "--no-calibrar", "--json"]
+def _plan(recipe: Path, workspace: Workspace, python: str, measure: bool = False) -> dict:
+    """`afinar plan RECETA --no-calibrar --json` (seconds, from the formula) or `--calibrar` (loads the model and times
+    a few real steps on this machine: a minute or so), in a process of its own (the studio stays light: no torch)."""
+    argv = ["plan", str(recipe.relative_to(workspace.root)), "--calibrar" if measure else "--no-calibrar", "--json"]
     try:
         done = subprocess.run([python, "-m", "afinar", *argv], capture_output=True, text=True, cwd=workspace.root,
                               timeout=600, check=False, env={**os.environ, "PYTHONIOENCODING": "utf-8"})

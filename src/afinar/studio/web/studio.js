@@ -13,7 +13,7 @@ let watched = null;       // its record
 let points = [];          // [{step, loss, eval_loss}] for the chart
 
 // The token must not stay in the address bar (history, screenshots): the cookie now holds it.
-if (location.search.includes("token=")) history.replaceState(null, "", "/");
+if (location.search.includes("token=")) history.replaceState(null, "", "/" + location.hash);
 
 function save() { localStorage.setItem(KEY, JSON.stringify(S)); showContext(); }
 function say(text) { $("#estado").textContent = text; }
@@ -183,10 +183,14 @@ async function saveRecipe() {
   const link = $("#descargar-receta"); link.href = `/api/recetas/${encodeURIComponent(r.nombre)}.yaml`; link.hidden = false;
   $("#comando").textContent = r.comando; $("#ver-comando").disabled = false;
   say(`Receta «${r.nombre}» guardada. Calculando el plan (memoria y tiempo en este equipo)…`);
-  const card = $("#plan"); card.hidden = false; card.replaceChildren(el("p", {}, "Calculando el plan…"));
+  await computePlan(false);
+}
+async function computePlan(measure) {
+  const card = $("#plan"); card.hidden = false;
+  card.replaceChildren(el("p", {}, measure ? "Midiendo pasos reales en este equipo (carga el modelo: un minuto o dos)…" : "Calculando el plan…"));
   card.setAttribute("aria-busy", "true");
   try {
-    const p = (await api("POST", `/api/recetas/${encodeURIComponent(r.nombre)}/plan`)).plan;
+    const p = (await api("POST", `/api/recetas/${encodeURIComponent(S.receta)}/plan${measure ? "?medir=1" : ""}`)).plan;
     showPlan(p);
   } catch (err) {
     card.replaceChildren(el("p", {class: "malo"}, "No se pudo calcular el plan: ", err.e ? `${err.e.codigo}: ${err.e.mensaje}` : String(err)));
@@ -204,10 +208,12 @@ function showPlan(p) {
     el("h3", {}, "Antes de empezar"),
     el("p", {id: "plan-veredicto", class: m.verdict === "no cabe" ? "malo" : "bueno"},
       `${verdict} en ${p.device.name}: hacen falta ≈ ${num(m.total_gb)} GiB de ${num(p.device.available_gb)} GiB disponibles.`),
-    el("p", {}, `≈ ${num(t.step_seconds)} s por paso × ${t.steps} pasos ≈ ${minutes(total)}` +
-      (capped ? ` — con el tope de ${budget} min, entrenará los pasos que quepan en ese tiempo.` : ".")),
+    el("p", {id: "plan-tiempo"}, `≈ ${num(t.step_seconds)} s por paso${t.calibrated ? " (medido aquí)" : ""} × ${t.steps} pasos ≈ ${minutes(total)}` +
+      (capped ? ` — con el tope de ${budget} min entrenará unos ${Math.floor(budget * 60 / t.step_seconds)} pasos (el ${Math.round(100 * budget * 60 / total)} % de lo planeado).` : ".")),
     p.suggestions.length ? el("ul", {}, p.suggestions.map((s) => el("li", {}, `${s.change} (ahorra ≈ ${num(s.saves_gb)} GiB)`))) : null,
-    el("p", {class: "nota"}, "Estimación sin medir (la medida real se hace al empezar y se ve en el registro)."));
+    t.calibrated ? el("p", {class: "nota"}, "Medido en este equipo con pasos reales de esta receta.")
+      : el("p", {class: "nota"}, "Estimación sin medir: el tiempo puede variar bastante. ",
+        el("button", {type: "button", id: "medir-plan", onclick: () => guarded(() => computePlan(true))}, "Medir en este equipo (un minuto o dos)")));
   say(`Plan: ${verdict.toLowerCase()}, ≈ ${minutes(capped ? budget * 60 : total)}.`);
 }
 
