@@ -601,6 +601,9 @@ def test_second_job_while_one_runs_is_409(studio):
     assert "ya hay un trabajo en curso" in error["mensaje"] and "primera" in error["mensaje"]
     assert s.get("/api/estado").json()["trabajo"]["id"] == first["id"]
     assert len(list(s.workspace.jobs.glob("*.json"))) == 1
+    # Measuring real steps now would measure them at half speed: refused the same way.
+    measuring = s.post("/api/recetas/segunda/plan?medir=1")
+    assert measuring.status_code == 409 and error_of(measuring)["codigo"] == "E020"
 
 
 def test_failed_job_shows_the_error_and_its_suggestion(studio):
