@@ -10,7 +10,9 @@ const S = Object.assign({datos: null, receta: null, ejecucion: null}, JSON.parse
 let CONFIG = null;
 let stream = null;        // EventSource of the job being watched
 let watched = null;       // its record
-let points = [];          // [{step, loss, eval_loss}] for the chart
+let points = [];          // [{step, loss, eval_loss}] for the chart, by step
+const byStep = new Map(); // step → its metrics (what `points` is drawn from)
+let drawPending = false;
 
 // The token must not stay in the address bar (history, screenshots): the cookie now holds it.
 if (location.search.includes("token=")) history.replaceState(null, "", "/" + location.hash);
@@ -231,7 +233,7 @@ function training(job) { return job && (job.tipo === "entrenar" || job.tipo === 
 function watch(job) {
   if (stream) stream.close();
   watched = job;
-  if (training(job)) { points = []; drawChart(); $("#registro").textContent = ""; $("#lectura").textContent = ""; }
+  if (training(job)) { points = []; byStep.clear(); drawChart(); $("#registro").textContent = ""; $("#lectura").textContent = ""; }
   $("#panel-trabajo").hidden = false;
   $("#error-trabajo").hidden = true;
   $("#barra").value = 0; $("#barra").removeAttribute("value"); $("#eta").textContent = "";
@@ -241,11 +243,11 @@ function watch(job) {
   stream.addEventListener("paso", (e) => {
     const row = JSON.parse(e.data);
     if (!training(watched)) return;
-    const same = points.find((p) => p.step === row.step);
-    if (same) Object.assign(same, row); else points.push(row);
-    points.sort((a, b) => a.step - b.step);
-    drawChart();
+    // A step can come twice (its training loss, then its held-out loss): merged by step. A replay of thousands of
+    // steps arrives in a burst: the chart is drawn once per burst, not once per step.
+    byStep.set(row.step, Object.assign(byStep.get(row.step) || {}, row));
     $("#lectura").textContent = row.lectura;
+    if (!drawPending) { drawPending = true; setTimeout(() => { drawPending = false; points = [...byStep.values()].sort((a, b) => a.step - b.step); drawChart(); }, 50); }
   });
   stream.addEventListener("progreso", (e) => {
     const p = JSON.parse(e.data);
