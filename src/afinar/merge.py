@@ -13,7 +13,7 @@ from afinar.data.chat_format import folder_format, set_turn_end
 from afinar.errors import AfinarError
 from afinar.hardware import torch_dtype
 from afinar.models import save_tokenizer
-from afinar.runs import DATA_FINGERPRINT, RECIPE, load_ref, open_ref
+from afinar.runs import DATA_FINGERPRINT, MERGE_SUMMARY, RECIPE, load_ref, open_ref
 
 PROBE = [
     {"role": "user", "content": "¿Qué debo hacer si alguien se quema la mano con agua hirviendo?"},
@@ -83,7 +83,7 @@ def merge(run: str | Path, output: str | Path | None = None, dtype: str = "fp32"
             candidate = reloaded(probe).logits[0]
         stats = logits_agreement(reference, candidate)
         ok = tolerance_ok(stats, dtype)
-        (tmp / "afinar_merge.json").write_text(
+        (tmp / MERGE_SUMMARY).write_text(
             json.dumps({"from_run": str(ref.path), "base": ref.base_path, "dtype": dtype, "check": stats, "ok": ok}, indent=2),
             encoding="utf-8",
         )

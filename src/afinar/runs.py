@@ -25,6 +25,7 @@ EVAL_DIR = "informe"  # `afinar eval`'s report: metrics.json and index.html
 DATA_REPORT_DIR = "informe_datos"  # `afinar inspect`'s report on the data; kept when a run is overwritten
 EXPORT_DIR = "export"  # `afinar export`'s default output
 EXPORT_SUMMARY = "afinar_export.json"  # in an export folder: what was written and how it was checked
+MERGE_SUMMARY = "afinar_merge.json"  # in a merged folder (`afinar merge`): its run, its base and the logits check
 DATA_FINGERPRINT = "data_fingerprint.json"  # hashes and counts of the training data (never its text)
 STOP_REQUEST = ".detener"  # created in the run folder (by the studio, or by hand) to stop training at the end of the current step, saving everything; resumable with --resume
 

@@ -21,6 +21,7 @@ from afinar.runs import (
     EVAL_DIR,
     EXPORT_DIR,
     EXPORT_SUMMARY,
+    MERGE_SUMMARY,
     RECIPE,
     RUN_INFO,
     open_ref,
@@ -32,7 +33,7 @@ _REPO = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
 ADAPTER_FILES = ("adapter_config.json", ADAPTER_WEIGHTS, "tokenizer.json", "tokenizer_config.json",
                  "special_tokens_map.json", "chat_template.jinja", RECIPE, DATA_FINGERPRINT)
 # Local bookkeeping that would mislead on the Hub (absolute paths, the zip duplicates the safetensors).
-SKIP = {"afinar_merge.json", "afinar_manifest.json"}
+SKIP = {MERGE_SUMMARY, "afinar_manifest.json"}
 
 
 @dataclass

@@ -28,7 +28,13 @@ from afinar.export.reference import greedy_reference
 from afinar.export.weights import parameter_count
 from afinar.merge import merge
 from afinar.models import load_tokenizer, template_in_config
-from afinar.runs import EXPORT_DIR, EXPORT_SUMMARY, open_ref, read_export_summary
+from afinar.runs import (
+    EXPORT_DIR,
+    EXPORT_SUMMARY,
+    MERGE_SUMMARY,
+    open_ref,
+    read_export_summary,
+)
 
 FORMATS = ("safetensors", "gguf", "ollama", "onnx", "zip")
 ALL = "todo"
@@ -129,7 +135,7 @@ class _Job:
     def safetensors(self) -> None:
         merged = self.targets["safetensors"]
         merge(self.ref.path, output=merged, dtype=self.dtype, overwrite=self.overwrite)
-        check = json.loads((merged / "afinar_merge.json").read_text(encoding="utf-8"))["check"]
+        check = json.loads((merged / MERGE_SUMMARY).read_text(encoding="utf-8"))["check"]
         gen = json.loads((merged / "generation_config.json").read_text(encoding="utf-8"))
         self.done("safetensors", merged, {**check, "eos_token_id": gen.get("eos_token_id"),
                                           "plantilla_en_tokenizer_config": template_in_config(merged)})

@@ -39,11 +39,13 @@ from starlette.concurrency import run_in_threadpool
 from afinar import __version__
 from afinar.atomic import atomic_write_text
 from afinar.errors import AfinarError
+from afinar.hardware import int8_cpu_features
 from afinar.inference.server import LOOPBACK, foreign_origin, request_hostname
 from afinar.runs import EVAL_DIR, EXPORT_DIR, EXPORT_SUMMARY, RECIPE, RUN_INFO
 from afinar.studio import cards
 from afinar.studio.events import job_events
 from afinar.studio.jobs import (
+    TRAINING,
     JobConflict,
     JobManager,
     command_line,
@@ -63,10 +65,10 @@ from afinar.studio.settings import (
 from afinar.studio.workspace import (
     Workspace,
     read_json,
-    read_metrics,
     run_outputs,
     run_summary,
 )
+from afinar.training import read_metrics
 
 TOKEN_HEADER = "x-afinar-token"
 MAX_JSON_BODY = 256 * 1024
@@ -476,7 +478,8 @@ def create_app(workspace: Workspace, options: StudioOptions) -> FastAPI:
     def runs():
         folders = sorted((p for p in workspace.runs.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime,
                          reverse=True)
-        return {"ejecuciones": [run_summary(p, jobs.last_training(p.name)) for p in folders]}
+        trainings = jobs.latest(TRAINING)
+        return {"ejecuciones": [run_summary(p, trainings.get(p.name)) for p in folders]}
 
     @app.get("/api/ejecuciones/{name}")
     def run_detail(name: str):
@@ -684,11 +687,7 @@ def _diagnostics(jobs: JobManager, record: dict) -> str:
         except PackageNotFoundError:
             return "no instalado"
 
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as info:
-            cpu = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), "")
-    except OSError:
-        cpu = platform.processor()
+    cpu = int8_cpu_features()["procesador"]  # the model name on Linux, platform.processor() elsewhere
     lines = log_lines(tail(jobs.log_path(record["id"]), 32768))
     readable = [line for line in lines if line.strip()][-40:]
     parts = [

@@ -21,7 +21,8 @@ from afinar.runs import (
     RECIPE,
     RUN_INFO,
 )
-from afinar.studio.workspace import RATINGS, read_json, read_metrics
+from afinar.studio.workspace import RATINGS, read_json
+from afinar.training import read_metrics
 
 CHOICES = ("a", "b", "igual")
 

@@ -143,14 +143,21 @@ class JobManager:
     def all(self) -> list[dict]:
         return [r for r in (read_json(p) for p in sorted(self.ws.jobs.glob("*.json"))) if r]
 
+    def latest(self, kinds: tuple[str, ...] = KINDS) -> dict[str, dict]:
+        """Each run's newest job of these kinds (the list and a run's page show its state), from one read of the
+        records."""
+        newest: dict[str, dict] = {}
+        for record in self.all():
+            run = record.get("ejecucion")
+            if record.get("tipo") in kinds and record.get("inicio", 0) >= newest.get(run, {}).get("inicio", 0):
+                newest[run] = record
+        return newest
+
     def last_for(self, run: str) -> dict | None:
-        """The newest job of a run (the list and the run's page show its state)."""
-        jobs = [r for r in self.all() if r.get("ejecucion") == run]
-        return max(jobs, key=lambda r: r.get("inicio", 0)) if jobs else None
+        return self.latest().get(run)
 
     def last_training(self, run: str) -> dict | None:
-        jobs = [r for r in self.all() if r.get("ejecucion") == run and r.get("tipo") in TRAINING]
-        return max(jobs, key=lambda r: r.get("inicio", 0)) if jobs else None
+        return self.latest(TRAINING).get(run)
 
     # --- starting and ending ------------------------------------------------------------------------------------------
 

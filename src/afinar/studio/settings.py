@@ -2,12 +2,11 @@
 how to use each export, and the recipe the Modelo step writes (an ordinary afinar recipe, validated like any other)."""
 from __future__ import annotations
 
+import copy
 import time
 from pathlib import Path
 
-import yaml
-
-from afinar.config import DEFAULT_SYSTEM_PROMPT, Recipe, recipe_from_dict
+from afinar.config import DEFAULT_SYSTEM_PROMPT, Recipe, dump_recipe, recipe_from_dict
 from afinar.errors import AfinarError
 from afinar.studio.workspace import Workspace, checked_name
 
@@ -99,7 +98,7 @@ def build_recipe(form: dict, data_path: str, workspace: Workspace) -> tuple[Reci
         "checks": checks if checks is not None else shipped.get("comprobaciones", []),
         "output_dir": f"ejecuciones/{name}",
     }
-    _merge(data, yaml.safe_load(yaml.safe_dump(preset["receta"])))  # a copy: the preset itself stays as it is
+    _merge(data, copy.deepcopy(preset["receta"]))  # a copy: the preset itself stays as it is
     for dotted, value in (form.get("avanzado") or {}).items():
         if value is None or value == "":
             continue
@@ -118,8 +117,7 @@ def build_recipe(form: dict, data_path: str, workspace: Workspace) -> tuple[Reci
     header = (f"# Receta escrita por afinar estudio el {time.strftime('%d/%m/%Y %H:%M')} (preajuste {preset['etiqueta']}).\n"
               f"# Entrenar sin el estudio, desde {workspace.root}:\n#   afinar train recetas/{name}.yaml\n"
               f"#   afinar plan recetas/{name}.yaml     # ¿cabe y cuánto tarda?\n")
-    text = header + yaml.safe_dump(recipe.model_dump(mode="json", exclude_defaults=False), allow_unicode=True,
-                                   sort_keys=False, width=110)
+    text = header + dump_recipe(recipe)
     return recipe, text
 
 

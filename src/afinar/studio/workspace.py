@@ -24,10 +24,10 @@ from afinar.runs import (
     EVAL_DIR,
     EXPORT_DIR,
     EXPORT_SUMMARY,
-    METRICS,
     RECIPE,
     RUN_INFO,
 )
+from afinar.training import read_metrics
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 RATINGS = "valoracion_ciega.json"  # the expert's blind A/B choices, saved with the run
@@ -108,22 +108,6 @@ def read_json(path: Path) -> dict:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
-
-
-def read_metrics(run_dir: Path) -> list[dict]:
-    """metrics.jsonl, skipping a line being written right now (the training appends while we read)."""
-    rows = []
-    try:
-        with open(run_dir / METRICS, encoding="utf-8") as handle:
-            for line in handle:
-                if line.endswith("\n"):
-                    try:
-                        rows.append(json.loads(line))
-                    except ValueError:
-                        pass
-    except OSError:
-        pass
-    return rows
 
 
 def sparkline(values: list[float], points: int = 40) -> list[float]:

@@ -28,6 +28,7 @@ from afinar.inference.engines.base import (
 )
 from afinar.inference.sampling import Reply, Sampling, stream_reply
 from afinar.models import load_model, load_tokenizer
+from afinar.runs import MERGE_SUMMARY
 
 
 class TransformersEngine(Engine):
@@ -104,9 +105,6 @@ class TransformersEngine(Engine):
             with weights:
                 yield from transformers_stream(model, self.tokenizers[model_id], prompt, gen, sampling.seed,
                                                sampling.timeout_s, personality.stops)
-
-
-MERGE_SUMMARY = "afinar_merge.json"  # written by `afinar merge` in the merged folder, with the run's base
 
 
 def base_of(ref) -> str:
