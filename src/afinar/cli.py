@@ -236,7 +236,7 @@ def _cmd_estudio(args) -> int:
     from afinar.studio.launch import estudio
 
     estudio(port=args.puerto, open_browser=not args.no_abrir, host=args.host, folder=args.carpeta,
-            max_upload_mb=args.max_subida_mb)
+            max_upload_mb=args.max_subida_mb, new_token=args.token_nuevo, desktop_shortcut=args.acceso_directo)
     return 0
 
 
@@ -403,6 +403,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="otra dirección que 127.0.0.1 expone el estudio a tu red (con token)")
     p.add_argument("--carpeta", default="afinar-estudio", help="dónde guarda datos, recetas y ejecuciones")
     p.add_argument("--max-subida-mb", type=int, default=50, help="tamaño máximo de un archivo subido")
+    p.add_argument("--token-nuevo", action="store_true", help="otro token para esta carpeta: los enlaces y accesos "
+                   "recordados dejan de valer")
+    p.add_argument("--acceso-directo", action="store_true", help="escribe un acceso directo en el escritorio que abre "
+                   "el estudio de esta carpeta sin terminal")
     p.set_defaults(func=_cmd_estudio)
     return parser
 

@@ -35,7 +35,7 @@ class ModelSection(Strict):
 class DataSource(Strict):
     path: str
     weight: Annotated[float, Field(gt=0)] = 1.0
-    format: Literal["auto", "alpaca", "chat", "structured"] = "auto"
+    format: Literal["auto", "alpaca", "chat", "structured", "pregunta"] = "auto"
 
 
 class DataSection(Strict):

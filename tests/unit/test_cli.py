@@ -104,3 +104,56 @@ def test_estudio_prints_its_address_and_serves_only_with_its_token(tmp_path):
     finally:
         process.terminate()
         process.wait(10)
+
+
+def test_estudio_token_belongs_to_the_folder_and_a_second_launch_opens_the_running_one(tmp_path):
+    """The way back in without a terminal: the same folder keeps its token (0600 file) across launches, so the
+    browser's cookie keeps working; launching again while it runs takes the person to it instead of failing."""
+    import os
+    import socket
+    import stat
+    import urllib.request
+
+    from afinar.studio.launch import TOKEN_FILE, folder_token
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    folder = tmp_path / "estudio"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    argv = [sys.executable, "-m", "afinar", "estudio", "--no-abrir", "--puerto", str(port), "--carpeta", str(folder)]
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        url = process.stdout.readline().split(": ", 1)[1].strip()
+        token = url.split("token=")[1]
+        assert (folder / TOKEN_FILE).read_text().strip() == token
+        assert stat.S_IMODE((folder / TOKEN_FILE).stat().st_mode) == 0o600
+        for _ in range(100):  # until it listens
+            try:
+                urllib.request.urlopen(url, timeout=5).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        again = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=60)
+        assert again.returncode == 0, again.stderr
+        assert again.stdout.startswith(f"afinar estudio ya está abierto: http://127.0.0.1:{port}/?token={token}")
+    finally:
+        process.terminate()
+        process.wait(10)
+    assert folder_token(folder) == token  # a later launch on the folder reuses it
+    assert folder_token(folder, new=True) != token  # --token-nuevo: every old link and cookie stops working
+
+
+def test_estudio_desktop_shortcut_runs_the_studio_of_that_folder(tmp_path):
+    from afinar.studio.launch import shortcut
+
+    for platform, name in (("linux", "afinar-estudio.desktop"), ("win32", "afinar estudio.cmd"),
+                           ("darwin", "afinar estudio.command")):
+        home = tmp_path / platform
+        (home / "Desktop").mkdir(parents=True)
+        path = shortcut(tmp_path / "mi estudio", 7861, home=home, platform=platform)
+        assert path == home / "Desktop" / name
+        text = path.read_text()
+        assert sys.executable in text and "estudio" in text and "--puerto" in text and "7861" in text
+        assert str(tmp_path / "mi estudio") in text
+    assert "Exec=" in (tmp_path / "linux" / "Desktop" / "afinar-estudio.desktop").read_text()

@@ -285,3 +285,73 @@ def test_the_forgetting_guard_measures_a_base_once_and_only_that_base(tiny_run, 
         with torch.no_grad():
             model.get_input_embeddings().weight[0, 0] += 1.0
         assert _base_loss_cache(model, rows, contextlib.nullcontext).path != key
+
+
+def test_held_out_questions_with_personal_data_are_never_answered_nor_saved(tiny_run, tmp_path):
+    """A held-out example that may hold a DNI or a patient's name counts in the losses (numbers) but is not
+    generated for: its question, reference and both answers would land in metrics.json, the report and the rating.
+    The «Generando respuestas» bar moves within the one batch of answers (it counts generation steps)."""
+    import re
+    import shutil
+
+    import yaml
+
+    from afinar.data.validate import gather
+
+    run = shutil.copytree(tiny_run, tmp_path / "run")
+    recipe = yaml.safe_load((run / "recipe.yaml").read_text(encoding="utf-8"))
+    data = tmp_path / "datos.jsonl"
+    shutil.copy(recipe["data"]["sources"][0]["path"], data)
+    recipe["data"]["sources"][0]["path"] = str(data)
+    (run / "recipe.yaml").write_text(yaml.safe_dump(recipe, allow_unicode=True), encoding="utf-8")
+    lines = data.read_text(encoding="utf-8").splitlines()
+    held_out = [e.line for e in gather(load_recipe_data(run)).val]
+    for line in held_out[:2]:  # the split goes by position: these two stay held out
+        lines[line - 1] = json.dumps({"instruction": f"Paciente Rosario Gómez, DNI 12345678Z ({line}): ¿qué hago?",
+                                      "output": "Enfría la quemadura con agua."}, ensure_ascii=False)
+    data.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    # As the studio runs it: the command in its own process, its bar redrawn at every update (the studio sets
+    # TQDM_MININTERVAL for its jobs; here every redraw is kept).
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "TQDM_MININTERVAL": "0", "TQDM_MINITERS": "1", "PYTHONIOENCODING": "utf-8"}
+    done = subprocess.run([sys.executable, "-m", "afinar", "eval", str(run), "--n", "8", "--solo-greedy",
+                           "--mostrar-ejemplos"], capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.loads((run / "informe" / "metrics.json").read_text(encoding="utf-8"))
+    assert metrics["generated"] == len(held_out) - 2 and metrics["withheld_personal"] == 2
+    assert metrics["requested"] == 8 and metrics["examples"] == len(held_out)  # both still in the loss
+    for saved in ((run / "informe" / "metrics.json"), (run / "informe" / "index.html")):
+        text = saved.read_text(encoding="utf-8")
+        assert "12345678Z" not in text and "Rosario" not in text, saved
+    assert "2 pregunta(s) apartada(s) con posibles datos personales" in done.stdout
+    assert "12345678Z" not in done.stdout + done.stderr
+    shown = [int(p) for p in re.findall(r"Generando respuestas:\s+(\d+)%", done.stderr)]
+    assert shown[-1] == 100 and any(0 < p < 100 for p in shown), shown  # it moves before the batch ends
+    phases = [int(p) for p in re.findall(r"Preparando la evaluación:\s+(\d+)%", done.stderr)]
+    assert any(0 < p < 100 for p in phases), phases
+
+
+def load_recipe_data(run):
+    from afinar.runs import read_recipe
+
+    return read_recipe(run).data
+
+
+def test_generation_reports_every_step_of_a_batch(tiny_run):
+    import torch
+
+    from afinar.config import GenerationSection
+    from afinar.inference.chat import generate_many
+    from afinar.runs import load_ref, open_ref
+
+    model, tokenizer = load_ref(open_ref(tiny_run), dtype=torch.float32)
+    model.eval()
+    conversations = [[{"role": "user", "content": q}] for q in ("Hola", "¿Qué hago con una quemadura?", "Sangra")]
+    steps = []
+    replies = generate_many(model, tokenizer, conversations, GenerationSection(temperature=0.0, max_new_tokens=10),
+                            batch_size=2, on_step=lambda: steps.append(1))
+    longest = [max(r.completion_tokens for r in replies[:2]), replies[2].completion_tokens]
+    assert sum(longest) <= len(steps) <= 20  # one call per generated token of each batch (a stop token included)

@@ -15,7 +15,7 @@ GOOD_ALPACA = {"instruction": f"Resume el caso de {SECRET}", "output": f"Ingresa
 BROKEN = [
     ('{"instruction": "' + SECRET + '", "output": ', "D001"),
     ('["' + SECRET + '"]', "D002"),
-    (json.dumps({"pregunta": SECRET, "respuesta": SECRET}), "D003"),
+    (json.dumps({"question": SECRET, "answer": SECRET}), "D003"),
     (json.dumps({SECRET: "x", "texto": 1}), "D003"),  # a key can hold patient text too
     (json.dumps({"instruction": SECRET}), "D004"),
     (json.dumps({"instruction": "   ", "output": SECRET}), "D005"),
@@ -51,7 +51,7 @@ def test_every_problem_in_one_pass_with_file_line_code(broken_file, capsys):
     out = capsys.readouterr().out
     assert f"{broken_file}:1: D001: JSON inválido" in out
     assert SECRET not in out and "12345678Z" not in out and "doctor" not in out
-    assert "claves: pregunta, respuesta)" in out and "claves: texto y 1 más)" in out
+    assert "claves: answer, question)" in out and "claves: texto y 1 más)" in out
     assert all(p.code in CODES for p in prepared.problems)
 
 
@@ -108,3 +108,21 @@ def test_nothing_fits_max_length_is_d015(tmp_path, tokenizer):
     prepared = encode(gather(data), tokenizer, data)
     assert [p.code for p in prepared.errors] == ["D015"]
     assert prepared.errors[0].source == str(path) and "max_length=16" in prepared.errors[0].message
+
+
+def test_spanish_field_names_pregunta_respuesta_contexto(tmp_path):
+    """What people write by hand: "pregunta"/"respuesta" (and "contexto") read as instruction/output (and input)."""
+    path = tmp_path / "es.jsonl"
+    rows = [{"pregunta": "¿Qué hago ante una quemadura?", "respuesta": "Enfría con agua 20 minutos."},
+            {"pregunta": "Resume", "contexto": "Caso de prueba", "respuesta": "Resumen."},
+            {"pregunta": "Sin respuesta"},
+            {"pregunta": "Contexto raro", "contexto": {"a": 1}, "respuesta": "x"}]
+    path.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n", encoding="utf-8")
+    problems = []
+    examples = load_examples(path, "auto", problems)
+    assert [e.format for e in examples] == ["pregunta", "pregunta"]
+    assert examples[0].messages == [{"role": "user", "content": "¿Qué hago ante una quemadura?"},
+                                    {"role": "assistant", "content": "Enfría con agua 20 minutos."}]
+    assert examples[1].messages[0]["content"] == "Resume\nCaso de prueba"
+    assert {(p.line, p.code) for p in problems} == {(3, "D004"), (4, "D006")}
+    assert "'respuesta'" in next(p.message for p in problems if p.line == 3)

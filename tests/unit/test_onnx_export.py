@@ -209,3 +209,24 @@ def test_int8_keeps_down_proj_in_fp32_and_retries_all_int8(tiny_base, reference,
     assert [t["variante"] for t in int8["intentos_fallidos"]] == [first, with_head]  # down_proj, then + the head
     assert [t["codigo"] for t in int8["intentos_fallidos"]] == ["X034", "X034"]
     assert not [n for n in nodes(target) if n.op_type == "MatMul" and "proj" in n.name]  # every projection in INT8
+
+
+def test_optimums_english_tied_weights_warning_stays_out_of_the_log(tmp_path, monkeypatch, capfd):
+    """optimum warns in English that a tied embedding and head share an initializer (expected): not in a person's log."""
+    import logging
+
+    import optimum.exporters.onnx
+    from optimum.utils import logging as optimum_logging
+
+    def fake_export(model_dir, output, **kwargs):
+        optimum_logging.get_logger().warning("Found different candidate ONNX initializers (likely duplicate)")
+        (tmp_path / "out").mkdir(exist_ok=True)
+        (tmp_path / "out" / "model.onnx").write_bytes(b"onnx")
+
+    monkeypatch.setattr(optimum.exporters.onnx, "main_export", fake_export)
+    before = logging.getLogger("optimum").level
+    onnx_export._export(tmp_path, tmp_path / "out")
+    assert "Found different candidate" not in capfd.readouterr().err
+    assert logging.getLogger("optimum").level == before
+    optimum_logging.get_logger().error("un error sí se ve")
+    assert "un error sí se ve" in capfd.readouterr().err

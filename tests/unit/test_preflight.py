@@ -107,3 +107,21 @@ def test_template_that_cannot_mark_tokens_is_reported_not_a_crash(tmp_path, caps
     code, _, report, _ = run(tmp_path, capsys, str(tiny_base))
     assert report["tokens"]["available"] is False and report["tokens"]["reason"].startswith("T001")
     assert report["samples"] == [] and report["duplicates"]["exact"] == 1 and code == 1
+
+
+def test_lines_with_personal_data_are_counted_once_and_never_shown_as_examples(tmp_path, tiny_base):
+    """A line with a DNI and a name is 1 line (2 findings); asked to show examples, a flagged line is never one."""
+    from afinar.config import DataSection, DataSource
+    from afinar.data.preflight import build_report
+    from afinar.data.validate import try_tokenizer
+
+    rows = [{"instruction": f"La paciente Ana López, DNI 12345678Z, caso {i}: ¿qué hago?", "output": "Enfría con agua."}
+            for i in range(9)] + qa_rows(3)
+    data = write_jsonl(tmp_path / "d.jsonl", rows)
+    tokenizer, _ = try_tokenizer(str(tiny_base), "auto")
+    report = build_report(DataSection(sources=[DataSource(path=str(data))], val_fraction=0), tokenizer,
+                          show_examples=True, progress=False)
+    pii = report["personal_data"]
+    assert pii["count"] == 18 and pii["lines"] == 9 and pii["by_kind"] == {"DNI": 9, "nombre tras «paciente»": 9}
+    assert sorted(int(s["place"].rsplit(":", 1)[1]) for s in report["samples"]) == [10, 11, 12]
+    assert "12345678Z" not in json.dumps(report["samples"], ensure_ascii=False)

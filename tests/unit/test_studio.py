@@ -230,7 +230,7 @@ def test_without_token_api_is_401_json_and_page_is_spanish_html(studio):
     page = client.get("/")
     assert page.status_code == 401
     assert page.headers["content-type"].startswith("text/html")
-    assert "Falta el token del estudio" in page.text and "lang=es" in page.text
+    assert "no tiene la llave del estudio" in page.text and "acceso directo" in page.text and "lang=es" in page.text
     assert "afinar_estudio" not in page.headers.get("set-cookie", "")
 
 
@@ -839,7 +839,7 @@ def test_events_with_the_cookie_only_and_unknown_job(studio):
 
 def test_loss_reading():
     falling = [3.0 - 0.2 * i for i in range(10)]
-    assert loss_reading(falling, []).startswith("La pérdida baja (2,90 → 1,30)")
+    assert loss_reading(falling, []).startswith("La pérdida (el error con tus ejemplos) baja (2,90 → 1,30)")
     assert "aprendiendo" in loss_reading(falling, [])
     assert "sobreajuste" not in loss_reading(falling, [2.0, 1.8, 1.7])
     assert "sobreajuste" in loss_reading(falling, [2.0, 1.5, 1.7])
@@ -997,3 +997,151 @@ def test_compare_lists_recipe_differences(studio):
     same = s.get("/api/comparar", params={"a": "rapida", "b": "rapida"}).json()
     assert same["diferencias"] == []
     assert s.get("/api/comparar", params={"a": "rapida", "b": "../x"}).status_code == 400
+
+
+# --- issue 30: privacy that acts, errors for people, a way back in --------------------------------------------------
+
+DNI_ROW = {"instruction": "La paciente Rosario Gómez, DNI 12345678Z, se quemó: ¿qué hago?",
+           "output": "Enfría la quemadura con agua corriente durante 20 minutos."}
+
+
+def data_with_dni_and_duplicates(path: Path) -> Path:
+    """8 rows, the 3rd with a DNI and a patient's name, and rows 1 and 2 copied once more: 1 line, 2 duplicates."""
+    items = rows(8)
+    items[2] = DNI_ROW
+    path.write_bytes(jsonl(items + [items[0], items[1]]))
+    return path
+
+
+def test_summary_counts_the_runs_data_from_any_working_folder(studio, tmp_path, monkeypatch):
+    """The run's recipe names its data relative to the studio's folder (where its jobs run): the printable summary
+    finds it from wherever the studio was started, and says so when the check could not run (never zeros)."""
+    s = studio()
+    data = data_with_dni_and_duplicates(s.workspace.data / "propios-0000aaaa.jsonl")
+    run_dir = make_run(s.workspace, "hecha", data=data)
+    recipe = yaml.safe_load((run_dir / RECIPE).read_text())
+    recipe["data"]["sources"] = [{"path": "recetas/../datos/propios-0000aaaa.jsonl"}]  # as `afinar train` saves it
+    (run_dir / RECIPE).write_text(yaml.safe_dump(recipe))
+    monkeypatch.chdir(tmp_path)  # not the studio's folder
+    text = s.get("/api/ejecuciones/hecha/resumen").text
+    assert "Líneas con posibles datos personales (correos, teléfonos, DNI, nombres…)</td><td>1 (DNI: 1" in text
+    assert "Ejemplos repetidos exactamente (copias de otro)</td><td>2<" in text
+    assert "NO SE PUDO" not in text and "12345678Z" not in text and "Rosario" not in text
+    assert "No usar como consejo" in text  # the run starts from the embedded 135M base
+    data.unlink()
+    text = s.get("/api/ejecuciones/hecha/resumen").text
+    assert "NO SE PUDO HACER" in text and "propios-0000aaaa.jsonl" in text
+    assert "Líneas con posibles datos personales" not in text and "Ejemplos repetidos" not in text
+
+
+def test_upload_without_a_usable_example_is_not_kept_and_says_why_once(studio):
+    s = studio()
+    items = [{"question": f"¿Qué hago {i}?", "answer": "Llama al 112."} for i in range(4)]
+    answer = s.post("/api/datos", content=jsonl(items), headers={"X-Nombre-Archivo": "mal.jsonl"})
+    assert answer.status_code == 400
+    error = error_of(answer)
+    assert error["codigo"] == "E017" and error["mensaje"].count("no se ha guardado") == 1
+    assert "formato no reconocido en 4 línea(s)" in error["mensaje"] and '"pregunta" y "respuesta"' in error["sugerencia"]
+    assert not list(s.workspace.data.iterdir())  # neither the file nor a partial one
+    # The Spanish field names a person writes are a format afinar reads.
+    spanish = [{"pregunta": f"¿Qué hago {i}?", "respuesta": "Enfría con agua y llama al 112."} for i in range(4)]
+    answer = s.post("/api/datos", content=jsonl(spanish), headers={"X-Nombre-Archivo": "bien.jsonl"})
+    assert answer.status_code == 200 and answer.json()["validacion"]["ejemplos"] == 4
+
+
+def test_flagged_lines_are_listed_by_number_and_can_be_removed(studio):
+    s = studio()
+    answer = s.post("/api/datos", content=data_with_dni_and_duplicates(s.root / "x.jsonl").read_bytes(),
+                    headers={"X-Nombre-Archivo": "mios.jsonl"})
+    body = answer.json()
+    assert body["validacion"]["datos_personales"] == [{"linea": 3, "tipos": ["DNI", "nombre tras «paciente»"]}]
+    assert "12345678Z" not in answer.text and "Rosario" not in answer.text
+    path = s.workspace.dataset_path(body["id"])
+    # Duplicates are named by line, not by the file's full path.
+    assert any(p["codigo"] == "D009" and "de la línea 1" in p["mensaje"] for p in body["validacion"]["avisos"])
+    removed = s.post(f"/api/datos/{body['id']}/quitar", json={"lineas": [3]})
+    assert removed.status_code == 200, removed.text
+    assert removed.json()["datos_personales"] == [] and removed.json()["quitadas"] == 1
+    assert "12345678Z" not in path.read_text(encoding="utf-8") and len(path.read_text().splitlines()) == 9
+    assert not [p for p in path.parent.iterdir() if p.name != path.name]  # no temporary file left
+    shipped = s.post("/api/datos/afinar:primeros_auxilios/quitar", json={"lineas": [1]})
+    assert shipped.status_code == 400 and error_of(shipped)["codigo"] == "E018"
+
+
+def test_recipe_for_a_file_without_examples_is_refused(studio):
+    s = studio()
+    (s.workspace.data / "vacio-0000aaaa.jsonl").write_bytes(jsonl([{"question": "x", "answer": "y"}]))
+    answer = s.post("/api/recetas", json={"nombre": "x", "datos": "vacio-0000aaaa"})
+    assert answer.status_code == 400 and error_of(answer)["codigo"] == "E017"
+    assert not list(s.workspace.recipes.iterdir())
+
+
+def test_a_running_job_is_said_before_an_existing_run(studio):
+    """While a job runs, «ya existe, marca Sustituir» would only lead to E020: E020 is said first."""
+    s = studio("wait")
+    s.recipe("primera")
+    (s.workspace.runs / "primera").mkdir(parents=True)
+    s.recipe("segunda")
+    s.train("segunda")
+    answer = s.post("/api/trabajos", json={"tipo": "entrenar", "receta": "primera"})
+    assert answer.status_code == 409 and error_of(answer)["codigo"] == "E020"
+    (s.root / "soltar").touch()
+    wait_for(lambda: s.app.state.jobs.current() is None, "el trabajo no acabó")
+    answer = s.post("/api/trabajos", json={"tipo": "entrenar", "receta": "primera"})
+    assert answer.status_code == 400 and error_of(answer)["codigo"] == "E027"
+    assert "Sustituir el que ya existe" in error_of(answer)["sugerencia"]
+
+
+def test_download_serves_the_file_or_a_zip_of_what_the_export_needs(studio):
+    import io
+    import zipfile
+
+    s = studio()
+    run_dir = make_run(s.workspace, "hecha")
+    export = run_dir / "export"
+    (export / "gguf").mkdir(parents=True)
+    (export / "gguf" / "hecha-q8_0.gguf").write_bytes(b"GGUF" + b"\0" * 100)
+    (export / "gguf" / "hecha-f16.gguf").write_bytes(b"GGUF" + b"\1" * 100)
+    (export / "gguf" / "Modelfile").write_text("FROM hecha-q8_0.gguf\nPARAMETER stop <|im_end|>\n")
+    (export / "onnx" / "onnx").mkdir(parents=True)
+    (export / "onnx" / "config.json").write_text("{}")
+    (export / "onnx" / "onnx" / "model.onnx").write_bytes(b"onnx")
+    (export / "afinar_export.json").write_text(json.dumps({"exports": {
+        "gguf-q8_0": {"ruta": "gguf/hecha-q8_0.gguf", "bytes": 104}, "ollama": {"ruta": "gguf/Modelfile", "bytes": 40},
+        "onnx": {"ruta": "onnx", "bytes": 10}, "trampa": {"ruta": "../recipe.yaml", "bytes": 1}}}))
+    gguf = s.get("/api/ejecuciones/hecha/descargar/gguf-q8_0")
+    assert gguf.status_code == 200 and gguf.content[:4] == b"GGUF" and len(gguf.content) == 104
+    assert 'filename="hecha-q8_0.gguf"' in gguf.headers["content-disposition"]
+    ollama = zipfile.ZipFile(io.BytesIO(s.get("/api/ejecuciones/hecha/descargar/ollama").content))
+    assert sorted(ollama.namelist()) == ["Modelfile", "hecha-q8_0.gguf"]  # not the f16 beside it
+    onnx = zipfile.ZipFile(io.BytesIO(s.get("/api/ejecuciones/hecha/descargar/onnx").content))
+    assert sorted(onnx.namelist()) == ["config.json", "onnx/model.onnx"]
+    for key in ("trampa", "no-existe"):
+        refused = s.get(f"/api/ejecuciones/hecha/descargar/{key}")
+        assert refused.status_code == 404 and error_of(refused)["codigo"] == "E035"
+
+
+def test_a_stopped_and_resumed_run_is_one_run_from_its_first_start(studio):
+    s = studio()
+    make_run(s.workspace, "hecha")
+    for job_id, kind, start, end in (("1-entrenar-hecha", "entrenar", 1000.0, 1060.0),
+                                     ("2-reanudar-hecha", "reanudar", 2000.0, 2030.0),
+                                     ("3-evaluar-hecha", "evaluar", 3000.0, 3100.0)):
+        (s.workspace.jobs / f"{job_id}.json").write_text(json.dumps({
+            "id": job_id, "tipo": kind, "ejecucion": "hecha", "inicio": start, "fin": end, "estado": "terminado"}))
+    listed = {r["nombre"]: r for r in s.get("/api/ejecuciones").json()["ejecuciones"]}["hecha"]
+    assert listed["fecha"] == 1000.0 and listed["duracion_s"] == 90.0 and listed["tramos"] == 2
+    detail = s.get("/api/ejecuciones/hecha").json()
+    assert detail["duracion_s"] == 90.0 and detail["base_incluida"] is True
+
+
+def test_state_offers_the_guides_bases_and_checks_are_suggested_by_topic(studio):
+    s = studio()
+    bases = {b["id"]: b for b in s.get("/api/estado").json()["bases"]}
+    assert {"smollm2-135m", "Qwen/Qwen2.5-0.5B-Instruct", "meta-llama/Llama-3.2-1B-Instruct",
+            "TinyLlama/TinyLlama-1.1B-Chat-v1.0", "microsoft/phi-2"} <= set(bases)
+    assert bases["microsoft/phi-2"]["plantilla"] == "tutor-phi2" and bases["smollm2-135m"]["descarga_gb"] == 0
+    for dataset, expected in (("primeros_auxilios", ["enfermeria"]), ("epicrisis", ["epicrisis"]),
+                              ("tutor_algoritmos", ["tutor"]), ("ciencias_biologia", [])):
+        checked = s.get(f"/api/datos/afinar:{dataset}/validacion").json()
+        assert checked["comprobaciones_sugeridas"] == expected, dataset

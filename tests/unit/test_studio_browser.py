@@ -2,6 +2,7 @@
 random model: the whole path a nurse would click through, a reload in the middle of training, and the security
 checks a browser makes possible (no token, a foreign page)."""
 import json
+import re
 import threading
 import time
 from pathlib import Path
@@ -91,7 +92,7 @@ def test_whole_path_in_the_browser(browser, tmp_path, tiny_base):  # noqa: F811
         assert "Cómo arreglarlo" in problem.inner_text()
         page.set_input_files("#archivo", str(write_rows(tmp_path / "bien.jsonl", rows)))
         page.click("#subir")
-        wait_until(lambda: "40 ejemplos válidos, 0 errores" in page.inner_text("#validacion"), 60, "validación")
+        wait_until(lambda: "40 ejemplos que se pueden usar, 0 líneas con errores" in page.inner_text("#validacion"), 60, "validación")
         page.click("#ver-informe")
         page.wait_for_selector("#informe-datos li", timeout=120_000)
         assert SECRET_PHRASE not in page.content()
@@ -110,11 +111,11 @@ def test_whole_path_in_the_browser(browser, tmp_path, tiny_base):  # noqa: F811
         page.fill("#lora-r", "4")
         page.click("#guardar-receta")
         page.wait_for_selector("#plan-veredicto", timeout=180_000)
-        assert "GiB" in page.inner_text("#plan-veredicto")
+        assert "GB de memoria" in page.inner_text("#plan-veredicto")
         assert "sin medir" in page.inner_text("#plan")
         page.click("#medir-plan")  # real steps of this recipe on this machine
         wait_until(lambda: "(medido aquí)" in page.inner_text("#plan"), 180, "el plan medido")
-        page.click("#ver-comando")
+        page.click("#para-informaticos-modelo summary")
         assert "afinar train recetas/prueba.yaml" in page.inner_text("#comando")
         recipe = page.request.get(f"{studio.url}/api/recetas/prueba.yaml", headers={"X-Afinar-Token": studio.token})
         assert recipe.ok and "name: prueba" in recipe.text()
@@ -161,8 +162,8 @@ def test_whole_path_in_the_browser(browser, tmp_path, tiny_base):  # noqa: F811
         page.click("#ir-exportar")
         new_job(page, ".exportar[data-formato='safetensors']")
         assert state_is(page, "terminado", "fallido") == "terminado", page.inner_text("#panel-trabajo")
-        page.wait_for_selector(".exportacion[data-formato='safetensors'] pre.uso")
-        assert "afinar chat" in page.inner_text(".exportacion[data-formato='safetensors']")
+        page.wait_for_selector(".destino[data-formato='safetensors'] a.descargar")
+        assert "afinar chat" in page.text_content(".destino[data-formato='safetensors'] .resultado")
 
         # --- Usar: the chat page of `afinar serve --con-base`, base and tuned side by side
         page.click("#ir-usar")
@@ -177,7 +178,7 @@ def test_whole_path_in_the_browser(browser, tmp_path, tiny_base):  # noqa: F811
         # --- Ejecuciones: the run with its state and loss sparkline; the API for scripts
         page.click("#ir-ejecuciones")
         row = page.wait_for_selector("#lista-ejecuciones tr[data-ejecucion='prueba']")
-        assert "detenida" in row.inner_text() and row.query_selector("svg.chispa polyline")
+        assert "detenido" in row.inner_text() and row.query_selector("svg.chispa polyline")
         runs = page.request.get(f"{studio.url}/api/ejecuciones", headers={"X-Afinar-Token": studio.token}).json()
         assert runs["ejecuciones"][0]["nombre"] == "prueba" and runs["ejecuciones"][0]["evaluada"]
 
@@ -187,7 +188,7 @@ def test_security_in_the_browser(browser, tmp_path):  # noqa: F811
         context = browser.new_context()
         page = context.new_page()
         answer = page.goto(f"{studio.url}/")  # without the token the command printed
-        assert answer.status == 401 and "Falta el token" in page.inner_text("body")
+        assert answer.status == 401 and "no tiene la llave del estudio" in page.inner_text("body")
         answer = page.goto(f"{studio.url}/?token=otro")
         assert answer.status == 401
         assert page.request.get(f"{studio.url}/api/estado").status == 401
@@ -287,7 +288,7 @@ def test_runs_list_opens_and_compares_two_runs(browser, tmp_path):  # noqa: F811
         page.wait_for_selector("#lista-ejecuciones tr[data-ejecucion='segunda']")
         rows = page.locator("#lista-ejecuciones tbody tr")
         assert rows.count() == 2
-        assert "terminada" in page.inner_text("tr[data-ejecucion='primera']")
+        assert "terminado" in page.inner_text("tr[data-ejecucion='primera']")
         assert "2,900" in page.inner_text("tr[data-ejecucion='primera']")  # final loss, Spanish decimals
         assert page.locator("tr[data-ejecucion='segunda'] svg.chispa polyline").count() == 1
         assert page.is_disabled("#comparar")
@@ -301,3 +302,266 @@ def test_runs_list_opens_and_compares_two_runs(browser, tmp_path):  # noqa: F811
         page.wait_for_selector("#detalle-ejecucion h3")
         assert "primera" in page.inner_text("#detalle-ejecucion") and "metrics.jsonl" in page.inner_text("#detalle-ejecucion")
         assert page.inner_text("#ctx-ejecucion") == "primera"  # the run the other steps now work on
+
+
+# --- the nurse's path (issue 30) -------------------------------------------------------------------------------------
+
+DNI_TEXT = "12345678Z"  # a valid DNI (its letter checks out): the pre-flight check flags it
+PATIENT = "Rosario Gómez"
+# What a nurse does not know: shown only inside an explained term, a folded «detalles», a code or a list of choices.
+JARGON = ["JSONL", "messages", "instruction", "tokens", "mediana", "p90", "max_length", "política", "Jaccard", "fuga",
+          "<|im_start|>", "Hub", ".gguf", "chatml", "zephyr", "LoRA", "rango", "tasa de aprendizaje", "lote", "GiB",
+          "gradient_checkpointing", "YAML", "checkpoint", "fp32", "bf16", "AVX512", "micro-lote", "chrF", "greedy",
+          "voraz", "perplejidad", "3-gramas", "SHA-256", "logits", "safetensors", "q8_0", "Modelfile", "ONNX", "top_p",
+          "API"]
+
+
+def visible_text(html: str) -> str:
+    """The page's text a person reads without opening anything: not in [hidden], a closed <details> (its summary
+    counts), an explained term, a code, a <pre>, a <select>'s options, <script>/<style>/<svg>."""
+    from html.parser import HTMLParser
+
+    skip_tags = {"script", "style", "pre", "code", "select", "svg", "textarea", "template", "title", "head"}
+    void = {"br", "img", "input", "meta", "link", "hr", "wbr", "source", "col", "area", "base"}
+
+    class Reader(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.stack: list[tuple[str, bool | str]] = []  # (tag, hides its content: True, "closed" details, False)
+            self.parts: list[str] = []
+
+        def handle_starttag(self, tag, attrs):
+            if tag in void:
+                return
+            a = dict(attrs)
+            classes = (a.get("class") or "").split()
+            hides = ("hidden" in a or tag in skip_tags or "termino" in classes or "codigo" in classes
+                     or ("closed" if tag == "details" and "open" not in a else False))
+            self.stack.append((tag, hides))
+
+        def handle_endtag(self, tag):
+            while self.stack:
+                if self.stack.pop()[0] == tag:
+                    break
+
+        def handle_data(self, data):
+            for index, (tag, hides) in enumerate(self.stack):
+                through_summary = tag == "details" and index + 1 < len(self.stack) and self.stack[index + 1][0] == "summary"
+                if hides is True or (hides == "closed" and not through_summary):
+                    return
+            self.parts.append(data)
+
+    reader = Reader()
+    reader.feed(html)
+    return " ".join(reader.parts)
+
+
+def jargon_in(page) -> list[str]:
+    import re
+
+    text = visible_text(page.content())
+    return [w for w in JARGON if re.search(rf"(?<![\w.-]){re.escape(w)}(?![\w-])", text)]
+
+
+def nurse_file(path: Path, bad_line: bool) -> tuple[Path, int]:
+    """30 first-aid examples, one of them (in the held-out part) with a patient's name and DNI, two of them copied
+    once more (duplicates) and, if asked, one line that is not valid JSON. Returns the file and the DNI's line."""
+    from afinar.config import DataSection, DataSource
+    from afinar.data.validate import gather
+
+    rows = [{"pregunta": f"¿Qué hago ante la quemadura número {i} en la mano?",
+             "respuesta": f"Enfría la zona {i} con agua corriente durante 20 minutos y cúbrela con un paño limpio."}
+            for i in range(30)]
+    lines = [json.dumps(r, ensure_ascii=False) for r in rows] + [json.dumps(rows[4], ensure_ascii=False),
+                                                                 json.dumps(rows[9], ensure_ascii=False)]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    held_out = gather(DataSection(sources=[DataSource(path=str(path))])).val  # the split is by position
+    dni_line = held_out[0].line
+    rows[dni_line - 1] = {"pregunta": f"La paciente {PATIENT}, DNI {DNI_TEXT}, se quemó la mano: ¿qué hago?",
+                          "respuesta": "Enfría la quemadura con agua corriente durante 20 minutos."}
+    lines[dni_line - 1] = json.dumps(rows[dni_line - 1], ensure_ascii=False)
+    if bad_line:
+        lines.insert(len(lines), '{"pregunta": "¿Y una torcedura?", respuesta: "Reposo y frío."}')
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    assert dni_line in {e.line for e in gather(DataSection(sources=[DataSource(path=str(path))])).val}
+    return path, dni_line
+
+
+def shot(page, name: str) -> None:
+    """Screenshots of each step for a person to read (AFINAR_CAPTURAS=carpeta)."""
+    import os
+
+    folder = os.environ.get("AFINAR_CAPTURAS")
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(Path(folder) / f"{name}.png"), full_page=True)
+
+
+def no_null(page) -> None:
+    import re
+
+    text = page.inner_text("body")
+    assert not re.search(r"\b(null|undefined|NaN %)\b", text), text[:2000]
+
+
+def test_the_nurse_path(browser, tmp_path, smol_tokenizer_base):  # noqa: F811
+    """Issue 30's «done means», walked as a nurse would: her file holds a DNI, two duplicates and a bad line."""
+    with LiveStudio(tmp_path / "estudio") as studio:
+        context = browser.new_context(viewport={"width": 1280, "height": 900})
+        page = context.new_page()
+        page.on("dialog", lambda d: d.accept())
+        page.goto(f"{studio.url}/?token={studio.token}")
+        page.wait_for_selector("body[data-listo='1']")
+        shot(page, "01-inicio")
+
+        # Guardar with no data chosen: one sentence, never "null".
+        page.click("#ir-modelo")
+        page.click("#guardar-receta")
+        page.wait_for_selector("#aviso:not([hidden])")
+        assert "Elige primero tus ejemplos" in page.inner_text("#aviso")
+        no_null(page)
+        page.click("#ir-datos")
+
+        # --- Datos: the bad line is named by its number; the corrected file is kept
+        with_bad, _ = nurse_file(tmp_path / "mis-ejemplos.jsonl", bad_line=True)
+        page.set_input_files("#archivo", str(with_bad))
+        page.click("#subir")
+        page.wait_for_selector(".problema.error[data-linea='33'][data-codigo='D001']")
+        assert "Cómo arreglarlo" in page.inner_text("#validacion")
+        good, dni_line = nurse_file(tmp_path / "mis-ejemplos-bien.jsonl", bad_line=False)
+        page.set_input_files("#archivo", str(good))
+        page.click("#subir")
+        wait_until(lambda: "30 ejemplos que se pueden usar, 0 líneas con errores" in page.inner_text("#validacion"), 60,
+                   "la validación del archivo corregido")
+        # The line with personal data: named by number and kind, never shown; the person chooses.
+        flagged = page.wait_for_selector(f"#privados li[data-linea='{dni_line}']")
+        assert "DNI" in flagged.inner_text() and DNI_TEXT not in page.content()
+        flagged.query_selector(".mantener-linea").click()
+        assert "nunca se muestra" in flagged.inner_text()
+        # The checks of the domain are ticked for first-aid data, with the reason.
+        assert page.is_checked("input[name=comprobacion][value=enfermeria]")
+        page.click("#ver-informe")
+        page.wait_for_selector("#revision-personales")
+        assert page.inner_text("#revision-personales").startswith("1 línea(s) con posibles datos personales")
+        assert page.inner_text("#revision-duplicados").startswith("2 ejemplo(s) repetido(s)")
+        assert DNI_TEXT not in page.content() and PATIENT not in page.content()
+        no_null(page)
+        assert jargon_in(page) == []
+        shot(page, "02-datos")
+
+        # --- Modelo: a name with a space is refused in one sentence; the base is a local folder
+        page.click("#ir-modelo")
+        page.fill("#nombre", "primeros auxilios")
+        page.click("#guardar-receta")
+        page.wait_for_selector("#aviso:not([hidden])")
+        assert "sin espacios" in page.inner_text("#aviso")
+        no_null(page)
+        page.fill("#nombre", "primeros-auxilios")
+        page.select_option("#base", "otra")
+        page.fill("#base-otra", str(smol_tokenizer_base))
+        page.click("#avanzado summary")
+        page.fill("#minutos", "0")
+        page.fill("#epocas", "2")
+        page.fill("#lr", "0.01")
+        page.fill("#lora-r", "4")
+        page.click("#guardar-receta")
+        page.wait_for_selector("#plan-veredicto", timeout=180_000)
+        assert "GB de memoria" in page.inner_text("#plan-veredicto")
+        page.click("#avanzado summary")  # closed again, as she would leave it
+        no_null(page)
+        assert jargon_in(page) == []
+        shot(page, "03-modelo")
+
+        # --- Entrenar
+        page.click("#ir-entrenar")
+        new_job(page, "#empezar")
+        assert "en curso" in page.inner_text("#estado")
+        assert state_is(page, "terminado", "fallido") == "terminado", page.inner_text("#panel-trabajo")
+        wait_until(lambda: points(page) >= 2, 30, "la curva")
+        # A second training while... none runs now: «Sustituir» is what E027 suggests, and it exists.
+        page.click("#empezar")
+        page.wait_for_selector("#aviso:not([hidden])")
+        assert "Sustituir el que ya existe" in page.inner_text("#aviso") and page.is_visible("#sobrescribir")
+        page.click("#aviso button")
+        no_null(page)
+        assert jargon_in(page) == []
+        shot(page, "04-entrenar")
+
+        # --- Evaluar: the status line and the bar follow the evaluation; the DNI question is never generated
+        page.click("#ir-evaluar")
+        page.fill("#preguntas", "5")
+        new_job(page, "#evaluar")
+        seen = set()
+        while page.get_attribute("#trabajo-estado", "data-estado") == "en_curso":
+            seen.add(page.inner_text("#eta"))
+            time.sleep(0.05)
+        assert "Evaluación" in page.inner_text("#estado")  # not the training's end any more
+        assert any(t.startswith(("Preparando la evaluación", "Generando respuestas")) for t in seen), seen
+        assert state_is(page, "terminado", "fallido") == "terminado", page.inner_text("#panel-trabajo")
+        page.wait_for_selector("#tabla-evaluacion")
+        said = page.inner_text("#evaluacion-cuantas")
+        assert "Pediste 5" in said and "datos personales" in said, said
+        page.click("#empezar-valoracion")
+        page.wait_for_selector(".par")
+        cards = page.locator(".par")
+        for i in range(cards.count()):
+            cards.nth(i).locator(".elegir[data-eleccion='a']").click()
+        wait_until(lambda: "Preferiste" in page.inner_text("#resultado-valoracion"), 30, "el recuento")
+        assert DNI_TEXT not in page.content() and PATIENT not in page.content()
+        # A pressed rating button keeps white on blue when hovered.
+        page.hover(".elegir[aria-pressed='true']")
+        assert page.evaluate("getComputedStyle(document.querySelector(\".elegir[aria-pressed='true']\")).color") == "rgb(255, 255, 255)"
+        page.hover("#ir-evaluar")
+        assert page.evaluate("getComputedStyle(document.querySelector('#ir-evaluar')).color") == "rgb(255, 255, 255)"
+        no_null(page)
+        assert jargon_in(page) == []
+        shot(page, "05-evaluar")
+        summary = page.request.get(studio.url + page.get_attribute("#resumen-imprimible", "href")).text()
+        assert "NO SE PUDO" not in summary
+        assert re.search(r"Líneas con posibles datos personales[^<]*</td><td>1 \(DNI", summary), summary
+        assert re.search(r"Ejemplos repetidos exactamente[^<]*</td><td>2<", summary)
+        assert DNI_TEXT not in summary and PATIENT not in summary
+        (tmp_path / "resumen.html").write_text(summary, encoding="utf-8")
+
+        # --- Exportar: the download button serves the GGUF that LM Studio opens
+        page.click("#ir-exportar")
+        new_job(page, ".exportar[data-formato='gguf']")
+        assert state_is(page, "terminado", "fallido", timeout=600_000) == "terminado", page.inner_text("#panel-trabajo")
+        link = page.wait_for_selector(".destino[data-formato='gguf'] a.descargar")
+        with page.expect_download() as download:
+            link.click()
+        saved = Path(download.value.path())
+        assert saved.read_bytes()[:4] == b"GGUF" and download.value.suggested_filename.endswith(".gguf")
+        no_null(page)
+        assert jargon_in(page) == []
+        shot(page, "06-exportar")
+
+        # --- Usar: the embedded base is not used here, so no «no usar como consejo»; the chat opens
+        page.click("#ir-usar")
+        page.click("#abrir-chat")
+        page.wait_for_selector("#chat:not([hidden])", timeout=180_000)
+        page.frame_locator("#chat").locator("body[data-listo='1']").wait_for(timeout=60_000)
+        no_null(page)
+        assert jargon_in(page) == []
+        shot(page, "07-usar")
+
+        # --- No saved file outside her own uploads holds the DNI or the name (reports, ratings, logs, recipes…)
+        for path in studio.workspace.root.rglob("*"):
+            if path.is_file() and path.parent != studio.workspace.data:
+                text = path.read_bytes()
+                assert DNI_TEXT.encode() not in text and PATIENT.encode() not in text, path
+
+        # --- The way back in after closing the browser: the cookie outlives it (30 days), a bare address works
+        cookie = next(c for c in context.cookies() if c["name"].startswith("afinar_estudio_"))
+        assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and cookie["expires"] > time.time() + 29 * 86400
+        context.close()
+        reopened = browser.new_context()
+        reopened.add_cookies([cookie])  # what a browser restores from its profile: persistent cookies only
+        again = reopened.new_page()
+        assert again.goto(f"{studio.url}/").status == 200
+        again.wait_for_selector("body[data-listo='1']")
+        reopened.close()
+        stranger = browser.new_page()  # another browser without the cookie: told how to get back in
+        assert stranger.goto(f"{studio.url}/").status == 401
+        assert "acceso directo" in stranger.inner_text("body")
+        stranger.close()

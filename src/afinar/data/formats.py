@@ -72,11 +72,17 @@ def shipped_dataset(name: str) -> Path:
     return path
 
 
+# The same three fields with the Spanish names a nurse or a teacher writes by hand (or exports from a spreadsheet).
+SPANISH_KEYS = {"instruction": "pregunta", "input": "contexto", "output": "respuesta"}
+
+
 def detect_format(obj: dict) -> str | None:
     if "messages" in obj:
         return "chat"
     if "instruction" in obj or "output" in obj:
         return "structured" if isinstance(obj.get("input"), (dict, list)) else "alpaca"
+    if "pregunta" in obj or "respuesta" in obj:
+        return "pregunta"
     return None
 
 
@@ -103,9 +109,10 @@ def _text_field(obj: dict, key: str, problems: list, src: str, line: int, requir
 
 def _from_instruction(obj: dict, fmt: str, src: str, line: int, problems: list) -> list[dict] | None:
     before = len(problems)
-    instruction = _text_field(obj, "instruction", problems, src, line)
-    output = _text_field(obj, "output", problems, src, line)
-    raw_input = obj.get("input")
+    key = SPANISH_KEYS if fmt == "pregunta" else {k: k for k in SPANISH_KEYS}
+    instruction = _text_field(obj, key["instruction"], problems, src, line)
+    output = _text_field(obj, key["output"], problems, src, line)
+    raw_input = obj.get(key["input"])
     if fmt == "structured":
         if raw_input is None:
             problems.append(Problem(src, line, "D004", "falta el campo 'input' (objeto con los datos del caso)"))
@@ -116,7 +123,7 @@ def _from_instruction(obj: dict, fmt: str, src: str, line: int, problems: list) 
         # Compact JSON, as the epicrisis guide serialises the case: fewer tokens, same content.
         extra = json.dumps(raw_input, ensure_ascii=False, separators=(",", ":")) if raw_input else ""
     else:
-        extra = _text_field(obj, "input", problems, src, line, required=False) or ""
+        extra = _text_field(obj, key["input"], problems, src, line, required=False) or ""
     if len(problems) > before:
         return None
     user = instruction.strip() + ("\n" + extra.strip() if extra.strip() else "")
@@ -181,7 +188,7 @@ def parse_record(obj, fmt: str, src: str, line: int, problems: list) -> Example 
         hidden = len(obj) - len(shown)
         keys = (", ".join(shown) + (f" y {hidden} más" if hidden else "")) or "ninguna"
         problems.append(
-            Problem(src, line, "D003", f"no se reconoce el formato (claves: {keys}); se espera 'messages' o 'instruction'+'output'")
+            Problem(src, line, "D003", f"no se reconoce el formato (claves: {keys}); se espera 'messages', 'instruction'+'output' o 'pregunta'+'respuesta'")
         )
         return None
     if chosen == "chat":

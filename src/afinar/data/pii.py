@@ -58,3 +58,9 @@ def find_pii(text: str) -> list[str]:
         if m.group(1).split()[0] not in _NOT_NAMES:
             found.append("nombre")
     return found
+
+
+def has_pii(messages: list[dict]) -> bool:
+    """Whether any message of an example may hold personal data (such an example is trained on, but its text is
+    never shown, evaluated by text or saved in a report)."""
+    return any(find_pii(m["content"]) for m in messages)

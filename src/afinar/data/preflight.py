@@ -185,13 +185,15 @@ def build_report(data: DataSection, tokenizer=None, tokenizer_note: str = "", sh
                 found.append({"place": example.where, "field": f"{message['role']} (mensaje {index + 1})", "kind": kind})
     report["personal_data"] = {
         "count": len(found),
+        "lines": len({f["place"] for f in found}),  # a line with a DNI and a name is one line to fix
         "by_kind": dict(Counter(KINDS[f["kind"]] for f in found)),
         "places": _places(found),
     }
 
     # --- what is actually trained, on a few examples -------------------------------------------
     samples = []
-    pool = [e for e in prepared.train if e.where in encoded]
+    flagged = {f["place"] for f in found}  # their text is never shown, even when asked for
+    pool = [e for e in prepared.train if e.where in encoded and e.where not in flagged]
     for example in random.Random(seed).sample(pool, min(SAMPLES, len(pool))):
         enc = encoded[example.where]
         sample = {
@@ -300,7 +302,7 @@ def _summary_lines(report: dict) -> list[str]:
     )
     pii = report["personal_data"]
     kinds = ", ".join(f"{k}×{n}" for k, n in pii["by_kind"].items()) or "ninguno"
-    lines.append(f"  posibles datos personales: {pii['count']} ({kinds})")
+    lines.append(f"  posibles datos personales: {pii['count']} ({kinds}) en {pii['lines']} línea(s)")
     for place in pii["places"][:10]:
         lines.append(f"    {place['place']}: {KINDS[place['kind']]} en {place['field']}")
     return lines

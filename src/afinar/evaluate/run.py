@@ -17,6 +17,7 @@ from afinar.atomic import atomic_write_text
 from afinar.config import GenerationSection
 from afinar.data.chat_format import stops_of
 from afinar.data.formats import Example, Problem, load_examples, shipped_dataset
+from afinar.data.pii import has_pii
 from afinar.data.templates import encode_examples, ids_and_labels, with_system
 from afinar.data.validate import gather
 from afinar.errors import AfinarError
@@ -243,6 +244,8 @@ def evaluate_run(
         raise AfinarError("V005", f"pasada de generación desconocida: {', '.join(unknown)}", hint="greedy, sampled")
     examples, shippable = _examples(recipe, split)
     show_text = show_examples or shippable
+    # Before anything is generated a person can see that it moves: loading, the two losses, then the answers.
+    phases = tqdm(total=3, desc="Preparando la evaluación", unit="fase", disable=not progress, dynamic_ncols=True)
 
     if base:
         ref.base_path = base
@@ -252,6 +255,7 @@ def evaluate_run(
     if ref.standalone:  # method: full
         base_model = load_model(ref.base_path, dtype=torch.float32).eval()
     pad = tokenizer.pad_token_id
+    phases.update(1)
 
     # --- losses: held-out answers and the general-Spanish forgetting guard -------------------------
     encoded, _, _ = encode_examples(tokenizer, examples, recipe.data.system_prompt, recipe.data.max_length, "drop")
@@ -261,6 +265,7 @@ def evaluate_run(
     # a CPU): reused unless another base is asked for.
     known = _training_losses(Path(ref.path), info) if split == "val" and not base else None
     loss = known or _loss_pair(model, encoded, pad, autocast, base_model)
+    phases.update(1)
     general = load_examples(shipped_dataset(GENERAL_SET))
     general_encoded, _, _ = encode_examples(tokenizer, general, GENERAL_SYSTEM, 1024, "drop")
     forgetting = _loss_pair(model, general_encoded, pad, autocast, base_model, remember_base=True)
@@ -272,6 +277,8 @@ def evaluate_run(
         examples=len(general_encoded),
     )
     checkpoints = _checkpoint_losses(model, ref.path, encoded, pad, autocast) if all_checkpoints else []
+    phases.update(1)
+    phases.close()
 
     # --- the contrast: same prompts, base vs tuned, greedy and with the recipe's sampling ----------
     settings = {
@@ -280,7 +287,14 @@ def evaluate_run(
     }
     if max_new_tokens:
         settings = {k: v.model_copy(update={"max_new_tokens": max_new_tokens}) for k, v in settings.items()}
-    chosen = examples[:n]
+    # An example that may hold personal data (a DNI, a patient's name…) counts in the losses above (numbers only)
+    # but is never answered here: its question, its reference and both answers would land in metrics.json, the
+    # report and the studio's blind rating.
+    private = [e for e in examples if has_pii(e.messages)]
+    chosen = [e for e in examples if not has_pii(e.messages)][:n]
+    if private and progress:
+        print(f"{len(private)} pregunta(s) apartada(s) con posibles datos personales: cuentan en la pérdida, pero no "
+              "se generan respuestas para ellas (su texto no se guarda en ningún informe).", flush=True)
     prompts, pairs = held_out_turns(chosen, recipe.data.system_prompt)  # pairs: (question, reference) of each
     samples = []
     for example, (question, reference) in zip(chosen, pairs):
@@ -288,11 +302,16 @@ def evaluate_run(
         if show_text:
             sample.update(question=question, reference=reference)
         samples.append(sample)
-    bar = tqdm(total=len(chosen) * len(passes) * 2, desc="Generando", unit="resp", disable=not progress, dynamic_ncols=True)
+    # Counted in generation steps (one token for every answer of a batch), not in answers: the base and tuned answers
+    # to a few questions are one batch, and a bar counted in answers would sit at 0 until the very end.
+    mixed = base_model is None and not _uses_dora(model)  # base and tuned rows in the same batches
+    batches = -(-2 * len(chosen) // 8) if mixed else 2 * -(-len(chosen) // 8)
+    bar = GenerationProgress(batches, passes, settings, progress)
     for name in passes:
         gen: GenerationSection = settings[name]
+        bar.max_new = gen.max_new_tokens
         paired = _generate_pairs(model, base_model, tokenizer, prompts, gen, seed if name == "sampled" else None,
-                                 bar.update, stops_of(tokenizer, ref.path))
+                                 bar.batch_done, stops_of(tokenizer, ref.path), bar.step)
         for k, side in enumerate(SIDES):
             replies = paired[k :: len(SIDES)]
             for sample, (question, reference), reply in zip(samples, pairs, replies):
@@ -331,6 +350,9 @@ def evaluate_run(
         "split": split,
         "examples": len(encoded),
         "generated": len(samples),
+        "requested": n,
+        "available_for_answers": len(examples) - len(private),
+        "withheld_personal": len(private),
         "loss": loss,
         "generation": generation,
         "checks": checks,
@@ -346,7 +368,33 @@ def evaluate_run(
     return metrics
 
 
-def _generate_pairs(model, base_model, tokenizer, prompts, gen, seed, on_batch, stops=None) -> list:
+class GenerationProgress:
+    """The «Generando» bar in generation steps: each batch adds a step per token it generates and, when it ends, the
+    steps it did not need (its answers stopped before max_new_tokens). The ETA is therefore an upper bound."""
+
+    def __init__(self, batches_per_pass: int, passes, settings: dict, progress: bool):
+        from tqdm.auto import tqdm
+
+        total = sum(batches_per_pass * settings[name].max_new_tokens for name in passes)
+        self.bar = tqdm(total=total, desc="Generando respuestas", unit="paso", disable=not progress, dynamic_ncols=True)
+        self.in_batch = 0
+        self.max_new = max(settings[name].max_new_tokens for name in passes)
+
+    def step(self) -> None:
+        self.in_batch += 1
+        self.bar.update(1)
+
+    def batch_done(self, answers: int) -> None:
+        left = self.max_new - self.in_batch
+        if left > 0:
+            self.bar.update(left)
+        self.in_batch = 0
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _generate_pairs(model, base_model, tokenizer, prompts, gen, seed, on_batch, stops=None, on_step=None) -> list:
     """Replies [base, tuned] × prompt, in that order, batched: on a CPU a batch of answers costs little more than one.
 
     A plain LoRA run puts the base and tuned answers to the same question in one batch (PEFT's mixed-adapter batches:
@@ -356,11 +404,12 @@ def _generate_pairs(model, base_model, tokenizer, prompts, gen, seed, on_batch, 
     if base_model is None and not _uses_dora(model):
         adapters = [BASE_ROWS if side == "base" else model.active_adapter for side in SIDES] * len(prompts)
         return generate_many(model, tokenizer, [p for p in prompts for _ in SIDES], gen, seed=seed,
-                             on_batch=on_batch, adapter_names=adapters, stops=stops)
+                             on_batch=on_batch, adapter_names=adapters, stops=stops, on_step=on_step)
     base_side, as_base = _as_base(model, base_model)
     with as_base:
-        base = generate_many(base_side, tokenizer, prompts, gen, seed=seed, on_batch=on_batch, stops=stops)
-    tuned = generate_many(model, tokenizer, prompts, gen, seed=seed, on_batch=on_batch, stops=stops)
+        base = generate_many(base_side, tokenizer, prompts, gen, seed=seed, on_batch=on_batch, stops=stops,
+                             on_step=on_step)
+    tuned = generate_many(model, tokenizer, prompts, gen, seed=seed, on_batch=on_batch, stops=stops, on_step=on_step)
     return [reply for pair in zip(base, tuned) for reply in pair]
 
 

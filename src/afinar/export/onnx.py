@@ -161,6 +161,12 @@ def _steps(names: list[str], progress: bool):
 def _export(model_dir: Path, out: Path) -> None:
     from optimum.exporters.onnx import main_export
 
+    # optimum tells, in English and at warning level, that a tied embedding and output head share one initializer
+    # ("Found different candidate ONNX initializers…"): expected for tied models, alarming in a person's log. Errors
+    # still show.
+    optimum_log = logging.getLogger("optimum")
+    level = optimum_log.level
+    optimum_log.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings():  # tracer warnings about constant shapes are expected and alarm people
             warnings.simplefilter("ignore")
@@ -171,6 +177,8 @@ def _export(model_dir: Path, out: Path) -> None:
             raise AfinarError("X031", f"optimum-onnx no sabe exportar la arquitectura '{arch}' a ONNX.",
                               where=str(model_dir), hint="usa --formato safetensors o gguf") from None
         raise AfinarError("X032", f"la exportación a ONNX falló: {str(exc)[:300]}", where=str(model_dir)) from None
+    finally:
+        optimum_log.setLevel(level)
     if not (out / "model.onnx").is_file():
         raise AfinarError("X032", "optimum-onnx no escribió model.onnx.", where=str(model_dir))
 

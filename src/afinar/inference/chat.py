@@ -29,17 +29,18 @@ def generate(model, tokenizer, messages: list[dict], gen: GenerationSection, see
 
 def generate_many(model, tokenizer, conversations: list[list[dict]], gen: GenerationSection, seed: int | None = None,
                   batch_size: int = 8, on_batch=None, adapter_names: list[str] | None = None,
-                  stops: Stops | None = None) -> list[Reply]:
+                  stops: Stops | None = None, on_step=None) -> list[Reply]:
     """One assistant turn for each conversation, `batch_size` at a time with left padding and the KV cache.
 
     Generation on a CPU is bound by reading the weights once per token, so a batch of 8 answers costs little more
     than one (measured in bench/eval_generation.py). Greedy answers are those of `generate` up to float rounding
     of the padded batch; a sampled batch draws from one seed. `adapter_names` (a PEFT model): the adapter of each
     conversation, "__base__" for the base without it, so base and tuned answers share a batch (PEFT's mixed-adapter
-    batches)."""
+    batches). `on_step()` is called once per generated token of a batch (a progress bar that moves within a batch)."""
     import torch
 
     stops = stops or stops_of(tokenizer)
+    watch = {"stopping_criteria": _step_callbacks(on_step)} if on_step is not None else {}
     replies: list[Reply] = []
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"  # generation continues from the right end of every row
@@ -54,7 +55,7 @@ def generate_many(model, tokenizer, conversations: list[list[dict]], gen: Genera
             mixed = {"adapter_names": adapter_names[start : start + batch_size]} if adapter_names else {}
             with torch.no_grad():
                 ids = model.generate(**batch, eos_token_id=sorted(stops.ids), pad_token_id=tokenizer.pad_token_id,
-                                     **sampling_kwargs(gen), **mixed)  # (B, T + new)
+                                     **sampling_kwargs(gen), **mixed, **watch)  # (B, T + new)
             width = batch["input_ids"].shape[1]
             for row, mask in zip(ids[:, width:].tolist(), batch["attention_mask"]):
                 end = next((i for i, token in enumerate(row) if token in stops.ids), None)
@@ -66,6 +67,19 @@ def generate_many(model, tokenizer, conversations: list[list[dict]], gen: Genera
     finally:
         tokenizer.padding_side = side
     return replies
+
+
+def _step_callbacks(on_step):
+    """A stopping criterion that never stops: transformers calls it after every generated token."""
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class EveryStep(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            on_step()
+            return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+    return StoppingCriteriaList([EveryStep()])
 
 
 def chat(

@@ -12,6 +12,7 @@ import contextlib
 import hmac
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -44,6 +45,7 @@ from afinar.inference.server import LOOPBACK, foreign_origin, request_hostname
 from afinar.runs import EVAL_DIR, EXPORT_DIR, EXPORT_SUMMARY, RECIPE, RUN_INFO
 from afinar.studio import cards
 from afinar.studio.events import job_events
+from afinar.studio.launch import COOKIE_DAYS
 from afinar.studio.jobs import (
     TRAINING,
     JobConflict,
@@ -54,6 +56,7 @@ from afinar.studio.jobs import (
     tail,
 )
 from afinar.studio.settings import (
+    BASES,
     CHECKS,
     EXPORT_FORMATS,
     PRESETS,
@@ -61,6 +64,7 @@ from afinar.studio.settings import (
     build_recipe,
     export_usage,
     fix_for,
+    suggest_checks,
 )
 from afinar.studio.workspace import (
     Workspace,
@@ -169,9 +173,13 @@ class Guard:
 
 
 UNAUTHORIZED_PAGE = """<!doctype html><html lang=es><meta charset=utf-8><title>afinar estudio</title>
-<body style="font:16px system-ui;max-width:40em;margin:3em auto"><h1>Falta el token del estudio</h1>
-<p>Por seguridad, el estudio solo se abre con la dirección que imprime la orden <code>afinar estudio</code>
-(termina en <code>?token=…</code>). Cópiala de la ventana donde lo arrancaste.</p></body></html>"""
+<body style="font:17px/1.5 system-ui;max-width:40em;margin:3em auto"><h1>Este navegador no tiene la llave del estudio</h1>
+<p>Por seguridad, el estudio solo se abre en el navegador que recibió su llave (una contraseña larga que el estudio
+crea para su carpeta). Para volver a entrar:</p>
+<ul><li>Abre el <b>acceso directo «afinar estudio»</b> del escritorio (o vuelve a lanzar <code>afinar estudio</code>):
+si el estudio ya está abierto, te trae aquí con la llave, sin cerrar nada ni perder el trabajo en curso.</li>
+<li>O usa la dirección completa que el estudio escribió al arrancar (termina en <code>?token=…</code>).</li></ul>
+<p>Este navegador la recordará 30 días.</p></body></html>"""
 
 CSP = ("default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
        "frame-src 'self' http://127.0.0.1:*; object-src 'none'; base-uri 'none'; form-action 'self'")
@@ -205,6 +213,10 @@ class JobForm(Strict):
     formato: str | None = None  # exportar
     preguntas: int = Field(default=5, ge=1, le=50)  # evaluar
     mostrar_preguntas: bool = True  # evaluar: the blind rating needs to show the questions
+
+
+class RemoveLinesForm(Strict):
+    lineas: list[int] = Field(min_length=1, max_length=10000)
 
 
 class RatingForm(Strict):
@@ -305,7 +317,10 @@ def create_app(workspace: Workspace, options: StudioOptions) -> FastAPI:
         response = HTMLResponse(text.replace("{{TOKEN}}", options.token).replace("{{VERSION}}", __version__),
                                 headers={"Content-Security-Policy": CSP, "Cache-Control": "no-store",
                                          "Referrer-Policy": "no-referrer"})
-        response.set_cookie(options.cookie, options.token, httponly=True, samesite="strict", path="/")
+        # Persistent (30 days), not a session cookie: closing the browser must not lock the person out. The token is
+        # the folder's (launch.folder_token), so the cookie survives a restart of the studio as well.
+        response.set_cookie(options.cookie, options.token, httponly=True, samesite="strict", path="/",
+                            max_age=COOKIE_DAYS * 86400)
         return response
 
     @app.get("/static/{name}")
@@ -320,7 +335,7 @@ def create_app(workspace: Workspace, options: StudioOptions) -> FastAPI:
     def state():
         from afinar.data.chat_format import NAMED
 
-        return {"version": __version__, "carpeta": str(workspace.root), "trabajo": jobs.current(),
+        return {"version": __version__, "carpeta": str(workspace.root), "trabajo": jobs.current(), "bases": BASES,
                 "servidor": server.status(), "preajustes": PRESETS, "plantillas": ["auto", *NAMED],
                 "comprobaciones": CHECKS, "datos_incluidos": SHIPPED_DATASETS, "formatos": EXPORT_FORMATS,
                 "max_subida_mb": options.max_upload_bytes // 2**20}
@@ -351,18 +366,35 @@ def create_app(workspace: Workspace, options: StudioOptions) -> FastAPI:
                     handle.write(chunk)
             problem = _not_jsonl(partial)
             if problem:
-                raise AfinarError("E014", problem, where=shown_name,
-                                  hint="sube un archivo .jsonl: un ejemplo por línea, cada uno un objeto JSON "
-                                       '({"messages": […]} o {"instruction": …, "output": …})')
-            os.replace(partial, final)
+                raise AfinarError("E014", problem, where=shown_name, hint=f"sube un archivo .jsonl: {EXPECTED_FORMAT}")
+            os.replace(partial, final)  # complete: now under its name (problems then name this file and its lines)
+            checked = await run_in_threadpool(_validation, final)
+            if not checked["ejemplos"]:  # nothing to train on: not kept, so it cannot be chosen nor get a recipe
+                final.unlink(missing_ok=True)
+                raise _unusable(checked, shown_name)
         except AfinarError as exc:
             partial.unlink(missing_ok=True)
             return JSONResponse(_error_body(exc.code, exc.message, exc.where, exc.hint),
                                 status_code=413 if exc.code == "E013" else 400)
-        except BaseException:
+        except BaseException:  # nothing of a failed upload stays: neither the partial file nor an unchecked one
             partial.unlink(missing_ok=True)
+            final.unlink(missing_ok=True)
             raise
-        return {"id": final.stem, "bytes": size, "validacion": await run_in_threadpool(_validation, final)}
+        return {"id": final.stem, "bytes": size, "validacion": checked}
+
+    @app.post("/api/datos/{dataset}/quitar")
+    async def remove_lines(dataset: str, form: RemoveLinesForm):
+        """The person's choice for lines the check flagged (personal data): «Quitar» rewrites the uploaded file
+        without them (temporary file + rename: never half-written). The other choice, «Mantener», needs no request:
+        such a line is trained on, but its text is never shown, answered in the evaluation or saved in a report."""
+        if dataset.startswith("afinar:"):
+            raise AfinarError("E018", "los conjuntos incluidos no se modifican.", where=dataset)
+        path = workspace.dataset_path(dataset)
+        await run_in_threadpool(_drop_lines, path, set(form.lineas))
+        checked = await run_in_threadpool(_validation, path)
+        if not checked["ejemplos"]:
+            raise _unusable(checked, dataset)
+        return {**checked, "quitadas": len(form.lineas)}
 
     @app.get("/api/datos/{dataset}/validacion")
     async def validation(dataset: str):
@@ -380,8 +412,12 @@ def create_app(workspace: Workspace, options: StudioOptions) -> FastAPI:
     # --- Modelo -------------------------------------------------------------------------------------------------------
 
     @app.post("/api/recetas")
-    def write_recipe(form: RecipeForm):
+    async def write_recipe(form: RecipeForm):
         source = _dataset_file(workspace, form.datos)  # E011 for a name that is neither uploaded nor shipped
+        if not form.datos.startswith("afinar:"):
+            checked = await run_in_threadpool(_validation, source)
+            if not checked["ejemplos"]:
+                raise _unusable(checked, form.datos)
         data_path = form.datos if form.datos.startswith("afinar:") else os.path.relpath(source, workspace.recipes)
         recipe, text = build_recipe(form.model_dump(), data_path, workspace)
         path = workspace.recipe_path(recipe.name)
@@ -413,6 +449,10 @@ def create_app(workspace: Workspace, options: StudioOptions) -> FastAPI:
 
     @app.post("/api/trabajos", status_code=202)
     def start_job(form: JobForm):
+        busy = jobs.current()
+        if busy:  # said first: «ya existe, sobrescribe» would only lead to this same refusal
+            raise JobConflict("E020", f"ya hay un trabajo en curso ({busy['tipo']} de «{busy['ejecucion']}»): el estudio "
+                              "hace uno cada vez.", hint="espera a que termine, o deténlo en el panel de arriba")
         if form.tipo == "entrenar":
             if not form.receta:
                 raise AfinarError("E026", "falta la receta a entrenar.")
@@ -421,9 +461,9 @@ def create_app(workspace: Workspace, options: StudioOptions) -> FastAPI:
                 raise AfinarError("E015", "no existe esa receta: vuelve al paso «Modelo».", where=form.receta)
             run = form.receta
             if (workspace.runs / run).exists() and not form.sobrescribir:
-                raise AfinarError("E027", f"ya hay una ejecución «{run}»: para no perderla, el estudio no la pisa.",
-                                  hint="cambia el nombre en «Modelo», continúa la que hay («Reanudar») o marca "
-                                       "«Sobrescribir»")
+                raise AfinarError("E027", f"ya hay un modelo entrenado con el nombre «{run}»: para no perderlo, el estudio "
+                                  "no lo pisa.", hint="cambia el nombre en el paso 2, continúa el que hay («Reanudar») "
+                                  "o marca «Sustituir el que ya existe» junto a «Empezar a entrenar»")
             argv = ["train", str(recipe.relative_to(workspace.root))] + (["--sobrescribir"] if form.sobrescribir else [])
         else:
             if not form.ejecucion:
@@ -478,17 +518,19 @@ def create_app(workspace: Workspace, options: StudioOptions) -> FastAPI:
     def runs():
         folders = sorted((p for p in workspace.runs.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime,
                          reverse=True)
-        trainings = jobs.latest(TRAINING)
-        return {"ejecuciones": [run_summary(p, trainings.get(p.name)) for p in folders]}
+        chains = jobs.training_chains()
+        return {"ejecuciones": [run_summary(p, chains.get(p.name)) for p in folders]}
 
     @app.get("/api/ejecuciones/{name}")
     def run_detail(name: str):
         run_dir = workspace.run_path(name)
         last = jobs.last_for(name)
         metrics = read_metrics(run_dir)
+        recipe_text = (run_dir / RECIPE).read_text(encoding="utf-8") if (run_dir / RECIPE).is_file() else None
         return {
-            **run_summary(run_dir, jobs.last_training(name), metrics),
-            "receta": (run_dir / RECIPE).read_text(encoding="utf-8") if (run_dir / RECIPE).is_file() else None,
+            "base_incluida": _is_embedded(_recipe_base(recipe_text)),
+            **run_summary(run_dir, jobs.training_chains().get(name), metrics),
+            "receta": recipe_text,
             "metricas": metrics,
             "salidas": run_outputs(run_dir),
             "ultimo_trabajo": last,
@@ -510,12 +552,31 @@ def create_app(workspace: Workspace, options: StudioOptions) -> FastAPI:
         keys = sorted(set(recipes[0]) | set(recipes[1]))
         differences = [{"clave": k, "a": recipes[0].get(k), "b": recipes[1].get(k)} for k in keys
                        if recipes[0].get(k) != recipes[1].get(k) and k not in ("name", "output_dir")]
-        sides = {}
+        sides, chains = {}, jobs.training_chains()
         for key, name, folder in (("a", a, left), ("b", b, right)):
             metrics = read_metrics(folder)
-            sides[key] = {**run_summary(folder, jobs.last_training(name), metrics),
+            sides[key] = {**run_summary(folder, chains.get(name), metrics),
                           "evaluacion": _evaluation_summary(folder), "metricas": metrics}
         return {**sides, "diferencias": differences}
+
+    @app.get("/api/ejecuciones/{name}/descargar/{key}")
+    async def download(name: str, key: str):
+        """One export as a file to save: the file itself (GGUF), or its folder as a zip (Ollama: GGUF + Modelfile;
+        ONNX: the model folder Transformers.js loads). Only what afinar_export.json lists: no path from the request."""
+        run_dir = workspace.run_path(name)
+        item = read_json(run_dir / EXPORT_DIR / EXPORT_SUMMARY).get("exports", {}).get(key)
+        if not item:
+            return _json(404, "E035", "esta ejecución no tiene esa exportación: pulsa su botón en «Exportar» primero.")
+        path = (run_dir / EXPORT_DIR / item["ruta"]).resolve()
+        if not path.is_relative_to((run_dir / EXPORT_DIR).resolve()) or not path.exists():
+            return _json(404, "E035", "el archivo de esa exportación ya no está (¿se borró?): vuelve a exportar.")
+        target = download_target(path, key)
+        if isinstance(target, list) or target.is_dir():
+            path = await run_in_threadpool(zipped, target, run_dir / EXPORT_DIR / f".descarga-{key}.zip")
+            filename = f"{name}-{key}.zip"
+        else:
+            path, filename = target, target.name
+        return FileResponse(path, filename=filename, media_type="application/octet-stream")
 
     @app.get("/api/ejecuciones/{name}/informe")
     def eval_report(name: str):
@@ -527,7 +588,8 @@ def create_app(workspace: Workspace, options: StudioOptions) -> FastAPI:
     @app.get("/api/ejecuciones/{name}/resumen", response_class=HTMLResponse)
     async def printable(name: str):
         run_dir = workspace.run_path(name)
-        text = await run_in_threadpool(cards.summary_html, run_dir, await run_in_threadpool(_run_data_report, run_dir))
+        report = await run_in_threadpool(_run_data_report, run_dir, workspace.root)
+        text = await run_in_threadpool(cards.summary_html, run_dir, report)
         return HTMLResponse(text, headers={"Content-Security-Policy": REPORT_CSP})
 
     @app.get("/api/ejecuciones/{name}/valoracion")
@@ -599,18 +661,83 @@ def _not_jsonl(path: Path) -> str | None:
     return "ninguna de las primeras líneas es un objeto JSON: no parece un archivo JSONL."
 
 
+EXPECTED_FORMAT = ('un ejemplo por línea, cada uno entre llaves, con los campos "pregunta" y "respuesta" '
+                   '(o "instruction" y "output", o "messages")')
+
+
 def _validation(path: Path) -> dict:
+    """Counts and problems by line (never a row's text), the lines that may hold personal data (by kind), and the
+    domain checks the examples suggest."""
     from afinar.config import DataSection, DataSource
+    from afinar.data.pii import KINDS, find_pii
     from afinar.data.validate import gather
 
     prepared = gather(DataSection(sources=[DataSource(path=str(path))]))
+    examples = prepared.train + prepared.val
 
     def listed(problems):
-        return [{"linea": p.line, "codigo": p.code, "mensaje": p.message, "arreglo": fix_for(p.code)} for p in problems[:200]]
+        # "duplicado exacto de /ruta/completa/datos/x.jsonl:5" → "… de la línea 5": the page names lines, not paths.
+        return [{"linea": p.line, "codigo": p.code, "mensaje": p.message.replace(f"{path}:", "la línea "),
+                 "arreglo": fix_for(p.code)} for p in problems[:200]]
 
-    return {"ejemplos": len(prepared.train) + len(prepared.val), "errores": listed(prepared.errors),
+    personal = []
+    for example in sorted(examples, key=lambda e: e.line):
+        kinds = sorted({KINDS[k] for m in example.messages for k in find_pii(m["content"])})
+        if kinds:
+            personal.append({"linea": example.line, "tipos": kinds})
+    return {"ejemplos": len(examples), "errores": listed(prepared.errors),
             "avisos": listed(prepared.warnings), "total_errores": len(prepared.errors),
-            "total_avisos": len(prepared.warnings), "archivo": path.name}
+            "total_avisos": len(prepared.warnings), "archivo": path.name, "datos_personales": personal,
+            "comprobaciones_sugeridas": suggest_checks(examples)}
+
+
+def _unusable(checked: dict, name: str) -> AfinarError:
+    """One sentence for a file with no usable example: what is wrong with most of its lines and what to write."""
+    from collections import Counter
+
+    from afinar.data.formats import CODES
+
+    codes = Counter(p["codigo"] for p in checked["errores"])
+    if codes:
+        code, count = codes.most_common(1)[0]
+        example = next(p for p in checked["errores"] if p["codigo"] == code)
+        what = f"{CODES.get(code, code)} en {count} línea(s), por ejemplo la {example['linea']}: {example['mensaje']}"
+    else:
+        what = "no tiene ninguna línea con texto"
+    return AfinarError("E017", f"no se ha guardado: ninguna línea es un ejemplo que se pueda usar ({what}).",
+                       where=name, hint=f"escribe {EXPECTED_FORMAT}, y vuelve a subirlo")
+
+
+def _drop_lines(path: Path, lines: set[int]) -> None:
+    """The file without those (1-based) lines, written beside it and renamed over it."""
+    with open(path, encoding="utf-8-sig", newline="") as handle:
+        kept = [text for number, text in enumerate(handle, 1) if number not in lines]
+    atomic_write_text(path, "".join(kept))
+
+
+def download_target(path: Path, key: str) -> Path | list[Path]:
+    """What one download holds: the file itself, an export's folder, or (Ollama) the Modelfile with the GGUF it names."""
+    if key == "ollama":
+        named = re.search(r"^FROM\s+(\S+)", path.read_text(encoding="utf-8"), re.MULTILINE)
+        model = path.parent / named.group(1) if named else None
+        return [path] + ([model] if model and model.is_file() else [])
+    return path
+
+
+def zipped(source: Path | list[Path], target: Path) -> Path:
+    """A zip (stored: weights barely compress) of a folder or of some files, rebuilt only when a file is newer."""
+    import zipfile
+
+    files = ([(f, f.name) for f in source] if isinstance(source, list)
+             else [(f, str(f.relative_to(source))) for f in sorted(source.rglob("*")) if f.is_file()])
+    if target.is_file() and all(f.stat().st_mtime <= target.stat().st_mtime for f, _ in files):
+        return target
+    partial = target.with_name(target.name + ".tmp")
+    with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
+        for file, name in files:
+            archive.write(file, name)
+    os.replace(partial, target)
+    return target
 
 
 def _data_report(path: Path, base: str, template: str, max_length: int, show_examples: bool) -> dict:
@@ -627,17 +754,28 @@ def _data_report(path: Path, base: str, template: str, max_length: int, show_exa
     return report
 
 
-def _run_data_report(run_dir: Path) -> dict | None:
+def _run_data_report(run_dir: Path, root: Path) -> dict:
     """The pre-flight counts of the run's own data (personal data, duplicates, leakage, language: no tokenizer needed)
-    for the data card; None when the data is no longer where the recipe says."""
+    for the data card, or {"no_revisado": why}: a check that did not run is never shown as a clean result.
+
+    The saved recipe's data paths are as the training resolved them, relative to the folder it ran in: for the
+    studio's jobs, the studio's folder (not this process's working folder)."""
     from afinar.data.preflight import build_report
     from afinar.runs import read_recipe
 
     try:
         recipe = read_recipe(run_dir)
-        return build_report(recipe.data, None, "", progress=False) if recipe else None
-    except (AfinarError, OSError):
-        return None
+        if recipe is None:
+            return {"no_revisado": "la ejecución no tiene receta guardada"}
+        for source in recipe.data.sources:
+            if not Path(source.path).is_absolute():
+                source.path = str(root / source.path)
+        missing = [Path(s.path).name for s in recipe.data.sources if not Path(s.path).is_file()]
+        if missing:
+            return {"no_revisado": f"no se encuentra el archivo de datos {', '.join(missing)} (¿se borró o se movió?)"}
+        return build_report(recipe.data, None, "", progress=False)
+    except (AfinarError, OSError) as exc:
+        return {"no_revisado": getattr(exc, "message", None) or str(exc)}
 
 
 def _plan(recipe: Path, workspace: Workspace, python: str, measure: bool = False) -> dict:
@@ -656,6 +794,22 @@ def _plan(recipe: Path, workspace: Workspace, python: str, measure: bool = False
     return {"plan": plan, "comando": command_line(argv)}
 
 
+def _recipe_base(text: str | None) -> str | None:
+    import yaml
+
+    try:
+        return ((yaml.safe_load(text or "") or {}).get("model") or {}).get("base")
+    except yaml.YAMLError:
+        return None
+
+
+def _is_embedded(base: str | None) -> bool:
+    """The embedded 135M base (by its name in a recipe, or the folder it is converted to)."""
+    from afinar.studio.settings import EMBEDDED_BASES
+
+    return bool(base) and (base in EMBEDDED_BASES or Path(str(base)).name.lower().startswith("smollm2-135m"))
+
+
 def _evaluation_summary(run_dir: Path) -> dict | None:
     metrics = read_json(run_dir / EVAL_DIR / "metrics.json")
     if not metrics:
@@ -663,7 +817,10 @@ def _evaluation_summary(run_dir: Path) -> dict | None:
     generation = metrics.get("generation", {})
     greedy = generation.get("greedy") or next(iter(generation.values()), {})
     return {"perdida": metrics.get("loss"), "generacion": greedy, "comprobaciones": metrics.get("checks_detail"),
-            "olvido": metrics.get("forgetting"), "preguntas": metrics.get("generated")}
+            "olvido": metrics.get("forgetting"), "preguntas": metrics.get("generated"),
+            "pedidas": metrics.get("requested"), "apartadas": metrics.get("examples"),
+            "con_datos_personales": metrics.get("withheld_personal", 0), "base": metrics.get("base"),
+            "base_incluida": _is_embedded(metrics.get("base"))}
 
 
 def _exports(run_dir: Path, workspace: Workspace) -> dict:

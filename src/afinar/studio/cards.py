@@ -21,6 +21,7 @@ from afinar.runs import (
     RECIPE,
     RUN_INFO,
 )
+from afinar.studio.settings import EMBEDDED_BASES
 from afinar.studio.workspace import RATINGS, read_json
 from afinar.training import read_metrics
 
@@ -108,7 +109,7 @@ def saved_tally(run_dir: Path) -> dict | None:
 CSS = """body{font:15px/1.5 system-ui,sans-serif;max-width:52em;margin:2em auto;padding:0 1em;color:#111}
 h1{font-size:1.6em}h2{border-bottom:2px solid #333;margin-top:1.6em}table{border-collapse:collapse;margin:.5em 0}
 td,th{border:1px solid #999;padding:.25em .6em;text-align:left;vertical-align:top}.nota{background:#fff6d5;padding:.6em}
-code{background:#eee;padding:0 .2em}@media print{button{display:none}body{margin:0}}"""
+code{background:#eee;padding:0 .2em}.aviso{border:2px solid #a40000;padding:.6em;background:#fdeaea}@media print{button{display:none}body{margin:0}}"""
 
 
 def _fmt(value, digits: int = 3) -> str:
@@ -145,7 +146,7 @@ def summary_html(run_dir: Path, data_report: dict | None = None) -> str:
     # --- data card
     files = fingerprint.get("files", {})
     parts.append("<h2>Tarjeta de datos</h2>")
-    parts.append(table(["Archivo", "Ejemplos", "SHA-256 (huella: identifica el archivo sin mostrarlo)"],
+    parts.append(table(["Archivo", "Ejemplos", "Huella del archivo (lo identifica sin mostrar su contenido)"],
                        [[Path(p).name, d.get("examples"), d.get("sha256", "")[:16] + "…"] for p, d in files.items()]))
     parts.append(table(["", "Valor"], [
         ["Ejemplos de entrenamiento", fingerprint.get("train_examples")],
@@ -155,15 +156,21 @@ def summary_html(run_dir: Path, data_report: dict | None = None) -> str:
         ["Demasiado largos (descartados o recortados)",
          sum(fingerprint.get("length", {}).get(s, {}).get("too_long", 0) for s in ("train", "val"))],
     ]))
-    if data_report:
+    if not data_report or "no_revisado" in data_report:  # never a clean result for a check that did not run
+        why = (data_report or {}).get("no_revisado") or "no se pudo leer"
+        parts.append(f"<p class=aviso><b>Revisión previa de los datos: NO SE PUDO HACER</b> ({html.escape(why)}). "
+                     "No se sabe si hay datos personales, duplicados o fugas: revísalo en el paso «Datos» del estudio "
+                     "o con <code>afinar inspect</code>.</p>")
+    else:
         personal = data_report.get("personal_data", {})
+        kinds = ", ".join(f"{k}: {v}" for k, v in personal.get("by_kind", {}).items())
+        lines = personal.get("lines", personal.get("count", 0))
         parts.append(table(["Revisión previa de los datos", "Resultado"], [
-            ["Posibles datos personales (correos, teléfonos, DNI, nombres…)",
-             f"{personal.get('count', 0)}" + (f" ({', '.join(f'{k}: {v}' for k, v in personal.get('by_kind', {}).items())})"
-                                              if personal.get("count") else "")],
-            ["Duplicados exactos", data_report.get("duplicates", {}).get("exact", 0)],
-            ["Fugas entre entrenamiento y validación", data_report.get("leakage", {}).get("exact", 0)],
-            ["Proporción de texto que no parece español", _fmt(data_report.get("language", {}).get("non_spanish_share"), 2)],
+            ["Líneas con posibles datos personales (correos, teléfonos, DNI, nombres…)",
+             f"{lines}" + (f" ({kinds}); su texto no se muestra ni se evalúa" if lines else "")],
+            ["Ejemplos repetidos exactamente (copias de otro)", data_report.get("duplicates", {}).get("exact", 0)],
+            ["Preguntas que están a la vez en entrenamiento y en las apartadas", data_report.get("leakage", {}).get("exact", 0)],
+            ["Proporción de texto que no parece español", _pct(data_report.get("language", {}).get("non_spanish_share"))],
         ]))
     parts.append("<p class=nota>Los datos no salen de este equipo: afinar entrena en local y este resumen no "
                  "contiene ningún ejemplo, solo recuentos y huellas.</p>")
@@ -215,6 +222,11 @@ def summary_html(run_dir: Path, data_report: dict | None = None) -> str:
     parts.append(f"<p>{html.escape(rating['texto'])}</p>" if rating else "<p>Sin valoración a ciegas.</p>")
 
     # --- use and limits
+    base = recipe.get("model", {}).get("base") or ""
+    if base in EMBEDDED_BASES:
+        parts.append("<p class=aviso><b>No usar como consejo.</b> Este modelo parte del modelo incluido de 135 millones "
+                     "de parámetros: aprende el estilo y el formato, no conocimiento fiable. Sus respuestas pueden ser "
+                     "incorrectas o peligrosas aunque suenen bien.</p>")
     parts.append("<h2>Uso previsto y limitaciones</h2><ul>"
                  "<li>Uso educativo y de apoyo: <b>no sustituye el juicio de un profesional</b> ni la atención sanitaria.</li>"
                  "<li>Un modelo pequeño afinado con pocos ejemplos aprende el estilo y el formato de las respuestas, no "

@@ -31,7 +31,8 @@ def sse(event: str, data: dict, event_id: int | None = None) -> str:
 def loss_reading(losses: list[float], eval_losses: list[float]) -> str:
     """One line a nurse can read under the loss chart."""
     if any(not math.isfinite(v) for v in losses):
-        return "La pérdida no es un número (NaN): el entrenamiento se ha desestabilizado; baja la tasa de aprendizaje."
+        return ("El error ya no es un número (NaN): el entrenamiento se ha estropeado; baja la velocidad de aprendizaje "
+                "(opciones avanzadas) y vuelve a empezar.")
     if len(losses) < 5:
         return "Aún son pocos pasos para leer la curva."
     window = max(2, len(losses) // 5)
@@ -39,15 +40,15 @@ def loss_reading(losses: list[float], eval_losses: list[float]) -> str:
     change = last / first - 1 if first else 0.0
     numbers = f"({_num(first)} → {_num(last)})"
     if change < -0.05:
-        text = f"La pérdida baja {numbers}: el modelo está aprendiendo tus ejemplos."
+        text = f"La pérdida (el error con tus ejemplos) baja {numbers}: el modelo está aprendiendo tus ejemplos."
         if len(eval_losses) >= 3 and eval_losses[-1] > min(eval_losses) * 1.03:
-            text += (" Pero la de validación vuelve a subir: empieza a memorizar (sobreajuste); con menos épocas "
-                     "bastaría.")
+            text += (" Pero con los ejemplos apartados vuelve a subir: empieza a memorizarlos en vez de aprender "
+                     "(sobreajuste); con menos pasadas bastaría.")
         return text
     if change > 0.05:
-        return f"La pérdida sube {numbers}: la tasa de aprendizaje puede ser demasiado alta."
-    return (f"La pérdida apenas cambia {numbers}: si sigue así, prueba una tasa de aprendizaje mayor o revisa que las "
-            "respuestas enseñen algo.")
+        return f"La pérdida sube {numbers}: la velocidad de aprendizaje (tasa de aprendizaje) puede ser demasiado alta."
+    return (f"La pérdida apenas cambia {numbers}: si sigue así, prueba una velocidad de aprendizaje mayor o revisa que "
+            "las respuestas enseñen algo.")
 
 
 def _num(value: float) -> str:

@@ -153,6 +153,17 @@ class JobManager:
                 newest[run] = record
         return newest
 
+    def training_chains(self) -> dict[str, list[dict]]:
+        """Each run's trainings since its last fresh start: «entrenar», then every «reanudar» after it (a run stopped
+        and resumed twice is one run of three pieces: its date is the first's, its duration their sum)."""
+        chains: dict[str, list[dict]] = {}
+        for record in sorted(self.all(), key=lambda r: r.get("inicio", 0)):
+            if record.get("tipo") == "entrenar":
+                chains[record.get("ejecucion")] = [record]
+            elif record.get("tipo") == "reanudar":
+                chains.setdefault(record.get("ejecucion"), []).append(record)
+        return chains
+
     def last_for(self, run: str) -> dict | None:
         return self.latest().get(run)
 

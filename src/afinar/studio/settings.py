@@ -15,22 +15,24 @@ from afinar.studio.workspace import Workspace, checked_name
 # before starting what each means on this machine.
 PRESETS = {
     "rapido": {
-        "etiqueta": "Rápido (unos 5 min)",
-        "ayuda": "Para probar el camino entero: 5 minutos de entrenamiento en este equipo.",
+        "etiqueta": "Rápido (hasta 5 min)",
+        "ayuda": "Para probar el camino entero: 3 pasadas por tus ejemplos, y nunca más de 5 minutos (con pocos "
+                 "ejemplos acaba antes: el plan dice cuánto).",
         "receta": {"lora": {"r": 16, "alpha": 32, "dropout": 0.05, "target_modules": "all-linear"},
                    "train": {"epochs": 3, "max_minutes": 5, "lr": 3.0e-3, "batch_size": 2, "eval_every": 1000000,
                              "save_every": 50}},
     },
     "equilibrado": {
         "etiqueta": "Equilibrado (hasta 20 min)",
-        "ayuda": "Más pasos y validación cada 50: la opción para un primer modelo de verdad.",
+        "ayuda": "3 pasadas, y cada 50 pasos mide cómo le va con los ejemplos apartados: la opción para un primer "
+                 "modelo de verdad.",
         "receta": {"lora": {"r": 16, "alpha": 32, "dropout": 0.05, "target_modules": "all-linear"},
                    "train": {"epochs": 3, "max_minutes": 20, "lr": 2.0e-3, "batch_size": 2, "eval_every": 50,
                              "save_every": 50}},
     },
     "cuidadoso": {
         "etiqueta": "Cuidadoso (hasta 60 min)",
-        "ayuda": "Tasa de aprendizaje más baja y más épocas: aprende más despacio y olvida menos.",
+        "ayuda": "Aprende más despacio y con 5 pasadas: cambia menos de golpe y olvida menos lo que ya sabía.",
         "receta": {"lora": {"r": 32, "alpha": 64, "dropout": 0.05, "target_modules": "all-linear"},
                    "train": {"epochs": 5, "max_minutes": 60, "lr": 1.0e-3, "batch_size": 4, "eval_every": 50,
                              "save_every": 50, "keep_last": 3}},
@@ -44,6 +46,28 @@ SHIPPED_DATASETS = {
     "ciencias_biologia": {"etiqueta": "Ciencias: biología", "comprobaciones": []},
     "tutor_algoritmos": {"etiqueta": "Tutor de algoritmos", "comprobaciones": ["tutor"]},
 }
+# The bases the guides our users follow train (and the embedded one). Parameter counts are the models' own names;
+# the download is their bf16 weights on the Hub (2 bytes a parameter). What each needs in memory and time on this
+# machine is the plan card's job (afinar plan), once the recipe is saved.
+BASES = [
+    {"id": "smollm2-135m", "nombre": "SmolLM2-135M (incluido, sin internet)", "parametros_m": 135, "descarga_gb": 0,
+     "plantilla": "auto", "nota": "Muy pequeño: aprende el formato y a terminar las respuestas, no conocimiento "
+     "fiable. Sirve para probar el camino; sus respuestas no son consejos."},
+    {"id": "Qwen/Qwen2.5-0.5B-Instruct", "nombre": "Qwen2.5-0.5B-Instruct", "parametros_m": 494, "descarga_gb": 1.0,
+     "plantilla": "auto", "nota": "El más pequeño con español aceptable; cabe en casi cualquier portátil."},
+    {"id": "Qwen/Qwen2.5-1.5B-Instruct", "nombre": "Qwen2.5-1.5B-Instruct", "parametros_m": 1544, "descarga_gb": 3.1,
+     "plantilla": "auto", "nota": "Mejor español y más conocimiento; en un procesador sin tarjeta gráfica, lento."},
+    {"id": "meta-llama/Llama-3.2-1B-Instruct", "nombre": "Llama-3.2-1B-Instruct", "parametros_m": 1236,
+     "descarga_gb": 2.5, "plantilla": "auto", "nota": "El de la guía de ciencias. Meta pide aceptar su licencia en "
+     "Hugging Face e iniciar sesión antes de descargarlo."},
+    {"id": "TinyLlama/TinyLlama-1.1B-Chat-v1.0", "nombre": "TinyLlama-1.1B-Chat", "parametros_m": 1100,
+     "descarga_gb": 2.2, "plantilla": "auto", "nota": "El de la guía TinyLlama Nurse; su español es flojo."},
+    {"id": "microsoft/phi-2", "nombre": "Phi-2 (modelo base, sin conversación)", "parametros_m": 2780,
+     "descarga_gb": 5.6, "plantilla": "tutor-phi2", "nota": "El de la guía del tutor de algoritmos; grande para un "
+     "portátil sin tarjeta gráfica."},
+]
+EMBEDDED_BASES = {"smollm2-135m"}
+
 CHECKS = {"enfermeria": "Enfermería: avisa al 112 cuando hace falta, no receta dosis…",
           "epicrisis": "Epicrisis: secciones del informe de alta",
           "tutor": "Tutor: explica paso a paso sin dar solo la solución"}
@@ -71,6 +95,35 @@ FIXES = {
 
 def fix_for(code: str) -> str | None:
     return FIXES.get(code)
+
+
+# Words that mark each domain in the examples' text (folded: lower case, no accents). A check is suggested when at
+# least a quarter of the examples use one of them: the page ticks it and says why; the person can untick it.
+DOMAIN_WORDS = {
+    "enfermeria": ("112", "quemadura", "herida", "hemorragia", "sangr", "fractura", "desmay", "atragant", "reanima",
+                   "rcp", "intoxica", "convulsi", "primeros auxilios", "picadura", "torcedura", "esguince"),
+    "epicrisis": ("epicrisis", "informe de alta", "diagnostico", "ingreso", "tratamiento al alta", "evolucion"),
+    "tutor": ("algoritmo", "complejidad", "recursi", "pseudocodigo", "ordenamiento", "bucle", "big o"),
+}
+
+
+def suggest_checks(examples) -> list[str]:
+    """The domain checks whose words appear in at least a quarter of the examples (never the text itself)."""
+    import unicodedata
+
+    if not examples:
+        return []
+
+    def folded(example) -> str:
+        text = " ".join(m["content"] for m in example.messages).lower()
+        return "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
+
+    texts = [folded(e) for e in examples]
+    found = [check for check, words in DOMAIN_WORDS.items()
+             if sum(any(w in t for w in words) for t in texts) >= max(1, len(texts) / 4)]
+    if "epicrisis" in found:  # discharge summaries mention emergencies and bleeding too, and must give doses
+        found = [check for check in found if check != "enfermeria"]
+    return found
 
 
 def _merge(into: dict, extra: dict) -> dict:

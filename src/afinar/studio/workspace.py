@@ -133,19 +133,25 @@ def run_status(run_dir: Path, job: dict | None) -> str:
     return "nueva"
 
 
-def run_summary(run_dir: Path, job: dict | None = None, metrics: list[dict] | None = None) -> dict:
-    """One row of «Ejecuciones» (and GET /api/ejecuciones): status, date, duration, final loss, sparkline."""
+def run_summary(run_dir: Path, chain: list[dict] | None = None, metrics: list[dict] | None = None) -> dict:
+    """One row of «Ejecuciones» (and GET /api/ejecuciones): status, date, duration, final loss, sparkline. `chain`:
+    the run's training jobs since its fresh start (JobManager.training_chains): the date is the first one's and the
+    duration the sum of all (a stopped and resumed run is one run)."""
+    chain = chain or []
+    job = chain[-1] if chain else None
     info = read_json(run_dir / RUN_INFO)
     metrics = read_metrics(run_dir) if metrics is None else metrics
     losses = [m["loss"] for m in metrics if "loss" in m]
     evaluation = read_json(run_dir / EVAL_DIR / "metrics.json")
     exports = read_json(run_dir / EXPORT_DIR / EXPORT_SUMMARY).get("exports", {})
-    started = (job or {}).get("inicio") or _mtime(run_dir / RECIPE) or _mtime(run_dir)
+    started = (chain[0].get("inicio") if chain else None) or _mtime(run_dir / RECIPE) or _mtime(run_dir)
+    seconds = [_job_seconds(j) for j in chain]
     return {
         "nombre": run_dir.name,
         "estado": run_status(run_dir, job),
         "fecha": started,
-        "duracion_s": info.get("train_seconds") or _job_seconds(job),
+        "duracion_s": round(sum(x for x in seconds if x), 1) if any(seconds) else info.get("train_seconds"),
+        "tramos": len(chain),
         "pasos": info.get("steps") or (metrics[-1]["step"] if metrics else 0),
         "perdida_final": info.get("final_train_loss") if info else (losses[-1] if losses else None),
         "perdida_validacion": info.get("final_eval_loss"),

@@ -28,6 +28,15 @@ function el(tag, attrs = {}, ...children) {
   for (const c of children.flat(Infinity)) if (c !== null && c !== undefined) node.append(c.nodeType ? c : String(c));
   return node;
 }
+// replaceChildren() writes "null" for a null child: every list of children goes through here instead.
+function fill(node, ...children) {
+  node.replaceChildren(...children.flat(Infinity).filter((c) => c !== null && c !== undefined && c !== false));
+  return node;
+}
+// A word a nurse may not know, with its explanation on hover, focus or tap.
+function term(word, explanation) { return el("span", {class: "termino", tabIndex: 0, "data-explica": explanation}, word); }
+const MB = (bytes) => `${(bytes / 1e6).toFixed(1).replace(".", ",")} MB`; // as the commands print it (decimal)
+const GB = (gib) => num(gib * 1.073741824, 1); // the plan counts in GiB; people read GB
 const num = (x, d = 2) => (x === null || x === undefined || Number.isNaN(x)) ? "—" : Number(x).toFixed(d).replace(".", ",");
 const pct = (x) => (x === null || x === undefined) ? "—" : Math.round(100 * x) + " %";
 function minutes(s) {
@@ -51,15 +60,18 @@ async function api(method, path, body, extra = {}) {
   if (!r.ok) throw new ApiError((data && data.error) || {mensaje: `error ${r.status}`}, r.status);
   return data;
 }
+function capital(text) { text = String(text || ""); return text.charAt(0).toUpperCase() + text.slice(1); }
 function showError(err) {
   const box = $("#aviso");
-  const e = err.e || {mensaje: String(err)};
-  box.replaceChildren(
-    el("p", {}, el("b", {}, e.codigo ? `${e.codigo}: ` : "Error: "), e.mensaje, e.donde ? ` (${e.donde})` : ""),
+  const e = err.e || {mensaje: String(err && err.message || err)};
+  // The sentence first; the code (for whoever helps) small after it.
+  fill(box,
+    el("p", {}, el("b", {}, "No se pudo: "), capital(e.mensaje), e.donde ? ` (${e.donde})` : "",
+      e.codigo ? el("small", {class: "codigo"}, ` · código ${e.codigo}`) : null),
     e.sugerencia ? el("p", {}, "Qué hacer: ", e.sugerencia) : null,
     el("button", {type: "button", onclick: () => { box.hidden = true; }}, "Cerrar"));
   box.hidden = false;
-  say(`Error${e.codigo ? " " + e.codigo : ""}: ${e.mensaje}`);
+  say(`No se pudo: ${e.mensaje}`);
 }
 function clearError() { $("#aviso").hidden = true; }
 async function guarded(fn) {
@@ -80,38 +92,68 @@ function go(step) {
 }
 function showContext() {
   $("#ctx-datos").textContent = S.datos ? S.datos.nombre : "ninguno";
-  $("#ctx-receta").textContent = S.receta || "ninguna";
-  $("#ctx-ejecucion").textContent = S.ejecucion || "ninguna";
+  $("#ctx-receta").textContent = S.receta || "ninguno";
+  $("#ctx-ejecucion").textContent = S.ejecucion || "ninguno";
   for (const b of ["#ver-informe", "#ver-ejemplos"]) $(b).disabled = !S.datos;
 }
 
 // --- 1. Datos -------------------------------------------------------------------------------------------------------
 function showValidation(v, name) {
   const box = $("#validacion");
-  const parts = [el("p", {}, `${name}: ${v.ejemplos} ejemplos válidos, ${v.total_errores} errores, ${v.total_avisos} avisos.`)];
-  if (v.total_errores) parts.push(el("p", {class: "malo"}, "Corrige estos errores en tu archivo y vuelve a subirlo (no se entrena con errores):"));
+  const parts = [el("p", {}, `${name}: ${v.ejemplos} ejemplos que se pueden usar, ${v.total_errores} líneas con errores, ${v.total_avisos} avisos.`)];
+  if (v.total_errores) parts.push(el("p", {class: "malo"}, "Corrige estas líneas en tu archivo y vuelve a subirlo (no se entrena con errores):"));
   const list = el("ul", {class: "problemas"});
   for (const p of [...v.errores, ...v.avisos]) {
     list.append(el("li", {class: "problema " + (v.errores.includes(p) ? "error" : "aviso"), "data-linea": p.linea ?? "", "data-codigo": p.codigo},
-      el("b", {}, p.linea ? `Línea ${p.linea}` : "Archivo"), ` · ${p.codigo}: ${p.mensaje}`,
-      p.arreglo ? el("span", {class: "arreglo"}, ` — Cómo arreglarlo: ${p.arreglo}`) : null));
+      el("b", {}, p.linea ? `Línea ${p.linea}` : "Archivo"), `: ${p.mensaje}`,
+      p.arreglo ? el("span", {class: "arreglo"}, ` — Cómo arreglarlo: ${p.arreglo}`) : null,
+      el("small", {class: "codigo"}, ` (código ${p.codigo})`)));
   }
   if (list.children.length) parts.push(list);
-  box.replaceChildren(...parts);
+  fill(box, ...parts);
+  showPrivate(v);
+  suggestChecks(v.comprobaciones_sugeridas, name);
+}
+// Lines that may hold personal data: the person chooses for each, by line number (their text is never shown).
+function showPrivate(v) {
+  const box = $("#privados");
+  const lines = v.datos_personales || [];
+  if (!lines.length || !S.datos || S.datos.id.startsWith("afinar:")) { fill(box); return; }
+  const remove = (numbers) => guarded(async () => {
+    const r = await api("POST", `/api/datos/${encodeURIComponent(S.datos.id)}/quitar`, {lineas: numbers});
+    showValidation(r, S.datos.nombre);
+    say(`Quitadas ${r.quitadas} línea(s) del archivo: quedan ${r.ejemplos} ejemplos.`);
+  });
+  const rows = lines.map((p) => el("li", {"data-linea": p.linea},
+    el("b", {}, `Línea ${p.linea}`), `: posible ${p.tipos.join(", ")}. `,
+    el("button", {type: "button", class: "quitar-linea", onclick: () => remove([p.linea])}, "Quitar del archivo"), " ",
+    el("button", {type: "button", class: "mantener-linea", onclick: (e) => { e.target.closest("li").dataset.eleccion = "mantener"; e.target.closest("li").querySelector(".eleccion").textContent = "Se mantiene: se entrena con ella, pero nunca se muestra ni se usa en la evaluación."; }}, "Mantener"),
+    el("span", {class: "eleccion nota"}, "")));
+  fill(box, el("div", {class: "tarjeta privada"},
+    el("h3", {}, `${lines.length} línea(s) con posibles datos personales`),
+    el("p", {}, "Por defecto se entrenan, pero su texto nunca se muestra, ni se usa en la evaluación, ni se guarda en ningún informe. Si no deben estar, quítalas del archivo (lo mejor con datos de pacientes):"),
+    el("ul", {}, rows),
+    lines.length > 1 ? el("button", {type: "button", id: "quitar-todas", onclick: () => remove(lines.map((p) => p.linea))}, "Quitar todas del archivo") : null));
+}
+function suggestChecks(suggested, name) {
+  if (!suggested) return;
+  for (const c of $$("input[name=comprobacion]")) c.checked = suggested.includes(c.value);
+  $("#comprobaciones-motivo").textContent = suggested.length
+    ? `Marcadas porque ${name} parece de ese tema (${suggested.map((k) => CONFIG.comprobaciones[k].split(":")[0]).join(", ")}); desmárcalas si no.`
+    : "";
 }
 async function useDataset(id, name) {
   S.datos = {id, nombre: name}; save();
   const shipped = id.startsWith("afinar:") && CONFIG.datos_incluidos[id.slice(7)];
-  if (shipped) for (const c of $$("input[name=comprobacion]")) c.checked = shipped.comprobaciones.includes(c.value);
-  $("#informe-datos").replaceChildren(); $("#ejemplos").replaceChildren();
+  fill($("#informe-datos")); fill($("#ejemplos"));
   say(`Comprobando ${name}…`);
   const v = await api("GET", `/api/datos/${encodeURIComponent(id)}/validacion`);
-  showValidation(v, name);
+  showValidation(shipped ? {...v, comprobaciones_sugeridas: shipped.comprobaciones} : v, name);
   say(`${name}: ${v.ejemplos} ejemplos, ${v.total_errores} errores.`);
 }
 async function upload() {
   const file = $("#archivo").files[0];
-  if (!file) throw new ApiError({mensaje: "elige primero un archivo .jsonl"});
+  if (!file) throw new ApiError({mensaje: "elige primero tu archivo de ejemplos"});
   if (CONFIG && file.size > CONFIG.max_subida_mb * 1048576)
     throw new ApiError({codigo: "E013", mensaje: `el archivo ocupa más de ${CONFIG.max_subida_mb} MB, el límite del estudio`});
   say(`Subiendo ${file.name}…`);
@@ -126,40 +168,57 @@ function dataQuery() {
   return `base=${encodeURIComponent(base || "smollm2-135m")}&plantilla=${encodeURIComponent($("#plantilla").value || "auto")}&max_length=${$("#max-length").value || 512}`;
 }
 async function dataReport() {
-  say("Revisando los datos (longitudes en tokens, duplicados, idioma, datos personales)…");
+  say("Revisando los datos (repetidos, idioma, datos personales, largo)…");
   const r = await api("GET", `/api/datos/${encodeURIComponent(S.datos.id)}/informe?${dataQuery()}`);
-  const personal = r.personal_data;
-  const parts = [el("h3", {}, "Revisión previa"), el("ul", {}, r.resumen.map((l) => el("li", {}, l.trim())))];
-  if (personal.count) parts.splice(1, 0, el("p", {class: "malo"}, `Posibles datos personales en ${personal.count} sitios: revísalos y anonimiza antes de entrenar.`));
-  $("#informe-datos").replaceChildren(...parts);
-  say("Revisión previa lista.");
+  const personal = r.personal_data, dup = r.duplicates, tok = r.tokens, lang = r.language;
+  const items = [
+    el("li", {id: "revision-personales", class: personal.lines ? "malo" : ""}, personal.lines
+      ? `${personal.lines} línea(s) con posibles datos personales (${Object.keys(personal.by_kind).join(", ")}): su texto no se mostrará ni se evaluará; mejor quítalas arriba.`
+      : "Ninguna línea parece tener datos personales (DNI, teléfonos, correos, nombres tras «paciente»)."),
+    el("li", {id: "revision-duplicados"}, dup.exact ? `${dup.exact} ejemplo(s) repetido(s) exactamente: se usan una sola vez.` : "Ningún ejemplo repetido exactamente.",
+      dup.near_prompts.count ? ` ${dup.near_prompts.count} pareja(s) de preguntas casi iguales.` : ""),
+    r.leakage.exact || r.leakage.near ? el("li", {class: "malo"}, `${r.leakage.exact + r.leakage.near} pregunta(s) están a la vez entre las de entrenar y las apartadas para evaluar: la evaluación saldría mejor de lo que es.`) : null,
+    el("li", {}, lang.non_spanish_share > 0.2 ? `El ${Math.round(100 * lang.non_spanish_share)} % del texto no parece español.` : "El texto está en español."),
+    r.short_answers.count ? el("li", {}, `${r.short_answers.count} respuesta(s) muy cortas: enseñan poco.`) : null,
+    tok.available ? el("li", {}, tok.too_long.count ? `${tok.too_long.count} ejemplo(s) demasiado largos: no se usarán enteros (sube el «Largo máximo» en opciones avanzadas).` : "Todos los ejemplos caben enteros.") : null,
+  ];
+  fill($("#informe-datos"), el("h3", {}, "Revisión de los datos"), el("ul", {}, items),
+    el("details", {class: "tecnico"}, el("summary", {}, "Detalles técnicos"), el("pre", {}, r.resumen.map((l) => l.trim()).join("\n"))));
+  say("Revisión de los datos lista.");
 }
 async function examples() {
   say("Preparando 3 ejemplos como los verá el modelo…");
   const r = await api("GET", `/api/datos/${encodeURIComponent(S.datos.id)}/ejemplos?${dataQuery()}`);
-  const parts = [el("h3", {}, "Así los ve el modelo"), el("p", {}, "Resaltado: los tokens que el modelo aprende a escribir (la respuesta y su fin de turno). Lo demás es contexto.")];
+  const parts = [el("h3", {}, "Así los ve el modelo"), el("p", {}, "Resaltado: lo que el modelo aprende a escribir (la respuesta y la marca de que ha terminado). Lo demás es contexto. Las marcas como ",
+    term("<|im_start|>", "Marcas de quién habla (usuario o asistente) y de dónde acaba cada turno: el modelo las lee como señales, no como texto."), " son las del formato de conversación del modelo. Las líneas con posibles datos personales no se muestran nunca.")];
   for (const e of r.ejemplos) {
     const pre = el("pre", {class: "ejemplo"});
     for (const [text, trained] of e.segments || []) pre.append(trained ? el("mark", {}, text) : document.createTextNode(text));
-    parts.push(el("p", {}, `${e.place}: ${e.tokens} tokens, ${e.trained_tokens} entrenados; fin de turno entrenado: ${e.end_of_turn_trained ? "sí" : "NO"}`), pre);
+    parts.push(el("p", {}, `Línea ${String(e.place).split(":").pop()}: aprende ${e.trained_tokens} de ${e.tokens} trozos de palabra; aprende a terminar: ${e.end_of_turn_trained ? "sí" : "NO"}`), pre);
   }
-  if (!r.tokens) parts.push(el("p", {class: "malo"}, "No se pudo cargar el tokenizador de ese modelo base."));
-  $("#ejemplos").replaceChildren(...parts);
+  if (!r.tokens) parts.push(el("p", {class: "malo"}, "No se pudo leer cómo trocea el texto ese modelo de partida (¿sin internet?)."));
+  fill($("#ejemplos"), ...parts);
   say("Ejemplos listos.");
 }
 async function loadDatasets() {
   const r = await api("GET", "/api/datos");
-  $("#subidos").replaceChildren(...(r.subidos.length ? r.subidos.map((d) => el("option", {value: d.id}, `${d.id} (${Math.ceil(d.bytes / 1024)} KB)`)) : [el("option", {value: ""}, "(ninguno todavía)")]));
+  fill($("#subidos"), ...(r.subidos.length ? r.subidos.map((d) => el("option", {value: d.id}, `${d.id} (${Math.ceil(d.bytes / 1024)} KB)`)) : [el("option", {value: ""}, "(ninguno todavía)")]));
 }
 
 // --- 2. Modelo ------------------------------------------------------------------------------------------------------
+function showBaseNote() {
+  const chosen = CONFIG.bases.find((b) => b.id === $("#base").value);
+  $("#base-ayuda").textContent = chosen ? chosen.nota + (chosen.descarga_gb ? " Se descarga de internet la primera vez; después funciona sin conexión." : "") : "";
+  $("#base-otra").disabled = $("#base").value !== "otra";
+  if (chosen && chosen.plantilla !== "auto") $("#plantilla").value = chosen.plantilla;
+}
 function fillPreset() {
   const p = CONFIG.preajustes[$("input[name=preajuste]:checked").value].receta;
   $("#minutos").value = p.train.max_minutes ?? 0; $("#epocas").value = p.train.epochs; $("#lr").value = p.train.lr;
   $("#lora-r").value = p.lora.r; $("#lote").value = p.train.batch_size;
 }
 function recipeForm() {
-  if (!S.datos) throw new ApiError({mensaje: "elige primero los datos (paso 1)"});
+  if (!S.datos) throw new ApiError({mensaje: "elige primero tus ejemplos en el paso 1 (Datos)"});
   const preset = CONFIG.preajustes[$("input[name=preajuste]:checked").value].receta;
   const adv = {};
   const put = (key, id, parse, presetValue) => { const v = $(id).value; if (v !== "" && parse(v) !== presetValue) adv[key] = parse(v); };
@@ -181,21 +240,22 @@ function recipeForm() {
 async function saveRecipe() {
   const r = await api("POST", "/api/recetas", recipeForm());
   S.receta = r.nombre; save();
-  $("#receta-yaml").textContent = r.yaml; $("#receta-detalle").hidden = false;
-  const link = $("#descargar-receta"); link.href = `/api/recetas/${encodeURIComponent(r.nombre)}.yaml`; link.hidden = false;
-  $("#comando").textContent = r.comando; $("#ver-comando").disabled = false;
-  say(`Receta «${r.nombre}» guardada. Calculando el plan (memoria y tiempo en este equipo)…`);
+  $("#receta-yaml").textContent = r.yaml; $("#para-informaticos-modelo").hidden = false;
+  $("#descargar-receta").href = `/api/recetas/${encodeURIComponent(r.nombre)}.yaml`;
+  $("#comando").textContent = r.comando;
+  say(`Ajustes de «${r.nombre}» guardados. Calculando si cabe y cuánto tarda en este equipo…`);
   await computePlan(false);
 }
 async function computePlan(measure) {
   const card = $("#plan"); card.hidden = false;
-  card.replaceChildren(el("p", {}, measure ? "Midiendo pasos reales en este equipo (carga el modelo: un minuto o dos)…" : "Calculando el plan…"));
+  fill(card, el("p", {}, measure ? "Midiendo pasos reales en este equipo (carga el modelo: un minuto o dos)…" : "Calculando si cabe y cuánto tarda…"));
   card.setAttribute("aria-busy", "true");
   try {
     const p = (await api("POST", `/api/recetas/${encodeURIComponent(S.receta)}/plan${measure ? "?medir=1" : ""}`)).plan;
     showPlan(p);
   } catch (err) {
-    card.replaceChildren(el("p", {class: "malo"}, "No se pudo calcular el plan: ", err.e ? `${err.e.codigo}: ${err.e.mensaje}` : String(err)));
+    fill(card, el("p", {class: "malo"}, "No se pudo calcular si cabe ni cuánto tarda: ", err.e ? err.e.mensaje : String(err),
+      err.e && err.e.codigo ? el("small", {class: "codigo"}, ` (código ${err.e.codigo})`) : null));
     throw err;
   } finally { card.removeAttribute("aria-busy"); }
 }
@@ -206,16 +266,22 @@ function showPlan(p) {
   const total = t.total_seconds, capped = budget && total > budget * 60;
   const card = $("#plan");
   card.dataset.veredicto = m.verdict;
-  card.replaceChildren(
+  const epochs = Number($("#epocas").value) || null;
+  const where = p.device.local ? "este equipo" : p.device.name;
+  fill(card,
     el("h3", {}, "Antes de empezar"),
     el("p", {id: "plan-veredicto", class: m.verdict === "no cabe" ? "malo" : "bueno"},
-      `${verdict} en ${p.device.name}: hacen falta ≈ ${num(m.total_gb)} GiB de ${num(p.device.available_gb)} GiB disponibles.`),
-    el("p", {id: "plan-tiempo"}, `≈ ${num(t.step_seconds)} s por paso${t.calibrated ? " (medido aquí)" : ""} × ${t.steps} pasos ≈ ${minutes(total)}` +
-      (capped ? ` — con el tope de ${budget} min entrenará unos ${Math.floor(budget * 60 / t.step_seconds)} pasos (el ${Math.round(100 * budget * 60 / total)} % de lo planeado).` : ".")),
-    p.suggestions.length ? el("ul", {}, p.suggestions.map((s) => el("li", {}, `${s.change} (ahorra ≈ ${num(s.saves_gb)} GiB)`))) : null,
-    t.calibrated ? el("p", {class: "nota"}, "Medido en este equipo con pasos reales de esta receta.")
+      `${verdict} en ${where}: necesita ≈ ${GB(m.total_gb)} GB de memoria y hay ${GB(p.device.available_gb)} GB libres.`),
+    el("p", {id: "plan-tiempo"}, `${t.steps} pasos (${epochs ? `${num(epochs, 0)} pasada(s) por tus ejemplos, ` : ""}${t.steps_per_epoch} pasos cada una) de ≈ ${num(t.step_seconds, 1)} s${t.calibrated ? " (medido aquí)" : ""}: ≈ ${minutes(total)}` +
+      (capped ? `. Con el tope de ${budget} min hará unos ${Math.floor(budget * 60 / t.step_seconds)} pasos (el ${Math.round(100 * budget * 60 / total)} % de lo previsto).`
+        : budget && total < budget * 60 * 0.8 ? `: acabará antes del tope de ${budget} min, porque con estos ejemplos no hace falta más. Para entrenar más, sube las pasadas en «Opciones avanzadas» o elige otro preajuste.` : ".")),
+    p.suggestions.length && m.verdict !== "cabe" ? el("details", {class: "tecnico"}, el("summary", {}, "Cómo hacer que ocupe menos memoria (detalles técnicos)"),
+      el("ul", {}, p.suggestions.map((s) => el("li", {}, `${s.change} (ahorra ≈ ${GB(s.saves_gb)} GB)`)))) : null,
+    t.calibrated ? el("p", {class: "nota"}, "Medido en este equipo con pasos reales de estos ajustes.")
       : el("p", {class: "nota"}, "Estimación sin medir: el tiempo puede variar bastante. ",
-        el("button", {type: "button", id: "medir-plan", onclick: () => guarded(() => computePlan(true))}, "Medir en este equipo (un minuto o dos)")));
+        el("button", {type: "button", id: "medir-plan", onclick: () => guarded(() => computePlan(true))}, "Medir en este equipo (un minuto o dos)")),
+    el("details", {class: "tecnico"}, el("summary", {}, "Detalles técnicos"),
+      el("p", {}, `${p.device.name} · precisión ${p.device.precision} · ${num(m.total_gb)} GiB de ${num(p.device.available_gb)} GiB`)));
   say(`Plan: ${verdict.toLowerCase()}, ≈ ${minutes(capped ? budget * 60 : total)}.`);
 }
 
@@ -227,6 +293,20 @@ async function startJob(body) {
   return job;
 }
 const KIND = {entrenar: "Entrenamiento", reanudar: "Entrenamiento (reanudado)", evaluar: "Evaluación", exportar: "Exportación"};
+// Where each export goes, in the words of who uses it: the format to export, and which keys of afinar_export.json
+// it writes (the first one is the file the download button serves).
+const DESTINOS = [
+  {formato: "gguf", titulo: "Para LM Studio o llama.cpp", clave: (k) => k.startsWith("gguf"),
+   ayuda: "Un solo archivo con todo el modelo. En LM Studio: «My Models» → importar ese archivo."},
+  {formato: "ollama", titulo: "Para Ollama", clave: (k) => k === "ollama",
+   ayuda: "Un .zip con el modelo y la ficha que Ollama necesita para usarlo; «Para informáticos» dice cómo añadirlo a Ollama."},
+  {formato: "onnx", titulo: "Para una página web (Transformers.js)", clave: (k) => k === "onnx",
+   ayuda: "Un .zip con la carpeta que una página web carga para responder sin servidor, en el propio navegador."},
+  {formato: "zip", titulo: "Para compartir o archivar", clave: (k) => k === "zip",
+   ayuda: "Un .zip con el modelo completo y la lista de comprobación de cada archivo."},
+  {formato: "safetensors", titulo: "Para programar en Python", clave: (k) => k === "safetensors",
+   ayuda: "La carpeta del modelo en el formato de la biblioteca transformers, como .zip."},
+];
 const STATE = {en_curso: "en curso", terminado: "terminado", detenido: "detenido y guardado (reanudable)", cancelado: "cancelado",
   fallido: "falló", interrumpido: "interrumpido"};
 function training(job) { return job && (job.tipo === "entrenar" || job.tipo === "reanudar"); }
@@ -238,6 +318,7 @@ function watch(job) {
   $("#error-trabajo").hidden = true;
   $("#barra").value = 0; $("#barra").removeAttribute("value"); $("#eta").textContent = "";
   showJob(job);
+  if (job.estado === "en_curso") say(`${KIND[job.tipo]} de «${job.ejecucion}» en curso…`);
   stream = new EventSource(`/api/trabajos/${encodeURIComponent(job.id)}/eventos`);
   stream.addEventListener("estado", (e) => showJob(JSON.parse(e.data)));
   stream.addEventListener("paso", (e) => {
@@ -252,7 +333,11 @@ function watch(job) {
   stream.addEventListener("progreso", (e) => {
     const p = JSON.parse(e.data);
     const bar = $("#barra"); bar.max = p.total; bar.value = p.n;
-    $("#eta").textContent = `${p.fase || "Progreso"}: ${p.n} de ${p.total}` + (p.eta_s !== null ? ` · quedan ≈ ${minutes(p.eta_s)}` : "") +
+    // Steps of training are worth naming; the evaluation's generation steps are not: a percentage says it.
+    const counted = training(watched) ? `paso ${p.n} de ${p.total}` : `${Math.round(100 * p.n / Math.max(p.total, 1))} %`;
+    // An export's phases are named after file formats: a person only needs to know it is being prepared.
+    const phase = watched.tipo === "exportar" ? "Preparando el archivo" : p.fase || "Progreso";
+    $("#eta").textContent = `${phase}: ${counted}` + (p.eta_s !== null ? ` · quedan ≈ ${minutes(p.eta_s)}${watched.tipo === "evaluar" && (p.fase || "").startsWith("Generando") ? " como mucho" : ""}` : "") +
       (p.transcurrido_s !== null ? ` · llevas ${minutes(p.transcurrido_s)}` : "");
     const quarter = Math.floor(4 * p.n / Math.max(p.total, 1));
     if (quarter !== watched._quarter) { watched._quarter = quarter; if (quarter > 0 && quarter < 4) say(`${KIND[watched.tipo]}: ${quarter * 25} % hecho.`); }
@@ -276,6 +361,10 @@ function showJob(job) {
   $("#detener").disabled = !!job.detener_pedido;
   if (job.detener_pedido && running) $("#eta").textContent = "Deteniendo al final del paso en curso y guardando…";
   $("#cancelar").hidden = !running;
+  $("#confirmar-texto").textContent = training(job)
+    ? "Se para ya, sin guardar lo aprendido desde el último punto guardado. Para conservarlo todo y poder seguir después, usa «Detener y guardar»."
+    : job.tipo === "evaluar" ? "Se para la evaluación; no se guarda ningún resultado de esta vez (el modelo no cambia)."
+    : "Se para la exportación; no queda ningún archivo a medias (el modelo no cambia).";
   for (const b of ["#empezar", "#evaluar", "#reanudar"]) $(b).disabled = running;
   for (const b of $$(".exportar")) b.disabled = running;
 }
@@ -310,8 +399,8 @@ function drawChart() {
   const evals = points.filter((p) => typeof p.eval_loss === "number");
   svg.dataset.puntos = String(train.length);
   const keep = svg.querySelector("title");
-  svg.replaceChildren(keep);
-  if (!train.length && !evals.length) { keep.textContent = "Pérdida por paso (aún sin datos)"; return; }
+  fill(svg, keep);
+  if (!train.length && !evals.length) { keep.textContent = "Error por paso (aún sin datos)"; return; }
   const all = [...train.map((p) => p.loss), ...evals.map((p) => p.eval_loss)];
   const lo = Math.min(...all), hi = Math.max(...all), span = (hi - lo) || 1;
   const maxStep = Math.max(...points.map((p) => p.step), 1);
@@ -326,41 +415,51 @@ function drawChart() {
   if (train.length) add("polyline", {points: train.map((p) => `${x(p.step).toFixed(1)},${y(p.loss).toFixed(1)}`).join(" "), class: "linea-entrenamiento"});
   for (const p of evals) add("circle", {cx: x(p.step), cy: y(p.eval_loss), r: 4, class: "punto-validacion"});
   const last = train[train.length - 1];
-  keep.textContent = last ? `Pérdida de entrenamiento: de ${num(train[0].loss)} a ${num(last.loss)} en ${last.step} pasos` : "Pérdida de validación";
+  keep.textContent = last ? `Error con tus ejemplos: de ${num(train[0].loss)} a ${num(last.loss)} en ${last.step} pasos` : "Error con los apartados";
 }
 
 // --- 4. Evaluar -----------------------------------------------------------------------------------------------------
 async function showEvaluation() {
   const box = $("#resumen-evaluacion");
-  if (!S.ejecucion) { box.replaceChildren(el("p", {}, "Entrena primero (paso 3) o elige una ejecución en «Ejecuciones».")); return; }
+  if (!S.ejecucion) { fill(box, el("p", {}, "Entrena primero (paso 3) o elige uno en «Modelos entrenados».")); return; }
   let run;
   try { run = await api("GET", `/api/ejecuciones/${encodeURIComponent(S.ejecucion)}`); } catch (err) { showError(err); return; }
+  showAdviceWarning(run);
   $("#resumen-imprimible").href = `/api/ejecuciones/${encodeURIComponent(S.ejecucion)}/resumen`;
   $("#resumen-imprimible").hidden = !["terminada", "detenida"].includes(run.estado);
   const ev = run.evaluacion;
   $("#empezar-valoracion").disabled = !ev;
   $("#abrir-informe").hidden = !ev;
-  if (!ev) { box.replaceChildren(el("p", {}, `«${S.ejecucion}» aún no tiene evaluación.`)); return; }
+  if (!ev) { fill(box, el("p", {}, `«${S.ejecucion}» aún no tiene evaluación.`)); return; }
   $("#abrir-informe").href = `/api/ejecuciones/${encodeURIComponent(S.ejecucion)}/informe`;
   const g = ev.generacion || {}, rows = [
-    ["Pérdida en preguntas apartadas (menos es mejor)", num(ev.perdida.base, 3), num(ev.perdida.tuned, 3)],
-    ["Respuestas que terminan solas", pct(g.base && g.base.stop_rate), pct(g.tuned && g.tuned.stop_rate)],
-    ["Repetición (menos es mejor)", num(g.base && g.base.repetition), num(g.tuned && g.tuned.repetition)],
-    ["Parecido a la referencia (chrF)", num(g.base && g.base.chrf, 3), num(g.tuned && g.tuned.chrf, 3)],
+    [["Error con las respuestas apartadas ", term("(pérdida)", "Cuánto se equivoca el modelo al escribir, palabra a palabra, las respuestas de referencia de las preguntas apartadas. Menos es mejor; no dice si una respuesta es correcta.")], num(ev.perdida.base, 3), num(ev.perdida.tuned, 3)],
+    ["Respuestas que terminan solas (sin cortarse)", pct(g.base && g.base.stop_rate), pct(g.tuned && g.tuned.stop_rate)],
+    [["Frases que se repiten ", term("(repetición)", "Qué parte de la respuesta repite grupos de tres palabras ya dichos: 0 no repite nada. Menos es mejor.")], num(g.base && g.base.repetition), num(g.tuned && g.tuned.repetition)],
+    [["Parecido a tu respuesta de referencia ", term("(chrF)", "Cuántos trozos de palabras comparte con la respuesta que escribiste, de 0 a 1. Una respuesta parecida puede estar mal y una distinta puede estar bien: léelas.")], num(g.base && g.base.chrf, 2), num(g.tuned && g.tuned.chrf, 2)],
   ];
-  for (const [name, d] of Object.entries(ev.comprobaciones || {})) rows.push([`Comprobaciones «${name}»`, pct(d.base), pct(d.tuned)]);
-  const table = el("table", {id: "tabla-evaluacion"}, el("thead", {}, el("tr", {}, el("th", {}, ""), el("th", {scope: "col"}, "Base"), el("th", {scope: "col"}, "Afinado"))),
+  for (const [name, d] of Object.entries(ev.comprobaciones || {})) rows.push([`Comprobaciones de «${name}» superadas`, pct(d.base), pct(d.tuned)]);
+  const table = el("table", {id: "tabla-evaluacion"}, el("thead", {}, el("tr", {}, el("th", {}, ""), el("th", {scope: "col"}, "Modelo de partida"), el("th", {scope: "col"}, "Tu modelo"))),
     el("tbody", {}, rows.map((r) => el("tr", {}, el("th", {scope: "row"}, r[0]), el("td", {}, r[1]), el("td", {}, r[2])))));
   const f = ev.olvido || {};
-  box.replaceChildren(el("p", {}, `${ev.preguntas} preguntas apartadas, respondidas por ambos:`), table,
-    el("p", {class: f.flagged ? "malo" : ""}, `Español general: pérdida ×${num(f.ratio)} respecto al base — ${f.flagged ? "ha olvidado español general (baja épocas o tasa de aprendizaje)" : "sin olvido apreciable"}.`));
+  // Say why fewer questions were answered than asked: only so many were set apart, and lines with personal data never are.
+  const fewer = ev.pedidas && ev.preguntas < ev.pedidas
+    ? ` Pediste ${ev.pedidas}: ${ev.con_datos_personales ? `${ev.con_datos_personales} de las apartadas tienen posibles datos personales y no se usan; ` : ""}` +
+      `de tus datos solo se apartaron ${ev.apartadas} ejemplos para evaluar (uno de cada diez). Con más ejemplos, más preguntas.`
+    : ev.con_datos_personales ? ` ${ev.con_datos_personales} pregunta(s) apartada(s) con posibles datos personales no se usaron.` : "";
+  fill(box, el("p", {id: "evaluacion-cuantas"}, `${ev.preguntas} preguntas apartadas del entrenamiento, respondidas por los dos modelos.${fewer}`), table,
+    el("p", {class: f.flagged ? "malo" : ""}, `Español general: ${f.flagged ? "tu modelo ha empeorado con textos que no son de tu tema (ha olvidado parte de lo que sabía): prueba menos pasadas o una velocidad de aprendizaje menor" : "tu modelo escribe español general igual de bien que el de partida"} (error ×${num(f.ratio)}).`),
+    el("p", {class: "nota"}, "Estos números no dicen si una respuesta es correcta: para eso, lee las respuestas en la valoración a ciegas."));
   if (run.valoracion) $("#resultado-valoracion").textContent = run.valoracion.texto;
 }
+// While the run starts from the embedded 135M base, Evaluar and Usar say plainly that its answers are not advice.
+function showAdviceWarning(run) { for (const p of $$(".consejo")) p.hidden = !(run && run.base_incluida); }
 async function startRating() {
   const r = await api("GET", `/api/ejecuciones/${encodeURIComponent(S.ejecucion)}/valoracion`);
   const box = $("#valoracion");
-  box.replaceChildren();
+  fill(box);
   if (!r.preguntas_visibles) box.append(el("p", {class: "malo"}, "La evaluación no guardó las preguntas: vuelve a evaluar con «Guardar el texto de las preguntas» marcado."));
+  if (!r.pares.length) box.append(el("p", {}, "No hay preguntas que valorar."));
   for (const p of r.pares) {
     const card = el("fieldset", {class: "par", "data-indice": p.indice},
       el("legend", {}, `Pregunta ${p.indice + 1} de ${r.pares.length}`),
@@ -388,18 +487,26 @@ async function startRating() {
 // --- 5. Exportar ----------------------------------------------------------------------------------------------------
 async function showExports() {
   const box = $("#exportaciones");
-  if (!S.ejecucion) { box.replaceChildren(el("p", {}, "Entrena primero o elige una ejecución.")); return; }
+  if (!S.ejecucion) { fill(box, el("p", {}, "Entrena primero o elige un modelo en «Modelos entrenados».")); return; }
   let run;
   try { run = await api("GET", `/api/ejecuciones/${encodeURIComponent(S.ejecucion)}`); } catch (err) { showError(err); return; }
   const ex = run.exportaciones.exportaciones, failed = run.exportaciones.no_escritos;
-  const parts = [];
-  for (const [key, item] of Object.entries(ex)) {
-    parts.push(el("div", {class: "exportacion", "data-formato": key}, el("h4", {}, `${key}: ${item.ruta} (${(item.bytes / 1048576).toFixed(1)} MB) ✓ comprobado`),
-      item.uso.map((u) => [el("p", {}, u.etiqueta + ":"), el("pre", {class: "uso"}, u.texto)])));
+  for (const d of DESTINOS) {
+    const card = $(`.destino[data-formato="${d.formato}"]`);
+    const keys = Object.keys(ex).filter(d.clave);
+    const key = keys[0], item = key && ex[key];
+    const problem = Object.entries(failed).find(([k]) => d.clave(k) || k === d.formato);
+    card.querySelector("button.exportar").textContent = item ? "Volver a prepararlo" : "Preparar el archivo";
+    fill(card.querySelector(".resultado"),
+      item ? [el("p", {class: "bueno"}, "✓ Listo y comprobado: funciona. ",
+                el("a", {class: "descargar", href: `/api/ejecuciones/${encodeURIComponent(S.ejecucion)}/descargar/${encodeURIComponent(key)}`, download: "", "data-clave": key},
+                  `Descargar (${MB(item.bytes)})`)),
+              el("details", {class: "tecnico"}, el("summary", {}, "Para informáticos"),
+                keys.map((k) => el("p", {}, "Archivo: ", el("code", {}, `${CONFIG.carpeta}/ejecuciones/${S.ejecucion}/export/${ex[k].ruta}`), ` (${MB(ex[k].bytes)})`)),
+                item.uso.map((u) => [el("p", {}, u.etiqueta + ":"), el("pre", {class: "uso"}, u.texto)]))]
+        : problem ? el("p", {class: "malo"}, `No se pudo preparar: ${problem[1].motivo}`, el("small", {class: "codigo"}, ` (código ${problem[1].codigo})`))
+        : null);
   }
-  for (const [key, f] of Object.entries(failed)) parts.push(el("p", {class: "malo"}, `${key}: no se escribió — ${f.codigo}: ${f.motivo}`));
-  if (parts.length) parts.unshift(el("p", {}, "Las rutas son relativas a la carpeta del estudio: ", el("code", {}, CONFIG.carpeta)));
-  box.replaceChildren(...(parts.length ? parts : [el("p", {}, "Aún no hay exportaciones de esta ejecución.")]));
   refreshServer();
 }
 async function refreshServer() {
@@ -407,7 +514,9 @@ async function refreshServer() {
   $("#servidor").checked = s.estado !== "apagado" && s.estado !== "fallido";
   const text = {apagado: "Apagado.", arrancando: `Arrancando «${s.ejecucion}»…`, listo: `Listo: API en ${s.api} (compatible con OpenAI), chat en ${s.url}`,
     fallido: `No arrancó: ${s.error ? (s.error.codigo ? s.error.codigo + ": " : "") + s.error.mensaje : ""}`}[s.estado];
-  $("#servidor-estado").textContent = text; $("#chat-estado").textContent = text;
+  $("#servidor-estado").textContent = text;
+  $("#chat-estado").textContent = {apagado: "", arrancando: `Cargando «${s.ejecucion}» (un minuto como mucho)…`,
+    listo: `Listo: escribe tu pregunta en el chat de abajo.`, fallido: text}[s.estado];
   return s;
 }
 async function waitServer() {
@@ -424,13 +533,14 @@ async function switchServer(on) {
   return on ? waitServer() : refreshServer();
 }
 async function openChat() {
+  if (S.ejecucion) showAdviceWarning(await api("GET", `/api/ejecuciones/${encodeURIComponent(S.ejecucion)}`).catch(() => null));
   let s = await refreshServer();
   if (s.estado !== "listo" || s.ejecucion !== S.ejecucion) s = await switchServer(true);
   if (s.estado === "listo") { const f = $("#chat"); f.src = s.url; f.hidden = false; say("Chat abierto."); }
 }
 
 // --- Ejecuciones ----------------------------------------------------------------------------------------------------
-const RUN_STATE = {en_curso: "en curso", terminada: "terminada", detenida: "detenida (reanudable)", incompleta: "incompleta", fallida: "fallida", cancelada: "cancelada", nueva: "sin entrenar"};
+const RUN_STATE = {en_curso: "entrenando", terminada: "terminado", detenida: "detenido (se puede reanudar)", incompleta: "incompleto", fallida: "falló", cancelada: "cancelado", nueva: "sin entrenar"};
 function spark(values) {
   const ns = "http://www.w3.org/2000/svg", svg = document.createElementNS(ns, "svg");
   svg.setAttribute("viewBox", "0 0 100 24"); svg.setAttribute("class", "chispa"); svg.setAttribute("role", "img");
@@ -446,7 +556,7 @@ function spark(values) {
 async function loadRuns() {
   const r = await api("GET", "/api/ejecuciones");
   const body = $("#lista-ejecuciones tbody");
-  body.replaceChildren(...r.ejecuciones.map((e) => el("tr", {"data-ejecucion": e.nombre},
+  fill(body, ...r.ejecuciones.map((e) => el("tr", {"data-ejecucion": e.nombre},
     el("td", {}, el("input", {type: "checkbox", class: "marcar", value: e.nombre, "aria-label": `comparar ${e.nombre}`})),
     el("th", {scope: "row"}, e.nombre), el("td", {class: "estado-ejecucion"}, RUN_STATE[e.estado] || e.estado),
     el("td", {}, new Date(e.fecha * 1000).toLocaleString("es")), el("td", {}, minutes(e.duracion_s)),
@@ -460,42 +570,49 @@ async function openRun(name) {
   const r = await api("GET", `/api/ejecuciones/${encodeURIComponent(name)}`);
   S.ejecucion = name; save();
   const box = $("#detalle-ejecucion");
-  box.replaceChildren(el("h3", {}, `«${name}»: ${RUN_STATE[r.estado] || r.estado}`),
+  fill(box, el("h3", {}, `«${name}»: ${RUN_STATE[r.estado] || r.estado}`),
     el("p", {class: "acciones"},
       el("button", {type: "button", onclick: () => go("evaluar")}, "Evaluar"),
       el("button", {type: "button", onclick: () => go("exportar")}, "Exportar"),
       el("button", {type: "button", onclick: () => go("usar")}, "Usar"),
       r.ultimo_trabajo ? el("button", {type: "button", onclick: () => { watch(r.ultimo_trabajo); go(training(r.ultimo_trabajo) ? "entrenar" : "ejecuciones"); }}, "Ver el último trabajo") : null),
-    el("h4", {}, "Receta"), el("pre", {}, r.receta || "(sin receta)"),
-    el("h4", {}, "Salidas"), el("ul", {}, r.salidas.map((s) => el("li", {}, `${s.nombre} (${(s.bytes / 1048576).toFixed(1)} MB)`))),
-    el("h4", {}, "Registro del último trabajo"), el("pre", {class: "registro"}, r.registro.join("\n")));
-  say(`Ejecución «${name}» elegida.`);
+    r.tramos > 1 ? el("p", {}, `Entrenado en ${r.tramos} tramos (detenido y reanudado): ${minutes(r.duracion_s)} en total.`) : null,
+    el("details", {class: "tecnico"}, el("summary", {}, "Para informáticos: la receta"), el("pre", {}, r.receta || "(sin receta)")),
+    el("h4", {}, "Archivos"), el("ul", {}, r.salidas.map((s) => el("li", {}, `${s.nombre} (${MB(s.bytes)})`))),
+    el("details", {class: "tecnico"}, el("summary", {}, "Registro técnico de la última tarea"), el("pre", {class: "registro"}, r.registro.join("\n"))));
+  say(`Modelo «${name}» elegido.`);
 }
 async function compare() {
   const [a, b] = $$(".marcar:checked").map((c) => c.value);
   const r = await api("GET", `/api/comparar?a=${encodeURIComponent(a)}&b=${encodeURIComponent(b)}`);
   const row = (label, f) => el("tr", {}, el("th", {scope: "row"}, label), el("td", {}, f(r.a)), el("td", {}, f(r.b)));
   const evalOf = (x, k) => x.evaluacion ? num(x.evaluacion.perdida[k], 3) : "—";
-  $("#comparacion").replaceChildren(el("h3", {}, `«${a}» frente a «${b}»`),
+  fill($("#comparacion"), el("h3", {}, `«${a}» frente a «${b}»`),
     el("table", {}, el("thead", {}, el("tr", {}, el("th", {}, ""), el("th", {scope: "col"}, a), el("th", {scope: "col"}, b))),
       el("tbody", {}, row("Estado", (x) => RUN_STATE[x.estado] || x.estado), row("Pasos", (x) => x.pasos),
-        row("Pérdida final", (x) => num(x.perdida_final, 3)), row("Pérdida evaluada (afinado)", (x) => evalOf(x, "tuned")),
+        row("Error final con tus ejemplos", (x) => num(x.perdida_final, 3)), row("Error con los apartados (evaluación)", (x) => evalOf(x, "tuned")),
         row("Duración", (x) => minutes(x.duracion_s)), row("Curva", (x) => spark(x.chispa)))),
-    el("h4", {}, "Diferencias en la receta"),
-    r.diferencias.length ? el("table", {}, el("tbody", {}, r.diferencias.map((d) => el("tr", {}, el("th", {scope: "row"}, d.clave), el("td", {}, JSON.stringify(d.a)), el("td", {}, JSON.stringify(d.b))))))
-      : el("p", {}, "Las recetas son iguales."));
+    el("h4", {}, "Diferencias en los ajustes"),
+    r.diferencias.length ? el("table", {class: "tecnico"}, el("tbody", {}, r.diferencias.map((d) => el("tr", {}, el("th", {scope: "row"}, d.clave), el("td", {}, JSON.stringify(d.a)), el("td", {}, JSON.stringify(d.b))))))
+      : el("p", {}, "Los ajustes son iguales."));
 }
 
 // --- start ------------------------------------------------------------------------------------------------------------
 async function init() {
   CONFIG = await api("GET", "/api/estado");
-  $("#incluido").replaceChildren(...Object.entries(CONFIG.datos_incluidos).map(([k, v]) => el("option", {value: k}, v.etiqueta)));
-  $("#plantilla").replaceChildren(...CONFIG.plantillas.map((t) => el("option", {value: t}, t)));
-  $("#preajustes").replaceChildren(...Object.entries(CONFIG.preajustes).map(([k, v], i) =>
+  fill($("#incluido"), ...Object.entries(CONFIG.datos_incluidos).map(([k, v]) => el("option", {value: k}, v.etiqueta)));
+  fill($("#plantilla"), ...CONFIG.plantillas.map((t) => el("option", {value: t}, t)));
+  fill($("#base"), CONFIG.bases.map((b) => el("option", {value: b.id}, b.descarga_gb ? `${b.nombre} — ${num(b.parametros_m / 1000, 1)} mil millones de parámetros, descarga ≈ ${num(b.descarga_gb, 1)} GB` : b.nombre)),
+    el("option", {value: "otra"}, "Otro: una carpeta o un archivo .gguf de este equipo, o un nombre del Hub"));
+  showBaseNote();
+  fill($("#preajustes"), ...Object.entries(CONFIG.preajustes).map(([k, v], i) =>
     el("label", {class: "opcion"}, el("input", {type: "radio", name: "preajuste", value: k, checked: i === 0}), ` ${v.etiqueta} — `, el("small", {}, v.ayuda))));
-  $("#comprobaciones").replaceChildren(...Object.entries(CONFIG.comprobaciones).map(([k, v]) =>
+  fill($("#comprobaciones"), ...Object.entries(CONFIG.comprobaciones).map(([k, v]) =>
     el("label", {class: "opcion"}, el("input", {type: "checkbox", name: "comprobacion", value: k}), ` ${v}`)));
-  $("#botones-exportar").replaceChildren(...CONFIG.formatos.map((f) => el("button", {type: "button", class: "exportar", "data-formato": f}, `Exportar ${f}`)));
+  fill($("#botones-exportar"), DESTINOS.filter((d) => CONFIG.formatos.includes(d.formato)).map((d) =>
+    el("div", {class: "destino tarjeta", "data-formato": d.formato}, el("h3", {}, d.titulo), el("p", {}, d.ayuda),
+      el("button", {type: "button", class: "exportar", "data-formato": d.formato}, "Preparar el archivo"),
+      el("div", {class: "resultado"}))));
   for (const b of $$(".exportar")) b.addEventListener("click", () => guarded(() => {
     if (!S.ejecucion) throw new ApiError({mensaje: "elige primero una ejecución"});
     return startJob({tipo: "exportar", ejecucion: S.ejecucion, formato: b.dataset.formato});
@@ -523,9 +640,8 @@ document.addEventListener("DOMContentLoaded", () => {
   $("#usar-subido").addEventListener("click", () => guarded(() => $("#subidos").value ? useDataset($("#subidos").value, $("#subidos").value) : null));
   $("#ver-informe").addEventListener("click", () => guarded(dataReport));
   $("#ver-ejemplos").addEventListener("click", () => guarded(examples));
-  $("#base").addEventListener("change", () => { $("#base-otra").disabled = $("#base").value !== "otra"; });
+  $("#base").addEventListener("change", showBaseNote);
   $("#guardar-receta").addEventListener("click", () => guarded(saveRecipe));
-  $("#ver-comando").addEventListener("click", () => { const c = $("#comando"); c.hidden = !c.hidden; $("#ver-comando").setAttribute("aria-expanded", String(!c.hidden)); });
   $("#empezar").addEventListener("click", () => guarded(() => {
     if (!S.receta) throw new ApiError({mensaje: "guarda primero la receta (paso 2)"});
     return startJob({tipo: "entrenar", receta: S.receta, sobrescribir: $("#sobrescribir").checked});
