@@ -45,9 +45,7 @@ from afinar.inference.server import LOOPBACK, foreign_origin, request_hostname
 from afinar.runs import EVAL_DIR, EXPORT_DIR, EXPORT_SUMMARY, RECIPE, RUN_INFO
 from afinar.studio import cards
 from afinar.studio.events import job_events
-from afinar.studio.launch import COOKIE_DAYS
 from afinar.studio.jobs import (
-    TRAINING,
     JobConflict,
     JobManager,
     command_line,
@@ -55,6 +53,7 @@ from afinar.studio.jobs import (
     log_lines,
     tail,
 )
+from afinar.studio.launch import COOKIE_DAYS
 from afinar.studio.settings import (
     BASES,
     CHECKS,
@@ -439,20 +438,15 @@ def create_app(workspace: Workspace, options: StudioOptions) -> FastAPI:
         path = workspace.recipe_path(name)
         if not path.is_file():
             return _json(404, "E015", "no existe esa receta")
-        if medir and jobs.current():  # measuring steps while a job runs would measure both at half speed
-            busy = jobs.current()
-            raise JobConflict("E020", f"hay un trabajo en curso ({busy['tipo']} de «{busy['ejecucion']}»): medir ahora "
-                              "daría tiempos falsos.", hint="mide cuando termine")
+        if medir:  # measuring steps while a job runs would measure both at half speed
+            jobs.check_free("medir ahora daría tiempos falsos.", hint="mide cuando termine")
         return await run_in_threadpool(_plan, path, workspace, options.python, medir)
 
     # --- jobs ---------------------------------------------------------------------------------------------------------
 
     @app.post("/api/trabajos", status_code=202)
     def start_job(form: JobForm):
-        busy = jobs.current()
-        if busy:  # said first: «ya existe, sobrescribe» would only lead to this same refusal
-            raise JobConflict("E020", f"ya hay un trabajo en curso ({busy['tipo']} de «{busy['ejecucion']}»): el estudio "
-                              "hace uno cada vez.", hint="espera a que termine, o deténlo en el panel de arriba")
+        jobs.check_free()  # said first: «ya existe, marca Sustituir» would only lead to this same refusal
         if form.tipo == "entrenar":
             if not form.receta:
                 raise AfinarError("E026", "falta la receta a entrenar.")

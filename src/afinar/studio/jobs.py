@@ -34,6 +34,7 @@ PROGRESS = re.compile(r"(?:(?P<desc>[^\r\n:|]+):\s*)?(?P<pct>\d+)%\|[^|]*\|\s*(?
                       r"\[(?P<elapsed>[\d:]+)<(?P<remaining>[\d:?]+)")
 ERROR_LINE = re.compile(r"^error (?:(?P<where>.*?): )?(?P<code>[A-Z]\d{3}): (?P<message>.*)$")
 LOG_TAIL_BYTES = 256 * 1024
+BUSY_HINT = "espera a que termine, o deténlo en el panel de arriba"
 
 
 class JobConflict(AfinarError):
@@ -153,6 +154,12 @@ class JobManager:
                 newest[run] = record
         return newest
 
+    def check_free(self, why: str = "el estudio hace uno cada vez.", hint: str = BUSY_HINT) -> None:
+        """E020 (HTTP 409) while a job runs: said before anything else a request would refuse."""
+        busy = self.current()
+        if busy:
+            raise _conflict(busy, why, hint)
+
     def training_chains(self) -> dict[str, list[dict]]:
         """Each run's trainings since its last fresh start: «entrenar», then every «reanudar» after it (a run stopped
         and resumed twice is one run of three pieces: its date is the first's, its duration their sum)."""
@@ -177,10 +184,7 @@ class JobManager:
             raise AfinarError("E023", f"tipo de trabajo desconocido: {kind}", hint=", ".join(KINDS))
         with self._lock:
             if self._current:
-                busy = self._current
-                raise JobConflict("E020", f"ya hay un trabajo en curso ({busy['tipo']} de «{busy['ejecucion']}»): "
-                                  "el estudio hace uno cada vez.",
-                                  hint="espera a que termine, o deténlo en «Entrenar»")
+                raise _conflict(self._current)
             job_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{kind}-{run}"
             if self._record_path(job_id).exists():  # two starts in the same second (the first failed at once)
                 job_id += f"-{int(time.time() * 1000) % 1000:03d}"
@@ -300,6 +304,10 @@ class JobManager:
 
     def shutdown(self) -> None:
         """Nothing to do for running jobs: they belong to their own session and go on without the studio."""
+
+
+def _conflict(busy: dict, why: str = "el estudio hace uno cada vez.", hint: str = BUSY_HINT) -> JobConflict:
+    return JobConflict("E020", f"ya hay un trabajo en curso ({busy['tipo']} de «{busy['ejecucion']}»): {why}", hint=hint)
 
 
 def _end_tree(pid: int) -> None:
