@@ -145,6 +145,7 @@ def main() -> int:
                 print("   primera versión:", page.inner_text("#validacion").replace("\n", " | ")[:400])
                 page.set_input_files("#archivo", str(good))
                 page.click("#subir")
+                page.wait_for_selector("#validacion:has-text('0 líneas con errores')", timeout=60_000)
                 page.wait_for_selector("#privados li .mantener-linea", timeout=60_000)
                 print("   corregida:", page.inner_text("#validacion").split("\n")[0])
                 print("   datos personales:", page.inner_text("#privados li").split("\n")[0])

@@ -976,7 +976,7 @@ def test_printable_summary_has_both_cards_and_no_row_text(studio):
     text = answer.text
     assert "Tarjeta de datos" in text and "Tarjeta del modelo" in text
     assert "propios-0000aaaa.jsonl" in text and "abababababababab" in text
-    assert "Valoración a ciegas" in text and "ninguna en 1" in text
+    assert "Valoración a ciegas" in text and "te parecieron iguales en 1" in text
     assert ROW_PHRASE not in text and "cig" not in text
     assert QUESTION_PHRASE not in text and "respuesta T1" not in text
     (s.workspace.runs / "sin-entrenar").mkdir()
@@ -1145,3 +1145,13 @@ def test_state_offers_the_guides_bases_and_checks_are_suggested_by_topic(studio)
                               ("tutor_algoritmos", ["tutor"]), ("ciencias_biologia", [])):
         checked = s.get(f"/api/datos/afinar:{dataset}/validacion").json()
         assert checked["comprobaciones_sugeridas"] == expected, dataset
+
+
+def test_recipe_for_a_file_with_bad_lines_is_refused_in_one_sentence(studio):
+    s = studio()
+    (s.workspace.data / "mixto-0000aaaa.jsonl").write_bytes(jsonl(rows(6), broken_line=4))
+    answer = s.post("/api/recetas", json={"nombre": "x", "datos": "mixto-0000aaaa"})
+    assert answer.status_code == 400
+    error = error_of(answer)
+    assert error["codigo"] == "E019" and "1 línea(s) con errores (la primera, la 4:" in error["mensaje"]
+    assert ROW_PHRASE not in answer.text and not list(s.workspace.recipes.iterdir())

@@ -531,7 +531,7 @@ def test_the_nurse_path(browser, tmp_path, smol_tokenizer_base):  # noqa: F811
         with page.expect_download() as download:
             link.click()
         saved = Path(download.value.path())
-        assert saved.read_bytes()[:4] == b"GGUF" and download.value.suggested_filename.endswith(".gguf")
+        assert saved.read_bytes()[:4] == b"GGUF" and download.value.suggested_filename.endswith("-q8_0.gguf")
         no_null(page)
         assert jargon_in(page) == []
         shot(page, "06-exportar")

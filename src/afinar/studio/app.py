@@ -417,6 +417,11 @@ def create_app(workspace: Workspace, options: StudioOptions) -> FastAPI:
             checked = await run_in_threadpool(_validation, source)
             if not checked["ejemplos"]:
                 raise _unusable(checked, form.datos)
+            if checked["total_errores"]:  # training would refuse it (D000) with a list of every problem: say it here
+                first = checked["errores"][0]
+                raise AfinarError("E019", f"tu archivo tiene {checked['total_errores']} línea(s) con errores (la primera, "
+                                  f"la {first['linea']}: {first['mensaje']}) y no se entrena con errores.",
+                                  where=form.datos, hint="corrígelas en tu archivo y vuelve a subirlo en el paso 1")
         data_path = form.datos if form.datos.startswith("afinar:") else os.path.relpath(source, workspace.recipes)
         recipe, text = build_recipe(form.model_dump(), data_path, workspace)
         path = workspace.recipe_path(recipe.name)

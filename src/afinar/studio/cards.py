@@ -96,7 +96,7 @@ def tally(rating: dict) -> dict:
             counts[first if choice == "a" else ("base" if first == "afinado" else "afinado")] += 1
     total = sum(counts.values())
     return {**counts, "total": total, "texto": f"Preferiste la respuesta del afinado en {counts['afinado']} de {total} "
-            f"preguntas, la del base en {counts['base']} y ninguna en {counts['igual']}."}
+            f"preguntas, la del modelo de partida en {counts['base']} y te parecieron iguales en {counts['igual']}."}
 
 
 def saved_tally(run_dir: Path) -> dict | None:

@@ -60,6 +60,7 @@ async function api(method, path, body, extra = {}) {
   if (!r.ok) throw new ApiError((data && data.error) || {mensaje: `error ${r.status}`}, r.status);
   return data;
 }
+function plural(n, one, many) { return `${n} ${n === 1 ? one : many}`; }
 function capital(text) { text = String(text || ""); return text.charAt(0).toUpperCase() + text.slice(1); }
 function showError(err) {
   const box = $("#aviso");
@@ -100,7 +101,7 @@ function showContext() {
 // --- 1. Datos -------------------------------------------------------------------------------------------------------
 function showValidation(v, name) {
   const box = $("#validacion");
-  const parts = [el("p", {}, `${name}: ${v.ejemplos} ejemplos que se pueden usar, ${v.total_errores} líneas con errores, ${v.total_avisos} avisos.`)];
+  const parts = [el("p", {}, `${name}: ${plural(v.ejemplos, "ejemplo que se puede usar", "ejemplos que se pueden usar")}, ${plural(v.total_errores, "línea con errores", "líneas con errores")}, ${plural(v.total_avisos, "aviso", "avisos")}.`)];
   if (v.total_errores) parts.push(el("p", {class: "malo"}, "Corrige estas líneas en tu archivo y vuelve a subirlo (no se entrena con errores):"));
   const list = el("ul", {class: "problemas"});
   for (const p of [...v.errores, ...v.avisos]) {
@@ -493,7 +494,8 @@ async function showExports() {
   const ex = run.exportaciones.exportaciones, failed = run.exportaciones.no_escritos;
   for (const d of DESTINOS) {
     const card = $(`.destino[data-formato="${d.formato}"]`);
-    const keys = Object.keys(ex).filter(d.clave);
+    // The quantised GGUF (q8_0 by default: what Ollama's Modelfile uses too) before the f16 it is made from.
+    const keys = Object.keys(ex).filter(d.clave).sort((a, b) => Number(a.endsWith("f16")) - Number(b.endsWith("f16")));
     const key = keys[0], item = key && ex[key];
     const problem = Object.entries(failed).find(([k]) => d.clave(k) || k === d.formato);
     card.querySelector("button.exportar").textContent = item ? "Volver a prepararlo" : "Preparar el archivo";
