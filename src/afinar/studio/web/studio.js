@@ -211,6 +211,7 @@ function showBaseNote() {
   const chosen = CONFIG.bases.find((b) => b.id === $("#base").value);
   $("#base-ayuda").textContent = chosen ? chosen.nota + (chosen.descarga_gb ? " Se descarga de internet la primera vez; después funciona sin conexión." : "") : "";
   $("#base-otra").disabled = $("#base").value !== "otra";
+  for (const x of $$(".otra")) x.hidden = $("#base").value !== "otra";
   if (chosen && chosen.plantilla !== "auto") $("#plantilla").value = chosen.plantilla;
 }
 function fillPreset() {
@@ -273,9 +274,9 @@ function showPlan(p) {
     el("h3", {}, "Antes de empezar"),
     el("p", {id: "plan-veredicto", class: m.verdict === "no cabe" ? "malo" : "bueno"},
       `${verdict} en ${where}: necesita ≈ ${GB(m.total_gb)} GB de memoria y hay ${GB(p.device.available_gb)} GB libres.`),
-    el("p", {id: "plan-tiempo"}, `${t.steps} pasos (${epochs ? `${num(epochs, 0)} pasada(s) por tus ejemplos, ` : ""}${t.steps_per_epoch} pasos cada una) de ≈ ${num(t.step_seconds, 1)} s${t.calibrated ? " (medido aquí)" : ""}: ≈ ${minutes(total)}` +
-      (capped ? `. Con el tope de ${budget} min hará unos ${Math.floor(budget * 60 / t.step_seconds)} pasos (el ${Math.round(100 * budget * 60 / total)} % de lo previsto).`
-        : budget && total < budget * 60 * 0.8 ? `: acabará antes del tope de ${budget} min, porque con estos ejemplos no hace falta más. Para entrenar más, sube las pasadas en «Opciones avanzadas» o elige otro preajuste.` : ".")),
+    el("p", {id: "plan-tiempo"}, `${t.steps} pasos (${epochs ? `${num(epochs, epochs % 1 ? 1 : 0)} ${epochs === 1 ? "pasada" : "pasadas"} por tus ejemplos, ` : ""}${t.steps_per_epoch} pasos cada una) de ≈ ${num(t.step_seconds, 1)} s cada uno${t.calibrated ? " (medido aquí)" : ""}: ≈ ${minutes(total)} en total.` +
+      (capped ? ` Con el tope de ${budget} min hará unos ${Math.floor(budget * 60 / t.step_seconds)} pasos (el ${Math.round(100 * budget * 60 / total)} % de lo previsto).`
+        : budget && total < budget * 60 * 0.8 ? ` Acabará antes del tope de ${budget} min porque con estos ejemplos no hace falta más; para entrenar más, sube las pasadas en «Opciones avanzadas» o elige otro preajuste.` : "")),
     p.suggestions.length && m.verdict !== "cabe" ? el("details", {class: "tecnico"}, el("summary", {}, "Cómo hacer que ocupe menos memoria (detalles técnicos)"),
       el("ul", {}, p.suggestions.map((s) => el("li", {}, `${s.change} (ahorra ≈ ${GB(s.saves_gb)} GB)`)))) : null,
     t.calibrated ? el("p", {class: "nota"}, "Medido en este equipo con pasos reales de estos ajustes.")
