@@ -290,10 +290,11 @@ def evaluate_run(
     # An example that may hold personal data (a DNI, a patient's name…) counts in the losses above (numbers only)
     # but is never answered here: its question, its reference and both answers would land in metrics.json, the
     # report and the studio's blind rating.
-    private = [e for e in examples if has_pii(e.messages)]
-    chosen = [e for e in examples if not has_pii(e.messages)][:n]
+    flagged = [has_pii(e.messages) for e in examples]
+    private = sum(flagged)
+    chosen = [e for e, personal in zip(examples, flagged) if not personal][:n]
     if private and progress:
-        print(f"{len(private)} pregunta(s) apartada(s) con posibles datos personales: cuentan en la pérdida, pero no "
+        print(f"{private} pregunta(s) apartada(s) con posibles datos personales: cuentan en la pérdida, pero no "
               "se generan respuestas para ellas (su texto no se guarda en ningún informe).", flush=True)
     prompts, pairs = held_out_turns(chosen, recipe.data.system_prompt)  # pairs: (question, reference) of each
     samples = []
@@ -304,8 +305,7 @@ def evaluate_run(
         samples.append(sample)
     # Counted in generation steps (one token for every answer of a batch), not in answers: the base and tuned answers
     # to a few questions are one batch, and a bar counted in answers would sit at 0 until the very end.
-    mixed = base_model is None and not _uses_dora(model)  # base and tuned rows in the same batches
-    batches = -(-2 * len(chosen) // 8) if mixed else 2 * -(-len(chosen) // 8)
+    batches = -(-2 * len(chosen) // 8) if _mixed_batches(model, base_model) else 2 * -(-len(chosen) // 8)
     bar = GenerationProgress(batches, passes, settings, progress)
     for name in passes:
         gen: GenerationSection = settings[name]
@@ -351,8 +351,7 @@ def evaluate_run(
         "examples": len(encoded),
         "generated": len(samples),
         "requested": n,
-        "available_for_answers": len(examples) - len(private),
-        "withheld_personal": len(private),
+        "withheld_personal": private,
         "loss": loss,
         "generation": generation,
         "checks": checks,
@@ -401,7 +400,7 @@ def _generate_pairs(model, base_model, tokenizer, prompts, gen, seed, on_batch, 
     "__base__" rows skip the LoRA): one generation instead of two, and the tuned answers' steps ride along with the
     base's (measured: README, `afinar eval`). PEFT refuses mixed batches with DoRA ("Cannot pass `adapter_names`
     when DoRA is enabled"), and a full run's base is another model: there, each side generates on its own."""
-    if base_model is None and not _uses_dora(model):
+    if _mixed_batches(model, base_model):
         adapters = [BASE_ROWS if side == "base" else model.active_adapter for side in SIDES] * len(prompts)
         return generate_many(model, tokenizer, [p for p in prompts for _ in SIDES], gen, seed=seed,
                              on_batch=on_batch, adapter_names=adapters, stops=stops, on_step=on_step)
@@ -411,6 +410,11 @@ def _generate_pairs(model, base_model, tokenizer, prompts, gen, seed, on_batch, 
                              on_step=on_step)
     tuned = generate_many(model, tokenizer, prompts, gen, seed=seed, on_batch=on_batch, stops=stops, on_step=on_step)
     return [reply for pair in zip(base, tuned) for reply in pair]
+
+
+def _mixed_batches(model, base_model) -> bool:
+    """Whether base and tuned answers share batches (a plain LoRA run; not DoRA, not a full run's second model)."""
+    return base_model is None and not _uses_dora(model)
 
 
 def _uses_dora(model) -> bool:

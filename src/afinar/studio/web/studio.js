@@ -447,7 +447,7 @@ async function showEvaluation() {
   // Say why fewer questions were answered than asked: only so many were set apart, and lines with personal data never are.
   const fewer = ev.pedidas && ev.preguntas < ev.pedidas
     ? ` Pediste ${ev.pedidas}: ${ev.con_datos_personales ? `${ev.con_datos_personales} de las apartadas tienen posibles datos personales y no se usan; ` : ""}` +
-      `de tus datos solo se apartaron ${ev.apartadas} ejemplos para evaluar (uno de cada diez). Con más ejemplos, más preguntas.`
+      `de tus datos solo se apartaron ${ev.apartadas} ejemplos para evaluar (los que no se entrenan). Con más ejemplos, más preguntas.`
     : ev.con_datos_personales ? ` ${ev.con_datos_personales} pregunta(s) apartada(s) con posibles datos personales no se usaron.` : "";
   fill(box, el("p", {id: "evaluacion-cuantas"}, `${ev.preguntas} preguntas apartadas del entrenamiento, respondidas por los dos modelos.${fewer}`), table,
     el("p", {class: f.flagged ? "malo" : ""}, `Español general: ${f.flagged ? "tu modelo ha empeorado con textos que no son de tu tema (ha olvidado parte de lo que sabía): prueba menos pasadas o una velocidad de aprendizaje menor" : "tu modelo escribe español general igual de bien que el de partida"} (error ×${num(f.ratio)}).`),
@@ -495,6 +495,7 @@ async function showExports() {
   const ex = run.exportaciones.exportaciones, failed = run.exportaciones.no_escritos;
   for (const d of DESTINOS) {
     const card = $(`.destino[data-formato="${d.formato}"]`);
+    if (!card) continue;
     // The quantised GGUF (q8_0 by default: what Ollama's Modelfile uses too) before the f16 it is made from.
     const keys = Object.keys(ex).filter(d.clave).sort((a, b) => Number(a.endsWith("f16")) - Number(b.endsWith("f16")));
     const key = keys[0], item = key && ex[key];
