@@ -57,6 +57,7 @@ from afinar.studio.launch import COOKIE_DAYS
 from afinar.studio.settings import (
     BASES,
     CHECKS,
+    EMBEDDED_BASES,
     EXPORT_FORMATS,
     PRESETS,
     SHIPPED_DATASETS,
@@ -527,7 +528,7 @@ def create_app(workspace: Workspace, options: StudioOptions) -> FastAPI:
         metrics = read_metrics(run_dir)
         recipe_text = (run_dir / RECIPE).read_text(encoding="utf-8") if (run_dir / RECIPE).is_file() else None
         return {
-            "base_incluida": _is_embedded(_recipe_base(recipe_text)),
+            "base_incluida": _recipe_base(recipe_text) in EMBEDDED_BASES,
             **run_summary(run_dir, jobs.training_chains().get(name), metrics),
             "receta": recipe_text,
             "metricas": metrics,
@@ -802,13 +803,6 @@ def _recipe_base(text: str | None) -> str | None:
         return None
 
 
-def _is_embedded(base: str | None) -> bool:
-    """The embedded 135M base (by its name in a recipe, or the folder it is converted to)."""
-    from afinar.studio.settings import EMBEDDED_BASES
-
-    return bool(base) and (base in EMBEDDED_BASES or Path(str(base)).name.lower().startswith("smollm2-135m"))
-
-
 def _evaluation_summary(run_dir: Path) -> dict | None:
     metrics = read_json(run_dir / EVAL_DIR / "metrics.json")
     if not metrics:
@@ -818,8 +812,7 @@ def _evaluation_summary(run_dir: Path) -> dict | None:
     return {"perdida": metrics.get("loss"), "generacion": greedy, "comprobaciones": metrics.get("checks_detail"),
             "olvido": metrics.get("forgetting"), "preguntas": metrics.get("generated"),
             "pedidas": metrics.get("requested"), "apartadas": metrics.get("examples"),
-            "con_datos_personales": metrics.get("withheld_personal", 0), "base": metrics.get("base"),
-            "base_incluida": _is_embedded(metrics.get("base"))}
+            "con_datos_personales": metrics.get("withheld_personal", 0)}
 
 
 def _exports(run_dir: Path, workspace: Workspace) -> dict:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from afinar.config import DEFAULT_SYSTEM_PROMPT, Recipe, dump_recipe, recipe_from_dict
 from afinar.errors import AfinarError
+from afinar.models import EMBEDDED
 from afinar.studio.workspace import Workspace, checked_name
 
 # The presets start from the demo's settings (recipes/enfermeria_demo.yaml: measured on a 2-core CPU, the best of the
@@ -66,7 +67,7 @@ BASES = [
      "descarga_gb": 5.6, "plantilla": "tutor-phi2", "nota": "El de la guía del tutor de algoritmos; grande para un "
      "portátil sin tarjeta gráfica."},
 ]
-EMBEDDED_BASES = {"smollm2-135m"}
+EMBEDDED_BASES = set(EMBEDDED)  # «no usar como consejo» while a run starts from one of these
 
 CHECKS = {"enfermeria": "Enfermería: avisa al 112 cuando hace falta, no receta dosis…",
           "epicrisis": "Epicrisis: secciones del informe de alta",
