@@ -1107,7 +1107,8 @@ def test_download_serves_the_file_or_a_zip_of_what_the_export_needs(studio):
     (export / "onnx" / "config.json").write_text("{}")
     (export / "onnx" / "onnx" / "model.onnx").write_bytes(b"onnx")
     (export / "afinar_export.json").write_text(json.dumps({"exports": {
-        "gguf-q8_0": {"ruta": "gguf/hecha-q8_0.gguf", "bytes": 104}, "ollama": {"ruta": "gguf/Modelfile", "bytes": 40},
+        "gguf-q8_0": {"ruta": "gguf/hecha-q8_0.gguf", "bytes": 104}, "ollama": {"ruta": "gguf/Modelfile", "bytes": 40,
+                                                              "comprobado": {"from": "hecha-q8_0.gguf"}},
         "onnx": {"ruta": "onnx", "bytes": 10}, "trampa": {"ruta": "../recipe.yaml", "bytes": 1}}}))
     gguf = s.get("/api/ejecuciones/hecha/descargar/gguf-q8_0")
     assert gguf.status_code == 200 and gguf.content[:4] == b"GGUF" and len(gguf.content) == 104

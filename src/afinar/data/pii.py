@@ -60,7 +60,12 @@ def find_pii(text: str) -> list[str]:
     return found
 
 
+def kinds_in(messages: list[dict]) -> set[str]:
+    """The kinds of personal data (keys of KINDS) in an example's messages."""
+    return {kind for m in messages for kind in find_pii(m["content"])}
+
+
 def has_pii(messages: list[dict]) -> bool:
     """Whether any message of an example may hold personal data (such an example is trained on, but its text is
     never shown, evaluated by text or saved in a report)."""
-    return any(find_pii(m["content"]) for m in messages)
+    return bool(kinds_in(messages))

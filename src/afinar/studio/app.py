@@ -12,7 +12,6 @@ import contextlib
 import hmac
 import json
 import os
-import re
 import socket
 import subprocess
 import sys
@@ -570,7 +569,10 @@ def create_app(workspace: Workspace, options: StudioOptions) -> FastAPI:
         path = (run_dir / EXPORT_DIR / item["ruta"]).resolve()
         if not path.is_relative_to((run_dir / EXPORT_DIR).resolve()) or not path.exists():
             return _json(404, "E035", "el archivo de esa exportación ya no está (¿se borró?): vuelve a exportar.")
-        target = download_target(path, key)
+        target: Path | list[Path] = path
+        if key == "ollama":  # its Modelfile with the GGUF it names (the export recorded which: "from")
+            model = path.parent / str(item.get("comprobado", {}).get("from", ""))
+            target = [path, model] if model.is_file() else [path]
         if isinstance(target, list) or target.is_dir():
             path = await run_in_threadpool(zipped, target, run_dir / EXPORT_DIR / f".descarga-{key}.zip")
             filename = f"{name}-{key}.zip"
@@ -669,7 +671,7 @@ def _validation(path: Path) -> dict:
     """Counts and problems by line (never a row's text), the lines that may hold personal data (by kind), and the
     domain checks the examples suggest."""
     from afinar.config import DataSection, DataSource
-    from afinar.data.pii import KINDS, find_pii
+    from afinar.data.pii import KINDS, kinds_in
     from afinar.data.validate import gather
 
     prepared = gather(DataSection(sources=[DataSource(path=str(path))]))
@@ -682,7 +684,7 @@ def _validation(path: Path) -> dict:
 
     personal = []
     for example in sorted(examples, key=lambda e: e.line):
-        kinds = sorted({KINDS[k] for m in example.messages for k in find_pii(m["content"])})
+        kinds = sorted(KINDS[k] for k in kinds_in(example.messages))
         if kinds:
             personal.append({"linea": example.line, "tipos": kinds})
     return {"ejemplos": len(examples), "errores": listed(prepared.errors),
@@ -713,15 +715,6 @@ def _drop_lines(path: Path, lines: set[int]) -> None:
     with open(path, encoding="utf-8-sig", newline="") as handle:
         kept = [text for number, text in enumerate(handle, 1) if number not in lines]
     atomic_write_text(path, "".join(kept))
-
-
-def download_target(path: Path, key: str) -> Path | list[Path]:
-    """What one download holds: the file itself, an export's folder, or (Ollama) the Modelfile with the GGUF it names."""
-    if key == "ollama":
-        named = re.search(r"^FROM\s+(\S+)", path.read_text(encoding="utf-8"), re.MULTILINE)
-        model = path.parent / named.group(1) if named else None
-        return [path] + ([model] if model and model.is_file() else [])
-    return path
 
 
 def zipped(source: Path | list[Path], target: Path) -> Path:

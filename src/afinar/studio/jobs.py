@@ -34,6 +34,7 @@ PROGRESS = re.compile(r"(?:(?P<desc>[^\r\n:|]+):\s*)?(?P<pct>\d+)%\|[^|]*\|\s*(?
                       r"\[(?P<elapsed>[\d:]+)<(?P<remaining>[\d:?]+)")
 ERROR_LINE = re.compile(r"^error (?:(?P<where>.*?): )?(?P<code>[A-Z]\d{3}): (?P<message>.*)$")
 LOG_TAIL_BYTES = 256 * 1024
+ONE_AT_A_TIME = "el estudio hace uno cada vez."
 BUSY_HINT = "espera a que termine, o deténlo en el panel de arriba"
 
 
@@ -154,7 +155,7 @@ class JobManager:
                 newest[run] = record
         return newest
 
-    def check_free(self, why: str = "el estudio hace uno cada vez.", hint: str = BUSY_HINT) -> None:
+    def check_free(self, why: str = ONE_AT_A_TIME, hint: str = BUSY_HINT) -> None:
         """E020 (HTTP 409) while a job runs: said before anything else a request would refuse."""
         busy = self.current()
         if busy:
@@ -173,9 +174,6 @@ class JobManager:
 
     def last_for(self, run: str) -> dict | None:
         return self.latest().get(run)
-
-    def last_training(self, run: str) -> dict | None:
-        return self.latest(TRAINING).get(run)
 
     # --- starting and ending ------------------------------------------------------------------------------------------
 
@@ -306,7 +304,7 @@ class JobManager:
         """Nothing to do for running jobs: they belong to their own session and go on without the studio."""
 
 
-def _conflict(busy: dict, why: str = "el estudio hace uno cada vez.", hint: str = BUSY_HINT) -> JobConflict:
+def _conflict(busy: dict, why: str = ONE_AT_A_TIME, hint: str = BUSY_HINT) -> JobConflict:
     return JobConflict("E020", f"ya hay un trabajo en curso ({busy['tipo']} de «{busy['ejecucion']}»): {why}", hint=hint)
 
 
