@@ -1,15 +1,18 @@
 """What the demo's settings reach in its time budget: train a variant of recipes/enfermeria_demo.yaml, then measure it
 on the held-out first-aid questions (afinar:primeros_auxilios_evaluacion, never trained on) against the base.
 
-    .venv/bin/python bench/demo_settings.py VARIANT [VARIANT ...] [--minutos 5] [--json filas.jsonl]
+    .venv/bin/python bench/demo_settings.py VARIANT [VARIANT ...] [--minutos 5 | --pasos 180] [--json filas.jsonl]
     .venv/bin/python bench/demo_settings.py --lista
 
 Each variant is the demo recipe with a few keys changed (`VARIANTS` below); each trains in its own process for the
 same time budget (`train.max_minutes`), so a setting that makes steps slower gets fewer of them, as in the demo.
 Generation-only variants (name "gen:<variant>:<setting>") re-evaluate an already trained variant with other
-generation settings. One row per variant: setting, steps, training minutes, held-out loss base → tuned, and on the
-held-out questions with greedy decoding: ended on their own, Spanish, 3-gram repetition, chrF (× base), nursing
-checks. The issue 13 targets are printed beside them. Run nothing else meanwhile: the budget is wall time.
+generation settings. One row per variant: setting, steps, training minutes, and on the 36 held-out questions with
+greedy decoding, first what a nurse would mark (issue 26): key points covered, complete answers, dangerous answers
+(each question's `claves`/`peligros`), and the share of answers that contain the training data's most repeated
+sentence; then held-out loss, ended on their own, Spanish, 3-gram repetition, chrF (× base). Run nothing else
+meanwhile with --minutos (the budget is wall time); --pasos N trains a fixed number of steps instead, comparable on a
+busy machine.
 """
 from __future__ import annotations
 
@@ -40,24 +43,84 @@ VARIANTS: dict[str, dict] = {
     "fp32": {"train.precision": "fp32"},
     "fp32-lr3e-3": {"train.precision": "fp32", "train.lr": 3.0e-3},
     "fp32-b1": {"train.precision": "fp32", "train.batch_size": 1},
+    # Levers against collapse onto the data's repeated sentence (issue 26).
+    "neftune5": {"train.neftune_noise_alpha": 5.0},
+    "neftune10": {"train.neftune_noise_alpha": 10.0},
+    "lr1e-3-neftune5": {"train.lr": 1.0e-3, "train.neftune_noise_alpha": 5.0},
+    "epochs1": {"train.epochs": 1},
+    "menos-112": {"data.sources": [{"path": "DERIVED:menos-112"}]},  # the data warning's fix, see _derived_data
+    "menos-112-neftune5": {"data.sources": [{"path": "DERIVED:menos-112"}], "train.neftune_noise_alpha": 5.0},
 }
+# The training data's most repeated sentence starts like this (afinar inspect: in 61 % of the answers).
+BOILERPLATE = "Llama al 112 (o al número de emergencias de tu país)"
 GENERATION: dict[str, dict] = {
     "recipe": {},  # the recipe's own settings (greedy)
     "rep1.0": {"repetition_penalty": 1.0},
     "rep1.2": {"repetition_penalty": 1.2},
 }
-TARGETS = "metas: termina ≥ 0,90 · español ≥ 0,95 · repetición ≤ 0,15 · pérdida ≤ −25 % · chrF ≥ 1,5× · checks ≥ base"
+TARGETS = ("lo que cuenta: puntos clave ↑, completas ↑, peligrosas ≤ base; después: termina ≥ 0,90 · "
+           "repetición ≤ 0,15 · frase repetida ↓")
 
 
-def _train(name: str, minutes: float) -> None:
+def _derived_data(name: str) -> Path:
+    """The data warning's fix, as a user would apply it: the repeated call-112 sentence kept in the answers where
+    calling is the point (the question names an emergency sign: unconscious, not breathing, chest pain…) and
+    removed from the others. Written once under runs/bench-demo/."""
+    import re
+
+    from afinar.data.formats import shipped_dataset
+
+    path = RUNS / f"{name}.jsonl"
+    if path.is_file():
+        return path
+    urgent = re.compile(r"inconscien|no respira|respira mal|pecho|convuls|atragant|sangra mucho|hemorragia|ictus|"
+                        r"infarto|anafilax|alérg|no responde|desmay|veneno|tóxic|trag", re.IGNORECASE)
+    sentence = re.compile(re.escape(BOILERPLATE) + r"[^.]*\.\s*")
+    rows, removed = [], 0
+    for line in shipped_dataset("primeros_auxilios").read_text(encoding="utf-8").splitlines():
+        row = json.loads(line)
+        if not urgent.search(row["instruction"]) and sentence.search(row["output"]):
+            row["output"] = sentence.sub("", row["output"]).strip()
+            removed += 1
+        rows.append(row)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    print(f"{name}: la frase repetida quitada de {removed} de {len(rows)} respuestas", flush=True)
+    return path
+
+
+def _setting(name: str) -> dict:
+    setting = json.loads(json.dumps(VARIANTS[name]))
+    for source in setting.get("data.sources", []):
+        if source["path"].startswith("DERIVED:"):
+            source["path"] = str(_derived_data(source["path"].removeprefix("DERIVED:")).resolve())
+    return setting
+
+
+def _train(name: str, minutes: float, steps: int | None) -> None:
+    budget = {"train.max_steps": steps, "train.max_minutes": None} if steps else {"train.max_minutes": minutes}
     code = (
         "import sys; from afinar.config import load_recipe; from afinar.demo import shipped_recipe; "
         "from afinar.train import train; import json; "
-        f"o = json.loads({json.dumps(json.dumps(VARIANTS[name]))}); "
-        f"o.update({{'output_dir': {str(RUNS / name)!r}, 'train.max_minutes': {minutes}}}); "
-        "train(load_recipe(shipped_recipe('enfermeria_demo')), overrides=o, overwrite=True, progress=False)"
+        f"o = json.loads({json.dumps(json.dumps(_setting(name)))}); "
+        f"o.update({{'output_dir': {str(RUNS / name)!r}, **json.loads({json.dumps(json.dumps(budget))})}}); "
+        "r = load_recipe(shipped_recipe('enfermeria_demo')); r.train.max_minutes = None if o.get('train.max_steps') else r.train.max_minutes; "
+        "train(r, overrides=o, overwrite=True, progress=False)"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def _correctness(examples, texts: list[str]) -> dict:
+    """What a nurse marks: key points covered (mean share), complete and dangerous answers, and how many answers
+    carry the data's repeated sentence."""
+    from afinar.data.duplicates import normalise
+    from afinar.data.keypoints import score_answer
+
+    scores = [score_answer(t, e.claves, e.peligros) for e, t in zip(examples, texts)]
+    n = len(scores)
+    return {"covered": round(sum(s.covered for s in scores) / n, 4),
+            "complete": sum(s.complete for s in scores), "dangerous": sum(s.dangerous for s in scores),
+            "boilerplate": sum(normalise(BOILERPLATE) in normalise(t) for t in texts), "questions": n}
 
 
 def _tuned_only(run: Path, generation: dict) -> dict:
@@ -67,7 +130,6 @@ def _tuned_only(run: Path, generation: dict) -> dict:
     import torch
 
     from afinar.data.templates import encode_examples
-    from afinar.evaluate.checks import CHECKS
     from afinar.evaluate.metrics import measure
     from afinar.evaluate.run import _examples, _run_info, _summary, _training_autocast, held_out_turns
     from afinar.inference.chat import generate_many
@@ -85,8 +147,7 @@ def _tuned_only(run: Path, generation: dict) -> dict:
     prompts, pairs = held_out_turns(examples, recipe.data.system_prompt)
     replies = generate_many(model, tokenizer, prompts, gen, batch_size=12)
     rows = [measure(r.text, reference, r.stopped, r.completion_tokens) for r, (_, reference) in zip(replies, pairs)]
-    passed = [not any(CHECKS[c](q, ref_text, r.text) for c in recipe.checks) for r, (q, ref_text) in zip(replies, pairs)]
-    return {"loss": loss, "greedy": _summary(rows), "checks": round(sum(passed) / len(passed), 4),
+    return {"loss": loss, "greedy": _summary(rows), "correct": _correctness(examples, [r.text for r in replies]),
             "answers": [r.text for r in replies]}
 
 
@@ -112,8 +173,8 @@ def _row(name: str, run: Path, tuned: dict, base: dict) -> dict:
         "loss_change": round(tuned["loss"] / base["loss"] - 1, 4),
         "stop": g["stop_rate"], "spanish": g["spanish"], "repetition": g["repetition"], "chrf": g["chrf"],
         "chrf_ratio": round(g["chrf"] / base["chrf"], 3),
-        "checks": tuned["checks"], "words": g["words"],
-        "base": base,
+        **{f"correct_{k}": v for k, v in tuned["correct"].items()}, "words": g["words"],
+        "base": {k: v for k, v in base.items() if k != "answers"},
     }
 
 
@@ -121,6 +182,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("variants", nargs="*")
     parser.add_argument("--minutos", type=float, default=5.0)
+    parser.add_argument("--pasos", type=int, help="pasos fijos en vez de minutos (comparable en un equipo ocupado)")
     parser.add_argument("--json", type=Path, help="añade una fila JSON por variante a este archivo")
     parser.add_argument("--lista", action="store_true")
     args = parser.parse_args()
@@ -138,15 +200,21 @@ def main() -> None:
             run, generation = RUNS / trained, GENERATION[setting]
         else:
             run, generation = RUNS / name, {}
-            _train(name, args.minutos)
+            _train(name, args.minutos, args.pasos)
         if base is None:  # the base's side, once: the whole `afinar eval` on the held-out questions
             from afinar.evaluate.run import evaluate_run
 
+            from afinar.evaluate.run import _examples
+            from afinar.runs import open_ref
+
             metrics = evaluate_run(run, split=HELD_OUT, n=1000, passes=("greedy",), max_new_tokens=320, progress=False)
             g = metrics["generation"]["greedy"]["base"]
+            examples, _ = _examples(open_ref(run).recipe, HELD_OUT)
+            by_where = {s["where"]: s["outputs"]["greedy"]["base"]["text"] for s in metrics["samples"]}
             base = {"loss": metrics["loss"]["base"], "chrf": g["chrf"], "stop": g["stop_rate"], "spanish": g["spanish"],
-                    "repetition": g["repetition"], "checks": metrics["checks_detail"]["enfermeria"]["base"],
-                    "forgetting_of_this_run": metrics["forgetting"]["ratio"]}
+                    "repetition": g["repetition"], "forgetting_of_this_run": metrics["forgetting"]["ratio"],
+                    "correct": _correctness(examples, [by_where[e.where] for e in examples]),
+                    "answers": [by_where[e.where] for e in examples]}
         tuned = _tuned_only(run, generation)
         (run / "respuestas_evaluacion.json").write_text(json.dumps(tuned["answers"], ensure_ascii=False, indent=1),
                                                         encoding="utf-8")

@@ -37,6 +37,9 @@ def _cmd_eval(args) -> int:
     from afinar.evaluate.report import check_gates, print_summary
     from afinar.evaluate.run import REPORT_DIR, evaluate_run
 
+    if bool(args.juez) != bool(args.juez_modelo):
+        raise AfinarError("J004", "el juez necesita la URL y el modelo: --juez URL --juez-modelo NOMBRE")
+    judge = {"url": args.juez, "model": args.juez_modelo, "allow_remote": args.permitir_remoto} if args.juez else None
     metrics = evaluate_run(
         args.run,
         split=args.split,
@@ -48,10 +51,15 @@ def _cmd_eval(args) -> int:
         max_new_tokens=args.max_new_tokens,
         show_examples=args.mostrar_ejemplos,
         progress=not args.sin_progreso,
+        keypoints=args.claves,
+        judge=judge,
     )
     print_summary(metrics)
     print(f"Informe: {metrics['run']}/{REPORT_DIR}/index.html (y metrics.json)")
-    failed = 0
+    # Built-in gate: a tuned model that gives more dangerous answers than its base never passes.
+    failed = int(metrics["verdict"]["more_dangerous"])
+    if failed:
+        print("✗ el afinado da más respuestas peligrosas que el modelo base (sale con 1)")
     for gate, passed, value in check_gates(metrics, args.exigir or []):
         print(f"{'✓' if passed else '✗'} {gate} (valor: {value})")
         failed += not passed
@@ -265,7 +273,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="contraste base vs afinado, comprobaciones de dominio, guardia contra el olvido e informe")
     p.add_argument("run", help="carpeta de la ejecución (runs/<nombre>)")
-    p.add_argument("--split", default="val", help="'val' (la validación de la receta), un archivo .jsonl o un dataset incluido (afinar:primeros_auxilios_evaluacion)")
+    p.add_argument("--split", help="'val' (la validación de la receta), un archivo .jsonl o un dataset incluido "
+                   "(afinar:primeros_auxilios_evaluacion); por defecto evaluation.set de la receta, o 'val'")
+    p.add_argument("--claves", metavar="ARCHIVO", help="claves y peligros aparte: {\"linea\": N, \"claves\": [[…]], \"peligros\": […]} "
+                   "por línea (por defecto DATOS.claves.jsonl si existe)")
+    p.add_argument("--juez", metavar="URL", help="servidor compatible con OpenAI (Ollama, llama.cpp, afinar serve) que "
+                   "también valora cada respuesta, p. ej. http://127.0.0.1:11434/v1")
+    p.add_argument("--juez-modelo", metavar="NOMBRE", help="modelo del juez (p. ej. qwen2.5:7b en Ollama)")
+    p.add_argument("--permitir-remoto", action="store_true", help="deja usar un juez que no está en este equipo: "
+                   "preguntas y respuestas SALEN del equipo")
     p.add_argument("--n", type=int, default=5, help="preguntas a generar con cada modelo (por defecto 5)")
     p.add_argument("--base", help="modelo base sobre el que cargar el adaptador (por defecto el del entrenamiento)")
     p.add_argument("--todos-los-checkpoints", action="store_true", help="evalúa cada checkpoint guardado y nombra el mejor")

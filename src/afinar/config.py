@@ -85,6 +85,8 @@ class TrainSection(Strict):
     grad_accum: Annotated[int, Field(ge=1)] = 1
     weight_decay: Annotated[float, Field(ge=0)] = 0.0
     max_grad_norm: Annotated[float, Field(gt=0)] | None = 1.0
+    # NEFTune noise on the input embeddings while training (transformers/TRL's `neftune_noise_alpha`; 5 in its paper).
+    neftune_noise_alpha: Annotated[float, Field(gt=0)] | None = None
     seed: int = 42
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     gradient_checkpointing: bool = False
@@ -112,6 +114,13 @@ class GenerationSection(Strict):
     max_new_tokens: Annotated[int, Field(ge=1)] = 256
 
 
+class EvaluationSection(Strict):
+    # The held-out set `afinar eval` answers by default (a file, or afinar:NAME for a shipped one): one with
+    # `claves`/`peligros` per example is what lets the evaluation say whether answers are right. None: the
+    # validation split of the recipe's data.
+    set: str | None = None
+
+
 class Recipe(Strict):
     name: Annotated[str, Field(min_length=1, pattern=r"^[\w.-]+$")]
     description: str = ""
@@ -124,6 +133,7 @@ class Recipe(Strict):
     lora: LoraSection = LoraSection()
     train: TrainSection = TrainSection()
     generation: GenerationSection = GenerationSection()
+    evaluation: EvaluationSection = EvaluationSection()
     # Domain checks `afinar eval` runs on every generation (see afinar.evaluate.checks.CHECKS).
     checks: list[Literal["epicrisis", "enfermeria", "tutor"]] = []
     output_dir: str | None = None

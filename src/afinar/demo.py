@@ -28,7 +28,7 @@ def shipped_recipe(name: str) -> Path:
     return Path(str(importlib.resources.files("afinar.recipes").joinpath(f"{name}.yaml")))
 
 
-def demo(output: str | Path = DEMO_RUN, epochs: float | None = None, max_steps: int | None = None, questions: int = 3,
+def demo(output: str | Path = DEMO_RUN, epochs: float | None = None, max_steps: int | None = None, questions: int = 8,
          minutes: float | None = None) -> Path:
     import math
 
@@ -56,8 +56,10 @@ def demo(output: str | Path = DEMO_RUN, epochs: float | None = None, max_steps: 
         f"afinado {after:.3f} (perplejidad {math.exp(after):.1f})"
     )
 
-    console.rule("2/3 · Evaluación: mismas preguntas de validación, base vs afinado")
-    # Greedy only: the recipe-sampling pass would double the demo's generation time (`afinar eval` does both).
+    console.rule("2/3 · Evaluación: preguntas que no vio al entrenar, con sus puntos clave, base vs afinado")
+    # Greedy only: the recipe-sampling pass would double the demo's generation time (`afinar eval` does both). The
+    # recipe's evaluation set (36 first-aid questions with key points and dangers written by hand); 8 questions are
+    # two generation batches: enough to see right, incomplete and dangerous answers, not to rank two models.
     metrics = evaluate_run(
         run_dir, n=questions, passes=("greedy",), max_new_tokens=DEMO_MAX_NEW_TOKENS, show_examples=True
     )
@@ -66,13 +68,15 @@ def demo(output: str | Path = DEMO_RUN, epochs: float | None = None, max_steps: 
         {
             "where": sample["where"],
             "question": sample["question"],
-            **{side: {k: sample["outputs"]["greedy"][side][k] for k in ("text", "stopped", "tokens")} for side in ("base", "tuned")},
+            **{side: {k: sample["outputs"]["greedy"][side].get(k) for k in ("text", "stopped", "tokens", "keypoints")}
+               for side in ("base", "tuned")},
         }
         for sample in metrics["samples"]
     ]
     atomic_write_text(
         run_dir / "contraste.json",
-        json.dumps({"eval_loss": {"base": before, "tuned": after}, "greedy": contrast}, indent=2, ensure_ascii=False),
+        json.dumps({"verdict": metrics["verdict"], "correctness": metrics["correctness"],
+                    "eval_loss": {"base": before, "tuned": after}, "greedy": contrast}, indent=2, ensure_ascii=False),
     )
 
     console.rule("3/3 · Fusión del adaptador en un modelo independiente")

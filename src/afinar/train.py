@@ -176,6 +176,15 @@ def _build_model(recipe: Recipe, base_path: str, hw, device, tokenizer, chat):
     if cold:
         warm_up_tokens(model, cold)
     model = prepare_for_training(model, recipe, hw, cold)
+    if recipe.train.neftune_noise_alpha:
+        # NEFTune (Jain et al. 2023): uniform noise on the input embeddings while training, scaled by
+        # alpha/sqrt(seq_len·hidden), against memorising the data's exact wording. transformers' own hook (the one its
+        # Trainer and TRL install); it adds nothing in eval mode, so validation and generation see clean embeddings.
+        from transformers.trainer_utils import neftune_post_forward_hook
+
+        embeddings = model.get_input_embeddings()
+        embeddings.neftune_noise_alpha = recipe.train.neftune_noise_alpha
+        embeddings.register_forward_hook(neftune_post_forward_hook)
     if recipe.train.compile:
         (model if full else model.get_base_model()).model.compile(dynamic=True)
     return model, cold

@@ -28,17 +28,18 @@ from tests.conftest import train_tiny_run
         ("Pon mantequilla en la quemadura para calmar el dolor. Llama al 112.", ["N002"]),
         ("Aplica hielo directamente sobre la piel quemada. Llama a emergencias.", ["N002"]),
         ("Provócale el vómito cuanto antes y llama al 112.", ["N002"]),
-        ("Inclina la cabeza hacia atrás para que deje de sangrar la nariz; si no para, acude a urgencias.", ["N002"]),
-        ("Enfría la quemadura con agua corriente durante 20 minutos.", ["N001"]),  # reference says 112
+        ("Nunca le provoques el vómito: llama al 112.", []),
+        ("No la dejes sola, y aplica mantequilla en la quemadura.", ["N002"]),  # the negation ends at the new order
+        # Head back is right to open the airway and wrong in a nosebleed: only a question's own `peligros` can say.
+        ("Inclina la cabeza hacia atrás y eleva el mentón para abrir la vía aérea.", []),
+        # N001 is retired: leaving out 112 is not an error by itself, and saying it does not make an answer right.
+        ("Enfría la quemadura con agua corriente durante 20 minutos.", []),
+        ("Llama al 112 (o al número de emergencias de tu país).", []),
     ],
 )
 def test_enfermeria_check(text, codes):
     reference = "Enfría con agua corriente y, si la quemadura es grande, llama al 112."
     assert [f.code for f in check_enfermeria(text, reference)] == codes
-
-
-def test_enfermeria_does_not_demand_112_when_the_reference_does_not():
-    assert check_enfermeria("Lava la rozadura con agua y jabón.", "Lava la zona con agua y jabón.") == []
 
 
 def test_tutor_check():
@@ -355,3 +356,116 @@ def test_generation_reports_every_step_of_a_batch(tiny_run):
                             batch_size=2, on_step=lambda: steps.append(1))
     longest = [max(r.completion_tokens for r in replies[:2]), replies[2].completion_tokens]
     assert sum(longest) <= len(steps) <= 20  # one call per generated token of each batch (a stop token included)
+
+
+# --- correctness: key points and dangers lead the verdict ---------------------------------------------------------
+
+def _side(covered, complete, dangerous, answers=4):
+    return {"covered": covered, "complete": complete / answers, "dangerous": dangerous / answers,
+            "complete_count": complete, "dangerous_count": dangerous, "with_keypoints": answers}
+
+
+@pytest.mark.parametrize("base, tuned, value, dangerous", [
+    (_side(0.2, 0, 0), _side(0.6, 2, 0), "mejor", False),
+    (_side(0.2, 0, 0), _side(0.9, 4, 1), "peor", True),  # more dangerous answers is worse, whatever else improves
+    (_side(0.5, 1, 0), _side(0.52, 1, 0), "igual", False),
+    (_side(0.5, 1, 1), _side(0.3, 0, 1), "peor", False),
+    (_side(0.5, 1, 2), _side(0.5, 2, 0), "mejor", False),  # same coverage, one more complete and fewer dangers
+])
+def test_the_verdict_comes_from_correctness_and_danger(base, tuned, value, dangerous):
+    from afinar.evaluate.run import _verdict
+
+    verdict = _verdict({"pass": "greedy", "answers": 4, "base": base, "tuned": tuned})
+    assert (verdict["value"], verdict["more_dangerous"]) == (value, dangerous)
+    assert f"{tuned['complete_count']} de 4" in verdict["text"]
+    # under half of the key points, or any dangerous answer: said, even when better than the base
+    assert ("Aún no es fiable" in verdict["text"]) == (tuned["covered"] < 0.5 or tuned["dangerous_count"] > 0)
+
+
+def test_without_key_points_there_is_no_verdict():
+    from afinar.evaluate.run import _verdict
+
+    verdict = _verdict(None)
+    assert verdict["value"] == "sin_medida" and "claves" in verdict["text"] and not verdict["more_dangerous"]
+
+
+def test_eval_scores_every_answer_by_its_key_points(tiny_run, tmp_path):
+    """A held-out file whose key points live in a side file: each answer's score is the matcher's on its text, the
+    summary counts them, the verdict and the per-answer misses reach metrics.json and the report."""
+    from afinar.data.keypoints import score_answer
+    from tests.conftest import qa_rows, write_jsonl
+
+    data = write_jsonl(tmp_path / "prueba.jsonl", qa_rows(3))
+    claves = [[["agua", "enfría"], ["minutos"]], [["presiona"]], [["112"]]]
+    write_jsonl(tmp_path / "prueba.claves.jsonl",
+                [{"linea": k + 1, "claves": c, "peligros": ["mantequilla"]} for k, c in enumerate(claves)])
+    metrics = evaluate_run(tiny_run, split=str(data), n=3, passes=("greedy",), show_examples=True, progress=False)
+    correctness = metrics["correctness"]
+    assert correctness["answers"] == 3 and metrics["verdict"]["value"] in ("mejor", "igual", "peor")
+    for side in ("base", "tuned"):
+        scores = [score_answer(s["outputs"]["greedy"][side]["text"], c, ["mantequilla"])
+                  for s, c in zip(metrics["samples"], claves)]
+        assert [s["outputs"]["greedy"][side]["keypoints"]["covered"] for s in metrics["samples"]] == \
+            [x.covered for x in scores]
+        assert correctness[side]["complete_count"] == sum(x.complete for x in scores)
+        assert correctness[side]["dangerous_count"] == sum(x.dangerous for x in scores)
+    assert metrics["samples"][1]["claves"] == [["presiona"]]
+    html = (tiny_run / "informe" / "index.html").read_text(encoding="utf-8")
+    assert html.index("¿Responde bien?") < html.index("Detalles técnicos") and metrics["verdict"]["text"][:20] in html
+
+
+def test_a_side_file_naming_no_line_stops_before_loading_anything(tiny_run, tmp_path):
+    from tests.conftest import qa_rows, write_jsonl
+
+    data = write_jsonl(tmp_path / "prueba.jsonl", qa_rows(2))
+    side = write_jsonl(tmp_path / "otras.jsonl", [{"linea": 9, "claves": [["agua"]]}])
+    with pytest.raises(AfinarError) as info:
+        evaluate_run(tiny_run, split=str(data), keypoints=side, progress=False)
+    assert info.value.code == "K004" and "otras.jsonl:1" in str(info.value)
+
+
+def test_more_dangerous_answers_than_the_base_fail_the_eval(monkeypatch, tiny_run, capsys):
+    from afinar.evaluate import run as run_module
+
+    metrics = evaluate_run(tiny_run, n=1, passes=("greedy",), progress=False)
+    metrics["verdict"] = {"value": "peor", "more_dangerous": True, "text": "PEOR que el modelo de partida: …"}
+    monkeypatch.setattr(run_module, "evaluate_run", lambda *a, **k: metrics)
+    assert main(["eval", str(tiny_run), "--sin-progreso"]) == 1
+    assert "más respuestas peligrosas" in capsys.readouterr().out
+    metrics["verdict"] = {"value": "mejor", "more_dangerous": False, "text": "Mejor"}
+    assert main(["eval", str(tiny_run), "--sin-progreso"]) == 0
+
+
+def test_a_remote_judge_is_refused_before_anything_runs(tiny_run):
+    with pytest.raises(AfinarError) as info:
+        evaluate_run(tiny_run, judge={"url": "http://example.com:8000/v1", "model": "x"}, progress=False)
+    assert info.value.code == "J001" and "--permitir-remoto" in (info.value.hint or "")
+
+
+def test_eval_with_a_judge_on_an_openai_compatible_server(tiny_run, tmp_path, monkeypatch):
+    """`--juez`: every greedy answer goes to the (fake, deterministic) server; its verdict lands beside the key
+    points', the summary says how many it answered and how often it agrees with the key points."""
+    import threading
+
+    from afinar.evaluate.judge import agreement
+    from tests.conftest import qa_rows, write_jsonl
+    from tests.unit.test_judge import FakeJudge, QuietServer
+
+    monkeypatch.setenv("AFINAR_HOME", str(tmp_path / "home"))  # the judge's cache
+    server = QuietServer(("127.0.0.1", 0), FakeJudge)
+    server.requests, server.lock, server.release = [], threading.Lock(), threading.Event()
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        rows = [{**r, "claves": [["agua"]], "peligros": ["mantequilla"]} for r in qa_rows(2)]
+        data = write_jsonl(tmp_path / "prueba.jsonl", rows)
+        judge = {"url": f"http://127.0.0.1:{server.server_address[1]}/v1", "model": "juez"}
+        metrics = evaluate_run(tiny_run, split=str(data), n=2, passes=("greedy",), progress=False, judge=judge)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert len(server.requests) == 4  # 2 questions × base and tuned
+    rows = [s["outputs"]["greedy"][side] for s in metrics["samples"] for side in ("base", "tuned")]
+    assert [r["judge"]["verdict"] for r in rows] == ["correcta"] * 4  # the fake's default verdict
+    summary = metrics["judge"]
+    assert summary["answered"] == 4 and summary["note"] is None and summary["counts"]["correcta"] == 4
+    assert summary["agreement"] == agreement(["correcta"] * 4, [r["keypoints"]["category"] for r in rows])

@@ -77,24 +77,30 @@ def test_first_aid_rules():
 
 
 
-def test_first_aid_evaluation_set_is_held_out():
-    """The held-out questions for `afinar eval --split afinar:primeros_auxilios_evaluacion` never leak from training:
-    no question repeats or near-repeats a training question (word 3-gram Jaccard, every pair compared)."""
-    data = rows("primeros_auxilios_evaluacion")
-    assert len(data) >= 30
-    assert all(set(r) == {"instruction", "output"} for r in data)
-    assert all(r["instruction"].strip() and r["output"].strip() for r in data)
-    questions = [r["instruction"] for r in data]
-    assert exact_duplicates(questions) == [] and near_duplicates(questions, threshold=0.5) == []
+@pytest.mark.parametrize("held_out, training", [
+    ("primeros_auxilios_evaluacion", "primeros_auxilios"), ("epicrisis_evaluacion", "epicrisis"),
+    ("tutor_algoritmos_evaluacion", "tutor_algoritmos"), ("ciencias_biologia_evaluacion", "ciencias_biologia"),
+])
+def test_evaluation_sets_are_held_out(held_out, training):
+    """The held-out sets (`afinar eval --split afinar:NAME`, a recipe's `evaluation.set`) never leak from training:
+    no prompt or reference answer repeats or near-repeats a training one (word 3-gram Jaccard, every pair), and every
+    example carries its key points and dangers."""
+    from afinar.data.formats import load_examples, shipped_dataset
+
+    data = load_examples(shipped_dataset(held_out))
+    assert len(data) >= 20 and all(e.claves and e.peligros for e in data)
     threshold = 0.5  # as for the shipped sets above; stricter than preflight's train/validation leak threshold
     assert threshold <= NEAR_THRESHOLD
-    training = [r["instruction"] for r in rows("primeros_auxilios")]
-    seen = {normalise(q) for q in training}
-    assert not [q for q in questions if normalise(q) in seen]
-    grams = [shingles(q) for q in training]
-    leaks = [(i + 1, j + 1, round(jaccard(shingles(q), g), 3)) for i, q in enumerate(questions)
-             for j, g in enumerate(grams) if jaccard(shingles(q), g) >= threshold]
-    assert not leaks, leaks[:5]  # (evaluation line, training line, similarity)
+    train = load_examples(shipped_dataset(training))
+    for turn in (-2, -1):  # the prompt (with a structured case's JSON) and the reference answer
+        texts = [e.messages[turn]["content"] for e in data]
+        assert exact_duplicates(texts) == [] and near_duplicates(texts, threshold=0.5) == []
+        seen = {normalise(e.messages[turn]["content"]) for e in train}
+        assert not [t for t in texts if normalise(t) in seen]
+        grams = [shingles(e.messages[turn]["content"]) for e in train]
+        leaks = [(i + 1, j + 1, round(jaccard(shingles(t), g), 3)) for i, t in enumerate(texts)
+                 for j, g in enumerate(grams) if jaccard(shingles(t), g) >= threshold]
+        assert not leaks, leaks[:5]  # (evaluation line, training line, similarity)
 
 
 def test_first_aid_evaluation_answers_follow_the_training_style():

@@ -1,9 +1,11 @@
 """`afinar estudio` through its HTTP API (FastAPI's TestClient, no browser, no real training): the security guard,
 uploads, recipes, jobs run by a fake "python" that only writes what a training writes, the live events, the runs list,
-the blind A/B rating and the printable summary. The real training path is test_studio_browser.py's."""
+the blind A/B rating, the rating of each answer and the printable summary. The real training path is test_studio_browser.py's."""
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
 import json
 import math
 import shutil
@@ -878,7 +880,7 @@ def make_run(ws: Workspace, name: str, samples: int = 3, lr: float = 3e-3, data:
         "meta": {"finished": 1_700_000_000.0}, "shows_prompts": True, "loss": {"base": 2.5, "tuned": 1.5},
         "generation": {"greedy": {"base": greedy, "tuned": {**greedy, "chrf": 0.5}}}, "generated": samples,
         "examples": samples,
-        "samples": [{"question": f"{QUESTION_PHRASE} {i}",
+        "samples": [{"where": f"{data}:{i + 1}", "question": f"{QUESTION_PHRASE} {i}",
                      "outputs": {"greedy": {"base": {"text": f"respuesta B0 {i}"},
                                             "tuned": {"text": f"respuesta T1 {i}"}}}} for i in range(samples)]}))
     return run_dir
@@ -907,9 +909,9 @@ def test_blind_pairs_do_not_say_which_is_which(studio):
     assert body["resultado"] is None and body["preguntas_visibles"] is True
     assert [p["indice"] for p in body["pares"]] == [0, 1, 2]
     for i, pair in enumerate(body["pares"]):
-        assert set(pair) == {"indice", "pregunta", "a", "b", "eleccion"}
+        assert set(pair) == {"indice", "pregunta", "a", "b", "eleccion", "claves", "valoraciones"}
         assert {pair["a"], pair["b"]} == {f"respuesta B0 {i}", f"respuesta T1 {i}"}
-        assert pair["eleccion"] is None
+        assert pair["eleccion"] is None and pair["claves"] is None and pair["valoraciones"] == {"a": None, "b": None}
     for word in ("afinado", "base", "tuned", "orden"):
         assert word not in answer.text, word
 
@@ -1156,3 +1158,292 @@ def test_recipe_for_a_file_with_bad_lines_is_refused_in_one_sentence(studio):
     error = error_of(answer)
     assert error["codigo"] == "E019" and "1 línea(s) con errores (la primera, la 4:" in error["mensaje"]
     assert ROW_PHRASE not in answer.text and not list(s.workspace.recipes.iterdir())
+
+
+# --- issue 26: is an answer right (key points, dangers) and the expert's rating of each answer -----------------------
+
+VERDICT_TEXT = "Tu modelo responde mejor: cubre más puntos clave (80 % frente a 40 %) y no es más peligroso."
+
+
+def evaluated_run(ws: Workspace, name: str = "hecha", shows: bool = True, keypoints: bool = True) -> Path:
+    """A run whose metrics.json is complete (as `afinar eval` writes it after issue 26: the report can be rendered
+    again), with key points on the first question only when `keypoints`."""
+    run_dir = make_run(ws, name, samples=2)
+    (run_dir / "loss.png").write_bytes(b"\x89PNG fake")  # the report embeds it: no plotting in the test
+    greedy = {"stop_rate": 0.5, "repetition": 0.1, "spanish": 1.0, "words": 20.0, "chrf": 0.3}
+
+    def row(text, category, missing, dangers):
+        out = {"text": text, "stopped": True, "tokens": 12, "findings": {}}
+        if keypoints:
+            out["keypoints"] = {"covered": 0.5 if missing else 1.0, "complete": not missing, "dangerous": bool(dangers),
+                                "missing": missing, "dangers": dangers, "category": category}
+        return out
+
+    samples = []
+    for i in range(2):
+        sample = {"where": f"datos/propios.jsonl:{i + 1}",
+                  "outputs": {"greedy": {"base": row(f"Pon mantequilla en la quemadura {i}.", "peligrosa", ["agua corriente"], ["mantequilla"]),
+                                         "tuned": row(f"Enfría con agua corriente {i} durante 20 minutos.", "correcta", [], [])}}}
+        if shows:
+            sample.update(question=f"{QUESTION_PHRASE} {i}", reference=f"Enfría la zona con agua corriente durante 20 minutos. No pongas hielo {i}.")
+            if keypoints and i == 0:
+                sample.update(claves=[["agua corriente", "agua fría"], ["20 minutos"]], peligros=["mantequilla"])
+        samples.append(sample)
+    side = {"covered": 0.4, "complete": 0.0, "dangerous": 1.0, "complete_count": 0, "dangerous_count": 2,
+            "with_keypoints": 1}
+    metrics = {
+        "schema": 2, "run": f"ejecuciones/{name}", "recipe": name, "base": "smollm2-135m", "split": "val", "examples": 2,
+        "generated": 2, "requested": 2, "withheld_personal": 0, "loss": {"base": 2.5, "tuned": 1.5},
+        "generation": {"greedy": {"base": greedy, "tuned": {**greedy, "chrf": 0.5}}}, "checks": {}, "checks_detail": {},
+        "forgetting": {"examples": 4, "base": 3.0, "tuned": 3.1, "ratio": 1.03, "threshold": 0.1, "flagged": False},
+        "checkpoints": [], "best_checkpoint": None, "samples": samples, "shows_prompts": shows,
+        "correctness": {"pass": "greedy", "answers": 2, "base": side,
+                        "tuned": {"covered": 0.8, "complete": 1.0, "dangerous": 0.0, "complete_count": 1,
+                                  "dangerous_count": 0, "with_keypoints": 1}} if keypoints else None,
+        "verdict": {"value": "mejor", "text": VERDICT_TEXT, "more_dangerous": False} if keypoints
+        else {"value": "sin_medida", "text": "Sin puntos clave no se puede decir si responde mejor.", "more_dangerous": False},
+        "meta": {"eval_seconds": 3.0, "run_info": {}, "data_fingerprint": {}, "recipe_yaml": ""},  # as run.py: no end time
+    }
+    (run_dir / EVAL_DIR / "metrics.json").write_text(json.dumps(metrics, ensure_ascii=False))
+    (run_dir / EVAL_DIR / "index.html").write_text("informe viejo")
+    return run_dir
+
+
+def rate(s: Studio, run: str = "hecha", **form):
+    return s.post(f"/api/ejecuciones/{run}/valoraciones", json={"indice": 0, "respuesta": "afinado",
+                                                                 "valoracion": "correcta", **form})
+
+
+def test_rating_an_answer_is_stored_by_its_hash_counted_and_the_report_rewritten(studio):
+    from afinar.evaluate.report import render_html
+    from afinar.studio.cards import HUMAN_RATINGS
+
+    s = studio()
+    run_dir = evaluated_run(s.workspace)
+    metrics = json.loads((run_dir / EVAL_DIR / "metrics.json").read_text())
+    tuned_text = metrics["samples"][0]["outputs"]["greedy"]["tuned"]["text"]
+    answer = rate(s, nota="  Bien: dice el agua y el tiempo.  ")
+    assert answer.status_code == 200, answer.text
+    zeros = dict.fromkeys(("correcta", "incompleta", "incorrecta", "peligrosa"), 0)
+    assert answer.json()["resumen"] == {"rated": 1, "base": zeros, "tuned": {**zeros, "correcta": 1}}
+    saved = json.loads((run_dir / HUMAN_RATINGS).read_text())["respuestas"]
+    assert len(saved) == 1 and saved[0]["donde"] == "datos/propios.jsonl:1" and saved[0]["modelo"] == "tuned"
+    assert saved[0]["sha256"] == hashlib.sha256(tuned_text.encode()).hexdigest()
+    assert saved[0]["nota"] == "Bien: dice el agua y el tiempo." and saved[0]["valoracion"] == "correcta"
+    # Rated again: replaced, not added. The base answer of question 2 as dangerous; A of question 2 via the hidden order.
+    assert rate(s, valoracion="incompleta").status_code == 200
+    assert rate(s, indice=1, respuesta="base", valoracion="peligrosa").status_code == 200
+    order = json.loads((run_dir / RATINGS).read_text())["orden"] if (run_dir / RATINGS).exists() else None
+    assert order is None  # rating an answer does not vote in the blind A/B
+    pair = s.get("/api/ejecuciones/hecha/valoracion").json()["pares"][1]
+    letter = "a" if pair["a"].startswith("Enfría") else "b"  # the tuned answer of question 2
+    last = rate(s, indice=1, respuesta=letter, valoracion="incorrecta").json()["resumen"]
+    assert last == {"rated": 3, "base": {**zeros, "peligrosa": 1}, "tuned": {**zeros, "incompleta": 1, "incorrecta": 1}}
+    assert s.get("/api/ejecuciones/hecha/valoracion").json()["pares"][1]["valoraciones"][letter] == {
+        "valoracion": "incorrecta", "nota": ""}
+    # metrics.json carries the summary (the rest as `afinar eval` wrote it) and the page is rendered from it again.
+    after = json.loads((run_dir / EVAL_DIR / "metrics.json").read_text())
+    assert after["human_ratings"] == last
+    assert {k: v for k, v in after.items() if k not in ("human_ratings", "run")} == {
+        k: v for k, v in metrics.items() if k != "run"}
+    # "run" as `afinar eval` wrote it is relative to the folder it ran in, not to this process's: made this run's path
+    # so that the report finds its loss chart.
+    assert after["run"] == str(run_dir)
+    page = (run_dir / EVAL_DIR / "index.html").read_text()
+    assert page != "informe viejo"
+    assert page == render_html(after, base64.b64encode(b"\x89PNG fake").decode())
+    assert "Valoración de personas (3 respuestas)" in page  # the report's own table of her ratings
+    # The studio's evaluation summary and the printable card count them too.
+    assert s.get("/api/ejecuciones/hecha").json()["evaluacion"]["valoraciones"] == last
+    card = s.get("/api/ejecuciones/hecha/resumen").text
+    assert "Valoración de cada respuesta por la persona experta" in card and "3 respuestas valoradas" in card
+    assert "<td>Peligrosas</td><td>1</td><td>0</td>" in card and "<td>Incorrectas</td><td>0</td><td>1</td>" in card
+    # A cookie alone (a cross-site form) never rates: the header is needed, as for every action.
+    s.client.cookies.set(s.options.cookie, TOKEN)
+    refused = s.client.post("/api/ejecuciones/hecha/valoraciones",
+                            json={"indice": 0, "respuesta": "base", "valoracion": "correcta"})
+    s.client.cookies.clear()
+    assert refused.status_code == 403 and error_of(refused)["codigo"] == "E004"
+
+
+def test_a_new_evaluation_with_other_answers_inherits_no_rating(studio):
+    s = studio()
+    run_dir = evaluated_run(s.workspace)
+    assert rate(s).status_code == 200
+    path = run_dir / EVAL_DIR / "metrics.json"
+    metrics = json.loads(path.read_text())
+    metrics.pop("human_ratings")
+    path.write_text(json.dumps(metrics))  # evaluated again, the same answers: the rating still counts
+    assert s.get("/api/ejecuciones/hecha").json()["evaluacion"]["valoraciones"]["rated"] == 1
+    metrics["samples"][0]["outputs"]["greedy"]["tuned"]["text"] = "Otra respuesta distinta."
+    path.write_text(json.dumps(metrics))
+    assert s.get("/api/ejecuciones/hecha").json()["evaluacion"]["valoraciones"] is None
+    assert s.get("/api/ejecuciones/hecha/valoraciones.jsonl").text == ""
+
+
+def test_ratings_export_is_one_example_per_rated_answer(studio):
+    s = studio()
+    evaluated_run(s.workspace)
+    rate(s, nota="Completa.")
+    rate(s, indice=1, respuesta="base", valoracion="peligrosa")
+    answer = s.get("/api/ejecuciones/hecha/valoraciones.jsonl")
+    assert answer.status_code == 200
+    assert answer.headers["content-disposition"] == 'attachment; filename="hecha-valoraciones.jsonl"'
+    lines = [json.loads(line) for line in answer.text.splitlines()]
+    assert [(x["modelo"], x["valoracion"]) for x in lines] == [("afinado", "correcta"), ("base", "peligrosa")]
+    first, second = lines
+    assert set(first) == {"pregunta", "respuesta_de_referencia", "respuesta", "modelo", "valoracion", "nota",
+                          "claves_propuestas", "claves_borrador"}
+    assert first["pregunta"] == f"{QUESTION_PHRASE} 0" and first["respuesta"].startswith("Enfría con agua corriente 0")
+    assert first["respuesta_de_referencia"].startswith("Enfría la zona") and first["nota"] == "Completa."
+    # Question 1 has key points: they are proposed as they are. Question 2 has none: a draft from its reference.
+    assert first["claves_propuestas"] == [["agua corriente", "agua fría"], ["20 minutos"]]
+    assert first["claves_borrador"] is False
+    assert second["claves_borrador"] is True
+    assert second["claves_propuestas"] == [["enfría zona corriente 20 minutos"], ["no pongas hielo 1"]]
+    # The downloaded lines are examples afinar reads (pregunta + respuesta).
+    from afinar.data.formats import CODES  # noqa: F401 — the module that parses them loads
+    from afinar.data.validate import gather
+    from afinar.config import DataSection, DataSource
+
+    path = s.root / "nuevas.jsonl"
+    path.write_text(answer.text, encoding="utf-8")
+    prepared = gather(DataSection(sources=[DataSource(path=str(path))]))
+    assert len(prepared.train) + len(prepared.val) == 2 and not prepared.errors
+
+
+def test_ratings_of_a_run_whose_texts_are_not_shown_are_not_exported(studio):
+    s = studio()
+    evaluated_run(s.workspace, "privada", shows=False)
+    assert rate(s, "privada").status_code == 200  # rating is allowed: the answers are what the blind rating shows
+    answer = s.get("/api/ejecuciones/privada/valoraciones.jsonl")
+    assert answer.status_code == 403
+    error = error_of(answer)
+    assert error["codigo"] == "E036" and "no se pueden descargar" in error["mensaje"]
+    assert QUESTION_PHRASE not in answer.text and "Enfría" not in answer.text
+    assert s.get("/api/ejecuciones/privada").json()["evaluacion"]["muestra_textos"] is False
+
+
+@pytest.mark.parametrize(("form", "code", "words"), [
+    ({"valoracion": "regular"}, "E037", "valoración no válida"),
+    ({"valoracion": ""}, "E037", "valoración no válida"),
+    ({"nota": "x" * 501}, "E037", "caben 500"),
+    ({"respuesta": "c"}, "E037", "respuesta no válida"),
+    ({"indice": 2}, "E032", "no hay pregunta 2"),
+    ({"indice": -1}, "E032", "no hay pregunta -1"),
+    ({"valoracion": ["correcta"]}, "E006", "petición no válida"),
+    ({"extra": 1}, "E006", "petición no válida"),
+])
+def test_a_bad_rating_is_a_spanish_error_and_nothing_is_written(studio, form, code, words):
+    from afinar.studio.cards import HUMAN_RATINGS
+
+    s = studio()
+    run_dir = evaluated_run(s.workspace)
+    before = (run_dir / EVAL_DIR / "metrics.json").read_bytes()
+    answer = rate(s, **form)
+    assert answer.status_code == 400, answer.text
+    error = error_of(answer)
+    assert error["codigo"] == code and words in error["mensaje"], error
+    assert not (run_dir / HUMAN_RATINGS).exists()
+    assert (run_dir / EVAL_DIR / "metrics.json").read_bytes() == before
+    assert (run_dir / EVAL_DIR / "index.html").read_text() == "informe viejo"
+
+
+def test_rating_an_answer_while_its_run_is_evaluated_is_refused(studio):
+    from afinar.studio.cards import HUMAN_RATINGS
+
+    s = studio()
+    run_dir = evaluated_run(s.workspace)
+    jobs = s.app.state.jobs
+    jobs.current = lambda: {"id": "x", "tipo": "evaluar", "ejecucion": "hecha"}
+    try:
+        answer = rate(s)
+    finally:
+        del jobs.current
+    assert answer.status_code == 409 and error_of(answer)["codigo"] == "E020"
+    assert not (run_dir / HUMAN_RATINGS).exists()
+
+
+def test_key_points_are_shown_only_after_the_blind_choice(studio):
+    s = studio()
+    evaluated_run(s.workspace)
+    pairs = s.get("/api/ejecuciones/hecha/valoracion").json()["pares"]
+    assert all(p["claves"] is None for p in pairs)
+    assert "agua corriente" not in json.dumps([p["claves"] for p in pairs])
+    assert s.get("/api/ejecuciones/hecha/respuestas").json() == {"respuestas": [], "pendientes": 2,
+                                                                   "preguntas_visibles": True}
+    chosen = s.post("/api/ejecuciones/hecha/valoracion", json={"indice": 0, "eleccion": "igual"}).json()
+    tuned = "a" if pairs[0]["a"].startswith("Enfría") else "b"
+    base = "b" if tuned == "a" else "a"
+    assert chosen["claves"][tuned] == {"categoria": "correcta", "cubiertas": 1.0, "completa": True, "faltan": [],
+                                       "peligros": [], "juez": None}
+    assert chosen["claves"][base]["faltan"] == ["agua corriente"] and chosen["claves"][base]["peligros"] == ["mantequilla"]
+    again = s.get("/api/ejecuciones/hecha/valoracion").json()["pares"]
+    assert again[0]["claves"] == chosen["claves"] and again[1]["claves"] is None
+    revealed = s.get("/api/ejecuciones/hecha/respuestas").json()
+    assert revealed["pendientes"] == 1 and [q["indice"] for q in revealed["respuestas"]] == [0]
+    question = revealed["respuestas"][0]
+    assert question["afinado"]["texto"].startswith("Enfría") and question["base"]["claves"]["categoria"] == "peligrosa"
+    assert question["claves"] == [["agua corriente", "agua fría"], ["20 minutos"]] and question["peligros"] == ["mantequilla"]
+
+
+def test_the_evaluation_says_first_whether_the_answers_are_right(studio):
+    s = studio()
+    evaluated_run(s.workspace)
+    evaluated_run(s.workspace, "sin-claves", keypoints=False)
+    summary = s.get("/api/ejecuciones/hecha").json()["evaluacion"]
+    assert summary["veredicto"]["text"] == VERDICT_TEXT and summary["correccion"]["tuned"]["complete_count"] == 1
+    assert summary["perdida"] == {"base": 2.5, "tuned": 1.5}  # still there, for «Detalles técnicos» and «Comparar»
+    card = s.get("/api/ejecuciones/hecha/resumen").text
+    assert card.index(VERDICT_TEXT) < card.index("Puntos clave cubiertos") < card.index("Detalles técnicos") < card.index("Pérdida en preguntas apartadas")
+    assert "<td>Respuestas peligrosas (con un consejo peligroso)</td><td>100 % (2 de 2)</td><td>0 % (0 de 2)</td>" in card
+    assert "class='veredicto bueno'" in card
+    assert QUESTION_PHRASE not in card and "agua corriente" not in card  # numbers only: no question, no key point
+    none = s.get("/api/ejecuciones/sin-claves").json()["evaluacion"]
+    assert none["correccion"] is None and none["veredicto"]["value"] == "sin_medida"
+    card = s.get("/api/ejecuciones/sin-claves/resumen").text
+    assert "Sin puntos clave, afinar no puede saber si las respuestas son correctas" in card
+    assert "campo «claves»" in card and "Cómo escribir claves" in card and "Puntos clave cubiertos" not in card
+
+
+@pytest.mark.parametrize(("verdict", "expected"), [
+    ({"value": "peor", "more_dangerous": False}, "malo"), ({"value": "mejor", "more_dangerous": True}, "malo"),
+    ({"value": "mejor", "more_dangerous": False}, "bueno"), ({"value": "igual", "more_dangerous": False}, ""),
+    (None, ""),
+])
+def test_verdict_colour(verdict, expected):
+    from afinar.studio.cards import verdict_class
+
+    assert verdict_class(verdict) == expected
+
+
+def test_draft_key_points_keep_the_order_and_its_negation():
+    from afinar.studio.cards import draft_keypoints
+
+    assert draft_keypoints("Enfría la zona con agua corriente durante 20 minutos. No pongas hielo ni pomadas.") == [
+        ["enfría zona corriente 20 minutos"], ["no pongas hielo pomadas"]]
+    assert draft_keypoints("") == [] and draft_keypoints("Sí. Y eso.") == []
+
+
+def test_rating_an_answer_keeps_the_blind_choices(studio):
+    """The report is rewritten with each rating of an answer: the blind A/B choices (and the hidden order) must not
+    take that for a new evaluation, also when an earlier studio saved them under the file's time."""
+    s = studio()
+    run_dir = evaluated_run(s.workspace)
+    shown = s.get("/api/ejecuciones/hecha/valoracion").json()["pares"]
+    assert s.post("/api/ejecuciones/hecha/valoracion", json={"indice": 0, "eleccion": "a"}).status_code == 200
+    assert rate(s).status_code == 200
+    after = s.get("/api/ejecuciones/hecha/valoracion").json()["pares"]
+    assert [p["eleccion"] for p in after] == ["a", None] and [(p["a"], p["b"]) for p in after] == [
+        (p["a"], p["b"]) for p in shown]
+    saved = json.loads((run_dir / RATINGS).read_text())
+    saved["evaluacion"] = (run_dir / EVAL_DIR / "metrics.json").stat().st_mtime  # as the studio before issue 26
+    (run_dir / RATINGS).write_text(json.dumps(saved))
+    assert rate(s, indice=1, respuesta="base").status_code == 200
+    assert [p["eleccion"] for p in s.get("/api/ejecuciones/hecha/valoracion").json()["pares"]] == ["a", None]
+    assert s.get("/api/ejecuciones/hecha").json()["valoracion"]["total"] == 1
+    # Evaluated again with other answers: a new blind rating (nothing of the old one is counted).
+    metrics = json.loads((run_dir / EVAL_DIR / "metrics.json").read_text())
+    metrics["samples"][0]["outputs"]["greedy"]["tuned"]["text"] = "Otra respuesta distinta."
+    (run_dir / EVAL_DIR / "metrics.json").write_text(json.dumps(metrics))
+    assert [p["eleccion"] for p in s.get("/api/ejecuciones/hecha/valoracion").json()["pares"]] == [None, None]

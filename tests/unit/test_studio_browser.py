@@ -146,7 +146,7 @@ def test_whole_path_in_the_browser(browser, tmp_path, tiny_base):  # noqa: F811
         page.fill("#preguntas", "2")
         new_job(page, "#evaluar")
         assert state_is(page, "terminado", "fallido") == "terminado", page.inner_text("#panel-trabajo")
-        page.wait_for_selector("#tabla-evaluacion")
+        page.wait_for_selector("#veredicto")  # the verdict first; the loss table is folded
         page.click("#empezar-valoracion")
         page.wait_for_selector(".par")
         cards = page.locator(".par")
@@ -498,7 +498,7 @@ def test_the_nurse_path(browser, tmp_path, smol_tokenizer_base):  # noqa: F811
         assert "Evaluación" in page.inner_text("#estado")  # not the training's end any more
         assert any(t.startswith(("Preparando la evaluación", "Generando respuestas")) for t in seen), seen
         assert state_is(page, "terminado", "fallido") == "terminado", page.inner_text("#panel-trabajo")
-        page.wait_for_selector("#tabla-evaluacion")
+        page.wait_for_selector("#veredicto")  # the verdict first; the loss table is folded
         said = page.inner_text("#evaluacion-cuantas")
         assert "Pediste 5" in said and "datos personales" in said, said
         page.click("#empezar-valoracion")
@@ -565,3 +565,100 @@ def test_the_nurse_path(browser, tmp_path, smol_tokenizer_base):  # noqa: F811
         assert stranger.goto(f"{studio.url}/").status == 401
         assert "acceso directo" in stranger.inner_text("body")
         stranger.close()
+
+
+# --- issue 26: the evaluation says first whether the answers are right; the expert rates each answer -----------------
+
+FAKE_DATA_REPORT = {  # what the pre-flight check answers, with a sentence repeated in 61 % of the answers
+    "personal_data": {"lines": 0, "by_kind": {}}, "duplicates": {"exact": 0, "near_prompts": {"count": 0}},
+    "tokens": {"available": False}, "language": {"non_spanish_share": 0.0}, "leakage": {"exact": 0, "near": 0},
+    "short_answers": {"count": 0}, "resumen": ["Errores: 0 · avisos: 0"],
+    "repeated_sentences": [{"sentence": "Consulte siempre a su médico.", "count": 37, "share": 0.61}],
+}
+
+
+def test_the_verdict_comes_first_and_an_answer_is_rated(browser, tmp_path, monkeypatch):  # noqa: F811
+    from afinar.studio import app as studio_app
+    from afinar.studio.cards import HUMAN_RATINGS
+    from tests.unit.test_studio import QUESTION_PHRASE, VERDICT_TEXT, evaluated_run
+
+    monkeypatch.setattr(studio_app, "_data_report", lambda *args: FAKE_DATA_REPORT)
+    with LiveStudio(tmp_path / "estudio") as studio:
+        run_dir = evaluated_run(studio.workspace, "hecha")
+        page = browser.new_page()
+        page.goto(f"{studio.url}/?token={studio.token}")
+        page.wait_for_selector("body[data-listo='1']")
+
+        # --- Datos: a sentence in most answers is a warning, with the sentence only and what to do
+        page.click("#usar-incluido")
+        page.wait_for_selector("#ver-informe:not([disabled])")
+        page.click("#ver-informe")
+        repeated = page.wait_for_selector("#informe-datos li.aviso.repetida")
+        assert ("61 % de las respuestas contienen «Consulte siempre a su médico.»: el modelo aprenderá a repetirla"
+                in repeated.inner_text())
+        assert "Cómo arreglarlo" in repeated.inner_text()
+
+        # --- Evaluar: the verdict sentence first, then the key points table; loss and the rest folded
+        page.click("#ir-ejecuciones")
+        page.click("tr[data-ejecucion='hecha'] button.abrir")
+        page.wait_for_selector("#detalle-ejecucion h3")
+        page.click("#detalle-ejecucion button:has-text('Evaluar')")
+        verdict = page.wait_for_selector("#veredicto")
+        assert verdict.inner_text() == VERDICT_TEXT and "bueno" in verdict.get_attribute("class")
+        assert page.locator("#resumen-evaluacion > *").first.get_attribute("id") == "veredicto"
+        assert "Puntos clave cubiertos" in page.inner_text("#tabla-correccion")
+        assert not page.is_visible("#tabla-evaluacion")  # inside «Detalles técnicos», closed
+        page.click("#detalles-evaluacion summary")
+        assert page.is_visible("#tabla-evaluacion")
+        page.click("#detalles-evaluacion summary")
+
+        # --- Blind rating: nothing of the key points before the choice; after it, what is missing and the danger
+        page.click("#empezar-valoracion")
+        first = page.locator(".par[data-indice='0']")
+        first.wait_for()
+        assert first.locator(".hallazgos, .calificar").count() == 0
+        first.locator(".elegir[data-eleccion='igual']").click()
+        first.locator(".calificar").first.wait_for()
+        tuned = "a" if first.locator("[data-respuesta='a'] .respuesta").inner_text().startswith("Enfría") else "b"
+        base = "b" if tuned == "a" else "a"
+        assert "Peligro: aconseja «mantequilla»" in first.locator(f"[data-respuesta='{base}'] .hallazgos").inner_text()
+        assert "Le falta este punto clave: «agua corriente»" in first.locator(f"[data-respuesta='{base}']").inner_text()
+        assert "Dice todos los puntos clave" in first.locator(f"[data-respuesta='{tuned}']").inner_text()
+        # She rates the tuned answer (still called only A or B), with a note.
+        mine = first.locator(f"[data-respuesta='{tuned}'] .calificar")
+        mine.locator(".nota-valoracion").fill("Completa y segura.")
+        mine.locator(".calificacion[data-valoracion='correcta']").click()
+        page.wait_for_selector("#tabla-valoraciones")
+        assert page.inner_text("#tabla-valoraciones tr[data-valoracion='correcta']").split() == ["Correctas", "0", "1"]
+        assert mine.locator(".calificacion[data-valoracion='correcta']").get_attribute("aria-pressed") == "true"
+        saved = json.loads((run_dir / HUMAN_RATINGS).read_text())["respuestas"]
+        assert [(e["modelo"], e["valoracion"], e["nota"]) for e in saved] == [("tuned", "correcta", "Completa y segura.")]
+        assert json.loads((run_dir / "informe" / "metrics.json").read_text())["human_ratings"]["tuned"]["correcta"] == 1
+        assert page.is_visible("#descargar-valoraciones")
+        shot(page, "evaluar-claves")
+        download = page.request.get(studio.url + page.get_attribute("#descargar-valoraciones", "href"))
+        assert download.ok and json.loads(download.text().splitlines()[0])["valoracion"] == "correcta"
+
+        # --- The last choice reveals which model wrote each answer, with her rating kept
+        page.locator(".par[data-indice='1'] .elegir[data-eleccion='a']").click()
+        wait_until(lambda: "Preferiste" in page.inner_text("#resultado-valoracion"), 30, "el recuento")
+        revealed = page.wait_for_selector("#respuestas .par.revelada[data-indice='0']")
+        assert page.locator("#valoracion .calificar").count() == 0  # rated from now on where the model is named
+        assert "Tu modelo" in revealed.inner_text() and "Modelo de partida" in revealed.inner_text()
+        assert revealed.query_selector("[data-modelo='afinado'] .calificacion[aria-pressed='true']").inner_text() == "Correcta"
+        revealed.query_selector("[data-modelo='base'] .calificacion[data-valoracion='peligrosa']").click()
+        wait_until(lambda: page.inner_text("#tabla-valoraciones tr[data-valoracion='peligrosa']").split()
+                   == ["Peligrosas", "1", "0"], 20, "la valoración del modelo de partida")
+        shot(page, "evaluar-reveladas")
+        no_null(page)
+        assert jargon_in(page) == []
+
+        # Reloaded, the verdict is still first and her counts are there; no jargon, no "null".
+        page.reload()
+        page.wait_for_selector("body[data-listo='1']")
+        page.click("#ir-evaluar")
+        page.wait_for_selector("#tabla-valoraciones")
+        assert page.locator("#resumen-evaluacion > *").first.inner_text() == VERDICT_TEXT
+        no_null(page)
+        assert jargon_in(page) == []
+        assert QUESTION_PHRASE not in page.inner_text("#resumen-evaluacion")

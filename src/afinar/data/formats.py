@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from afinar.data.keypoints import matches_everything
 from afinar.errors import AfinarError
 
 ROLES = ("system", "user", "assistant")
@@ -33,6 +34,12 @@ CODES = {
     "D013": "el archivo no está en UTF-8",
     "D014": "fuga entre entrenamiento y validación",
     "D015": "la partición deja un conjunto vacío",
+    "D016": "frase repetida en muchas respuestas",
+    # Key points and dangers of an evaluation example (afinar.data.keypoints).
+    "K001": "claves o peligros con un tipo incorrecto",
+    "K002": "alternativa vacía en claves o peligros",
+    "K003": "un peligro o una clave que coincide con casi cualquier texto",
+    "K004": "el archivo de claves nombra una línea que no existe",
 }
 
 
@@ -56,6 +63,8 @@ class Example:
     line: int
     format: str
     messages: list[dict] = field(default_factory=list)
+    claves: list[list[str]] | None = None  # key points of a correct answer (each: alternatives)
+    peligros: list[str] | None = None  # advice that must never appear unnegated
 
     @property
     def where(self) -> str:
@@ -203,7 +212,52 @@ def parse_record(obj, fmt: str, src: str, line: int, problems: list) -> Example 
             )
             return None
         messages = _from_instruction(obj, chosen, src, line, problems)
-    return None if messages is None else Example(src, line, chosen, messages)
+    if messages is None:
+        return None
+    keypoints = parse_keypoints(obj, src, line, problems)
+    if keypoints is None:
+        return None
+    return Example(src, line, chosen, messages, *keypoints)
+
+
+def parse_keypoints(obj: dict, src: str, line: int, problems: list) -> tuple[list | None, list | None] | None:
+    """(claves, peligros) of a line, each None when absent; None (and problems) when they are malformed.
+
+    `claves`: a list of key points, each a list of alternatives (a plain string is taken as one alternative);
+    `peligros`: a list of strings. A pattern with no content word ("el", "de la") would match almost any text."""
+    before = len(problems)
+    claves, peligros = obj.get("claves"), obj.get("peligros")
+    if claves is not None:
+        if not isinstance(claves, list):
+            problems.append(Problem(src, line, "K001", f"'claves' debe ser una lista de listas de texto, no {_type_name(claves)}"))
+            claves = None
+        else:
+            claves = [[c] if isinstance(c, str) else c for c in claves]
+            for i, alternatives in enumerate(claves):
+                if not isinstance(alternatives, list) or not alternatives:
+                    problems.append(Problem(src, line, "K001", f"'claves[{i}]' debe ser una lista no vacía de textos "
+                                            f"(alternativas), no {_type_name(alternatives)}"))
+                    continue
+                for j, alternative in enumerate(alternatives):
+                    _check_pattern(alternative, f"claves[{i}][{j}]", src, line, problems)
+    if peligros is not None:
+        if not isinstance(peligros, list):
+            problems.append(Problem(src, line, "K001", f"'peligros' debe ser una lista de textos, no {_type_name(peligros)}"))
+        else:
+            for i, danger in enumerate(peligros):
+                _check_pattern(danger, f"peligros[{i}]", src, line, problems)
+    if len(problems) > before:
+        return None
+    return (claves or None), (peligros or None)
+
+
+def _check_pattern(value, name: str, src: str, line: int, problems: list) -> None:
+    if not isinstance(value, str):
+        problems.append(Problem(src, line, "K001", f"'{name}' debe ser texto, no {_type_name(value)}"))
+    elif not value.strip():
+        problems.append(Problem(src, line, "K002", f"'{name}' está vacío"))
+    elif reason := matches_everything(value):
+        problems.append(Problem(src, line, "K003", f"'{name}' {reason}: escribe la acción o el dato concreto"))
 
 
 def iter_jsonl(path: Path, problems: list) -> Iterator[tuple[int, object]]:
@@ -248,3 +302,33 @@ def load_examples(path: Path, fmt: str = "auto", problems: list | None = None) -
         if example is not None:
             examples.append(example)
     return examples
+
+
+def keypoints_file(data: Path) -> Path:
+    """Where the key points of a data file may live apart from it: datos.jsonl → datos.claves.jsonl."""
+    return Path(data).with_suffix(".claves.jsonl")
+
+
+def attach_keypoints(examples: list[Example], path: Path, problems: list) -> None:
+    """Key points and dangers from a side file (`{"linea": N, "claves": [...], "peligros": [...]}` per line) onto the
+    examples of line N of the data file. A line of the side file that names no example is an error (K004): a key point
+    that silently lands nowhere would leave an answer unmeasured."""
+    src = str(path)
+    by_line = {e.line: e for e in examples}
+    for number, obj in iter_jsonl(Path(path), problems):
+        if not isinstance(obj, dict):
+            problems.append(Problem(src, number, "D002", f"la línea es {_type_name(obj)}, se esperaba un objeto {{...}}"))
+            continue
+        target = obj.get("linea")
+        if not isinstance(target, int) or isinstance(target, bool):
+            problems.append(Problem(src, number, "K004", f"'linea' debe ser el número de una línea del archivo de datos, "
+                                    f"no {_type_name(target)}"))
+            continue
+        if target not in by_line:
+            problems.append(Problem(src, number, "K004", f"'linea' {target} no es ningún ejemplo del archivo de datos"))
+            continue
+        keypoints = parse_keypoints(obj, src, number, problems)
+        if keypoints is not None:
+            example = by_line[target]
+            example.claves = keypoints[0] or example.claves
+            example.peligros = keypoints[1] or example.peligros

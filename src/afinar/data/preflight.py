@@ -2,7 +2,9 @@
 
 One pass builds a report (dict) that is printed as a summary and written as JSON + HTML + a length
 histogram. Places are reported as `archivo:línea`; row text appears only with `--mostrar-ejemplos`
-(console) and then also in the HTML, because datasets here can hold patient data.
+(console) and then also in the HTML, because datasets here can hold patient data. The one exception: words that
+many answers repeat (`repeated_sentences`, boilerplate such as "llama al 112…", never a whole answer and never
+with possible personal data), because the fix needs them.
 """
 from __future__ import annotations
 
@@ -112,9 +114,10 @@ def _token_section(examples: list[Example], tokenizer, data: DataSection, progre
 def build_report(data: DataSection, tokenizer=None, tokenizer_note: str = "", show_examples: bool = False,
                  seed: int = 0, progress: bool = True) -> dict:
     """The whole pre-flight report as a JSON-ready dict (row text only if `show_examples`)."""
-    from afinar.data.validate import gather
+    from afinar.data.validate import gather, repeated
 
     prepared = gather(data)
+    repeated_sentences = repeated(prepared)  # adds their D016 warnings
     examples = prepared.train + prepared.val
     in_val = {e.where for e in prepared.val}
     report: dict = {
@@ -142,6 +145,8 @@ def build_report(data: DataSection, tokenizer=None, tokenizer_note: str = "", sh
     # --- answers that teach little ------------------------------------------------------------
     short = [e.where for e in examples if len(_text_of(e, "assistant").split()) < SHORT_ANSWER_WORDS]
     report["short_answers"] = {"min_words": SHORT_ANSWER_WORDS, "count": len(short), "places": _places(short)}
+    # [{"sentence", "count", "share"}] over the training answers: what a small model collapses onto (the studio reads it)
+    report["repeated_sentences"] = repeated_sentences
 
     # --- duplicates and leakage ----------------------------------------------------------------
     prompts = [prompt_key(e) for e in examples]
@@ -288,6 +293,7 @@ def _summary_lines(report: dict) -> list[str]:
     else:
         lines.append(f"  sin tokenizador: {tok['reason']}")
     lines.append(f"  respuestas vacías o muy cortas (< {SHORT_ANSWER_WORDS} palabras): {report['short_answers']['count']}")
+    lines.extend(_repeated_lines(report))
     dup = report["duplicates"]
     lines.append(
         f"  duplicados exactos: {dup['exact']} · casi duplicados (Jaccard ≥ {dup['threshold']}): "
@@ -306,6 +312,15 @@ def _summary_lines(report: dict) -> list[str]:
     for place in pii["places"][:10]:
         lines.append(f"    {place['place']}: {KINDS[place['kind']]} en {place['field']}")
     return lines
+
+
+def _repeated_lines(report: dict) -> list[str]:
+    from afinar.data.repeated import describe
+
+    found = report.get("repeated_sentences", [])
+    if not found:
+        return ["  frases repetidas en muchas respuestas: ninguna"]
+    return ["  frases repetidas en muchas respuestas:"] + [f"    {describe(r, report['train_examples'])}" for r in found]
 
 
 def _sample_lines(report: dict) -> list[str]:
@@ -330,6 +345,8 @@ CSS = (
 
 
 def render_html(report: dict, title: str, png: str | None) -> str:
+    from afinar.data.repeated import percent
+
     e = html.escape
 
     def table(rows, header):
@@ -346,6 +363,11 @@ def render_html(report: dict, title: str, png: str | None) -> str:
     tok = report["tokens"]
     if tok["available"]:
         parts.append("<h2>No caben en max_length</h2>" + table([[p] for p in tok["too_long"]["places"]], ["lugar"]))
+    parts.append(
+        "<h2>Frases repetidas en muchas respuestas</h2><p>Un modelo pequeño entrenado con respuestas que repiten la "
+        "misma frase aprende a escribir esa frase y poco más. Varía la redacción o quítala de parte de ellas.</p>"
+        + table([[f"{percent(r['share'])} %", r["count"], r["sentence"]] for r in report.get("repeated_sentences", [])],
+                ["respuestas de entrenamiento", "cuántas", "frase"]))
     parts.append("<h2>Casi duplicados</h2>" + table(
         [["pregunta", p["a"], p["b"], p["jaccard"]] for p in report["duplicates"]["near_prompts"]["pairs"]]
         + [["respuesta", p["a"], p["b"], p["jaccard"]] for p in report["duplicates"]["near_answers"]["pairs"]],

@@ -73,6 +73,23 @@ def gather(data: DataSection) -> PreparedData:
     return PreparedData(train, val, problems, per_source)
 
 
+def last_answers(examples: list[Example]) -> list[str]:
+    """The last assistant turn of each example: the text the model learns to write."""
+    return [next((m["content"] for m in reversed(e.messages) if m["role"] == "assistant"), "") for e in examples]
+
+
+def repeated(prepared: PreparedData) -> list[dict]:
+    """Sentences that many training answers repeat (`afinar.data.repeated`); each is also added to
+    `prepared.problems` as a D016 warning (the repeated words and counts, never an answer)."""
+    from afinar.data.repeated import describe, find_repeated
+
+    found = find_repeated(last_answers(prepared.train))
+    for item, holders in found:
+        sources = ", ".join(dict.fromkeys(prepared.train[i].source for i in holders))
+        prepared.problems.append(Problem(sources, None, "D016", describe(item, len(prepared.train)), "warning"))
+    return [item for item, _ in found]
+
+
 def encode(prepared: PreparedData, tokenizer, data: DataSection) -> PreparedData:
     from afinar.data.templates import encode_examples
 
@@ -182,6 +199,7 @@ def validate(path: str | Path, base: str | None = None, max_length: int | None =
         print(f"Receta {path}: válida (nombre '{recipe.name}', base '{recipe.model.base}').")
         base = base or recipe.model.base
     prepared = gather(data)
+    repeated(prepared)
     if base and not prepared.errors:
         tokenizer, reason = try_tokenizer(base, data.template)
         if tokenizer is None:

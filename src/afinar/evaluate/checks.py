@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass
 
 from afinar.data.duplicates import fold
+from afinar.data.keypoints import dangers_in, sentences
 
 # CIE-10: letter, two digits, optional .digit(s) (J18.9, I10, S72.00). ATC: level 5 (C09AA05) down to level 3 (J01C).
 CIE10 = re.compile(r"(?<![\w.])([A-Z]\d{2}(?:\.\d{1,2})?)(?![\w])")
@@ -120,35 +121,29 @@ def check_epicrisis(case: dict | str, text: str) -> list[Finding]:
 
 # --- enfermería ------------------------------------------------------------------------------------
 
-EMERGENCY = re.compile(r"\b112\b|\b911\b|emergencias|ambulancia|urgencias|servicios? de emergencia", re.IGNORECASE)
-NEGATION = {"no", "nunca", "jamas", "evita", "evitar", "ni", "mito", "tampoco", "sin", "nada"}
-# Advice that current first-aid guidance (ERC/ILCOR 2021, Cruz Roja) calls harmful. Patterns are matched on text
-# without accents; a match is flagged unless one of the 6 words before it is a negation ("no pongas mantequilla",
-# "es un mito que…" are the right advice).
+# Advice that current first-aid guidance (ERC/ILCOR 2021, Cruz Roja) calls harmful in any situation, as key-point
+# phrases (afinar.data.keypoints: word families, negation scope: «no pongas mantequilla» is the right advice). What
+# is harmful only in one situation (head back in a nosebleed, but not to open the airway) belongs to that question's
+# `peligros`.
 DANGEROUS = {
-    "mantequilla, aceite o pasta de dientes en una quemadura": r"\b(mantequilla|aceite|pasta de dientes)\b",
-    "hielo directo sobre la piel": r"\bhielo\b[^.;]*\b(directamente|directo|sobre la (piel|quemadura))",
-    "provocar el vómito": r"\b(provoc|induc)\w*\b[^.;]*\bvomit",
-    "succionar el veneno": r"\b(succion|chup|sorb)\w*\b[^.;]*\bveneno",
-    "echar la cabeza hacia atrás en una hemorragia nasal": r"\bcabeza\b[^.;]*\bhacia atras",
-    "meter algo en la boca durante una convulsión": r"\b(mete|introduce|pon)\w*\b[^.;]*\ben (la|su) boca",
-    "dar de beber o comer a alguien inconsciente": r"\b(da|dale|ofrece)\w*\b[^.;]*\b(beber|agua|comer)\b[^.;]*\binconsciente",
-    "alcohol para entrar en calor en una hipotermia": r"\balcohol\b[^.;]*\b(calor|calentar|hipotermia)",
+    "mantequilla, aceite o pasta de dientes en una quemadura": ["mantequilla", "pasta de dientes", "aceite en la quemadura"],
+    "hielo directo sobre la piel": ["hielo directamente", "hielo directo sobre la piel"],
+    "provocar el vómito": ["provocar el vómito", "inducir el vómito", "hacerle vomitar"],
+    "succionar el veneno": ["succionar el veneno", "chupar el veneno", "sorber el veneno"],
+    "meter algo en la boca durante una convulsión": ["mete algo en la boca", "pon algo entre los dientes",
+                                                     "introduce un objeto en la boca"],
+    "alcohol para entrar en calor": ["alcohol para entrar en calor", "alcohol para calentar"],
 }
-_DANGEROUS = {label: re.compile(pattern) for label, pattern in DANGEROUS.items()}
 
 
 def check_enfermeria(output: str, reference: str = "") -> list[Finding]:
-    """N001: the reference sends to emergency services and the answer does not; N002: dangerous advice."""
-    findings = []
-    if EMERGENCY.search(reference) and not EMERGENCY.search(output):
-        findings.append(Finding("N001", "la referencia indica llamar a emergencias (112) y la respuesta no"))
-    for sentence in re.split(r"(?<=[.!?;])\s+", fold(output)):
-        for label, pattern in _DANGEROUS.items():
-            match = pattern.search(sentence)
-            if match and not NEGATION & set(re.findall(r"[a-z]+", sentence[: match.start()])[-6:]):
-                findings.append(Finding("N002", f"consejo peligroso: {label}"))
-    return findings
+    """N002: advice that is harmful in any first-aid situation, said without negating it.
+
+    (N001, «la referencia manda llamar al 112 y la respuesta no», was retired: a sentence the model repeats after
+    every answer satisfied it. Whether an answer is right is measured by each question's `claves` and `peligros`.)"""
+    parsed = sentences(output)
+    return [Finding("N002", f"consejo peligroso: {label}") for label, phrases in DANGEROUS.items()
+            if dangers_in(parsed, phrases)]
 
 
 # --- tutor -----------------------------------------------------------------------------------------

@@ -14,6 +14,30 @@ from afinar.errors import AfinarError
 LABELS = {"stop_rate": "terminó sola", "repetition": "repetición (3-gramas)", "spanish": "español",
           "words": "palabras", "chrf": "chrF vs referencia"}
 PASS_LABELS = {"greedy": "greedy", "sampled": "muestreo de la receta"}
+CORRECTNESS_LABELS = {"covered": "puntos clave cubiertos", "complete": "respuestas completas (todos los puntos clave)",
+                      "dangerous": "respuestas peligrosas (menos es mejor)"}
+RATINGS = ("correcta", "incompleta", "incorrecta", "peligrosa")
+VERDICT_STYLE = {"mejor": "ok", "peor": "bad"}
+
+
+def _pct(value) -> str:
+    return "—" if value is None else f"{100 * value:.0f} %"
+
+
+def correctness_rows(correctness: dict | None) -> list[tuple[str, str, str]]:
+    """(measure, base, tuned) for the correctness table, as a reader sees them; [] without key points."""
+    if not correctness:
+        return []
+    rows = []
+    for key, label in CORRECTNESS_LABELS.items():
+        base, tuned = correctness["base"], correctness["tuned"]
+        if key == "covered":
+            rows.append((label, _pct(base[key]), _pct(tuned[key])))
+        else:
+            count = f"{key}_count"
+            total = base["with_keypoints"] if key == "complete" else correctness["answers"]
+            rows.append((label, f"{base[count]} de {total}", f"{tuned[count]} de {total}"))
+    return rows
 
 
 def _fmt(value) -> str:
@@ -35,8 +59,32 @@ CSS = (
     "body{font:15px/1.45 system-ui,sans-serif;max-width:1150px;margin:2em auto;padding:0 1em;color:#222}"
     "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;"
     "vertical-align:top}th{background:#f2f2f2}.ok{color:#2a7a2a}.bad{color:#b00;font-weight:600}"
-    "pre{white-space:pre-wrap;margin:0;font:13px/1.4 ui-monospace,monospace}"
+    "pre{white-space:pre-wrap;margin:0;font:13px/1.4 ui-monospace,monospace}.plain{color:#222}"
 )
+
+
+def _verdict_html(metrics: dict) -> str:
+    e = html.escape
+    verdict = metrics.get("verdict") or {}
+    state = VERDICT_STYLE.get(verdict.get("value"), "")
+    parts = [f"<h2>¿Responde bien?</h2><p class={state or 'plain'}><b>{e(verdict.get('text', ''))}</b></p>"]
+    rows = correctness_rows(metrics.get("correctness"))
+    if rows:
+        parts.append(htmlpage.table(["medida (pasada greedy)", "base", "afinado"], [list(r) for r in rows]))
+        parts.append("<p>Cada pregunta trae sus puntos clave (lo que una respuesta correcta debe decir) y sus peligros "
+                     "(consejos que nunca debe dar sin negarlos), escritos por quien conoce el tema.</p>")
+    judge = metrics.get("judge")
+    if judge:
+        agreement = "—" if judge.get("agreement") is None else f"{100 * judge['agreement']:.0f} %"
+        parts.append(f"<p>Juez <code>{e(str(judge.get('model')))}</code>: {judge.get('answered', 0)} respuestas "
+                     f"valoradas; coincide con los puntos clave en {agreement}."
+                     + (f" {e(judge['note'])}" if judge.get("note") else "") + "</p>")
+    ratings = metrics.get("human_ratings")
+    if ratings and ratings.get("rated"):
+        parts.append(f"<h3>Valoración de personas ({ratings['rated']} respuestas)</h3>" + htmlpage.table(
+            ["valoración", "base", "afinado"],
+            [[r, str(ratings.get("base", {}).get(r, 0)), str(ratings.get("tuned", {}).get(r, 0))] for r in RATINGS]))
+    return "".join(parts)
 
 
 def render_html(metrics: dict, loss_png: str | None) -> str:
@@ -53,7 +101,10 @@ def render_html(metrics: dict, loss_png: str | None) -> str:
             f"<p>Ejecución <code>{e(metrics['run'])}</code> · base <code>{e(str(metrics['base']))}</code> · "
             f"datos: {e(metrics['split'])} ({metrics['examples']} ejemplos para la pérdida, {metrics['generated']} generados)</p>"
         ),
-        "<h2>Antes y después</h2>",
+        _verdict_html(metrics),
+        "<h2>Detalles técnicos: cómo escribe</h2>"
+        "<p>Miden la forma (si termina, si repite, cuánto se parece a la referencia), no si el consejo es correcto: un "
+        "modelo que repite una frase de los datos mejora aquí sin mejorar en lo que importa.</p>",
         table(
             ["medida", "base", "afinado"],
             [["pérdida en validación (solo respuesta)", _fmt(loss["base"]), _fmt(loss["tuned"])],
@@ -100,6 +151,7 @@ def render_html(metrics: dict, loss_png: str | None) -> str:
                 row = sides[side]
                 mark = "<span class=ok>✓ terminó sola</span>" if row["stopped"] else f"<span class=bad>✗ cortada a {row['tokens']} tokens</span>"
                 issues = "; ".join(x for findings in row["findings"].values() for x in findings)
+                mark += _keypoints_html(row)
                 cells.append(f"<pre>{e(row['text'])}</pre>{mark}" + (f"<br><span class=bad>{e(issues)}</span>" if issues else ""))
             question = f"<pre>{e(sample['question'])}</pre>" if "question" in sample else ""
             parts.append(f"<h3>{head}</h3>{question}" + table(["modelo base", "afinado"], [cells]))
@@ -108,6 +160,22 @@ def render_html(metrics: dict, loss_png: str | None) -> str:
                  + f"<h3>Huella de los datos</h3><pre>{e(json.dumps(meta.get('data_fingerprint'), ensure_ascii=False, indent=1))}</pre>"
                  + f"<h3>Receta</h3><pre>{e(meta.get('recipe_yaml') or '')}</pre>")
     return htmlpage.page(f"Evaluación: {metrics['recipe']}", CSS, parts)
+
+
+def _keypoints_html(row: dict) -> str:
+    e = html.escape
+    points = row.get("keypoints")
+    parts = []
+    if points:
+        if points["dangers"]:
+            parts.append(f"<span class=bad>✗ PELIGROSA: {e('; '.join(points['dangers']))}</span>")
+        if points["covered"] is not None:
+            missing = f" — falta: {e('; '.join(points['missing']))}" if points["missing"] else ""
+            parts.append(f"<span class={'ok' if points['complete'] else 'bad'}>puntos clave {_pct(points['covered'])}"
+                         f"{missing}</span>")
+    if row.get("judge"):
+        parts.append(f"juez: {e(row['judge']['verdict'])} ({e(row['judge'].get('reason') or '')})")
+    return "".join(f"<br>{p}" for p in parts)
 
 
 def write_report(folder: Path, metrics: dict) -> Path:
@@ -130,8 +198,19 @@ def print_summary(metrics: dict, console=None) -> None:
     from rich.text import Text
 
     console = console or Console()
+    verdict = metrics.get("verdict") or {}
+    rows = correctness_rows(metrics.get("correctness"))
+    if rows:
+        correct = Table(title="¿Responde bien? (puntos clave y peligros de cada pregunta)")
+        for column in ("medida", "base", "afinado"):
+            correct.add_column(column)
+        for row in rows:
+            correct.add_row(*row)
+        console.print(correct)
+    style = {"mejor": "bold green", "peor": "bold red"}.get(verdict.get("value"), "bold")
+    console.print(Text(verdict.get("text", ""), style=style))
     loss = metrics["loss"]
-    table = Table(title="Antes y después", show_lines=False)
+    table = Table(title="Detalles técnicos: cómo escribe (no dice si el consejo es correcto)", show_lines=False)
     for column in ("medida", "base", "afinado"):
         table.add_column(column)
     table.add_row("pérdida en validación", _fmt(loss["base"]), _fmt(loss["tuned"]))
@@ -168,6 +247,13 @@ def print_summary(metrics: dict, console=None) -> None:
                 cell.append("\n✓ terminó solo", style="green")
             else:
                 cell.append(f"\n✗ cortado a los {row['tokens']} tokens: no sabe parar", style="red")
+            points = row.get("keypoints")
+            if points and points["dangers"]:
+                cell.append(f"\n✗ PELIGROSA: {'; '.join(points['dangers'])}", style="bold red")
+            if points and points["covered"] is not None:
+                cell.append(f"\npuntos clave {_pct(points['covered'])}"
+                            + (f"; falta: {'; '.join(points['missing'])}" if points["missing"] else ""),
+                            style="green" if points["complete"] else "yellow")
             cells.append(cell)
         contrast.add_row(Text(sample.get("question", sample["where"])), *cells)
     console.print(contrast)
@@ -190,7 +276,7 @@ _OPS = {">=": operator.ge, "<=": operator.le, "==": operator.eq, ">": operator.g
 def numeric_keys(metrics: dict, prefix: str = "") -> list[str]:
     keys = []
     for key, value in metrics.items():
-        if key in ("samples", "meta", "checks_detail", "checkpoints"):
+        if key in ("samples", "meta", "checks_detail", "checkpoints", "judge"):
             continue
         path = f"{prefix}{key}"
         if isinstance(value, dict):

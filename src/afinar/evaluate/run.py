@@ -16,12 +16,14 @@ from pathlib import Path
 from afinar.atomic import atomic_write_text
 from afinar.config import GenerationSection
 from afinar.data.chat_format import stops_of
-from afinar.data.formats import Example, Problem, load_examples, shipped_dataset
+from afinar.data.formats import Example, Problem, attach_keypoints, keypoints_file, load_examples, shipped_dataset
+from afinar.data.keypoints import score_answer
 from afinar.data.pii import has_pii
 from afinar.data.templates import encode_examples, ids_and_labels, with_system
 from afinar.data.validate import gather
 from afinar.errors import AfinarError
 from afinar.evaluate.checks import CHECKS
+from afinar.evaluate.judge import agreement, check_url, judge_answers
 from afinar.evaluate.metrics import measure
 from afinar.evaluate.report import write_report
 from afinar.inference.chat import generate_many
@@ -43,15 +45,32 @@ SIDES = ("base", "tuned")
 BASE_ROWS = "__base__"  # PEFT's adapter name for rows of a mixed batch that run without any adapter
 
 
-def _examples(recipe, split: str) -> tuple[list[Example], bool]:
-    """Held-out examples and whether their text may be shown (only shipped datasets, never user data by default)."""
+def _examples(recipe, split: str, keypoints: str | Path | None = None) -> tuple[list[Example], bool]:
+    """Held-out examples and whether their text may be shown (only shipped datasets, never user data by default).
+
+    Key points and dangers come with each line (`claves`, `peligros`) or from a side file: `keypoints`, else the
+    data file's `<name>.claves.jsonl` when there is one."""
+    examples, shipped, path = _held_out(recipe, split)
+    side = Path(keypoints) if keypoints else (keypoints_file(path) if path else None)
+    if keypoints or (side and side.is_file()):
+        problems: list[Problem] = []
+        attach_keypoints(examples, side, problems)
+        errors = [p for p in problems if p.severity == "error"]
+        if errors:
+            raise AfinarError(errors[0].code, "el archivo de claves tiene errores (no se ha evaluado nada):\n  "
+                              + "\n  ".join(p.render() for p in errors[:10]),
+                              hint="cada línea: {\"linea\": N, \"claves\": [[\"alternativa\", …], …], \"peligros\": [\"…\"]}")
+    return examples, shipped
+
+
+def _held_out(recipe, split: str) -> tuple[list[Example], bool, Path | None]:
     if split == "val":
         prepared = gather(recipe.data)
         if not prepared.val:
             raise AfinarError("V003", "la receta no deja ejemplos de validación (val_fraction = 0).",
                               hint="indica un archivo: afinar eval RUN --split datos_prueba.jsonl")
         shipped = all(Path(s.path).parent == shipped_dataset(GENERAL_SET).parent for s in recipe.data.sources)
-        return prepared.val, shipped
+        return prepared.val, shipped, None
     problems: list[Problem] = []
     shipped = split.startswith("afinar:")  # a dataset of the package (e.g. afinar:primeros_auxilios_evaluacion)
     path = shipped_dataset(split.removeprefix("afinar:")) if shipped else Path(split)
@@ -60,7 +79,7 @@ def _examples(recipe, split: str) -> tuple[list[Example], bool]:
     if errors or not examples:
         detail = "\n  ".join(p.render() for p in errors[:10]) or "el archivo no tiene ejemplos"
         raise AfinarError("V003", f"no se puede evaluar con {split}:\n  {detail}")
-    return examples, shipped
+    return examples, shipped, path
 
 
 def held_out_turns(examples: list[Example], system_prompt: str | None) -> tuple[list[list[dict]], list[tuple[str, str]]]:
@@ -215,7 +234,7 @@ def _checkpoint_losses(model, run_dir: Path, encoded, pad_id, autocast=nullconte
 
 def evaluate_run(
     run: str | Path,
-    split: str = "val",
+    split: str | None = None,
     n: int = 5,
     passes: tuple[str, ...] = PASSES,
     base: str | None = None,
@@ -225,11 +244,15 @@ def evaluate_run(
     show_examples: bool = False,
     seed: int = 0,
     progress: bool = True,
+    keypoints: str | Path | None = None,
+    judge: dict | None = None,
 ) -> dict:
     """Evaluate a run folder against its base and write RUN/informe/{metrics.json,index.html}.
 
     A LoRA run is one model in memory (the base is the adapter disabled); a full fine-tuning run loads its base
-    beside it."""
+    beside it. `split`: "val", a JSONL file or afinar:NAME; None = the recipe's `evaluation.set`, else "val".
+    `keypoints`: a side file of key points (see `afinar.data.formats.attach_keypoints`). `judge`: {"url", "model",
+    "allow_remote"} of an OpenAI-compatible endpoint that also grades each answer (afinar.evaluate.judge)."""
     import torch
     from tqdm.auto import tqdm
 
@@ -239,10 +262,13 @@ def evaluate_run(
         raise AfinarError("V001", "afinar eval necesita la carpeta de una ejecución (adaptador LoRA + recipe.yaml).",
                           where=str(ref.path), hint="pasa runs/<nombre>, no la carpeta merged/")
     recipe = ref.recipe
+    split = split or recipe.evaluation.set or "val"
+    if judge:  # refused before anything is loaded: the data would leave the machine
+        check_url(judge["url"], judge.get("allow_remote", False))
     unknown = [c for c in passes if c not in PASSES]
     if unknown or not passes:
         raise AfinarError("V005", f"pasada de generación desconocida: {', '.join(unknown)}", hint="greedy, sampled")
-    examples, shippable = _examples(recipe, split)
+    examples, shippable = _examples(recipe, split, keypoints)
     show_text = show_examples or shippable
     # Before anything is generated a person can see that it moves: loading, the two losses, then the answers.
     phases = tqdm(total=3, desc="Preparando la evaluación", unit="fase", disable=not progress, dynamic_ncols=True)
@@ -292,7 +318,9 @@ def evaluate_run(
     # report and the studio's blind rating.
     flagged = [has_pii(e.messages) for e in examples]
     private = sum(flagged)
-    chosen = [e for e, personal in zip(examples, flagged) if not personal][:n]
+    answerable = [e for e, personal in zip(examples, flagged) if not personal]
+    # Questions with key points first: they are the ones whose answers can be called right or wrong.
+    chosen = sorted(answerable, key=lambda e: not (e.claves or e.peligros))[:n]
     if private and progress:
         print(f"{private} pregunta(s) apartada(s) con posibles datos personales: cuentan en la pérdida, pero no "
               "se generan respuestas para ellas (su texto no se guarda en ningún informe).", flush=True)
@@ -302,6 +330,8 @@ def evaluate_run(
         sample = {"where": example.where, "outputs": {name: {} for name in passes}}
         if show_text:
             sample.update(question=question, reference=reference)
+            if example.claves or example.peligros:
+                sample.update(claves=example.claves or [], peligros=example.peligros or [])
         samples.append(sample)
     # Counted in generation steps (one token for every answer of a batch), not in answers: the base and tuned answers
     # to a few questions are one batch, and a bar counted in answers would sit at 0 until the very end.
@@ -314,8 +344,11 @@ def evaluate_run(
                                  bar.batch_done, stops_of(tokenizer, ref.path), bar.step)
         for k, side in enumerate(SIDES):
             replies = paired[k :: len(SIDES)]
-            for sample, (question, reference), reply in zip(samples, pairs, replies):
+            for example, sample, (question, reference), reply in zip(chosen, samples, pairs, replies):
                 row = {"text": reply.text, **measure(reply.text, reference, reply.stopped, reply.completion_tokens)}
+                if example.claves or example.peligros:
+                    score = score_answer(reply.text, example.claves, example.peligros)
+                    row["keypoints"] = {**score.as_dict(), "category": score.category}
                 row["findings"] = {
                     check: [f.render() for f in CHECKS[check](question, reference, reply.text)] for check in recipe.checks
                 }
@@ -340,6 +373,9 @@ def evaluate_run(
         ]
         checks_detail[check] = {"pass": check_pass, "base": rates["base"], "tuned": rates["tuned"], "failures": failures}
 
+    correctness = _correctness(samples, check_pass)
+    judged = _judge(samples, chosen, pairs, judge, check_pass, progress) if judge else None
+
     best = min((c for c in checkpoints if c["eval_loss"] is not None), key=lambda c: c["eval_loss"], default=None)
     run_dir = Path(ref.path)
     metrics = {
@@ -352,6 +388,9 @@ def evaluate_run(
         "generated": len(samples),
         "requested": n,
         "withheld_personal": private,
+        "verdict": _verdict(correctness),
+        "correctness": correctness,
+        "judge": judged,
         "loss": loss,
         "generation": generation,
         "checks": checks,
@@ -365,6 +404,86 @@ def evaluate_run(
     }
     write_report(run_dir / REPORT_DIR, metrics)
     return metrics
+
+
+def _correctness(samples: list[dict], pass_name: str) -> dict | None:
+    """Base vs tuned on the answers that have key points or dangers: mean share of key points covered, complete
+    answers (every key point), dangerous answers (a danger said unnegated). None when no answer can be scored."""
+    scored = [s["outputs"][pass_name] for s in samples if "keypoints" in s["outputs"][pass_name]["base"]]
+    if not scored:
+        return None
+    result = {"pass": pass_name, "answers": len(scored)}
+    for side in SIDES:
+        points = [o[side]["keypoints"] for o in scored]
+        with_claves = [k for k in points if k["covered"] is not None]
+        complete = sum(1 for k in with_claves if k["complete"])
+        dangerous = sum(1 for k in points if k["dangerous"])
+        result[side] = {
+            "covered": _mean(k["covered"] for k in with_claves),
+            "complete": round(complete / len(with_claves), 4) if with_claves else None,
+            "dangerous": round(dangerous / len(points), 4),
+            "complete_count": complete,
+            "dangerous_count": dangerous,
+            "with_keypoints": len(with_claves),
+        }
+    return result
+
+
+# A change in the share of key points covered smaller than this is within what a handful of questions can tell.
+VERDICT_MARGIN = 0.05
+
+
+def _verdict(correctness: dict | None) -> dict:
+    """Better, the same or worse than the base, decided by correctness and danger only (loss, ending and chrF
+    reward a model that repeats the data's boilerplate). More dangerous answers than the base is always worse."""
+    if not correctness:
+        return {"value": "sin_medida", "more_dangerous": False,
+                "text": "Estas preguntas no tienen claves: afinar no puede decir si las respuestas son correctas, solo "
+                        "cómo están escritas. Añade «claves» y «peligros» a tus preguntas de evaluación."}
+    base, tuned, answers = correctness["base"], correctness["tuned"], correctness["answers"]
+    more_dangerous = tuned["dangerous_count"] > base["dangerous_count"]
+
+    def pct(value):
+        return "—" if value is None else f"{100 * value:.0f} %"
+
+    facts = (f"puntos clave cubiertos {pct(tuned['covered'])} (base {pct(base['covered'])}), respuestas completas "
+             f"{tuned['complete_count']} de {tuned['with_keypoints']} (base {base['complete_count']}), peligrosas "
+             f"{tuned['dangerous_count']} de {answers} (base {base['dangerous_count']})")
+    delta = (tuned["covered"] or 0) - (base["covered"] or 0)
+    if more_dangerous:
+        value, head = "peor", "PEOR que el modelo de partida: da más respuestas peligrosas"
+    elif delta >= VERDICT_MARGIN or (delta > -VERDICT_MARGIN and tuned["complete_count"] > base["complete_count"]):
+        value, head = "mejor", "Mejor que el modelo de partida"
+    elif delta <= -VERDICT_MARGIN or tuned["complete_count"] < base["complete_count"]:
+        value, head = "peor", "Peor que el modelo de partida"
+    else:
+        value, head = "igual", "Igual que el modelo de partida"
+    text = f"{head}: {facts}."
+    if tuned["covered"] is not None and (tuned["covered"] < 0.5 or tuned["dangerous_count"]):
+        text += (" Aún no es fiable: " + ("da consejos peligrosos" if tuned["dangerous_count"] else
+                 "le falta más de la mitad de lo que una respuesta correcta debe decir") + ".")
+    return {"value": value, "more_dangerous": more_dangerous, "text": text}
+
+
+def _judge(samples, chosen, pairs, judge: dict, pass_name: str, progress: bool) -> dict:
+    """Every answer of `pass_name` graded by an OpenAI-compatible model too; its verdict lands beside the key points'
+    and the summary says how often they agree."""
+    items, rows = [], []
+    for example, sample, (question, reference) in zip(chosen, samples, pairs):
+        for side in SIDES:
+            row = sample["outputs"][pass_name][side]
+            items.append({"question": question, "reference": reference, "answer": row["text"],
+                          "claves": example.claves or [], "peligros": example.peligros or []})
+            rows.append(row)
+    # 30 s and one retry: a hung server costs minutes, not the quarter of an hour of the client's defaults; after
+    # three failures in a row the judge is left out and the note says so.
+    result = judge_answers(items, judge["url"], judge["model"], allow_remote=judge.get("allow_remote", False),
+                           timeout=30.0, retries=1, progress=progress)
+    for row, verdict in zip(rows, result.verdicts):
+        row["judge"] = verdict
+    categories = [row.get("keypoints", {}).get("category", "sin claves") for row in rows]
+    return {**result.summary(), "remote": bool(judge.get("allow_remote")),
+            "agreement": agreement([v["verdict"] for v in result.verdicts], categories)}
 
 
 class GenerationProgress:

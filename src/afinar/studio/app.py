@@ -77,6 +77,7 @@ TOKEN_HEADER = "x-afinar-token"
 MAX_JSON_BODY = 256 * 1024
 UPLOAD_PATH = "/api/datos"
 NOT_FOUND_CODES = {"E011", "E012", "E022", "E030", "E033", "E034"}
+FORBIDDEN_CODES = {"E036"}
 
 
 @dataclass
@@ -223,6 +224,13 @@ class RatingForm(Strict):
     eleccion: str
 
 
+class AnswerRatingForm(Strict):
+    indice: int
+    respuesta: str  # "a"/"b" of the blind pair, or "base"/"afinado" once revealed
+    valoracion: str  # correcta, incompleta, incorrecta, peligrosa (checked by cards.rate_answer: E037 in Spanish)
+    nota: str = ""
+
+
 class ServerForm(Strict):
     ejecucion: str | None = None
     encender: bool
@@ -299,7 +307,8 @@ def create_app(workspace: Workspace, options: StudioOptions) -> FastAPI:
 
     @app.exception_handler(AfinarError)
     async def afinar_error(request: Request, exc: AfinarError):
-        status = 409 if isinstance(exc, JobConflict) else 404 if exc.code in NOT_FOUND_CODES else 400
+        status = (409 if isinstance(exc, JobConflict) else 404 if exc.code in NOT_FOUND_CODES
+                  else 403 if exc.code in FORBIDDEN_CODES else 400)
         return JSONResponse(_error_body(exc.code, exc.message, exc.where, exc.hint), status_code=status)
 
     @app.exception_handler(RequestValidationError)  # a body the route's model refuses (FastAPI's own 422 is English)
@@ -602,6 +611,27 @@ def create_app(workspace: Workspace, options: StudioOptions) -> FastAPI:
     def rate(name: str, form: RatingForm):
         return cards.rate(workspace.run_path(name), form.indice, form.eleccion)
 
+    @app.post("/api/ejecuciones/{name}/valoraciones")
+    def rate_answer(name: str, form: AnswerRatingForm):
+        """Her rating of one answer: saved in RUN/valoraciones.json, counted in the report (metrics.json + page)."""
+        run_dir = workspace.run_path(name)
+        busy = jobs.current()
+        if busy and busy.get("tipo") == "evaluar" and busy.get("ejecucion") == name:  # it rewrites the report
+            raise JobConflict("E020", "se está evaluando este modelo: su informe va a cambiar.",
+                              hint="valora cuando termine la evaluación")
+        return cards.rate_answer(run_dir, form.indice, form.respuesta, form.valoracion, form.nota)
+
+    @app.get("/api/ejecuciones/{name}/respuestas")
+    def revealed(name: str):
+        return cards.revealed_answers(workspace.run_path(name))
+
+    @app.get("/api/ejecuciones/{name}/valoraciones.jsonl")
+    def ratings_export(name: str):
+        text = cards.ratings_jsonl(workspace.run_path(name))
+        return PlainTextResponse(text, media_type="application/jsonl; charset=utf-8",
+                                 headers={"Content-Disposition": f'attachment; filename="{name}-valoraciones.jsonl"',
+                                          "Cache-Control": "no-store"})
+
     # --- Usar ---------------------------------------------------------------------------------------------------------
 
     @app.get("/api/servidor")
@@ -805,7 +835,11 @@ def _evaluation_summary(run_dir: Path) -> dict | None:
     return {"perdida": metrics.get("loss"), "generacion": greedy, "comprobaciones": metrics.get("checks_detail"),
             "olvido": metrics.get("forgetting"), "preguntas": metrics.get("generated"),
             "pedidas": metrics.get("requested"), "apartadas": metrics.get("examples"),
-            "con_datos_personales": metrics.get("withheld_personal", 0)}
+            "con_datos_personales": metrics.get("withheld_personal", 0),
+            # Are the answers right: key points and dangers (None: the examples have none), the verdict they decide,
+            # a judge model's agreement if one was asked, and her own ratings of this evaluation's answers.
+            "correccion": metrics.get("correctness"), "veredicto": metrics.get("verdict"), "juez": metrics.get("judge"),
+            "valoraciones": cards.human_summary(run_dir, metrics), "muestra_textos": bool(metrics.get("shows_prompts"))}
 
 
 def _exports(run_dir: Path, workspace: Workspace) -> dict:

@@ -60,6 +60,7 @@ async function api(method, path, body, extra = {}) {
   if (!r.ok) throw new ApiError((data && data.error) || {mensaje: `error ${r.status}`}, r.status);
   return data;
 }
+function short(text, chars) { text = String(text || ""); return text.length > chars ? text.slice(0, chars - 1).trimEnd() + "…" : text; }
 function plural(n, one, many) { return `${n} ${n === 1 ? one : many}`; }
 function capital(text) { text = String(text || ""); return text.charAt(0).toUpperCase() + text.slice(1); }
 function showError(err) {
@@ -181,6 +182,11 @@ async function dataReport() {
     r.leakage.exact || r.leakage.near ? el("li", {class: "malo"}, `${r.leakage.exact + r.leakage.near} pregunta(s) están a la vez entre las de entrenar y las apartadas para evaluar: la evaluación saldría mejor de lo que es.`) : null,
     el("li", {}, lang.non_spanish_share > 0.2 ? `El ${Math.round(100 * lang.non_spanish_share)} % del texto no parece español.` : "El texto está en español."),
     r.short_answers.count ? el("li", {}, `${r.short_answers.count} respuesta(s) muy cortas: enseñan poco.`) : null,
+    // A sentence in many answers («Consulte a su médico.»): the model learns to say it every time. The sentence only,
+    // never a whole example.
+    ...(r.repeated_sentences || []).map((x) => el("li", {class: "aviso repetida"}, el("b", {}, "Aviso: "),
+      `${pct(x.share)} de las respuestas contienen «${short(x.sentence, 160)}»: el modelo aprenderá a repetirla.`,
+      el("span", {class: "arreglo"}, " Cómo arreglarlo: cambia esa frase en algunas respuestas o quítala de las que no la necesitan."))),
     tok.available ? el("li", {}, tok.too_long.count ? `${tok.too_long.count} ejemplo(s) demasiado largos: no se usarán enteros (sube el «Largo máximo» en opciones avanzadas).` : "Todos los ejemplos caben enteros.") : null,
   ];
   fill($("#informe-datos"), el("h3", {}, "Revisión de los datos"), el("ul", {}, items),
@@ -421,6 +427,42 @@ function drawChart() {
 }
 
 // --- 4. Evaluar -----------------------------------------------------------------------------------------------------
+// First whether the answers are right (the key points and dangers the expert wrote for each example, and her own
+// rating of each answer); how they read (loss, ending, repetition, likeness) after, folded as «Detalles técnicos».
+const VERDICTS = [["correcta", "Correcta"], ["incompleta", "Incompleta"], ["incorrecta", "Incorrecta"], ["peligrosa", "Peligrosa"]];
+const NO_KEYPOINTS = "afinar no puede decir si tu modelo responde mejor: tus ejemplos de evaluación no tienen puntos clave.";
+function verdictClass(v) {
+  if (!v) return "";
+  if (v.value === "peor" || v.more_dangerous) return "malo";
+  return v.value === "mejor" ? "bueno" : "";
+}
+const runUrl = (tail) => `/api/ejecuciones/${encodeURIComponent(S.ejecucion)}/${tail}`;
+function withCount(share, count, total) {
+  return count === undefined || count === null || !total ? pct(share) : `${pct(share)} (${count} de ${total})`;
+}
+function correctnessTable(c) {
+  const b = c.base || {}, t = c.tuned || {};
+  const rows = [
+    [["Puntos clave cubiertos ", term("(de media)", "Los puntos clave son lo que tú escribiste que una respuesta correcta debe decir. Aquí, qué parte de ellos dice cada respuesta, de media: 100 % es que las respuestas los dicen todos.")], pct(b.covered), pct(t.covered)],
+    [["Respuestas completas ", term("(con todos)", "Respuestas que dicen todos sus puntos clave. Más es mejor.")], withCount(b.complete, b.complete_count, b.with_keypoints ?? c.answers), withCount(t.complete, t.complete_count, t.with_keypoints ?? c.answers)],
+    [["Respuestas peligrosas ", term("(con un peligro)", "Respuestas que dan un consejo que tú marcaste como peligroso (por ejemplo «pon mantequilla»). Decirlo negado («no pongas mantequilla») no cuenta. Lo mejor es 0.")],
+      withCount(b.dangerous, b.dangerous_count, c.answers), withCount(t.dangerous, t.dangerous_count, c.answers)],
+  ];
+  return el("table", {id: "tabla-correccion"}, el("thead", {}, el("tr", {}, el("th", {}, ""), el("th", {scope: "col"}, "Modelo de partida"), el("th", {scope: "col"}, "Tu modelo"))),
+    el("tbody", {}, rows.map((r, i) => el("tr", {}, el("th", {scope: "row"}, r[0]),
+      el("td", {class: i === 2 && b.dangerous_count ? "malo" : ""}, r[1]), el("td", {class: i === 2 && t.dangerous_count ? "malo" : ""}, r[2])))));
+}
+function humanTable(h) {
+  const box = $("#valoraciones-humanas");
+  if (!box) return;
+  $("#descargar-valoraciones").href = runUrl("valoraciones.jsonl");
+  $("#descargar-valoraciones-p").hidden = !(h && h.rated && box.dataset.textos === "1");
+  if (!h || !h.rated) { fill(box); return; }
+  fill(box, el("h4", {}, "Tu valoración de cada respuesta"),
+    el("table", {id: "tabla-valoraciones"}, el("thead", {}, el("tr", {}, el("th", {}, ""), el("th", {scope: "col"}, "Modelo de partida"), el("th", {scope: "col"}, "Tu modelo"))),
+      el("tbody", {}, VERDICTS.map(([k, label]) => el("tr", {"data-valoracion": k}, el("th", {scope: "row"}, label + "s"), el("td", {}, h.base[k]), el("td", {}, h.tuned[k]))))),
+    el("p", {class: "nota"}, `${plural(h.rated, "respuesta valorada", "respuestas valoradas")}.`));
+}
 async function showEvaluation() {
   const box = $("#resumen-evaluacion");
   if (!S.ejecucion) { fill(box, el("p", {}, "Entrena primero (paso 3) o elige uno en «Modelos entrenados».")); return; }
@@ -432,10 +474,13 @@ async function showEvaluation() {
   const ev = run.evaluacion;
   $("#empezar-valoracion").disabled = !ev;
   $("#abrir-informe").hidden = !ev;
+  $("#descargar-valoraciones-p").hidden = true;
   if (!ev) { fill(box, el("p", {}, `«${S.ejecucion}» aún no tiene evaluación.`)); return; }
   $("#abrir-informe").href = `/api/ejecuciones/${encodeURIComponent(S.ejecucion)}/informe`;
+  const verdict = ev.veredicto || {value: "sin_medida", text: NO_KEYPOINTS};
+  const c = ev.correccion;
   const g = ev.generacion || {}, rows = [
-    [["Error con las respuestas apartadas ", term("(pérdida)", "Cuánto se equivoca el modelo al escribir, palabra a palabra, las respuestas de referencia de las preguntas apartadas. Menos es mejor; no dice si una respuesta es correcta.")], num(ev.perdida.base, 3), num(ev.perdida.tuned, 3)],
+    [["Error con las respuestas apartadas ", term("(pérdida)", "Cuánto se equivoca el modelo al escribir, palabra a palabra, las respuestas de referencia de las preguntas apartadas. Menos es mejor; no dice si una respuesta es correcta.")], num(ev.perdida && ev.perdida.base, 3), num(ev.perdida && ev.perdida.tuned, 3)],
     ["Respuestas que terminan solas (sin cortarse)", pct(g.base && g.base.stop_rate), pct(g.tuned && g.tuned.stop_rate)],
     [["Frases que se repiten ", term("(repetición)", "Qué parte de la respuesta repite grupos de tres palabras ya dichos: 0 no repite nada. Menos es mejor.")], num(g.base && g.base.repetition), num(g.tuned && g.tuned.repetition)],
     [["Parecido a tu respuesta de referencia ", term("(chrF)", "Cuántos trozos de palabras comparte con la respuesta que escribiste, de 0 a 1. Una respuesta parecida puede estar mal y una distinta puede estar bien: léelas.")], num(g.base && g.base.chrf, 2), num(g.tuned && g.tuned.chrf, 2)],
@@ -444,46 +489,115 @@ async function showEvaluation() {
   const table = el("table", {id: "tabla-evaluacion"}, el("thead", {}, el("tr", {}, el("th", {}, ""), el("th", {scope: "col"}, "Modelo de partida"), el("th", {scope: "col"}, "Tu modelo"))),
     el("tbody", {}, rows.map((r) => el("tr", {}, el("th", {scope: "row"}, r[0]), el("td", {}, r[1]), el("td", {}, r[2])))));
   const f = ev.olvido || {};
+  const forgetting = el("p", {class: f.flagged ? "malo" : ""}, `Español general: ${f.flagged ? "tu modelo ha empeorado con textos que no son de tu tema (ha olvidado parte de lo que sabía): prueba menos pasadas o una velocidad de aprendizaje menor" : "tu modelo escribe español general igual de bien que el de partida"} (error ×${num(f.ratio)}).`);
   // Say why fewer questions were answered than asked: only so many were set apart, and lines with personal data never are.
   const fewer = ev.pedidas && ev.preguntas < ev.pedidas
     ? ` Pediste ${ev.pedidas}: ${ev.con_datos_personales ? `${ev.con_datos_personales} de las apartadas tienen posibles datos personales y no se usan; ` : ""}` +
       `de tus datos solo se apartaron ${ev.apartadas} ejemplos para evaluar (los que no se entrenan). Con más ejemplos, más preguntas.`
     : ev.con_datos_personales ? ` ${ev.con_datos_personales} pregunta(s) apartada(s) con posibles datos personales no se usaron.` : "";
-  fill(box, el("p", {id: "evaluacion-cuantas"}, `${ev.preguntas} preguntas apartadas del entrenamiento, respondidas por los dos modelos.${fewer}`), table,
-    el("p", {class: f.flagged ? "malo" : ""}, `Español general: ${f.flagged ? "tu modelo ha empeorado con textos que no son de tu tema (ha olvidado parte de lo que sabía): prueba menos pasadas o una velocidad de aprendizaje menor" : "tu modelo escribe español general igual de bien que el de partida"} (error ×${num(f.ratio)}).`),
-    el("p", {class: "nota"}, "Estos números no dicen si una respuesta es correcta: para eso, lee las respuestas en la valoración a ciegas."));
+  const judge = ev.juez;
+  fill(box,
+    el("p", {id: "veredicto", class: `veredicto ${verdictClass(verdict)}`, "data-valor": verdict.value || ""}, verdict.text || NO_KEYPOINTS),
+    c ? [correctnessTable(c),
+         el("p", {class: "nota"}, `${plural(c.answers, "respuesta", "respuestas")} de cada modelo comprobadas con los puntos clave que escribiste. afinar busca sus palabras (también negadas, como «no pongas hielo»): lee las respuestas también.`)]
+      : el("div", {id: "sin-claves", class: "tarjeta"},
+          el("p", {}, "Sin puntos clave, afinar no puede saber si las respuestas son correctas: solo mide cómo escriben (abajo, en «Detalles técnicos»)."),
+          el("p", {}, "Para saberlo, añade a tus ejemplos un campo «claves» con lo que una respuesta correcta debe decir (y, si quieres, «peligros»: lo que nunca debe aconsejar). ",
+            el("button", {type: "button", id: "ver-como-claves", onclick: () => { const d = $("#como-claves"); d.open = true; d.scrollIntoView({block: "start"}); d.querySelector("summary").focus(); }}, "Cómo escribir claves"))),
+    judge ? el("p", {id: "evaluacion-juez", class: "nota"}, "Otro modelo ", term("(juez)", `Un segundo modelo (${judge.model}) leyó las respuestas y dijo si le parecían correctas. Es otra opinión automática: no sustituye la tuya.`),
+      ` leyó ${judge.answered} respuestas y coincide con los puntos clave en el ${pct(judge.agreement)}.`, judge.note ? ` ${judge.note}` : "") : null,
+    el("div", {id: "valoraciones-humanas", "data-textos": ev.muestra_textos ? "1" : "0"}),
+    el("p", {id: "evaluacion-cuantas"}, `${ev.preguntas} preguntas apartadas del entrenamiento, respondidas por los dos modelos.${fewer}`),
+    f.flagged ? forgetting : null,
+    el("details", {class: "tecnico", id: "detalles-evaluacion"}, el("summary", {}, "Detalles técnicos: cómo escribe cada modelo"),
+      el("p", {class: "nota"}, "Estos números dicen cómo escriben los modelos, no si lo que dicen es correcto."),
+      table, f.flagged ? null : forgetting));
+  humanTable(ev.valoraciones);
   if (run.valoracion) $("#resultado-valoracion").textContent = run.valoracion.texto;
 }
 // While the run starts from the embedded 135M base, Evaluar and Usar say plainly that its answers are not advice.
 function showAdviceWarning(run) { for (const p of $$(".consejo")) p.hidden = !(run && run.base_incluida); }
+// What afinar found in one answer (shown only after the blind choice): missing key points, dangers, a judge's view.
+function foundIn(k) {
+  if (!k) return null;
+  const quoted = (list) => list.map((x) => `«${x}»`).join(", ");
+  return el("div", {class: "hallazgos", "data-categoria": k.categoria},
+    k.peligros.length ? el("p", {class: "malo peligro"}, `Peligro: aconseja ${quoted(k.peligros)}.`) : null,
+    k.cubiertas === null || k.cubiertas === undefined ? null // only dangers were written for this example
+      : k.faltan.length ? el("p", {class: "faltan"}, `${k.faltan.length === 1 ? "Le falta este punto clave" : `Le faltan ${k.faltan.length} puntos clave`}: ${quoted(k.faltan)}.`)
+      : el("p", {class: "bueno"}, "Dice todos los puntos clave."),
+    el("p", {class: "nota"}, `Según los puntos clave: ${k.categoria}.`),
+    k.juez ? el("p", {class: "nota"}, `Otro modelo (juez): ${k.juez.veredicto}${k.juez.motivo ? ` — ${k.juez.motivo}` : ""}.`) : null);
+}
+// Her rating of one answer: four buttons and an optional note (sent with the rating; a changed note is sent again).
+function ratingControl(saved, which, send) {
+  let current = saved ? saved.valoracion : null;
+  const note = el("input", {type: "text", class: "nota-valoracion", maxLength: 500, value: saved ? saved.nota : "",
+    placeholder: "Nota (opcional)", "aria-label": `Nota sobre la respuesta ${which} (opcional)`});
+  const buttons = VERDICTS.map(([value, label]) => el("button", {type: "button", class: "calificacion", "data-valoracion": value, "aria-pressed": String(current === value)}, label));
+  const submit = (value) => guarded(async () => {
+    const res = await send(value, note.value.trim());
+    current = value;
+    for (const b of buttons) b.setAttribute("aria-pressed", String(b.dataset.valoracion === value));
+    humanTable(res.resumen);
+    say(`Respuesta ${which}: ${value}. Guardado.`);
+  });
+  for (const b of buttons) b.addEventListener("click", () => submit(b.dataset.valoracion));
+  note.addEventListener("change", () => { if (current) submit(current); });
+  return el("div", {class: "calificar", role: "group", "aria-label": `¿Cómo es la respuesta ${which}?`},
+    el("span", {}, "¿Cómo es? "), buttons, note);
+}
+const rateAnswer = (indice, respuesta) => (valoracion, nota) => api("POST", runUrl("valoraciones"), {indice, respuesta, valoracion, nota});
 async function startRating() {
   const r = await api("GET", `/api/ejecuciones/${encodeURIComponent(S.ejecucion)}/valoracion`);
   const box = $("#valoracion");
   fill(box);
+  fill($("#respuestas"));
   if (!r.preguntas_visibles) box.append(el("p", {class: "malo"}, "La evaluación no guardó las preguntas: vuelve a evaluar con «Guardar el texto de las preguntas» marcado."));
   if (!r.pares.length) box.append(el("p", {}, "No hay preguntas que valorar."));
   for (const p of r.pares) {
+    const after = {a: el("div", {class: "despues"}), b: el("div", {class: "despues"})};
+    // After the choice (never before: it must not sway it): what afinar found in each answer, and her rating of it.
+    const reveal = (found) => { for (const k of ["a", "b"]) fill(after[k], foundIn(found && found[k]), ratingControl(p.valoraciones[k], k.toUpperCase(), rateAnswer(p.indice, k))); };
     const card = el("fieldset", {class: "par", "data-indice": p.indice},
       el("legend", {}, `Pregunta ${p.indice + 1} de ${r.pares.length}`),
       el("p", {class: "pregunta"}, p.pregunta || "(pregunta no guardada)"),
       el("div", {class: "respuestas"},
-        el("div", {}, el("h4", {}, "Respuesta A"), el("p", {class: "respuesta"}, p.a)),
-        el("div", {}, el("h4", {}, "Respuesta B"), el("p", {class: "respuesta"}, p.b))));
+        el("div", {"data-respuesta": "a"}, el("h4", {}, "Respuesta A"), el("p", {class: "respuesta"}, p.a), after.a),
+        el("div", {"data-respuesta": "b"}, el("h4", {}, "Respuesta B"), el("p", {class: "respuesta"}, p.b), after.b)));
     const choices = el("p", {class: "acciones"});
     for (const [value, label] of [["a", "Mejor la A"], ["b", "Mejor la B"], ["igual", "Iguales"]]) {
       const b = el("button", {type: "button", class: "elegir", "data-eleccion": value, "aria-pressed": String(p.eleccion === value)}, label);
       b.addEventListener("click", () => guarded(async () => {
         const res = await api("POST", `/api/ejecuciones/${encodeURIComponent(S.ejecucion)}/valoracion`, {indice: p.indice, eleccion: value});
         for (const o of choices.querySelectorAll("button")) o.setAttribute("aria-pressed", String(o === b));
+        if (!p.eleccion) reveal(res.claves);
+        p.eleccion = value;
         say(`Valoradas ${res.valoradas} de ${res.total}.`);
-        if (res.resultado) { $("#resultado-valoracion").textContent = res.resultado.texto; say(res.resultado.texto); }
+        if (res.resultado) { $("#resultado-valoracion").textContent = res.resultado.texto; say(res.resultado.texto); await showAnswers(); }
       }));
       choices.append(b);
     }
     card.append(choices);
+    if (p.eleccion) reveal(p.claves);
     box.append(card);
   }
-  if (r.resultado) $("#resultado-valoracion").textContent = r.resultado.texto;
+  if (r.resultado) { $("#resultado-valoracion").textContent = r.resultado.texto; await showAnswers(); }
+}
+// Once every question is chosen: which model wrote each answer, with what afinar found and her rating.
+async function showAnswers() {
+  const r = await api("GET", runUrl("respuestas"));
+  const side = (q, word, label, whose) => el("div", {"data-modelo": word}, el("h4", {}, label),
+    el("p", {class: "respuesta"}, q[word].texto), foundIn(q[word].claves),
+    ratingControl(q[word].valoracion, whose, rateAnswer(q.indice, word)));
+  fill($("#respuestas"), el("h3", {}, "Qué modelo escribió cada respuesta"),
+    r.respuestas.map((q) => el("fieldset", {class: "par revelada", "data-indice": q.indice},
+      el("legend", {}, `Pregunta ${q.indice + 1}`),
+      el("p", {class: "pregunta"}, q.pregunta || "(pregunta no guardada)"),
+      q.referencia ? el("details", {}, el("summary", {}, "Tu respuesta de referencia"), el("p", {class: "respuesta"}, q.referencia)) : null,
+      el("div", {class: "respuestas"}, side(q, "base", "Modelo de partida", "del modelo de partida"), side(q, "afinado", "Tu modelo", "de tu modelo")))));
+  // One place to rate each answer from now on (the one that names its model): the blind cards' buttons would go stale.
+  for (const c of $$("#valoracion .calificar")) c.replaceWith(el("p", {class: "nota"}, "Califícala abajo, en «Qué modelo escribió cada respuesta»."));
 }
 
 // --- 5. Exportar ----------------------------------------------------------------------------------------------------
@@ -590,10 +704,15 @@ async function compare() {
   const [a, b] = $$(".marcar:checked").map((c) => c.value);
   const r = await api("GET", `/api/comparar?a=${encodeURIComponent(a)}&b=${encodeURIComponent(b)}`);
   const row = (label, f) => el("tr", {}, el("th", {scope: "row"}, label), el("td", {}, f(r.a)), el("td", {}, f(r.b)));
-  const evalOf = (x, k) => x.evaluacion ? num(x.evaluacion.perdida[k], 3) : "—";
+  const evalOf = (x, k) => x.evaluacion && x.evaluacion.perdida ? num(x.evaluacion.perdida[k], 3) : "—";
+  // Better now means more key points and no more dangers: said before the loss.
+  const right = (x, k) => x.evaluacion && x.evaluacion.correccion ? (k === "covered" ? pct(x.evaluacion.correccion.tuned.covered)
+    : `${x.evaluacion.correccion.tuned.dangerous_count} de ${x.evaluacion.correccion.answers}`) : "—";
   fill($("#comparacion"), el("h3", {}, `«${a}» frente a «${b}»`),
     el("table", {}, el("thead", {}, el("tr", {}, el("th", {}, ""), el("th", {scope: "col"}, a), el("th", {scope: "col"}, b))),
-      el("tbody", {}, row("Estado", (x) => RUN_STATE[x.estado] || x.estado), row("Pasos", (x) => x.pasos),
+      el("tbody", {}, row("Estado", (x) => RUN_STATE[x.estado] || x.estado),
+        row("Puntos clave cubiertos (evaluación)", (x) => right(x, "covered")), row("Respuestas peligrosas (evaluación)", (x) => right(x, "dangerous")),
+        row("Pasos", (x) => x.pasos),
         row("Error final con tus ejemplos", (x) => num(x.perdida_final, 3)), row("Error con los apartados (evaluación)", (x) => evalOf(x, "tuned")),
         row("Duración", (x) => minutes(x.duracion_s)), row("Curva", (x) => spark(x.chispa)))),
     el("h4", {}, "Diferencias en los ajustes"),
