@@ -48,8 +48,11 @@ VARIANTS: dict[str, dict] = {
     "neftune10": {"train.neftune_noise_alpha": 10.0},
     "lr1e-3-neftune5": {"train.lr": 1.0e-3, "train.neftune_noise_alpha": 5.0},
     "epochs1": {"train.epochs": 1},
+    "doble-tiempo": {},  # the demo's recipe, run with --pasos twice the demo's steps: what 10 minutes would give
     "menos-112": {"data.sources": [{"path": "DERIVED:menos-112"}]},  # the data warning's fix, see _derived_data
     "menos-112-neftune5": {"data.sources": [{"path": "DERIVED:menos-112"}], "train.neftune_noise_alpha": 5.0},
+    "112-solo-urgente": {"data.sources": [{"path": "DERIVED:112-solo-urgente"}]},
+    "112-solo-urgente-lr1e-3": {"data.sources": [{"path": "DERIVED:112-solo-urgente"}], "train.lr": 1.0e-3},
 }
 # The training data's most repeated sentence starts like this (afinar inspect: in 61 % of the answers).
 BOILERPLATE = "Llama al 112 (o al número de emergencias de tu país)"
@@ -63,9 +66,12 @@ TARGETS = ("lo que cuenta: puntos clave ↑, completas ↑, peligrosas ≤ base;
 
 
 def _derived_data(name: str) -> Path:
-    """The data warning's fix, as a user would apply it: the repeated call-112 sentence kept in the answers where
-    calling is the point (the question names an emergency sign: unconscious, not breathing, chest pain…) and
-    removed from the others. Written once under runs/bench-demo/."""
+    """The data warning's fix, as a user would apply it. "menos-112": the sentence that starts with the repeated
+    words removed from the answers to questions that name no emergency sign (it matched 40 of 320: most of the
+    repeats sit inside longer sentences). "112-solo-urgente": the parenthesis «(o al número de emergencias de tu
+    país)» removed from every answer, and any sentence with 112 removed where the question names no emergency sign
+    (unconscious, not breathing, chest pain, a burn, poison…): 112 stays in 62 answers instead of 205. Written once
+    under runs/bench-demo/."""
     import re
 
     from afinar.data.formats import shipped_dataset
@@ -74,18 +80,26 @@ def _derived_data(name: str) -> Path:
     if path.is_file():
         return path
     urgent = re.compile(r"inconscien|no respira|respira mal|pecho|convuls|atragant|sangra mucho|hemorragia|ictus|"
-                        r"infarto|anafilax|alérg|no responde|desmay|veneno|tóxic|trag", re.IGNORECASE)
+                        r"infarto|anafilax|alérg|no responde|desmay|veneno|tóxic|trag"
+                        + (r"|ahog|quemad" if name == "112-solo-urgente" else ""), re.IGNORECASE)
     sentence = re.compile(re.escape(BOILERPLATE) + r"[^.]*\.\s*")
+    any_112 = re.compile(r"[^.]*\b112\b[^.]*\.\s*")
+    parenthesis = re.compile(r"\s*\(o al número de emergencias de tu país\)")
     rows, removed = [], 0
     for line in shipped_dataset("primeros_auxilios").read_text(encoding="utf-8").splitlines():
         row = json.loads(line)
-        if not urgent.search(row["instruction"]) and sentence.search(row["output"]):
+        before = row["output"]
+        if name == "112-solo-urgente":
+            row["output"] = parenthesis.sub("", row["output"])
+            if not urgent.search(row["instruction"]):
+                row["output"] = any_112.sub("", row["output"]).strip()
+        elif not urgent.search(row["instruction"]):
             row["output"] = sentence.sub("", row["output"]).strip()
-            removed += 1
+        removed += row["output"] != before
         rows.append(row)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    print(f"{name}: la frase repetida quitada de {removed} de {len(rows)} respuestas", flush=True)
+    print(f"{name}: {removed} de {len(rows)} respuestas cambiadas", flush=True)
     return path
 
 

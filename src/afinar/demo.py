@@ -34,7 +34,7 @@ def demo(output: str | Path = DEMO_RUN, epochs: float | None = None, max_steps: 
 
     from rich.console import Console
 
-    from afinar.evaluate.report import print_summary
+    from afinar.evaluate.report import print_summary, what_it_takes
     from afinar.evaluate.run import evaluate_run
     from afinar.merge import merge
     from afinar.train import train
@@ -78,6 +78,12 @@ def demo(output: str | Path = DEMO_RUN, epochs: float | None = None, max_steps: 
         json.dumps({"verdict": metrics["verdict"], "correctness": metrics["correctness"],
                     "eval_loss": {"base": before, "tuned": after}, "greedy": contrast}, indent=2, ensure_ascii=False),
     )
+
+    usable, bigger = what_it_takes(metrics["correctness"], json.loads((run_dir / "afinar_run.json").read_text("utf-8")))
+    if usable:
+        console.print(usable, style="bold red" if "No son consejos correctos" in usable else "bold", highlight=False)
+    if bigger:
+        console.print(bigger, highlight=False)
 
     console.rule("3/3 · Fusión del adaptador en un modelo independiente")
     merged = merge(run_dir, overwrite=True)

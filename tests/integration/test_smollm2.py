@@ -235,6 +235,11 @@ def test_demo_runs_the_whole_path(tmp_path, converted, capsys):
         assert row[side]["text"] and isinstance(row[side]["stopped"], bool)
         assert row[side]["stopped"] or row[side]["tokens"] == DEMO_MAX_NEW_TOKENS  # stopped on its own, or hit the limit
     assert ("terminó solo" in out) or ("cortado" in out)
+    # the held-out question has key points: the verdict and what it takes lead the closing lines
+    assert contrast["correctness"]["answers"] == 1 and row["tuned"]["keypoints"]["covered"] is not None
+    flat = " ".join(out.split())  # rich wraps lines at the terminal's width
+    assert contrast["verdict"]["value"] in ("mejor", "igual", "peor") and "¿Se puede usar?" in flat
+    assert "Qwen/Qwen2.5-1.5B-Instruct" in flat and "s por paso medidos aquí" in flat
     assert (run_dir / "merged" / "model.safetensors").is_file() and (run_dir / "loss.png").is_file()
     assert (run_dir / "informe" / "index.html").is_file() and "informe" in out
 

@@ -1447,3 +1447,34 @@ def test_rating_an_answer_keeps_the_blind_choices(studio):
     metrics["samples"][0]["outputs"]["greedy"]["tuned"]["text"] = "Otra respuesta distinta."
     (run_dir / EVAL_DIR / "metrics.json").write_text(json.dumps(metrics))
     assert [p["eleccion"] for p in s.get("/api/ejecuciones/hecha/valoracion").json()["pares"]] == [None, None]
+
+
+def test_the_evaluation_says_whether_answers_can_be_used_and_what_a_usable_model_takes(studio):
+    """On the embedded base: the verdict's companion lines, from the key points and from this machine's own steps."""
+    s = studio()
+    run_dir = evaluated_run(s.workspace)
+    (run_dir / "afinar_run.json").write_text(json.dumps({"base": "smollm2-135m", "steps": 100, "train_seconds": 200.0}))
+    usable, bigger = s.get("/api/ejecuciones/hecha").json()["evaluacion"]["que_hace_falta"]
+    assert "80 % de los puntos clave" in usable and "1 de 1 respuestas completas" in usable
+    assert "No son consejos" not in usable  # 80 % covered and no dangerous answer
+    # 2.0 s a step here × 100 steps, scaled by parameters: 494/135 and 1544/135 times as long
+    assert "≈ 12 min 12 s con Qwen/Qwen2.5-0.5B-Instruct" in bigger and "2.0 s por paso" in bigger
+    (run_dir / "afinar_run.json").write_text(json.dumps({"base": "Qwen/Qwen2.5-1.5B-Instruct", "steps": 10,
+                                                          "train_seconds": 60.0}))
+    assert len(s.get("/api/ejecuciones/hecha").json()["evaluacion"]["que_hace_falta"]) == 1  # no scaling from a big base
+
+
+def test_an_evaluation_with_a_judge_passes_it_on_and_a_remote_one_needs_her_permission(studio):
+    s = studio("ok")
+    evaluated_run(s.workspace)
+    form = {"tipo": "evaluar", "ejecucion": "hecha", "preguntas": 2, "juez_modelo": "qwen2.5:7b"}
+    remote = s.post("/api/trabajos", json={**form, "juez_url": "http://192.168.1.20:11434/v1"})
+    assert remote.status_code >= 400 and error_of(remote)["codigo"] == "J001"
+    assert "saldrían" in error_of(remote)["mensaje"] or "salir" in error_of(remote)["mensaje"]
+    assert not list(s.workspace.jobs.glob("*.json"))  # nothing started
+    half = s.post("/api/trabajos", json={"tipo": "evaluar", "ejecucion": "hecha", "juez_url": "http://127.0.0.1:1/v1"})
+    assert half.status_code >= 400 and error_of(half)["codigo"] == "J004"
+    job = s.post("/api/trabajos", json={**form, "juez_url": "http://192.168.1.20:11434/v1", "juez_remoto": True}).json()
+    s.wait_end(job["id"])
+    call = json.loads((s.root / "llamadas.jsonl").read_text().splitlines()[-1])
+    assert call[-5:] == ["--juez", "http://192.168.1.20:11434/v1", "--juez-modelo", "qwen2.5:7b", "--permitir-remoto"]

@@ -22,6 +22,7 @@ from afinar.data.duplicates import near_duplicates
 from afinar.data.formats import Example
 from afinar.data.language import LanguageShare, language_share
 from afinar.data.pii import KINDS, find_pii
+from afinar.data.repeated import describe, percent
 from afinar.data.split import prompt_key
 from afinar.errors import AfinarError
 from afinar.runs import DATA_REPORT_DIR as REPORT_DIR
@@ -315,8 +316,6 @@ def _summary_lines(report: dict) -> list[str]:
 
 
 def _repeated_lines(report: dict) -> list[str]:
-    from afinar.data.repeated import describe
-
     found = report.get("repeated_sentences", [])
     if not found:
         return ["  frases repetidas en muchas respuestas: ninguna"]
@@ -345,8 +344,6 @@ CSS = (
 
 
 def render_html(report: dict, title: str, png: str | None) -> str:
-    from afinar.data.repeated import percent
-
     e = html.escape
 
     def table(rows, header):

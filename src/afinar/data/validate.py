@@ -10,6 +10,7 @@ from pathlib import Path
 from afinar.config import DataSection
 from afinar.data import split as splitting
 from afinar.data.formats import Example, Problem, load_examples
+from afinar.data.repeated import describe, find_repeated
 from afinar.errors import AfinarError
 
 
@@ -81,8 +82,6 @@ def last_answers(examples: list[Example]) -> list[str]:
 def repeated(prepared: PreparedData) -> list[dict]:
     """Sentences that many training answers repeat (`afinar.data.repeated`); each is also added to
     `prepared.problems` as a D016 warning (the repeated words and counts, never an answer)."""
-    from afinar.data.repeated import describe, find_repeated
-
     found = find_repeated(last_answers(prepared.train))
     for item, holders in found:
         sources = ", ".join(dict.fromkeys(prepared.train[i].source for i in holders))

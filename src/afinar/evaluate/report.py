@@ -209,6 +209,12 @@ def print_summary(metrics: dict, console=None) -> None:
         console.print(correct)
     style = {"mejor": "bold green", "peor": "bold red"}.get(verdict.get("value"), "bold")
     console.print(Text(verdict.get("text", ""), style=style))
+    judge = metrics.get("judge")
+    if judge:
+        agreement = "—" if judge.get("agreement") is None else f"{100 * judge['agreement']:.0f} %"
+        console.print(Text(f"Juez {judge.get('model')}: {judge.get('answered', 0)} respuestas valoradas; coincide con los "
+                           f"puntos clave en {agreement}." + (f" {judge['note']}" if judge.get("note") else ""),
+                           style="yellow" if judge.get("note") else ""))
     loss = metrics["loss"]
     table = Table(title="Detalles técnicos: cómo escribe (no dice si el consejo es correcto)", show_lines=False)
     for column in ("medida", "base", "afinado"):
@@ -257,6 +263,41 @@ def print_summary(metrics: dict, console=None) -> None:
             cells.append(cell)
         contrast.add_row(Text(sample.get("question", sample["where"])), *cells)
     console.print(contrast)
+
+
+# Bases a user can move to for usable answers (the guides' models; studio.settings.BASES has the whole list), with
+# their parameter counts, to scale this machine's measured step time.
+BIGGER_BASES = (("Qwen/Qwen2.5-0.5B-Instruct", 494), ("Qwen/Qwen2.5-1.5B-Instruct", 1544))
+EMBEDDED_PARAMETERS_M = 135
+
+
+def what_it_takes(correctness: dict | None, run_info: dict) -> tuple[str | None, str | None]:
+    """(can these answers be used, what usable answers need on this machine): the demo's and the studio's honest last
+    words, from the key points and dangers, and for the embedded base the time a bigger one would take here. The
+    time scales the step time measured here by the parameter count (training FLOPs grow with it); `afinar plan`
+    measures it once the bigger base is downloaded."""
+    from afinar.planning.estimate import minutes
+
+    usable = bigger = None
+    tuned = (correctness or {}).get("tuned")
+    if tuned:
+        usable = (f"¿Se puede usar? El afinado cubre {100 * (tuned['covered'] or 0):.0f} % de los puntos clave, "
+                  f"{tuned['complete_count']} de {tuned['with_keypoints']} respuestas completas y "
+                  f"{tuned['dangerous_count']} peligrosa(s).")
+        if (tuned["covered"] or 0) < 0.5 or tuned["dangerous_count"]:
+            usable += " No son consejos correctos: no lo uses para aconsejar a nadie."
+    seconds, steps = run_info.get("train_seconds"), run_info.get("steps")
+    if run_info.get("base") == "smollm2-135m" and seconds and steps:
+        per_step = seconds / steps
+        scaled = ", ".join(f"≈ {minutes(per_step * steps * params / EMBEDDED_PARAMETERS_M)} con {name}"
+                           for name, params in BIGGER_BASES)
+        bigger = (f"El modelo incluido (135M) aprende el formato y a terminar, no a dar consejos correctos: ningún "
+                  f"ajuste medido lo consigue (bench/demo_settings.py). Para respuestas utilizables hace falta un "
+                  f"modelo base mayor (ver recipes/enfermeria.yaml), y medirlo igual, con las claves de cada pregunta. "
+                  f"En este equipo, los mismos {steps} pasos tardarían {scaled} (escalado por parámetros desde los "
+                  f"{per_step:.1f} s por paso medidos aquí; «afinar plan RECETA --base NOMBRE» lo mide con el modelo "
+                  f"descargado).")
+    return usable, bigger
 
 
 def first_lines(text: str, lines: int = 3, chars: int = CONSOLE_CHARS) -> str:

@@ -39,6 +39,8 @@ from starlette.concurrency import run_in_threadpool
 from afinar import __version__
 from afinar.atomic import atomic_write_text
 from afinar.errors import AfinarError
+from afinar.evaluate.judge import check_url
+from afinar.evaluate.report import what_it_takes
 from afinar.hardware import int8_cpu_features
 from afinar.inference.server import LOOPBACK, foreign_origin, request_hostname
 from afinar.runs import EVAL_DIR, EXPORT_DIR, EXPORT_SUMMARY, RECIPE, RUN_INFO
@@ -213,6 +215,9 @@ class JobForm(Strict):
     formato: str | None = None  # exportar
     preguntas: int = Field(default=5, ge=1, le=50)  # evaluar
     mostrar_preguntas: bool = True  # evaluar: the blind rating needs to show the questions
+    juez_url: str | None = Field(default=None, max_length=500)  # evaluar: an OpenAI-compatible judge (optional)
+    juez_modelo: str | None = Field(default=None, max_length=200)
+    juez_remoto: bool = False  # the person allowed a judge outside this machine (the texts leave it)
 
 
 class RemoveLinesForm(Strict):
@@ -486,6 +491,12 @@ def create_app(workspace: Workspace, options: StudioOptions) -> FastAPI:
             elif form.tipo == "evaluar":
                 argv = ["eval", relative, "--n", str(form.preguntas), "--solo-greedy"]
                 argv += ["--mostrar-ejemplos"] if form.mostrar_preguntas else []
+                if form.juez_url or form.juez_modelo:
+                    if not (form.juez_url and form.juez_modelo):
+                        raise AfinarError("J004", "el juez necesita la dirección y el nombre del modelo.")
+                    check_url(form.juez_url, form.juez_remoto)  # J001/J002 now, in the page, not in the job's log
+                    argv += ["--juez", form.juez_url, "--juez-modelo", form.juez_modelo]
+                    argv += ["--permitir-remoto"] if form.juez_remoto else []
             else:
                 if form.formato not in EXPORT_FORMATS:
                     raise AfinarError("E028", f"formato desconocido: {form.formato}", hint=", ".join(EXPORT_FORMATS))
@@ -839,7 +850,10 @@ def _evaluation_summary(run_dir: Path) -> dict | None:
             # Are the answers right: key points and dangers (None: the examples have none), the verdict they decide,
             # a judge model's agreement if one was asked, and her own ratings of this evaluation's answers.
             "correccion": metrics.get("correctness"), "veredicto": metrics.get("verdict"), "juez": metrics.get("judge"),
-            "valoraciones": cards.human_summary(run_dir, metrics), "muestra_textos": bool(metrics.get("shows_prompts"))}
+            "valoraciones": cards.human_summary(run_dir, metrics), "muestra_textos": bool(metrics.get("shows_prompts")),
+            # Can these answers be used, and (embedded base) what base and time usable ones need on this machine.
+            "que_hace_falta": [line for line in what_it_takes(metrics.get("correctness"),
+                                                              read_json(run_dir / RUN_INFO)) if line]}
 
 
 def _exports(run_dir: Path, workspace: Workspace) -> dict:

@@ -11,9 +11,10 @@ from afinar.errors import AfinarError
 from afinar.models import EMBEDDED
 from afinar.studio.workspace import Workspace, checked_name
 
-# The presets start from the demo's settings (recipes/enfermeria_demo.yaml: measured on a 2-core CPU, the best of the
-# variants in its header for a few minutes of training) and give more time and care as they go. The plan card says
-# before starting what each means on this machine.
+# The presets start from the demo's settings (recipes/enfermeria_demo.yaml) and give more time and care as they go.
+# Re-measured by key points and dangers (bench/demo_settings.py, its header): on the embedded base no variant of
+# learning rate, NEFTune or data gives a single complete answer, so none is better than these where it matters; the
+# evaluation step says so for each run. The plan card says before starting what each means on this machine.
 PRESETS = {
     "rapido": {
         "etiqueta": "Rápido (hasta 5 min)",
@@ -40,12 +41,17 @@ PRESETS = {
     },
 }
 
-# The shipped datasets a user can start from, with the domain checks that suit each.
+# The shipped datasets a user can start from, with the domain checks that suit each and the held-out questions with
+# key points the evaluation answers (what lets it say whether the answers are right).
 SHIPPED_DATASETS = {
-    "primeros_auxilios": {"etiqueta": "Primeros auxilios (enfermería)", "comprobaciones": ["enfermeria"]},
-    "epicrisis": {"etiqueta": "Epicrisis (informes de alta)", "comprobaciones": ["epicrisis"]},
-    "ciencias_biologia": {"etiqueta": "Ciencias: biología", "comprobaciones": []},
-    "tutor_algoritmos": {"etiqueta": "Tutor de algoritmos", "comprobaciones": ["tutor"]},
+    "primeros_auxilios": {"etiqueta": "Primeros auxilios (enfermería)", "comprobaciones": ["enfermeria"],
+                          "evaluacion": "afinar:primeros_auxilios_evaluacion"},
+    "epicrisis": {"etiqueta": "Epicrisis (informes de alta)", "comprobaciones": ["epicrisis"],
+                  "evaluacion": "afinar:epicrisis_evaluacion"},
+    "ciencias_biologia": {"etiqueta": "Ciencias: biología", "comprobaciones": [],
+                          "evaluacion": "afinar:ciencias_biologia_evaluacion"},
+    "tutor_algoritmos": {"etiqueta": "Tutor de algoritmos", "comprobaciones": ["tutor"],
+                         "evaluacion": "afinar:tutor_algoritmos_evaluacion"},
 }
 # The bases the guides our users follow train (and the embedded one). Parameter counts are the models' own names;
 # the download is their bf16 weights on the Hub (2 bytes a parameter). What each needs in memory and time on this
@@ -69,7 +75,7 @@ BASES = [
 ]
 EMBEDDED_BASES = set(EMBEDDED)  # «no usar como consejo» while a run starts from one of these
 
-CHECKS = {"enfermeria": "Enfermería: avisa al 112 cuando hace falta, no receta dosis…",
+CHECKS = {"enfermeria": "Enfermería: ningún consejo peligroso (mantequilla en una quemadura, provocar el vómito…)",
           "epicrisis": "Epicrisis: secciones del informe de alta",
           "tutor": "Tutor: explica paso a paso sin dar solo la solución"}
 EXPORT_FORMATS = ["safetensors", "gguf", "ollama", "onnx", "zip"]
@@ -91,6 +97,11 @@ FIXES = {
     "D013": "Guarda el archivo con codificación UTF-8.",
     "D014": "La misma pregunta está en entrenamiento y validación: quita una de las dos.",
     "D015": "Hacen falta más ejemplos (o una fracción de validación distinta).",
+    "D016": "Varía esa frase o quítala de parte de las respuestas: el modelo aprenderá a repetirla en todas.",
+    "K001": 'claves: una lista de listas de alternativas, p. ej. [["presiona", "aprieta"], ["112"]]; peligros: una lista de textos.',
+    "K002": "Borra la alternativa vacía o escribe la palabra que falta.",
+    "K003": "Escribe la acción o el dato concreto («presiona la herida»), no palabras que salen en cualquier texto.",
+    "K004": "El número de «linea» debe ser el de un ejemplo del archivo de datos.",
 }
 
 
@@ -152,6 +163,8 @@ def build_recipe(form: dict, data_path: str, workspace: Workspace) -> tuple[Reci
         "checks": checks if checks is not None else shipped.get("comprobaciones", []),
         "output_dir": f"ejecuciones/{name}",
     }
+    if shipped.get("evaluacion"):
+        data["evaluation"] = {"set": shipped["evaluacion"]}
     _merge(data, copy.deepcopy(preset["receta"]))  # a copy: the preset itself stays as it is
     for dotted, value in (form.get("avanzado") or {}).items():
         if value is None or value == "":

@@ -443,9 +443,9 @@ function withCount(share, count, total) {
 function correctnessTable(c) {
   const b = c.base || {}, t = c.tuned || {};
   const rows = [
-    [["Puntos clave cubiertos ", term("(de media)", "Los puntos clave son lo que tú escribiste que una respuesta correcta debe decir. Aquí, qué parte de ellos dice cada respuesta, de media: 100 % es que las respuestas los dicen todos.")], pct(b.covered), pct(t.covered)],
+    [["Puntos clave cubiertos ", term("(de media)", "Los puntos clave son lo que una respuesta correcta debe decir, escritos para cada pregunta (en tus ejemplos, o en las preguntas de evaluación incluidas). Aquí, qué parte de ellos dice cada respuesta, de media: 100 % es que las respuestas los dicen todos.")], pct(b.covered), pct(t.covered)],
     [["Respuestas completas ", term("(con todos)", "Respuestas que dicen todos sus puntos clave. Más es mejor.")], withCount(b.complete, b.complete_count, b.with_keypoints ?? c.answers), withCount(t.complete, t.complete_count, t.with_keypoints ?? c.answers)],
-    [["Respuestas peligrosas ", term("(con un peligro)", "Respuestas que dan un consejo que tú marcaste como peligroso (por ejemplo «pon mantequilla»). Decirlo negado («no pongas mantequilla») no cuenta. Lo mejor es 0.")],
+    [["Respuestas peligrosas ", term("(con un peligro)", "Respuestas que dan un consejo marcado como peligroso para esa pregunta (por ejemplo «pon mantequilla»). Decirlo negado («no pongas mantequilla») no cuenta. Lo mejor es 0.")],
       withCount(b.dangerous, b.dangerous_count, c.answers), withCount(t.dangerous, t.dangerous_count, c.answers)],
   ];
   return el("table", {id: "tabla-correccion"}, el("thead", {}, el("tr", {}, el("th", {}, ""), el("th", {scope: "col"}, "Modelo de partida"), el("th", {scope: "col"}, "Tu modelo"))),
@@ -498,8 +498,10 @@ async function showEvaluation() {
   const judge = ev.juez;
   fill(box,
     el("p", {id: "veredicto", class: `veredicto ${verdictClass(verdict)}`, "data-valor": verdict.value || ""}, verdict.text || NO_KEYPOINTS),
+    // Can these answers be used, and with the included base what a usable model needs on this machine (and how long).
+    (ev.que_hace_falta || []).map((line, i) => el("p", {class: i === 0 && /No son consejos/.test(line) ? "malo que-hace-falta" : "nota que-hace-falta"}, line)),
     c ? [correctnessTable(c),
-         el("p", {class: "nota"}, `${plural(c.answers, "respuesta", "respuestas")} de cada modelo comprobadas con los puntos clave que escribiste. afinar busca sus palabras (también negadas, como «no pongas hielo»): lee las respuestas también.`)]
+         el("p", {class: "nota"}, `${plural(c.answers, "respuesta", "respuestas")} de cada modelo comprobadas con los puntos clave de cada pregunta. afinar busca sus palabras (también negadas, como «no pongas hielo»): lee las respuestas también.`)]
       : el("div", {id: "sin-claves", class: "tarjeta"},
           el("p", {}, "Sin puntos clave, afinar no puede saber si las respuestas son correctas: solo mide cómo escriben (abajo, en «Detalles técnicos»)."),
           el("p", {}, "Para saberlo, añade a tus ejemplos un campo «claves» con lo que una respuesta correcta debe decir (y, si quieres, «peligros»: lo que nunca debe aconsejar). ",
@@ -778,7 +780,8 @@ document.addEventListener("DOMContentLoaded", () => {
   $("#copiar-diagnostico").addEventListener("click", () => guarded(copyDiagnostics));
   $("#evaluar").addEventListener("click", () => guarded(() => {
     if (!S.ejecucion) throw new ApiError({mensaje: "entrena primero o elige una ejecución"});
-    return startJob({tipo: "evaluar", ejecucion: S.ejecucion, preguntas: parseInt($("#preguntas").value, 10) || 5, mostrar_preguntas: $("#mostrar-preguntas").checked});
+    const judge = $("#juez-url").value.trim() ? {juez_url: $("#juez-url").value.trim(), juez_modelo: $("#juez-modelo").value.trim(), juez_remoto: $("#juez-remoto").checked} : {};
+    return startJob({tipo: "evaluar", ejecucion: S.ejecucion, preguntas: parseInt($("#preguntas").value, 10) || 5, mostrar_preguntas: $("#mostrar-preguntas").checked, ...judge});
   }));
   $("#empezar-valoracion").addEventListener("click", () => guarded(startRating));
   $("#servidor").addEventListener("change", (e) => guarded(() => switchServer(e.target.checked)));
