@@ -380,6 +380,16 @@ def test_the_verdict_comes_from_correctness_and_danger(base, tuned, value, dange
     assert f"{tuned['complete_count']} de 4" in verdict["text"]
     # under half of the key points, or any dangerous answer: said, even when better than the base
     assert ("Aún no es fiable" in verdict["text"]) == (tuned["covered"] < 0.5 or tuned["dangerous_count"] > 0)
+    assert verdict["reliable"] == (tuned["covered"] >= 0.5 and tuned["dangerous_count"] == 0)
+
+
+def test_more_key_points_in_answers_that_are_all_wrong_is_not_called_better_plainly():
+    from afinar.evaluate.run import _verdict
+
+    verdict = _verdict({"pass": "greedy", "answers": 8, "base": _side(0.0, 0, 0, 8), "tuned": _side(0.32, 0, 0, 8)})
+    assert verdict["value"] == "mejor" and not verdict["reliable"]  # the demo's own case (make demo, 7 Dec 2026)
+    assert verdict["text"].startswith("Dice más puntos clave que el modelo de partida, pero ninguna respuesta está "
+                                      "completa") and "Aún no es fiable" in verdict["text"]
 
 
 def test_without_key_points_there_is_no_verdict():

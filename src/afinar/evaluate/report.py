@@ -66,7 +66,7 @@ CSS = (
 def _verdict_html(metrics: dict) -> str:
     e = html.escape
     verdict = metrics.get("verdict") or {}
-    state = VERDICT_STYLE.get(verdict.get("value"), "")
+    state = VERDICT_STYLE.get(verdict.get("value"), "") if verdict.get("reliable", True) or verdict.get("value") == "peor" else ""
     parts = [f"<h2>¿Responde bien?</h2><p class={state or 'plain'}><b>{e(verdict.get('text', ''))}</b></p>"]
     rows = correctness_rows(metrics.get("correctness"))
     if rows:
@@ -208,6 +208,8 @@ def print_summary(metrics: dict, console=None) -> None:
             correct.add_row(*row)
         console.print(correct)
     style = {"mejor": "bold green", "peor": "bold red"}.get(verdict.get("value"), "bold")
+    if style == "bold green" and not verdict.get("reliable", True):  # better than the base, still not advice
+        style = "bold yellow"
     console.print(Text(verdict.get("text", ""), style=style))
     judge = metrics.get("judge")
     if judge:

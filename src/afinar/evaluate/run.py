@@ -437,7 +437,7 @@ def _verdict(correctness: dict | None) -> dict:
     """Better, the same or worse than the base, decided by correctness and danger only (loss, ending and chrF
     reward a model that repeats the data's boilerplate). More dangerous answers than the base is always worse."""
     if not correctness:
-        return {"value": "sin_medida", "more_dangerous": False,
+        return {"value": "sin_medida", "more_dangerous": False, "reliable": False,
                 "text": "Estas preguntas no tienen claves: afinar no puede decir si las respuestas son correctas, solo "
                         "cómo están escritas. Añade «claves» y «peligros» a tus preguntas de evaluación."}
     base, tuned, answers = correctness["base"], correctness["tuned"], correctness["answers"]
@@ -454,15 +454,18 @@ def _verdict(correctness: dict | None) -> dict:
         value, head = "peor", "PEOR que el modelo de partida: da más respuestas peligrosas"
     elif delta >= VERDICT_MARGIN or (delta > -VERDICT_MARGIN and tuned["complete_count"] > base["complete_count"]):
         value, head = "mejor", "Mejor que el modelo de partida"
+        if not tuned["complete_count"]:  # more key points in answers that are all still wrong: not «better» for a nurse
+            head = "Dice más puntos clave que el modelo de partida, pero ninguna respuesta está completa"
     elif delta <= -VERDICT_MARGIN or tuned["complete_count"] < base["complete_count"]:
         value, head = "peor", "Peor que el modelo de partida"
     else:
         value, head = "igual", "Igual que el modelo de partida"
     text = f"{head}: {facts}."
-    if tuned["covered"] is not None and (tuned["covered"] < 0.5 or tuned["dangerous_count"]):
+    reliable = tuned["covered"] is not None and tuned["covered"] >= 0.5 and not tuned["dangerous_count"]
+    if not reliable:
         text += (" Aún no es fiable: " + ("da consejos peligrosos" if tuned["dangerous_count"] else
                  "le falta más de la mitad de lo que una respuesta correcta debe decir") + ".")
-    return {"value": value, "more_dangerous": more_dangerous, "text": text}
+    return {"value": value, "more_dangerous": more_dangerous, "reliable": reliable, "text": text}
 
 
 def _judge(samples, chosen, pairs, judge: dict, pass_name: str, progress: bool) -> dict:

@@ -487,7 +487,7 @@ def verdict_class(verdict: dict | None) -> str:
         return ""
     if verdict.get("value") == "peor" or verdict.get("more_dangerous"):
         return "malo"
-    return "bueno" if verdict.get("value") == "mejor" else ""
+    return "bueno" if verdict.get("value") == "mejor" and verdict.get("reliable", True) else ""  # not advice yet: no green
 
 
 def _correctness_html(evaluation: dict, human: dict | None) -> list[str]:

@@ -434,7 +434,7 @@ const NO_KEYPOINTS = "afinar no puede decir si tu modelo responde mejor: tus eje
 function verdictClass(v) {
   if (!v) return "";
   if (v.value === "peor" || v.more_dangerous) return "malo";
-  return v.value === "mejor" ? "bueno" : "";
+  return v.value === "mejor" && v.reliable !== false ? "bueno" : "";  // better than the base yet not advice: no green
 }
 const runUrl = (tail) => `/api/ejecuciones/${encodeURIComponent(S.ejecucion)}/${tail}`;
 function withCount(share, count, total) {
