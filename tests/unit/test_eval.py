@@ -424,6 +424,19 @@ def test_eval_scores_every_answer_by_its_key_points(tiny_run, tmp_path):
     assert html.index("¿Responde bien?") < html.index("Detalles técnicos") and metrics["verdict"]["text"][:20] in html
 
 
+def test_key_point_labels_of_user_data_stay_out_of_the_report_unless_shown(tiny_run, tmp_path):
+    from tests.conftest import qa_rows, write_jsonl
+
+    rows = [{**r, "claves": [["atorvastatina 80 mg"]], "peligros": ["warfarina"]} for r in qa_rows(2)]
+    data = write_jsonl(tmp_path / "casos.jsonl", rows)
+    metrics = evaluate_run(tiny_run, split=str(data), n=2, passes=("greedy",), progress=False)
+    saved = (tiny_run / "informe" / "metrics.json").read_text(encoding="utf-8")
+    html = (tiny_run / "informe" / "index.html").read_text(encoding="utf-8")
+    assert "atorvastatina" not in saved and "atorvastatina" not in html and "warfarina" not in saved
+    points = metrics["samples"][0]["outputs"]["greedy"]["tuned"]["keypoints"]
+    assert points["missing"] == [] and points["missing_count"] in (0, 1) and metrics["correctness"]["answers"] == 2
+
+
 def test_a_side_file_naming_no_line_stops_before_loading_anything(tiny_run, tmp_path):
     from tests.conftest import qa_rows, write_jsonl
 

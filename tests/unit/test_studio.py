@@ -1376,7 +1376,7 @@ def test_key_points_are_shown_only_after_the_blind_choice(studio):
     tuned = "a" if pairs[0]["a"].startswith("Enfría") else "b"
     base = "b" if tuned == "a" else "a"
     assert chosen["claves"][tuned] == {"categoria": "correcta", "cubiertas": 1.0, "completa": True, "faltan": [],
-                                       "peligros": [], "juez": None}
+                                       "peligros": [], "faltan_ocultas": 0, "peligros_ocultos": 0, "juez": None}
     assert chosen["claves"][base]["faltan"] == ["agua corriente"] and chosen["claves"][base]["peligros"] == ["mantequilla"]
     again = s.get("/api/ejecuciones/hecha/valoracion").json()["pares"]
     assert again[0]["claves"] == chosen["claves"] and again[1]["claves"] is None
@@ -1478,3 +1478,12 @@ def test_an_evaluation_with_a_judge_passes_it_on_and_a_remote_one_needs_her_perm
     s.wait_end(job["id"])
     call = json.loads((s.root / "llamadas.jsonl").read_text().splitlines()[-1])
     assert call[-5:] == ["--juez", "http://192.168.1.20:11434/v1", "--juez-modelo", "qwen2.5:7b", "--permitir-remoto"]
+
+
+def test_hidden_key_points_are_counted_not_shown():
+    from afinar.studio.cards import _keypoints_view
+
+    row = {"keypoints": {"covered": 0.5, "complete": False, "dangerous": True, "missing": [], "dangers": [],
+                         "missing_count": 1, "dangers_count": 1, "category": "peligrosa"}}
+    view = _keypoints_view(row)
+    assert (view["faltan"], view["faltan_ocultas"], view["peligros_ocultos"]) == ([], 1, 1)

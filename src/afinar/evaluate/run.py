@@ -349,6 +349,9 @@ def evaluate_run(
                 if example.claves or example.peligros:
                     score = score_answer(reply.text, example.claves, example.peligros)
                     row["keypoints"] = {**score.as_dict(), "category": score.category}
+                    if not show_text:  # the key points are part of the user's row (a case's drugs and doses…)
+                        row["keypoints"].update(missing=[], dangers=[], missing_count=len(score.missing),
+                                                dangers_count=len(score.dangers))
                 row["findings"] = {
                     check: [f.render() for f in CHECKS[check](question, reference, reply.text)] for check in recipe.checks
                 }

@@ -153,6 +153,9 @@ def _keypoints_view(row: dict) -> dict | None:
     judge = row.get("judge")
     return {"categoria": found.get("category"), "cubiertas": found.get("covered"), "completa": found.get("complete"),
             "faltan": list(found.get("missing") or []), "peligros": list(found.get("dangers") or []),
+            # counts only when the evaluation did not keep the texts (the key points are part of the user's rows)
+            "faltan_ocultas": found.get("missing_count", 0) if not found.get("missing") else 0,
+            "peligros_ocultos": found.get("dangers_count", 0) if not found.get("dangers") else 0,
             "juez": {"veredicto": judge.get("verdict"), "motivo": judge.get("reason")} if judge else None}
 
 

@@ -525,7 +525,9 @@ function foundIn(k) {
   const quoted = (list) => list.map((x) => `«${x}»`).join(", ");
   return el("div", {class: "hallazgos", "data-categoria": k.categoria},
     k.peligros.length ? el("p", {class: "malo peligro"}, `Peligro: aconseja ${quoted(k.peligros)}.`) : null,
-    k.cubiertas === null || k.cubiertas === undefined ? null // only dangers were written for this example
+    k.peligros_ocultos ? el("p", {class: "malo peligro"}, `Peligro: da ${plural(k.peligros_ocultos, "consejo marcado", "consejos marcados")} como peligroso (no se muestra cuál: la evaluación no guardó los textos).`) : null,
+    k.faltan_ocultas ? el("p", {class: "faltan"}, `Le ${k.faltan_ocultas === 1 ? "falta 1 punto clave" : `faltan ${k.faltan_ocultas} puntos clave`} (no se muestran: la evaluación no guardó los textos).`)
+    : k.cubiertas === null || k.cubiertas === undefined ? null // only dangers were written for this example
       : k.faltan.length ? el("p", {class: "faltan"}, `${k.faltan.length === 1 ? "Le falta este punto clave" : `Le faltan ${k.faltan.length} puntos clave`}: ${quoted(k.faltan)}.`)
       : el("p", {class: "bueno"}, "Dice todos los puntos clave."),
     el("p", {class: "nota"}, `Según los puntos clave: ${k.categoria}.`),
