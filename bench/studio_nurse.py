@@ -186,8 +186,10 @@ def main() -> int:
                     time.sleep(0.5)
                 print("   progreso visto:", " → ".join(seen[:3] + (["…"] if len(seen) > 6 else []) + seen[-3:]))
                 print("   estado:", page.get_attribute("#trabajo-estado", "data-estado"))
-                page.wait_for_selector("#tabla-evaluacion")
+                page.wait_for_selector("#veredicto")  # first whether the answers are right; the rest is folded
+                print("   veredicto:", page.inner_text("#veredicto"))
                 print("  ", page.inner_text("#evaluacion-cuantas"))
+                page.click("#detalles-evaluacion summary")
                 print("  ", page.inner_text("#tabla-evaluacion").replace("\n", " | "))
                 print("   aviso «no usar como consejo» visible:", page.is_visible("#paso-evaluar .consejo"))
                 page.click("#empezar-valoracion")
