@@ -145,7 +145,13 @@ def _tuned_only(run: Path, generation: dict) -> dict:
 
     from afinar.data.templates import encode_examples
     from afinar.evaluate.metrics import measure
-    from afinar.evaluate.run import _examples, _run_info, _summary, _training_autocast, held_out_turns
+    from afinar.evaluate.run import (
+        _examples,
+        _run_info,
+        _summary,
+        _training_autocast,
+        held_out_turns,
+    )
     from afinar.inference.chat import generate_many
     from afinar.runs import load_ref, open_ref
     from afinar.training import evaluate_loss
@@ -216,9 +222,7 @@ def main() -> None:
             run, generation = RUNS / name, {}
             _train(name, args.minutos, args.pasos)
         if base is None:  # the base's side, once: the whole `afinar eval` on the held-out questions
-            from afinar.evaluate.run import evaluate_run
-
-            from afinar.evaluate.run import _examples
+            from afinar.evaluate.run import _examples, evaluate_run
             from afinar.runs import open_ref
 
             metrics = evaluate_run(run, split=HELD_OUT, n=1000, passes=("greedy",), max_new_tokens=320, progress=False)

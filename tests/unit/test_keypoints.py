@@ -5,7 +5,12 @@ import json
 import pytest
 
 from afinar.data.formats import attach_keypoints, load_examples, shipped_dataset
-from afinar.data.keypoints import dangers_in, matches_everything, score_answer, sentences
+from afinar.data.keypoints import (
+    dangers_in,
+    matches_everything,
+    score_answer,
+    sentences,
+)
 
 PRESS = [["presiona", "aprieta", "comprime", "presión"]]
 

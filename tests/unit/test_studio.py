@@ -1302,9 +1302,9 @@ def test_ratings_export_is_one_example_per_rated_answer(studio):
     assert second["claves_borrador"] is True
     assert second["claves_propuestas"] == [["enfría zona corriente 20 minutos"], ["no pongas hielo 1"]]
     # The downloaded lines are examples afinar reads (pregunta + respuesta).
+    from afinar.config import DataSection, DataSource
     from afinar.data.formats import CODES  # noqa: F401 — the module that parses them loads
     from afinar.data.validate import gather
-    from afinar.config import DataSection, DataSource
 
     path = s.root / "nuevas.jsonl"
     path.write_text(answer.text, encoding="utf-8")

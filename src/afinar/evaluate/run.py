@@ -16,7 +16,14 @@ from pathlib import Path
 from afinar.atomic import atomic_write_text
 from afinar.config import GenerationSection
 from afinar.data.chat_format import stops_of
-from afinar.data.formats import Example, Problem, attach_keypoints, keypoints_file, load_examples, shipped_dataset
+from afinar.data.formats import (
+    Example,
+    Problem,
+    attach_keypoints,
+    keypoints_file,
+    load_examples,
+    shipped_dataset,
+)
 from afinar.data.keypoints import score_answer
 from afinar.data.pii import has_pii
 from afinar.data.templates import encode_examples, ids_and_labels, with_system
