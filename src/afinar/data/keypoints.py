@@ -283,6 +283,7 @@ def _general_texts() -> tuple[list[list[Token]], ...]:
     return tuple(sentences(t) for t in texts if t)
 
 
+@lru_cache(maxsize=16384)  # every load of an evaluation set asks again for the same patterns
 def matches_everything(phrase: str) -> str | None:
     """Why a clave or peligro would match almost any answer (a Spanish clause for an error message), or None."""
     _, stems = pattern(phrase)

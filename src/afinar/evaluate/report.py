@@ -17,7 +17,15 @@ PASS_LABELS = {"greedy": "greedy", "sampled": "muestreo de la receta"}
 CORRECTNESS_LABELS = {"covered": "puntos clave cubiertos", "complete": "respuestas completas (todos los puntos clave)",
                       "dangerous": "respuestas peligrosas (menos es mejor)"}
 RATINGS = ("correcta", "incompleta", "incorrecta", "peligrosa")
-VERDICT_STYLE = {"mejor": "ok", "peor": "bad"}
+
+
+def verdict_tone(verdict: dict | None) -> str:
+    """How the verdict sentence is coloured wherever it is shown (report, terminal, printable card): "bad" when worse
+    or more dangerous than the base, "good" when better and reliable, "" otherwise (better yet not advice: no green)."""
+    verdict = verdict or {}
+    if verdict.get("value") == "peor" or verdict.get("more_dangerous"):
+        return "bad"
+    return "good" if verdict.get("value") == "mejor" and verdict.get("reliable", True) else ""
 
 
 def _pct(value) -> str:
@@ -66,7 +74,7 @@ CSS = (
 def _verdict_html(metrics: dict) -> str:
     e = html.escape
     verdict = metrics.get("verdict") or {}
-    state = VERDICT_STYLE.get(verdict.get("value"), "") if verdict.get("reliable", True) or verdict.get("value") == "peor" else ""
+    state = {"good": "ok", "bad": "bad"}.get(verdict_tone(verdict), "")
     parts = [f"<h2>¿Responde bien?</h2><p class={state or 'plain'}><b>{e(verdict.get('text', ''))}</b></p>"]
     rows = correctness_rows(metrics.get("correctness"))
     if rows:
@@ -207,9 +215,9 @@ def print_summary(metrics: dict, console=None) -> None:
         for row in rows:
             correct.add_row(*row)
         console.print(correct)
-    style = {"mejor": "bold green", "peor": "bold red"}.get(verdict.get("value"), "bold")
-    if style == "bold green" and not verdict.get("reliable", True):  # better than the base, still not advice
-        style = "bold yellow"
+    # better than the base yet not advice: yellow
+    style = {"good": "bold green", "bad": "bold red"}.get(verdict_tone(verdict),
+                                                          "bold yellow" if verdict.get("value") == "mejor" else "bold")
     console.print(Text(verdict.get("text", ""), style=style))
     judge = metrics.get("judge")
     if judge:

@@ -10,12 +10,13 @@ import random
 import re
 import threading
 import time
-import unicodedata
 from pathlib import Path
 
 from afinar import __version__
 from afinar.atomic import atomic_write_text
+from afinar.data.duplicates import fold
 from afinar.errors import AfinarError
+from afinar.evaluate.report import verdict_tone, write_report
 from afinar.htmlpage import page, table
 from afinar.runs import (
     DATA_FINGERPRINT,
@@ -241,8 +242,6 @@ def _rewrite_report(run_dir: Path, metrics: dict) -> None:
     read from metrics["run"], which `afinar eval` wrote relative to the folder it ran in: made this run's path when it
     does not lead here. A report this afinar cannot render (an older evaluation) keeps its page; metrics.json is
     updated anyway."""
-    from afinar.evaluate.report import write_report
-
     if Path(str(metrics.get("run", ""))).resolve() != run_dir.resolve():
         metrics["run"] = str(run_dir)
     try:
@@ -310,10 +309,6 @@ un una uno unos unas usted y ya
 """.split())
 
 
-def _plain(word: str) -> str:
-    return "".join(c for c in unicodedata.normalize("NFKD", word.lower()) if not unicodedata.combining(c))
-
-
 def draft_keypoints(reference: str, limit: int = 6) -> list[list[str]]:
     """A draft of key points from a reference answer: for each sentence, its main content words (the first one, often
     the order given, the two longest after it and any number with the word after it, in their order), as one
@@ -322,14 +317,14 @@ def draft_keypoints(reference: str, limit: int = 6) -> list[list[str]]:
     draft = []
     for sentence in re.split(r"[.!?;:\n]+", reference):
         raw = re.findall(r"\d+(?:[.,]\d+)?|[^\W\d_]+", sentence)
-        keep = [i for i, w in enumerate(raw) if w[0].isdigit() or (len(w) > 2 and _plain(w) not in PLAIN_WORDS)]
+        keep = [i for i, w in enumerate(raw) if w[0].isdigit() or (len(w) > 2 and fold(w) not in PLAIN_WORDS)]
         if not keep:
             continue
         numbers = {i for i in keep if raw[i][0].isdigit()}
         numbers |= {i + 1 for i in numbers if i + 1 in keep}  # "20 minutos"
         longest = sorted((i for i in keep[1:] if i not in numbers), key=lambda i: (-len(raw[i]), i))[:2]
         chosen = sorted({keep[0], *longest, *numbers})
-        negated = any(_plain(w) in ("no", "nunca", "jamas", "ni") for w in raw[: keep[0]])
+        negated = any(fold(w) in ("no", "nunca", "jamas", "ni") for w in raw[: keep[0]])
         phrase = ("no " if negated else "") + " ".join(raw[i].lower() for i in chosen)
         if [phrase] not in draft:
             draft.append([phrase])
@@ -485,12 +480,8 @@ NO_KEYPOINTS = ("Sin puntos clave, afinar no puede saber si las respuestas son c
 
 
 def verdict_class(verdict: dict | None) -> str:
-    """The colour of the verdict sentence: red when worse or more dangerous, green when better."""
-    if not verdict:
-        return ""
-    if verdict.get("value") == "peor" or verdict.get("more_dangerous"):
-        return "malo"
-    return "bueno" if verdict.get("value") == "mejor" and verdict.get("reliable", True) else ""  # not advice yet: no green
+    """The card's CSS class for the verdict sentence (the tone is the report's: `verdict_tone`)."""
+    return {"good": "bueno", "bad": "malo"}.get(verdict_tone(verdict), "")
 
 
 def _correctness_html(evaluation: dict, human: dict | None) -> list[str]:
