@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 # The exports' engines (llama-cpp-python compiles llama.cpp: minutes, once) and the tests' tools.
 $(EXTRAS_STAMP): $(STAMP)
-	$(BIN)/python -m pip install -e ".[test,llamacpp,onnx]"
+	$(BIN)/python -m pip install -e ".[test,llamacpp,onnx,qlora]"
 	touch $(EXTRAS_STAMP)
 
 install: $(STAMP)

@@ -4,7 +4,7 @@
 #   make install TORCH=torch && bench/gpu_check.sh
 # Con otro entorno que ya tenga torch con CUDA y afinar instalado:  PYTHON=/ruta/al/python bench/gpu_check.sh
 # Cada comprobación entrena 3 pasos de recipes/enfermeria.yaml sobre smollm2-135m en una carpeta temporal:
-#   a) bf16   b) fp16 (con GradScaler)   c) QLoRA 4 bits (instala bitsandbytes si falta)
+#   a) bf16   b) fp16 (con GradScaler)   c) QLoRA 4 bits (instala bitsandbytes si falta) y c') su fusión
 #   d) FSDP2 con 1 GPU (recipes/accelerate/fsdp.yaml)   e) DDP con 1 GPU (recipes/accelerate/ddp.yaml)
 # Opcional: WITH_DEEPSPEED=1 añade f) DeepSpeed ZeRO-2 con 1 GPU (instala deepspeed si falta; tarda más).
 # Cada una imprime además el plan (memoria por fórmula y medida, paso previsto) junto al pico y el paso reales.
@@ -139,10 +139,43 @@ check b "CUDA fp16 + GradScaler" fp16 NO yes afinar train "$RECIPE" --precision 
 if ! "$PYTHON" -c "import bitsandbytes" 2>/dev/null; then
   echo
   echo "== instalando bitsandbytes para c)"
-  "$PYTHON" -m pip install --quiet "bitsandbytes>=0.43" || echo "  no se pudo instalar bitsandbytes"
+  "$PYTHON" -m pip install --quiet "bitsandbytes>=0.49" || echo "  no se pudo instalar bitsandbytes"
 fi
 # precision auto: bf16 on any GPU that supports it (Ampere or newer); the check expects the H200's bf16.
 check c "QLoRA 4 bits (bitsandbytes)" bf16 NO - afinar train "$QLORA_RECIPE" --precision auto
+
+# c') The QLoRA run's merge (issue 27): into the unquantised base, never into the 4-bit layers; the merged model must
+# be plain float tensors and equal to base + adapter (merge's own check, G004 otherwise), and afinar_merge.json says
+# how far it is from the training-time model (4-bit base + adapter) on CUDA.
+echo
+echo "== c') fusión de la ejecución QLoRA (base sin cuantizar + adaptador)"
+start=$SECONDS
+if [[ -f "$WORK/c/afinar_run.json" ]] && timeout "$TIMEOUT" afinar merge "$WORK/c" --output "$WORK/c-merged" >"$WORK/c-merge.log" 2>&1 \
+   && "$PYTHON" - "$WORK/c-merged" <<'EOF2'
+import json
+import sys
+from pathlib import Path
+
+from safetensors import safe_open
+
+folder = Path(sys.argv[1])
+summary = json.loads((folder / "afinar_merge.json").read_text(encoding="utf-8"))
+print(f"  comprobación: {summary['check']} · qlora: {json.dumps(summary.get('qlora'), ensure_ascii=False)}")
+dtypes = set()
+for shard in folder.glob("*.safetensors"):
+    with safe_open(shard, "pt") as f:
+        dtypes |= {str(f.get_slice(k).get_dtype()) for k in f.keys()}
+print(f"  tipos en los safetensors: {sorted(dtypes)}")
+ok = summary.get("ok") and summary.get("qlora") and dtypes <= {"F32", "F16", "BF16"}
+raise SystemExit(0 if ok else 1)
+EOF2
+then
+  SUMMARY+=("$(printf '%-5s  %s) %s  (%d s)' OK "c'" "fusión QLoRA sobre la base sin cuantizar" $((SECONDS - start)))")
+else
+  tail -n 15 "$WORK/c-merge.log" 2>/dev/null | sed 's/^/  | /'
+  SUMMARY+=("$(printf '%-5s  %s) %s  (%d s)' FALLO "c'" "fusión QLoRA sobre la base sin cuantizar" $((SECONDS - start)))")
+  FAILED=1
+fi
 
 check d "FSDP2, 1 GPU (recipes/accelerate/fsdp.yaml)" bf16 FSDP - \
   accelerate launch --config_file recipes/accelerate/fsdp.yaml --num_processes 1 -m afinar train "$RECIPE" --precision bf16

@@ -73,12 +73,12 @@ def _cmd_export(args) -> int:
         manifest = verify_zip(args.verificar, progress=not args.sin_progreso)
         print(f"✓ {args.verificar}: {len(manifest['files'])} archivos coinciden con su SHA-256 del manifiesto")
         return 0
-    if not args.run or not args.formato:
+    if not args.run or not (args.formato or args.ollama_crear):
         raise AfinarError("X004", "indica la ejecución y el formato: afinar export RUN --formato gguf|onnx|safetensors|zip|ollama|todo")
     from afinar.export.run import export
 
-    export(args.run, args.formato, output=args.output, dtype=args.dtype, quants=args.cuantizacion, overwrite=args.overwrite,
-           progress=not args.sin_progreso)
+    export(args.run, args.formato or [], output=args.output, dtype=args.dtype, quants=args.cuantizacion, overwrite=args.overwrite,
+           progress=not args.sin_progreso, ollama_name=args.ollama_crear)
     return 0
 
 
@@ -194,7 +194,8 @@ def _cmd_plan(args) -> int:
                  "model.base": args.base}
     if args.gradient_checkpointing is not None:
         overrides["train.gradient_checkpointing"] = args.gradient_checkpointing
-    plan(args.recipe, device=args.dispositivo, calibrate=args.calibrar, as_json=args.json, overrides=overrides)
+    plan(args.recipe, device=args.dispositivo, calibrate=args.calibrar, as_json=args.json, overrides=overrides,
+         bases=args.bases)
     return 0
 
 
@@ -299,9 +300,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="uno o varios formatos; todo = todos")
     p.add_argument("--output", help="carpeta destino (por defecto RUN/export)")
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp16", help="precisión del safetensors exportado")
-    p.add_argument("--cuantizacion", nargs="+", choices=["f16", "q8_0", "q4_k_m"], default=["q8_0"],
+    p.add_argument("--cuantizacion", nargs="+", choices=["f16", "q8_0", "q4_k_m", "q5_k_m", "q6_k"], default=["q8_0"],
                    help="GGUF además del f16 (por defecto q8_0; q4_k_m para modelos de 1B o más)")
     p.add_argument("--verificar", metavar="ZIP", help="comprueba un zip exportado contra su manifiesto SHA-256")
+    p.add_argument("--ollama-crear", metavar="NOMBRE",
+                   help="además crea el modelo en Ollama (ollama create NOMBRE -f Modelfile; incluye --formato ollama)")
     p.add_argument("--sobrescribir", "--overwrite", dest="overwrite", action="store_true")
     p.add_argument("--sin-progreso", action="store_true")
     p.set_defaults(func=_cmd_export)
@@ -339,7 +342,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-length", type=int)
     p.add_argument("--seed", type=int)
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"])
-    p.add_argument("--base", help="modelo base: smollm2-135m, carpeta, .gguf o id del Hub")
+    p.add_argument("--base", help="modelo base: smollm2-135m, carpeta, .gguf, id del Hub u ollama:NOMBRE[:etiqueta] (un modelo ya descargado en Ollama)")
     p.add_argument("--output", help="carpeta de la ejecución (por defecto runs/<nombre>)")
     p.add_argument("--resume", action="store_true", help="continúa desde el último checkpoint completo")
     p.add_argument("--forzar", "--force", dest="force", action="store_true",
@@ -361,9 +364,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="el plan en JSON (memory.total_gb, time.step_seconds…)")
     p.add_argument("--tokens-per-batch", type=int)
     p.add_argument("--max-length", type=int)
-    p.add_argument("--base", help="modelo base: smollm2-135m, carpeta, .gguf o id del Hub (solo su config.json)")
+    p.add_argument("--base", help="modelo base: smollm2-135m, carpeta, .gguf, id del Hub (solo su config.json) u ollama:NOMBRE[:etiqueta]")
     p.add_argument("--gradient-checkpointing", dest="gradient_checkpointing", action="store_true", default=None)
     p.add_argument("--sin-gradient-checkpointing", dest="gradient_checkpointing", action="store_false")
+    p.add_argument("--bases", action="store_true",
+                   help="además, las bases que podrías usar (incluida, GGUF y Ollama locales, las de las guías en el "
+                        "Hub): si caben y cuánto tardaría la receta con cada una, sin descargar nada")
     p.set_defaults(func=_cmd_plan)
 
     p = sub.add_parser("merge", help="fusiona el adaptador en un modelo safetensors independiente")

@@ -26,6 +26,6 @@ class AfinarError(Exception):
 
 def install_hint(extra: str, note: str = "", make_test: bool = True) -> str:
     """How to add one of afinar's optional extras (`make demo` installs none: the export ones come with `make test`;
-    `make_test=False` for an extra it does not install, such as `cuda`)."""
+    `make_test=False` for an extra it does not install)."""
     also = " (o `make test`, que instala todos los extras)" if make_test else ""
     return f'en la carpeta de afinar: .venv/bin/pip install -e ".[{extra}]"{note}{also}'

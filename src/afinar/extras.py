@@ -29,7 +29,9 @@ EXTRAS = {
                       note=", que compila llama.cpp: unos minutos la primera vez"),
     "onnx": Extra(("onnxruntime", "optimum.exporters.onnx"), "X030",
                   "faltan optimum-onnx y onnxruntime para exportar a ONNX y servirlo."),
-    "cuda": Extra(("bitsandbytes",), "H004", "falta bitsandbytes para QLoRA 4-bit.", make_test=False),
+    "qlora": Extra(("bitsandbytes",), "H004",
+                   "QLoRA 4-bit (model.quantization: 4bit) necesita bitsandbytes (≥ 0.49 en CPU), que no está instalado.",
+                   note="; o quita 'quantization: 4bit' para entrenar LoRA normal"),
 }
 
 
@@ -46,8 +48,13 @@ def available(extra: str) -> bool:
     return all(_importable(module) for module in EXTRAS[extra].modules)
 
 
+def missing_error(extra: str, where: str | None = None) -> AfinarError:
+    """The extra's AfinarError: its code, its message and how to install it."""
+    spec = EXTRAS[extra]
+    return AfinarError(spec.code, spec.message, where=where, hint=install_hint(extra, spec.note, spec.make_test))
+
+
 def require(extra: str) -> None:
-    """Raise the extra's AfinarError (its code, its message, how to install it) unless it is installed."""
+    """Raise the extra's AfinarError unless it is installed."""
     if not available(extra):
-        spec = EXTRAS[extra]
-        raise AfinarError(spec.code, spec.message, hint=install_hint(extra, spec.note, spec.make_test))
+        raise missing_error(extra)

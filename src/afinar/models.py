@@ -7,12 +7,23 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import afinar.gguf_import as gguf_import
+import afinar.hub_download as hub_download
+import afinar.ollama_store as ollama_store
 from afinar.errors import AfinarError
+from afinar.hardware import bnb_4bit_config
+from afinar.tokenizer_files import (  # noqa: F401  (re-exported: their home was here)
+    EXTRA_TEMPLATES_DIR,
+    TEMPLATE_FILE,
+    TOKENIZER_CONFIG,
+    _read_templates,
+    embed_chat_template,
+    save_tokenizer,
+    stored_chat_templates,
+    template_in_config,
+)
 
 DEFAULT_BASE = "smollm2-135m"
-TOKENIZER_CONFIG = "tokenizer_config.json"
-TEMPLATE_FILE = "chat_template.jinja"
-EXTRA_TEMPLATES_DIR = "additional_chat_templates"
 
 
 @dataclass(frozen=True)
@@ -48,27 +59,33 @@ def embedded_gguf_path(name: str = DEFAULT_BASE) -> Path:
     return path
 
 
-def _converted_dir(gguf_path: Path) -> Path:
-    from afinar.gguf_import import CONVERTER_VERSION, file_sha256
+def _converted_dir(gguf_path: Path, name: str | None = None, digest: str | None = None) -> Path:
+    """`$AFINAR_HOME/models/<name>-<sha256[:16]>-v<converter>`: a new file or a new converter is a new folder."""
+    digest = (digest or gguf_import.file_sha256(gguf_path))[:16]
+    return afinar_home() / "models" / f"{name or gguf_path.stem}-{digest}-v{gguf_import.CONVERTER_VERSION}"
 
-    digest = file_sha256(gguf_path)[:16]
-    return afinar_home() / "models" / f"{gguf_path.stem}-{digest}-v{CONVERTER_VERSION}"
 
-
-def ensure_converted(gguf_path: Path) -> Path:
-    """The cached HF folder for a GGUF file, converting it the first time."""
-    target = _converted_dir(gguf_path)
+def ensure_converted(gguf_path: Path, name: str | None = None, digest: str | None = None) -> Path:
+    """The cached HF folder for a GGUF file, converting it the first time. `digest`: its SHA-256 when already known
+    (an Ollama blob is named by it), so a multi-GB file is not hashed on every run."""
+    target = _converted_dir(gguf_path, name, digest)
     if (target / "config.json").is_file():
         return target
-    from afinar.gguf_import import convert_gguf
-
-    print(f"Convirtiendo {gguf_path.name} a formato Hugging Face (solo la primera vez) en {target} ...")
-    return convert_gguf(gguf_path, target)
+    print(f"Convirtiendo {name or gguf_path.name} a formato Hugging Face (solo la primera vez) en {target} ...")
+    return gguf_import.convert_gguf(gguf_path, target)
 
 
-def resolve_base(spec: str) -> str:
-    """A path to a local HF folder, or a Hub id to be downloaded by `from_pretrained`."""
+def resolve_base(spec: str, download: bool = False) -> str:
+    """A path to a local HF folder, or a Hub id to be downloaded by `from_pretrained`.
+
+    `download=True` (training): a Hub id is fetched here instead, with progress, resume and each file's hash checked
+    (hub_download.py); other callers (the plan, validate) read only its config.json or tokenizer."""
     spec = (spec or DEFAULT_BASE).strip()
+    if spec.lower().startswith("ollama:"):  # a model of the local Ollama store: its GGUF blob (ollama_store.py)
+        # Its Go template is compared with the GGUF's where the training starts (export/ollama.py check_template).
+        found = ollama_store.find_model(spec)
+        folder_name = "ollama-" + re.sub(r"[^\w.-]+", "-", found.name).strip("-")
+        return str(ensure_converted(found.gguf, folder_name, found.digest))
     if spec in EMBEDDED:
         return str(ensure_converted(embedded_gguf_path(spec)))
     path = Path(spec).expanduser()
@@ -81,6 +98,8 @@ def resolve_base(spec: str) -> str:
             raise AfinarError("M002", "la carpeta no es un modelo Hugging Face (falta config.json).", where=spec)
         return str(path.resolve())
     if _HUB_ID.match(spec) and not path.exists():
+        if download and not os.environ.get("HF_HUB_OFFLINE"):  # offline: the cache serves it, unverified again
+            return str(hub_download.download_base(spec))
         return spec
     raise AfinarError(
         "M002",
@@ -137,89 +156,48 @@ def load_model(path_or_id: str, dtype=None, quantization: str = "none", device: 
 
     kwargs = {"dtype": dtype or torch.float32, "trust_remote_code": False, "use_safetensors": True}
     if quantization == "4bit":
-        from afinar.hardware import bnb_4bit_config
-
-        kwargs["quantization_config"] = bnb_4bit_config(dtype)
-        kwargs["device_map"] = {"": 0}
+        kwargs["quantization_config"] = bnb_4bit_config(kwargs["dtype"])
+        # bitsandbytes places the quantized weights while loading: on the CPU (its CPU backend) or the given GPU.
+        kwargs["device_map"] = {"": str(device) if device is not None else (0 if torch.cuda.is_available() else "cpu")}
     try:
         model = AutoModelForCausalLM.from_pretrained(path_or_id, **kwargs)
     except OSError as exc:
         raise _hub_error(path_or_id, exc) from exc
+    if quantization == "4bit":
+        # On a CPU with AVX512-BF16, bitsandbytes repacks a layer's NF4 weight for its inference kernel the first time
+        # it runs without gradients (held-out loss, eval), in place and for good: its scales rounded to bf16 (outputs
+        # move by ~1e-3) and, back in training, no gradient flows through the layer to the LoRA weights below it
+        # (bitsandbytes 0.50.2, checked). A run would change after its first validation. Kept in the trained layout.
+        for module in model.modules():
+            if hasattr(module, "support_avx512bf16_for_cpu"):
+                module.support_avx512bf16_for_cpu = False
+        if kwargs["device_map"][""] == "cpu":
+            _release_weights_file(model)
     if quantization != "4bit" and device is not None:  # None: the caller places it (FSDP shards it itself)
         model.to(device)
     return model
 
 
-def save_tokenizer(tokenizer, folder: str | os.PathLike) -> None:
-    """`save_pretrained`, then the chat template written into `tokenizer_config.json` as well.
+def _release_weights_file(model) -> None:
+    """QLoRA on a CPU: loading read the whole weights file (every page of the memory-mapped safetensors stays in the
+    process's resident memory while a tensor still maps it), quantized the body and left the rest (embeddings,
+    norms, output head) as views of the file when its dtype is the one asked for. Copy those views, so the mapping
+    goes, and hand the loader's freed heap back to the system (glibc). Measured after loading SmolLM2-135M (fp32
+    file): resident 1 035 → 562 MB; a Qwen2.5-0.5B shape (bf16 file, no views): 2 224 → 1 082 MB."""
+    import ctypes
+    import gc
 
-    transformers ≥ 4.47 saves the template only in `chat_template.jinja`; Transformers.js, Ollama's safetensors import
-    and older llama.cpp / transformers read it only from `tokenizer_config.json` ("chat_template is not set")."""
-    tokenizer.save_pretrained(folder)
-    embed_chat_template(folder)
-
-
-def _read_templates(folder: Path, config: dict) -> str | dict | None:
-    """The folder's template(s) as transformers would load them: the .jinja files win over the config's copy."""
-    named = {}
-    if (folder / EXTRA_TEMPLATES_DIR).is_dir():
-        named = {p.stem: p.read_text(encoding="utf-8") for p in sorted((folder / EXTRA_TEMPLATES_DIR).glob("*.jinja"))}
-    if (folder / TEMPLATE_FILE).is_file():
-        default = (folder / TEMPLATE_FILE).read_text(encoding="utf-8")
-        return {"default": default, **named} if named else default
-    stored = config.get("chat_template")
-    if isinstance(stored, list):  # the config's own form for several named templates
-        stored = {t.get("name"): t.get("template") for t in stored if isinstance(t, dict)}
-    if isinstance(stored, dict) and named:
-        stored = {**stored, **named}
-    return stored
-
-
-def embed_chat_template(folder: str | os.PathLike) -> None:
-    """Make `tokenizer_config.json` and `chat_template.jinja` carry the same template, whichever has it now.
-
-    Used after our own `save_pretrained` and on folders other tools wrote (optimum's ONNX export)."""
-    import json
-
-    from afinar.atomic import atomic_write_text
-
-    folder = Path(folder)
-    config_path = folder / TOKENIZER_CONFIG
-    if not config_path.is_file():
-        raise AfinarError("M008", "la carpeta no tiene tokenizador (falta tokenizer_config.json).", where=str(folder),
-                          hint="guarda el tokenizador junto al modelo (tokenizer.save_pretrained) y repite")
+    try:  # Linux: the address ranges where safetensors files are mapped
+        lines = [line.split()[0] for line in open("/proc/self/maps", encoding="ascii", errors="replace")
+                 if line.rstrip().endswith(".safetensors")]
+    except OSError:
+        lines = []
+    mapped = [tuple(int(x, 16) for x in span.split("-")) for span in lines]
+    for tensor in [*model.parameters(), *model.buffers()]:
+        if any(start <= tensor.data_ptr() < end for start, end in mapped):
+            tensor.data = tensor.data.clone()
+    gc.collect()
     try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise AfinarError("M008", f"tokenizer_config.json no es JSON válido ({exc}).", where=str(config_path)) from None
-    template = _read_templates(folder, config)
-    named = template if isinstance(template, dict) else {"default": template}
-    if not named or not all(isinstance(k, str) and isinstance(v, str) and v.strip() for k, v in named.items()):
-        raise AfinarError("M009", "el tokenizador no tiene una plantilla de chat que se pueda guardar (ni en "
-                                  f"{TEMPLATE_FILE} ni en {TOKENIZER_CONFIG}).", where=str(folder),
-                          hint="un modelo base sin plantilla no puede conversar; usa la variante '-Instruct'/'-Chat'")
-    if "default" in named and not (folder / TEMPLATE_FILE).is_file():
-        atomic_write_text(folder / TEMPLATE_FILE, named["default"])
-    # One template is a string in the config; several, transformers' list of {name, template}.
-    config["chat_template"] = template if isinstance(template, str) else [
-        {"name": k, "template": v} for k, v in named.items()]
-    atomic_write_text(config_path, json.dumps(config, indent=2, ensure_ascii=False) + "\n")
-
-
-def stored_chat_templates(folder: str | os.PathLike) -> dict[str, str | None]:
-    """What each file of a tokenizer folder carries, for checks and tests: {"jinja": …, "config": …}."""
-    import json
-
-    folder = Path(folder)
-    config = json.loads((folder / TOKENIZER_CONFIG).read_text(encoding="utf-8"))
-    jinja = folder / TEMPLATE_FILE
-    stored = config.get("chat_template")
-    if isinstance(stored, list):
-        stored = next((t["template"] for t in stored if t.get("name") == "default"), None)
-    return {"jinja": jinja.read_text(encoding="utf-8") if jinja.is_file() else None, "config": stored}
-
-
-def template_in_config(folder: str | os.PathLike) -> bool:
-    """True when `tokenizer_config.json` carries the same template as `chat_template.jinja`."""
-    stored = stored_chat_templates(folder)
-    return bool(stored["config"]) and stored["config"] == stored["jinja"]
+        ctypes.CDLL("libc.so.6").malloc_trim(0)  # glibc (Linux); elsewhere nothing to do
+    except (OSError, AttributeError):
+        pass

@@ -12,6 +12,7 @@ import json
 import sys
 from pathlib import Path
 
+from afinar.bases import candidate_bases, render_table
 from afinar.config import Recipe, apply_overrides, load_recipe
 from afinar.data.chat_format import recipe_tokenizer
 from afinar.data.pipeline import prepare_training_data
@@ -32,9 +33,10 @@ from afinar.train import train
 
 
 def plan(recipe: str | Path | Recipe, device: str | None = None, calibrate: bool | None = None,
-         as_json: bool = False, overrides: dict | None = None) -> Plan:
+         as_json: bool = False, overrides: dict | None = None, bases: bool = False) -> Plan:
     """The plan for `recipe` on `device` (None: this machine; "cpu", "cuda" or a key of planning.devices.DEVICES).
-    `calibrate` (default: when the device is this machine) measures real training steps here."""
+    `calibrate` (default: when the device is this machine) measures real training steps here. `bases`: also the
+    catalog of bases the recipe could start from (afinar/bases.py), each planned on the same device and data."""
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
     recipe = apply_overrides(recipe, overrides or {})
     target = resolve_target(device, recipe)
@@ -57,10 +59,20 @@ def plan(recipe: str | Path | Recipe, device: str | None = None, calibrate: bool
             result = estimate(recipe, config, shape, target, runtime_bytes=runtime)
         elif calibrate:  # `afinar train` up to its measured first steps: the same model, data and micro-batches
             result = train(recipe, progress=False, plan_only=True, force=True)
+        catalog = None
+        if bases:
+            catalog = candidate_bases(recipe, shape=shape, target=target, reference=result, runtime_bytes=runtime)
     if as_json:
-        print(json.dumps(result.to_json(), indent=2, ensure_ascii=False))
+        out = result.to_json()
+        if catalog is not None:
+            out["bases"] = [c.to_json() for c in catalog]
+        print(json.dumps(out, indent=2, ensure_ascii=False))
     else:
         print(render(result))
+        if catalog is not None:
+            print()
+            print(render_table(catalog, target.name))
+    result.bases = catalog
     return result
 
 
@@ -91,7 +103,10 @@ def render(plan: Plan) -> str:
     how = ("medido aquí con pasos reales (a + b·tokens)" if plan.calibrated
            else f"estimado: {decimal(plan.flops_per_token / 1e9)} GFLOP por token")
     lines.append(f"  {d.examples} ejemplos, {d.tokens_per_step:.0f} tokens por paso, {d.steps_per_epoch} pasos por época")
-    lines.append(f"  Un paso ≈ {decimal(plan.step_seconds)} s ({how})")
+    lines.append(f"  Un paso ≈ {decimal(plan.step_seconds)} s de media ({how})")
+    if plan.full_step_seconds > 1.05 * plan.step_seconds:
+        lines.append(f"  Los primeros pasos de cada época, con los micro-lotes más llenos ({d.full_step_tokens:.0f} tokens), "
+                     f"≈ {decimal(plan.full_step_seconds)} s")
     lines.append(f"  Una época ≈ {minutes(plan.epoch_seconds)}; la receta ({d.total_steps} pasos) ≈ "
                  f"{minutes(plan.total_seconds)}, sin contar la carga ni las validaciones")
     return "\n".join(lines)

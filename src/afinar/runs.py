@@ -103,9 +103,31 @@ def load_ref(ref: ModelRef, dtype=None):
         return load_model(str(ref.path), dtype=dtype), load_tokenizer(str(ref.path))
     from peft import PeftModel
 
-    base = load_model(ref.base_path, dtype=dtype)
-    model = PeftModel.from_pretrained(base, str(ref.path))
+    model = PeftModel.from_pretrained(load_base_as_trained(ref, dtype), str(ref.path))
     return model, load_tokenizer(str(ref.path))
+
+
+def load_base_as_trained(ref: ModelRef, dtype=None):
+    """The run's base with the weights its adapter learned on. QLoRA (`quantization: 4bit`): the base quantised to NF4
+    as in training, then dequantized to plain float layers — not the original weights: the adapter compensates the
+    quantization error it trained with, and on the embedded base (already a Q4_1 GGUF) NF4 moves the model enough that
+    the same adapter on the original weights picked another top-1 token at 49 % of positions. So eval, chat, serve,
+    merge and every export run the model that trained and was evaluated, merged in float (never into 4-bit layers)."""
+    import torch
+
+    if ref.recipe is None or ref.recipe.model.quantization != "4bit":
+        return load_model(ref.base_path, dtype=dtype)
+    import transformers
+
+    quantized = load_model(ref.base_path, dtype=torch.float32, quantization="4bit")
+    log = transformers.logging.get_logger("transformers.integrations.bitsandbytes")
+    level = log.level
+    log.setLevel("ERROR")  # its English "The model is going to be dequantized in torch.float32" note
+    try:
+        base = quantized.dequantize()  # Linear4bit → nn.Linear holding the NF4 values (bitsandbytes' dequantize_4bit)
+    finally:
+        log.setLevel(level)
+    return base.to(dtype) if dtype is not None else base
 
 
 def read_export_summary(folder: Path) -> dict:

@@ -23,6 +23,7 @@ import shutil
 import time
 from pathlib import Path
 
+from afinar import ollama_store
 from afinar.atomic import atomic_dir, atomic_write_text
 from afinar.budget import BudgetPlan, out_of_time, plan_steps
 from afinar.config import Recipe, apply_overrides, dump_recipe, load_recipe
@@ -40,6 +41,7 @@ from afinar.data.chat_format import (
 from afinar.data.pipeline import prepare_training_data
 from afinar.data.templates import IGNORE, collate, collate_packed
 from afinar.errors import AfinarError
+from afinar.export.ollama import check_template as check_ollama_template
 from afinar.models import load_config, save_tokenizer
 from afinar.planning.estimate import DataShape, estimate, process_rss, resolve_target
 from afinar.planning.memory import measured_peak, reset_peak
@@ -282,7 +284,9 @@ def train(
 
     # --- stage 1: data ----------------------------------------------------------------------------------------------
     with accelerator.main_process_first():  # the main process converts/tokenizes; the others read its cache
-        base_path = resolve_base(recipe.model.base)
+        base_path = resolve_base(recipe.model.base, download=True)
+        if recipe.model.base.lower().startswith("ollama:") and main:  # Ollama's Go template vs the GGUF's
+            check_ollama_template(ollama_store.find_model(recipe.model.base), base_path)
         tokenizer, chat = recipe_tokenizer(base_path, recipe.data.template)
         check_turns_closed(tokenizer)  # M013 before any data is read: the end of turn is trained after every answer
         prepared = prepare_training_data(recipe, tokenizer, progress=progress and main, say=say)

@@ -82,8 +82,19 @@ def prepare_for_training(model, recipe, hw, cold=()):
     if hw.device == "cpu":
         use_cpu_lora_dropout(model)  # PEFT's nn.Dropout is slow on a CPU (afinar/dropout.py)
         if hw.precision == "bf16":
-            frozen_linears_to_bf16(model)
+            frozen_linears_to_bf16(model)  # QLoRA: the output head and embeddings (never quantized) too
+    if recipe.model.quantization == "4bit":
+        use_4bit_compute_dtype(model, hw.dtype)
     return model
+
+
+def use_4bit_compute_dtype(model, dtype) -> None:
+    """QLoRA: the NF4 layers multiply in the run's precision. On a CPU the base loads in fp32 (`load_dtype`), which
+    bitsandbytes takes as the compute dtype; under bf16 autocast the matmul is bf16 either way (autocast casts it),
+    but a forward outside autocast would then run in fp32: one dtype for the layers wherever they run."""
+    for module in model.modules():
+        if type(module).__name__ in ("Linear4bit", "LinearNF4") and hasattr(module, "compute_dtype"):
+            module.compute_dtype = dtype
 
 
 def frozen_linears_to_bf16(model) -> None:

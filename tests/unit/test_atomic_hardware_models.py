@@ -1,4 +1,5 @@
 import os
+import sys
 
 import pytest
 
@@ -34,11 +35,12 @@ def test_atomic_write_text(tmp_path):
     assert path.read_text() == "{}" and [p.name for p in path.parent.iterdir()] == ["x.json"]
 
 
-def test_qlora_on_cpu_is_a_clear_error(monkeypatch):
+def test_qlora_on_cpu_without_bitsandbytes_is_a_clear_error(monkeypatch):
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # QLoRA on a CPU works with it (test_qlora_cpu.py)
     with pytest.raises(AfinarError) as err:
         hardware.detect("auto", "4bit")
-    assert err.value.code == "H001" and "GPU" in err.value.message
+    assert err.value.code == "H004" and ".[qlora]\"" in err.value.hint
     with pytest.raises(AfinarError) as err:
         hardware.detect("fp16")
     assert err.value.code == "H003"

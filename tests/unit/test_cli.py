@@ -157,3 +157,14 @@ def test_estudio_desktop_shortcut_runs_the_studio_of_that_folder(tmp_path):
         assert sys.executable in text and "estudio" in text and "--puerto" in text and "7861" in text
         assert str(tmp_path / "mi estudio") in text
     assert "Exec=" in (tmp_path / "linux" / "Desktop" / "afinar-estudio.desktop").read_text()
+
+
+def test_export_offers_every_gguf_quantisation_the_exporter_knows():
+    import argparse
+
+    from afinar.export.gguf import QUANTS
+
+    parser = build_parser()
+    export = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices["export"]
+    option = next(a for a in export._actions if "--cuantizacion" in a.option_strings)
+    assert tuple(option.choices) == QUANTS

@@ -24,7 +24,7 @@ def test_every_extra_has_its_own_code():
     codes = [spec.code for spec in extras.EXTRAS.values()]
     assert len(set(codes)) == len(codes)
     assert {name: spec.code for name, spec in extras.EXTRAS.items()} == {
-        "llamacpp": "X020", "onnx": "X030", "cuda": "H004"}
+        "llamacpp": "X020", "onnx": "X030", "qlora": "H004"}
 
 
 def test_a_blocked_package_is_found_missing(monkeypatch):
@@ -50,11 +50,13 @@ def test_one_message_for_llama_cpp_in_export_and_serve(missing):
     assert '.[llamacpp]"' in errors[0].hint
 
 
-def test_onnx_engine_and_bitsandbytes(missing):
-    missing.update({"onnx", "cuda"})
+def test_onnx_engine_and_bitsandbytes(missing, monkeypatch):
+    missing.update({"onnx", "qlora"})
     with pytest.raises(AfinarError) as info:
         OnnxEngine(Path("x"), Personality("x", Path("x"), None, GenerationSection()))
     assert info.value.code == "X030"
+    # QLoRA checks bitsandbytes by importing it (and its version, for the CPU backend): blocked here.
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)
     with pytest.raises(AfinarError) as info:
         hardware.bnb_4bit_config(None)
-    assert info.value.code == "H004" and '.[cuda]"' in info.value.hint and "make test" not in info.value.hint
+    assert info.value.code == "H004" and '.[qlora]"' in info.value.hint and "make test" in info.value.hint

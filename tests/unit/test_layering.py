@@ -55,3 +55,26 @@ def test_the_layering_check_sees_lazy_and_relative_imports(tmp_path):
     sample.write_text("def f():\n    from afinar.export.onnx import QUANTIZED\n    from .. import export\n",
                       encoding="utf-8")
     assert {"afinar.export.onnx", "afinar.export"} <= afinar_imports(sample, tmp_path)
+
+
+def _import_graph() -> dict[str, set[str]]:
+    modules = {".".join(("afinar", *p.relative_to(SRC).with_suffix("").parts)).removesuffix(".__init__"): p
+               for p in SRC.rglob("*.py")}
+    return {name: {m for m in afinar_imports(path) if m in modules and m != name} for name, path in modules.items()}
+
+
+def _reaches(graph: dict[str, set[str]], start: str) -> set[str]:
+    seen, todo = set(), [start]
+    while todo:
+        for nxt in graph[todo.pop()] - seen:
+            seen.add(nxt)
+            todo.append(nxt)
+    return seen
+
+
+def test_models_and_gguf_import_form_no_cycle():
+    """models → gguf_import → tokenizer_files, one way: gguf_import reaches nothing that imports models."""
+    graph = _import_graph()
+    assert "afinar.gguf_import" in graph["afinar.models"]
+    assert not _reaches(graph, "afinar.gguf_import") & {"afinar.models", "afinar.gguf_import", "afinar"}
+    assert _reaches(graph, "afinar.tokenizer_files") <= {"afinar.errors", "afinar.atomic"}

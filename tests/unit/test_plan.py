@@ -322,3 +322,28 @@ def test_cli_plan_hub_base_offline_is_m003(tiny_recipe, tmp_path, capsys, monkey
     assert main(args) == 2
     assert "M003" in capsys.readouterr().err
     assert not Path(tiny_recipe["output_dir"]).exists()
+
+
+def test_cli_plan_bases_prints_the_catalog(tiny_recipe, tmp_path, capsys, monkeypatch):
+    import afinar.bases as bases
+
+    monkeypatch.setattr(bases, "HUB_BASES", ())
+    monkeypatch.setattr(bases, "local_gguf_files", lambda folders=None: [])
+    monkeypatch.setattr(bases, "ollama_models", lambda: [])
+    tiny_recipe["model"]["base"] = "smollm2-135m"
+    assert main(["plan", str(recipe_file(tiny_recipe, tmp_path)), "--no-calibrar", "--bases"]) == 0
+    out = capsys.readouterr().out
+    assert "Bases posibles para esta receta" in out and "→ smollm2-135m" in out
+    assert main(["plan", str(recipe_file(tiny_recipe, tmp_path)), "--no-calibrar", "--bases", "--json"]) == 0
+    catalog = json.loads(capsys.readouterr().out)["bases"]
+    assert [c["key"] for c in catalog] == ["smollm2-135m"] and catalog[0]["current"] and catalog[0]["step_seconds"] > 0
+
+
+def test_bf16_is_off_where_torch_or_onednn_is_held_to_avx2(monkeypatch):
+    from afinar.hardware import cpu_supports_bf16
+
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert not cpu_supports_bf16()
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "ALL")
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    assert not cpu_supports_bf16()

@@ -59,7 +59,7 @@ def test_each_variant_trains_on_a_stand_in(name, index, tmp_path):
     variant = header_variants(RECIPES / f"{name}.yaml")[index]
     family, vocab = STAND_INS[variant["model.base"]]
     recipe = apply_overrides(load_recipe(RECIPES / f"{name}.yaml"), variant)  # the header's lines, validated
-    assert recipe.model.quantization == "4bit"  # as the guides; bitsandbytes needs CUDA, so the stand-in trains in fp32
+    assert recipe.model.quantization == "4bit"  # as the guides; the stand-in trains in fp32 (QLoRA on CPU: test_qlora_cpu.py)
     base = save_family_base(family, tmp_path / family, vocab=vocab)
     # (The stand-ins say 512 positions; their rope goes past that, and the recipes' examples do.)
     recipe = apply_overrides(recipe, {"model.base": str(base), "model.quantization": "none", "train.max_steps": 1,

@@ -1487,3 +1487,38 @@ def test_hidden_key_points_are_counted_not_shown():
                          "missing_count": 1, "dangers_count": 1, "category": "peligrosa"}}
     view = _keypoints_view(row)
     assert (view["faltan"], view["faltan_ocultas"], view["peligros_ocultos"]) == ([], 1, 1)
+
+
+PLAN_PYTHON = r'''#!{python}
+import json, sys
+from pathlib import Path
+
+args = sys.argv[1:]
+Path("llamadas.jsonl").open("a", encoding="utf-8").write(json.dumps(args) + "\n")
+assert args[2] == "plan" and "--bases" in args and "--json" in args, args
+print(json.dumps({"memory": {"verdict": "cabe"}, "bases": [
+    {"key": "smollm2-135m", "label": "SmolLM2 135M", "kind": "incluido", "verdict": "cabe", "current": True,
+     "memory_bytes": 2 * 2**30, "step_seconds": 2.0, "total_seconds": 120.0},
+    {"key": "Qwen/Qwen2.5-1.5B-Instruct", "label": "Qwen2.5 1,5B", "kind": "hub", "verdict": "no cabe",
+     "download_bytes": 3087467144, "memory_bytes": 30 * 2**30, "step_seconds": 30.0, "total_seconds": 1800.0}]}))
+'''
+
+
+def test_bases_endpoint_lists_the_catalog_of_afinar_plan(studio, tmp_path):
+    python = tmp_path / "python-plan"
+    python.write_text(PLAN_PYTHON.replace("{python}", sys.executable), encoding="utf-8")
+    python.chmod(python.stat().st_mode | stat.S_IXUSR)
+    s = studio("ok", python=str(python))
+    s.recipe("con-bases")
+    answer = s.get("/api/bases?receta=con-bases")
+    assert answer.status_code == 200, answer.text
+    catalog = answer.json()
+    assert [b["key"] for b in catalog["bases"]] == ["smollm2-135m", "Qwen/Qwen2.5-1.5B-Instruct"]
+    assert catalog["bases"][1]["verdict"] == "no cabe" and catalog["bases"][0]["current"]
+    assert "--bases" in catalog["comando"]
+    call = json.loads((s.root / "llamadas.jsonl").read_text().splitlines()[-1])
+    assert call[2:] == ["plan", "recetas/con-bases.yaml", "--no-calibrar", "--json", "--bases"]
+    missing = s.get("/api/bases?receta=no-existe")
+    assert missing.status_code == 404 and error_of(missing)["codigo"] == "E015"
+    page = s.get("/static/studio.js").text
+    assert "/api/bases?receta=" in page and "Usar este" in page

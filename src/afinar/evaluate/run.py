@@ -282,6 +282,7 @@ def evaluate_run(
 
     if base:
         ref.base_path = base
+    # QLoRA: the adapter on the NF4 base it trained on, dequantized (runs.load_base_as_trained), as merge and export.
     model, tokenizer = load_ref(ref, dtype=torch.float32)
     model.eval()
     base_model = None

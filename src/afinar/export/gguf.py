@@ -29,10 +29,11 @@ from afinar.export.weights import parameter_count, tensor_shapes
 from afinar.inference.sampling import greedy_decode
 from afinar.models import afinar_home
 
-QUANTS = ("f16", "q8_0", "q4_k_m")
-_FTYPES = {"q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M"}
-# Bytes per weight, for the free-space check before starting.
-BYTES_PER_WEIGHT = {"f16": 2.0, "q8_0": 1.07, "q4_k_m": 0.6}
+QUANTS = ("f16", "q8_0", "q4_k_m", "q5_k_m", "q6_k")
+_FTYPES = {"q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "q4_k_m": "LLAMA_FTYPE_MOSTLY_Q4_K_M",
+           "q5_k_m": "LLAMA_FTYPE_MOSTLY_Q5_K_M", "q6_k": "LLAMA_FTYPE_MOSTLY_Q6_K"}
+# Bytes per weight, for the free-space check before starting (Q5_K: 5.5 bits, Q6_K: 6.56 bits, plus the tensors kept wider).
+BYTES_PER_WEIGHT = {"f16": 2.0, "q8_0": 1.07, "q4_k_m": 0.6, "q5_k_m": 0.72, "q6_k": 0.83}
 _VENDOR = "vendor/llama.cpp/"
 _KEEP = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/", "LICENSE")
 

@@ -9,6 +9,7 @@ when the chat has none, consecutive turns of one role merged, then the Go templa
 """
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -17,6 +18,8 @@ from afinar.config import GenerationSection
 from afinar.data.chat_format import PINNED_DATE, PROBE, family_of
 from afinar.errors import AfinarError
 from afinar.export import gotemplate
+from afinar.models import load_tokenizer
+from afinar.ollama_store import OllamaModel
 
 # Ollama's template/<name>.gotmpl, verbatim (tests/data/ollama holds them with Ollama's expected renders).
 CHATML_GO = (
@@ -227,3 +230,136 @@ def write_modelfile(folder: Path, gguf_name: str, tokenizer, system: str | None,
 
 def render_go_template(template: str, data: dict) -> str:
     return gotemplate.render(template, data)
+
+
+CREATE_TIMEOUT_S = 1800  # `ollama create` copies and hashes the GGUF into Ollama's store: minutes on big models
+
+
+def ollama_model_name(base: str | None, default: str) -> str:
+    """The name to suggest for `ollama create`: NAME-afinado when the run's base came from Ollama (`ollama:NAME`)."""
+    if base and base.strip().lower().startswith("ollama:"):
+        from afinar.ollama_store import parse_name
+
+        try:
+            return parse_name(base).tuned()
+        except AfinarError:
+            return default
+    return default
+
+
+def create_command(name: str, modelfile: Path) -> str:
+    return f"cd {modelfile.parent} && ollama create {name} -f {modelfile.name}"
+
+
+def require_ollama(name: str) -> str:
+    """The `ollama` program for `--ollama-crear NAME` (X042 without it, or with a name Ollama would refuse)."""
+    import shutil
+
+    from afinar.ollama_store import parse_name
+
+    try:
+        parse_name(name)
+    except AfinarError as exc:
+        raise AfinarError("X042", f"--ollama-crear: {exc.message}", hint=exc.hint) from None
+    program = shutil.which("ollama")
+    if program is None:
+        raise AfinarError("X042", "pediste --ollama-crear pero el programa `ollama` no está en el PATH.",
+                          hint="instala Ollama (https://ollama.com/download) o exporta sin --ollama-crear y crea el "
+                               "modelo después con `ollama create`")
+    return program
+
+
+def create_in_ollama(modelfile: Path, name: str, timeout: float = CREATE_TIMEOUT_S) -> None:
+    """`ollama create NAME -f Modelfile` in the Modelfile's folder (its FROM is relative); X043 with the command's last
+    line of error output if it fails. What was written stays either way."""
+    import subprocess
+
+    program = require_ollama(name)
+    again = f"los archivos escritos se quedan; repite a mano: {create_command(name, modelfile)}"
+    try:
+        done = subprocess.run([program, "create", name, "-f", modelfile.name], cwd=modelfile.parent,
+                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        raise AfinarError("X043", f"`ollama create {name}` no terminó en {timeout:g} s.", where=str(modelfile),
+                          hint=again) from None
+    except OSError as exc:
+        raise AfinarError("X043", f"no se pudo ejecutar `ollama` ({exc.strerror or exc}).", where=str(modelfile),
+                          hint=again) from None
+    if done.returncode != 0:
+        lines = [line.strip() for line in (done.stderr or done.stdout or "").splitlines() if line.strip()]
+        last = lines[-1][:300] if lines else "sin detalle"
+        hint = again
+        if "connect" in last.lower() or "running" in last.lower():
+            hint = f"¿está Ollama en marcha (ollama serve o la aplicación)? {again}"
+        raise AfinarError("X043", f"`ollama create {name}` falló (código {done.returncode}): {last}",
+                          where=str(modelfile), hint=hint)
+
+
+# --- the Ollama template against the GGUF's own -------------------------------------------------------------------
+
+_RESPONSE = re.compile(r"\{\{-?\s*\.Response\s*-?\}\}")
+_warned: set[str] = set()
+
+
+def ollama_render(template: str, messages: list[dict]) -> str:
+    """The prompt Ollama builds for a chat (template/template.go `Execute`): `.Messages` templates get the collated
+    chat; older ones (`.System`/`.Prompt`/`.Response`) are run once per exchange, the last one cut at `.Response`."""
+    if re.search(r"\.Messages\b", template):
+        return execute(template, messages)
+    merged = _merge_same_role(messages)
+    cut = _RESPONSE.search(template)
+    last = template[:cut.start()] if cut else template
+    out, values = [], {"System": "", "Prompt": "", "Response": ""}
+    for message in merged:
+        role, content = message["role"], message["content"]
+        if (role == "system" and (values["Prompt"] or values["Response"])) or (role == "user" and values["Response"]):
+            out.append(render_go_template(template if cut else template + "{{ .Response }}", values))
+            values = {"System": "", "Prompt": "", "Response": ""}
+        if key := {"system": "System", "user": "Prompt", "assistant": "Response"}.get(role):
+            values[key] = content
+    out.append(render_go_template(last, values))
+    return "".join(out)
+
+
+def template_differences(template: str, tokenizer) -> list[tuple[str, str]]:
+    """(Ollama's prompt, the tokenizer's) for each known conversation on which they differ; a conversation the
+    tokenizer's Jinja refuses (Gemma's and its system role) is skipped. ValueError when the Go template cannot be run."""
+    chats = [KNOWN_CONVERSATION, [{"role": "system", "content": "Eres un asistente."}, *KNOWN_CONVERSATION[1:]]]
+    found = []
+    for chat in chats:
+        try:
+            expected = _render(tokenizer, _merge_same_role(chat))
+        except Exception:  # noqa: BLE001 — jinja's TemplateError (raise_exception) and friends
+            continue
+        got = ollama_render(template, chat)
+        if got != expected:
+            found.append((got, expected))
+    return found
+
+
+def _first_difference(a: str, b: str) -> str:
+    i = next((k for k, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    return f"desde el carácter {i}: Ollama {a[i:i + 40]!r}, GGUF {b[i:i + 40]!r}"
+
+
+def check_template(model: OllamaModel, folder: str | os.PathLike) -> list[tuple[str, str]]:
+    """Warn (once per GGUF) when the Ollama TEMPLATE does not render the GGUF's own chat template's prompts: training
+    uses the GGUF's; the Modelfile `afinar export` writes carries the one the model was trained with."""
+    if model.template is None or model.digest in _warned:
+        return []
+    tokenizer = load_tokenizer(folder)
+    if not tokenizer.chat_template:
+        return []
+    _warned.add(model.digest)
+    tail = ("Se entrena con la plantilla del GGUF, y el Modelfile que escribe `afinar export --formato ollama` lleva la "
+            "plantilla con la que se entrenó (no la de Ollama).")
+    try:
+        found = template_differences(model.template, tokenizer)
+    except ValueError as exc:
+        print(f"  aviso: no se pudo comparar la plantilla de Ollama de {model.name} con la del GGUF ({exc}). {tail}")
+        return []
+    if found:
+        print(f"  aviso: la plantilla de Ollama de {model.name} no da el mismo texto que la plantilla de chat del GGUF "
+              f"({_first_difference(*found[0])}); suele ser solo espacios o el mensaje de sistema por defecto. {tail}")
+    return found

@@ -22,7 +22,14 @@ from afinar.data.chat_format import folder_format
 from afinar.errors import AfinarError
 from afinar.export.archive import create_zip, verify_zip
 from afinar.export.gguf import check_quants, converter_dir, export_gguf
-from afinar.export.ollama import require_family, write_modelfile
+from afinar.export.ollama import (
+    create_command,
+    create_in_ollama,
+    ollama_model_name,
+    require_family,
+    require_ollama,
+    write_modelfile,
+)
 from afinar.export.onnx import QUANTIZED, export_onnx
 from afinar.export.reference import greedy_reference
 from afinar.export.weights import parameter_count
@@ -49,12 +56,16 @@ def _mb(path: Path) -> str:
 
 
 def export(run: str | Path, formats: list[str], output: str | Path | None = None, dtype: str = "fp16",
-           quants: list[str] | None = None, overwrite: bool = False, progress: bool = True) -> dict[str, Path]:
+           quants: list[str] | None = None, overwrite: bool = False, progress: bool = True,
+           ollama_name: str | None = None) -> dict[str, Path]:
     """Export a run folder; returns {export: path}. Prints what was written and how it was verified.
+    `ollama_name`: also run `ollama create NAME -f Modelfile` (implies the ollama format; X042 without `ollama`).
 
     A format that fails does not discard the others: what was written and checked stays, the formats that do not
     depend on the failed one go on, `afinar_export.json` says what is missing and why, and then the error is raised."""
     formats = list(FORMATS) if ALL in formats else list(dict.fromkeys(formats))
+    if ollama_name and "ollama" not in formats:
+        formats.append("ollama")
     unknown = [f for f in formats if f not in FORMATS]
     if unknown:
         raise AfinarError("X001", f"formato no disponible: {', '.join(unknown)}",
@@ -65,12 +76,15 @@ def export(run: str | Path, formats: list[str], output: str | Path | None = None
         raise AfinarError("X002", "la carpeta no es una ejecución de afinar (adaptador LoRA o ajuste completo).", where=str(run),
                           hint="exporta desde runs/<nombre> (el adaptador se fusiona y se comprueba)")
     job = _Job(ref, Path(output) if output else ref.path / EXPORT_DIR, formats, dtype, quants, overwrite, progress)
+    job.ollama_name = ollama_name
     planned = [job.targets[f] for f in formats]
     if "gguf" in formats or "ollama" in formats:
         planned += [job.root / "gguf" / f"{job.name}-{q}.gguf" for q in quants]
     if not overwrite and (taken := sorted({str(p) for p in planned if p.exists()})):
         raise AfinarError("X003", "ya existe lo que se iba a escribir: " + ", ".join(taken), hint="usa --sobrescribir u --output")
     _preflight(ref, formats)
+    if ollama_name:
+        require_ollama(ollama_name)
 
     if "safetensors" in formats or "zip" in formats:
         job.attempt("safetensors", job.safetensors)
@@ -102,6 +116,7 @@ class _Job:
         self.written: dict[str, Path] = {}
         self.checks: dict[str, dict] = {}
         self.failed: dict[str, AfinarError] = {}
+        self.ollama_name: str | None = None  # `--ollama-crear NAME`: run `ollama create` after writing the Modelfile
 
     def attempt(self, key: str, work, needs: str | None = None) -> None:
         """Run one format; a failure is recorded and the formats that do not depend on it go on."""
@@ -204,10 +219,22 @@ class _Job:
         tokenizer = load_tokenizer(fp32)
         family = require_family(tokenizer)
         modelfile = write_modelfile(folder, source, tokenizer, self.ref.system_prompt, self.ref.generation, family)
-        self.done("ollama", modelfile, {"from": source, "plantilla": family, "plantilla_renderizada_igual": True})
+        # A base from Ollama (`ollama:NAME`): the tuned model is suggested back as NAME-afinado.
+        name = self.ollama_name or ollama_model_name(self.ref.recipe.model.base if self.ref.recipe else None, self.name)
+        check = {"from": source, "plantilla": family, "plantilla_renderizada_igual": True,
+                 "crear": create_command(name, modelfile)}
+        self.done("ollama", modelfile, check)
         print(f"ollama: {modelfile} (FROM {source}) — plantilla {family}: la plantilla Go, renderizada como Ollama con "
               f"dos conversaciones conocidas, da el mismo texto que la del modelo; para en {tokenizer.eos_token}. "
-              f"Crear: cd {folder} && ollama create {self.name} -f Modelfile")
+              f"Crear: {check['crear']}")
+        if self.ollama_name:
+            try:
+                create_in_ollama(modelfile, self.ollama_name)
+            except AfinarError as exc:
+                self.fail("ollama-create", exc)
+                return
+            check["creado_en_ollama"] = self.ollama_name
+            print(f"ollama: creado en Ollama como {self.ollama_name} — pruébalo con: ollama run {self.ollama_name}")
 
     def onnx(self, fp32: Path, reference) -> None:
         target = self.targets["onnx"]

@@ -60,6 +60,7 @@ class DataShape:
     labelled_fraction: float
     examples: int
     longest_example: int = 0
+    full_step_tokens: float = 0.0  # real tokens of a step of the largest micro-batches (the epoch's first steps)
 
     @classmethod
     def of(cls, prepared, recipe, processes: int = 1) -> "DataShape":
@@ -83,6 +84,7 @@ class DataShape:
             labelled_fraction=sum(labelled_of) / max(1, sum(lengths)),
             examples=len(lengths),
             longest_example=max(lengths),
+            full_step_tokens=float(sum(lengths[i] for i in examples_of(largest)) * cfg.grad_accum),
         )
 
 
@@ -100,6 +102,19 @@ class Plan:
     calibrated: bool
     fit: StepTimeFit | None = None
     suggestions: list = field(default_factory=list)  # [(text, bytes saved)]
+    model_size: ModelSize | None = None  # the base's shape (bases.py scales other bases' times from it)
+    bases: list | None = None  # `afinar plan --bases`: the catalog (bases.BaseChoice), planned on the same target
+
+    @property
+    def full_step_seconds(self) -> float:
+        """A step of full micro-batches. The batcher fills rows first-fit-decreasing, so an epoch starts with its
+        fullest micro-batches: the first steps take this long, the epoch's mean step (`step_seconds`) less."""
+        tokens = self.data.full_step_tokens
+        if not tokens or tokens <= self.data.tokens_per_step:
+            return self.step_seconds
+        if self.fit is not None:
+            return self.fit.seconds(tokens, self.data.micro_batches_per_step)
+        return self.step_seconds * tokens / max(self.data.tokens_per_step, 1e-9)
 
     @property
     def total_seconds(self) -> float:
@@ -111,8 +126,12 @@ class Plan:
 
     def one_line(self) -> str:
         how = "medido aquí" if self.calibrated else "estimado"
+        full = self.full_step_seconds
+        first = (f"; los primeros, con los micro-lotes más llenos, ≈ {decimal(full, 1)} s"
+                 if full > 1.05 * self.step_seconds else "")
         return (f"Plan: memoria ≈ {gib(self.memory.total)} de {gib(self.memory.available_bytes)} disponibles en "
-                f"{self.target.name} ({self.memory.verdict}); ≈ {decimal(self.step_seconds, 1)} s por paso ({how}), "
+                f"{self.target.name} ({self.memory.verdict}); ≈ {decimal(self.step_seconds, 1)} s por paso de media "
+                f"({how}{first}), "
                 f"{self.data.total_steps} pasos ≈ {minutes(self.total_seconds)}")
 
     def explain_out_of_memory(self) -> str:
@@ -141,6 +160,8 @@ class Plan:
             },
             "time": {
                 "step_seconds": round(self.step_seconds, 4), "steps": self.data.total_steps,
+                "full_step_seconds": round(self.full_step_seconds, 4),
+                "full_step_tokens": round(self.data.full_step_tokens, 1),
                 "steps_per_epoch": self.data.steps_per_epoch, "epoch_seconds": round(self.epoch_seconds, 1),
                 "total_seconds": round(self.total_seconds, 1), "tokens_per_step": round(self.data.tokens_per_step, 1),
                 "flops_per_token": round(self.flops_per_token), "calibrated": self.calibrated,
@@ -212,9 +233,6 @@ def resolve_target(spec: str | None, recipe) -> Target:
         raise AfinarError("L002", "--dispositivo cuda: este equipo no tiene una GPU NVIDIA que PyTorch vea.",
                           hint="planifica para una GPU de la tabla: --dispositivo " + ", ".join(DEVICES))
     if key in ("local", "cpu"):
-        if quant == "4bit":
-            raise AfinarError("H001", "QLoRA 4-bit (quantization: 4bit) necesita una GPU NVIDIA con CUDA; en CPU no.",
-                              hint="planifica para una GPU (--dispositivo t4, rtx3060…) o quita 'quantization: 4bit'")
         wanted = recipe.train.precision
         precision = hardware.detect(wanted if wanted != "fp16" else "auto", quant, cpu_only=True).precision
         total, available = ram_bytes()
@@ -257,7 +275,7 @@ def _traces(config, recipe, target: Target, shape: DataShape, both: bool = True)
 
     from afinar.models import afinar_home
 
-    relevant = {"config": config.to_dict(), "method": recipe.method, "lora": recipe.lora.model_dump(mode="json"),
+    relevant = {"config": _shape_fields(config), "method": recipe.method, "lora": recipe.lora.model_dump(mode="json"),
                 "quantization": recipe.model.quantization,
                 "packing": recipe.train.packing, "compile": recipe.train.compile, "device": target.device_type,
                 "precision": target.precision, "shape": [shape.rows, shape.width, shape.examples_per_row, shape.labelled],
@@ -284,6 +302,16 @@ def _traces(config, recipe, target: Target, shape: DataShape, both: bool = True)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(out))
     return out
+
+
+# config.json fields that do not change a step's tensors: a model read from its GGUF, its converted folder or a
+# hard-coded shape (bases.py) is traced once.
+_NOT_SHAPE = {"_name_or_path", "name_or_path", "transformers_version", "architectures", "bos_token_id", "eos_token_id",
+              "pad_token_id", "torch_dtype", "dtype", "_commit_hash", "use_cache", "generation_config", "_attn_implementation_autoset"}
+
+
+def _shape_fields(config) -> dict:
+    return {k: v for k, v in config.to_dict().items() if k not in _NOT_SHAPE}
 
 
 def _trace_variants(config, recipe, hw, shape: DataShape, variants: list[bool]) -> dict:
@@ -322,7 +350,10 @@ def estimate(recipe, config, shape: DataShape, target: Target, calibration: dict
     method = "Ajuste completo" if recipe.method == "full" else "LoRA"
     weights_label = {"fp32": "fp32", "bf16": "bf16", "fp16": "fp16"}[target.precision]
     if recipe.model.quantization == "4bit":
-        weights_label = "4 bits (NF4) y 16 bits"
+        # The body's linear layers in NF4; embeddings, output head and norms as LoRA keeps them (fp32 on a CPU,
+        # embeddings and head in bf16 under bf16 autocast; 16 bits on a GPU).
+        rest = ("fp32" if target.precision == "fp32" else "bf16/fp32") if cpu else "16 bits"
+        weights_label = f"4 bits (NF4) las capas lineales, {rest} el resto"
     elif cpu and target.precision == "bf16":
         weights_label = "bf16 (capas lineales y embeddings), fp32 el resto"
     elif cpu:
@@ -341,13 +372,29 @@ def estimate(recipe, config, shape: DataShape, target: Target, calibration: dict
         mem.Part("logits", "Logits de la pérdida (por trozos de 256 posiciones)", step["loss"]),
         mem.Part("backward", "Temporales del backward y gradientes", backward),
     ]
+    if recipe.model.quantization == "4bit":
+        # Each NF4 weight is dequantized for its matmul (forward and backward) and freed: one layer's copy at a time,
+        # in the dtype it was loaded in (fp32 on a CPU) plus its cast to the compute dtype when that differs.
+        hidden = config.hidden_size
+        largest = max(getattr(config, "intermediate_size", None) or 4 * hidden, hidden) * hidden
+        per_weight = 2 if not cpu else 4 + (2 if target.precision == "bf16" else 0)
+        parts.append(mem.Part("dequant", "Pesos NF4 descuantizados al multiplicar (una capa a la vez)",
+                              largest * per_weight))
     if cpu:
+        frozen = (0 if recipe.method == "full" else traces["weights"]) + trainable * 4
         parts.append(mem.Part("allocator", "Reserva del asignador de memoria (glibc; ajustada con medidas)",
-                              mem.CPU_FIRST_STEP + int(mem.CPU_ALLOCATOR_FACTOR * no_gc["peak"])))
+                              mem.cpu_allocator_bytes(no_gc["peak"], frozen,
+                                                      (target.precision == "fp32" or recipe.method == "full")
+                                                      and recipe.model.quantization != "4bit")))
     else:
         parts.append(mem.Part("allocator", "Fragmentación del asignador de PyTorch (+10 %)",
                               int(mem.GPU_ALLOCATOR_FACTOR * step["peak"])))
-    load_peak = (runtime + traces["load_fp32"]) if cpu and traces["load_fp32"] else 0
+    loading = traces["load_fp32"]
+    if loading and mem.checkpoint_is_16bit(config):  # converted into tensors of its own: no bf16 copies beside
+        loading = min(loading, 4 * traces["size"]["parameters"])
+    load_peak = (runtime + loading) if cpu and loading else 0
+    if recipe.model.quantization == "4bit" and cpu:
+        load_peak = runtime + qlora_cpu_load_bytes(config, ModelSize(**traces["size"]))
     estimate_ = mem.MemoryEstimate(parts, load_peak, target.memory_bytes, target.available_bytes)
     if calibration and "peak_bytes" in calibration:
         estimate_.measured = {"peak_bytes": calibration["peak_bytes"], "formula_bytes": estimate_.formula_total}
@@ -371,11 +418,27 @@ def estimate(recipe, config, shape: DataShape, target: Target, calibration: dict
     activations_per_token = {name: traces[key]["peak"] / traces[key]["tokens"]
                              for name, key in (("con_checkpointing", "gc"), ("sin_checkpointing", "no_gc")) if key in traces}
     plan = Plan(recipe_name or recipe.name, recipe.model.base, recipe.method, target, shape, estimate_,
-                activations_per_token, step_seconds, flops, fit is not None, fit)
+                activations_per_token, step_seconds, flops, fit is not None, fit, model_size=size)
     if "gc" not in traces and estimate_.verdict != "cabe":
         traces = _traces(config, recipe, target, shape, both=True)
     plan.suggestions = _suggestions(recipe, target, traces, estimate_, shape)
     return plan
+
+
+def qlora_cpu_load_bytes(config, size: ModelSize) -> int:
+    """The rise of a CPU process while transformers loads a base in 4 bits (bitsandbytes), beyond its runtime.
+
+    The whole weights file is read (its pages resident while mapped); embeddings and output head become fp32 (a
+    converted copy, then models.load_model's own copy that frees the file); each body weight becomes fp32, is
+    quantized to NF4 and freed, and glibc keeps much of what those temporaries took. Modelled as file + 8 B per
+    embedding/head weight + 2.5 B per body weight (NF4 and kept temporaries), fitted on two loads (peak resident
+    memory, bitsandbytes 0.50.2, transformers 4.57): SmolLM2-135M from an fp32 file, 1.03 GB measured, 1.03 GB
+    modelled; a Qwen2.5-0.5B shape from a bf16 file, 2.4–2.9 GB measured (it varies with the kernel's page
+    reclaim), 2.97 GB modelled. Larger than the fp32 LoRA load of the same base (4 B per weight)."""
+    dtype = str(getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or "float32")
+    file_bytes = size.parameters * (2 if dtype.endswith(("bfloat16", "float16")) else 4)
+    kept = size.embedding + size.head
+    return int(file_bytes + kept * 8 + size.body * 2.5)
 
 
 def _suggestions(recipe, target: Target, traces: dict, estimate_: mem.MemoryEstimate, shape: DataShape) -> list:
@@ -383,8 +446,13 @@ def _suggestions(recipe, target: Target, traces: dict, estimate_: mem.MemoryEsti
     during training names them too)."""
     out = []
     cpu = target.kind == "cpu"
-    if recipe.model.quantization == "none" and recipe.method == "lora" and not cpu:
-        out.append(("model.quantization: 4bit (QLoRA)", max(0, traces["weights"] - traces["weights_4bit"])))
+    if recipe.model.quantization == "none" and recipe.method == "lora":
+        import importlib.util
+
+        # On a CPU, with bitsandbytes' CPU backend (the `qlora` extra): it saves the same memory, at some speed.
+        if not cpu or importlib.util.find_spec("bitsandbytes") is not None:
+            out.append(("model.quantization: 4bit (QLoRA" + ("; en CPU, pasos más lentos)" if cpu else ")"),
+                        max(0, traces["weights"] - traces["weights_4bit"])))
     if not recipe.train.gradient_checkpointing and "gc" in traces:
         saved = traces["no_gc"]["peak"] - traces["gc"]["peak"]
         out.append(("train.gradient_checkpointing: true", saved))

@@ -25,11 +25,24 @@
   the heap keeps the room the recomputation churns through). The allowance is CPU_FIRST_STEP + CPU_ALLOCATOR_FACTOR
   × the traced peak of the same step *without* gradient checkpointing, the factor fitted on three runs (the demo's
   recipe; enfermeria.yaml with and without checkpointing: it came out between 0.8 and 1.15) and checked on sixteen
-  by bench/plan_accuracy.py. Fitted on SmolLM2-135M only: on a CPU `afinar plan` also measures by default, and
-  its total is the larger of the formula and the measured peak.
+  by bench/plan_accuracy.py. That holds where the linear weights are stored in bf16 (a CPU with AVX512-BF16/AMX):
+  the loader's fp32 copies of them, freed by the cast, leave the heap room the steps reuse. With fp32 weights (a
+  CPU without bf16: AVX2 only; or `method: full`) nothing is freed at loading and the heap grows with the weights
+  too: Qwen2.5-shaped 0.5B and 1.5B models (fp32, LoRA all-linear r16, 512-token micro-batches) held 2.7 and
+  7.2 GiB beyond weights and traced step, against 1.7 and 3.3 GiB allowed: the plan was 14 % and 23 % short (the
+  −27 % seen on a 0.64B model, issue 27). There the allowance is CPU_FIRST_STEP + CPU_ALLOCATOR_FACTOR_FP32 ×
+  (the traced peak without checkpointing + the weights), fitted on SmolLM2-135M, 0.5B and 1.5B (0.61, 0.75, 0.79:
+  0.75; bench/plan_accuracy.py --formas). Fitted over the first 4–8 steps: the heap still crept by 0.1–0.2 GiB a
+  step there (0.5B), so a long run may end somewhat above it. On a CPU `afinar plan` also measures by default,
+  and its total is the larger of the formula and the measured peak.
   On a GPU PyTorch's caching allocator rounds and splits blocks: +10 % of the step, an assumption.
 - **Loading** on a CPU reads the weights in fp32 first (then casts the linear layers to bf16): for small steps the
-  process's peak is there, so the total is the larger of loading and training.
+  process's peak is there, so the total is the larger of loading and training. That is for an fp32 checkpoint
+  (the converted GGUF files): its fp32 weights stay mapped from the file while the bf16 copies are made. A 16-bit
+  checkpoint (the Hub's) is converted to fp32 tensors of the process's own, then each cast frees its fp32 layer:
+  runtime + 4 B per parameter. Its file's pages are mapped while converting too (0.9 GiB on the 0.5B shape: 3.1 GiB
+  peak for 0.2 + 1.84 GiB), but they are clean page cache that the kernel drops under pressure (the 1.5B shape, bf16,
+  peaked at 7.7 GiB where fp32 weights + bf16 copies would have been 9.1): not counted.
 
 Verdict against the memory the run can use (free RAM plus what the planner itself holds; a table GPU's memory less
 what its driver keeps, devices.py): "cabe" up to 85 %, "justo" up to 100 %, "no cabe" above.
@@ -43,7 +56,21 @@ NF4_BYTES = 0.5 + 0.127 / 8  # 4 bits + double-quantized absmax constants, per q
 GPU_CONTEXT = int(0.5 * GIB)
 GPU_ALLOCATOR_FACTOR = 0.10
 CPU_FIRST_STEP = 128 * 2**20  # kernels' buffers of a first step (measured: 105 MiB, above)
-CPU_ALLOCATOR_FACTOR = 1.0  # × the traced peak of the step without gradient checkpointing (fitted, above)
+CPU_ALLOCATOR_FACTOR = 1.0  # bf16 storage: × the traced peak of the step without gradient checkpointing (fitted)
+CPU_ALLOCATOR_FACTOR_FP32 = 0.75  # fp32 weights: × (that peak + the weights' bytes) (fitted, above)
+
+
+def cpu_allocator_bytes(step_peak_no_gc: int, weights: int, fp32_weights: bool) -> int:
+    """What glibc's heap holds beyond the live tensors after a few training steps (see the module docstring)."""
+    if fp32_weights:
+        return CPU_FIRST_STEP + int(CPU_ALLOCATOR_FACTOR_FP32 * (step_peak_no_gc + weights))
+    return CPU_FIRST_STEP + int(CPU_ALLOCATOR_FACTOR * step_peak_no_gc)
+
+
+def checkpoint_is_16bit(config) -> bool:
+    """A checkpoint stored in bf16/fp16 (the Hub's are; afinar's converted GGUF files are fp32)."""
+    stored = str(getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or "")
+    return stored.replace("torch.", "") in ("bfloat16", "float16")
 FITS, TIGHT = 0.85, 1.0
 
 

@@ -73,8 +73,9 @@ def empty_training_model(config, recipe, hw):
     model = meta_model(config)
     model.to(load_dtype(recipe, hw))
     if recipe.model.quantization == "4bit":
-        # bitsandbytes' layers cannot be built without CUDA; QLoRA's activations are those of 16-bit LoRA (the
-        # matmuls run in the compute dtype), its weights are counted by planning/memory.py.
+        # bitsandbytes' layers quantize real weights as they load: an empty model cannot have them. QLoRA's step is
+        # that of LoRA on the same model in the compute dtype (each NF4 weight is dequantized to it for its matmul
+        # and freed: one layer's copy at a time, added by estimate.py), its weights are counted by planning/memory.py.
         recipe = recipe.model_copy(deep=True)
         recipe.model.quantization = "none"
     model = prepare_for_training(model, recipe, hw)

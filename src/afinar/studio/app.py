@@ -461,6 +461,15 @@ def create_app(workspace: Workspace, options: StudioOptions) -> FastAPI:
             jobs.check_free("medir ahora daría tiempos falsos.", hint="mide cuando termine")
         return await run_in_threadpool(_plan, path, workspace, options.python, medir)
 
+    @app.get("/api/bases")
+    async def bases_catalog(receta: str):
+        """The bases this recipe could start from, each with «cabe / no cabe» and its time on this machine
+        (`afinar plan RECETA --bases`, estimated: nothing downloaded, nothing measured)."""
+        path = workspace.recipe_path(receta)
+        if not path.is_file():
+            return _json(404, "E015", "no existe esa receta")
+        return await run_in_threadpool(_bases, path, workspace, options.python)
+
     # --- jobs ---------------------------------------------------------------------------------------------------------
 
     @app.post("/api/trabajos", status_code=202)
@@ -816,6 +825,17 @@ def _plan(recipe: Path, workspace: Workspace, python: str, measure: bool = False
     """`afinar plan RECETA --no-calibrar --json` (seconds, from the formula) or `--calibrar` (loads the model and times
     a few real steps on this machine: a minute or so), in a process of its own (the studio stays light: no torch)."""
     argv = ["plan", str(recipe.relative_to(workspace.root)), "--calibrar" if measure else "--no-calibrar", "--json"]
+    return _plan_process(argv, workspace, python)
+
+
+def _bases(recipe: Path, workspace: Workspace, python: str) -> dict:
+    """`afinar plan RECETA --no-calibrar --json --bases` in a process of its own: the catalog (afinar/bases.py)."""
+    answer = _plan_process(["plan", str(recipe.relative_to(workspace.root)), "--no-calibrar", "--json", "--bases"],
+                           workspace, python)
+    return {"bases": answer["plan"].get("bases") or [], "comando": answer["comando"]}
+
+
+def _plan_process(argv: list[str], workspace: Workspace, python: str) -> dict:
     try:
         done = subprocess.run([python, "-m", "afinar", *argv], capture_output=True, text=True, cwd=workspace.root,
                               timeout=600, check=False, env={**os.environ, "PYTHONIOENCODING": "utf-8"})
@@ -824,8 +844,7 @@ def _plan(recipe: Path, workspace: Workspace, python: str, measure: bool = False
     if done.returncode != 0:
         error = error_of(log_lines(done.stderr)) or {"codigo": "E041", "mensaje": done.stderr.strip()[-500:]}
         raise AfinarError(error["codigo"] or "E041", error["mensaje"], where=error.get("donde"), hint=error.get("sugerencia"))
-    plan = json.loads(done.stdout)
-    return {"plan": plan, "comando": command_line(argv)}
+    return {"plan": json.loads(done.stdout), "comando": command_line(argv)}
 
 
 def _recipe_base(text: str | None) -> str | None:

@@ -251,6 +251,7 @@ async function saveRecipe() {
   $("#receta-yaml").textContent = r.yaml; $("#para-informaticos-modelo").hidden = false;
   $("#descargar-receta").href = `/api/recetas/${encodeURIComponent(r.nombre)}.yaml`;
   $("#comando").textContent = r.comando;
+  $("#ver-bases-fila").hidden = false;
   say(`Ajustes de «${r.nombre}» guardados. Calculando si cabe y cuánto tarda en este equipo…`);
   await computePlan(false);
 }
@@ -291,6 +292,38 @@ function showPlan(p) {
     el("details", {class: "tecnico"}, el("summary", {}, "Detalles técnicos"),
       el("p", {}, `${p.device.name} · precisión ${p.device.precision} · ${num(m.total_gb)} GiB de ${num(p.device.available_gb)} GiB`)));
   say(`Plan: ${verdict.toLowerCase()}, ≈ ${minutes(capped ? budget * 60 : total)}.`);
+}
+
+// Other bases for this recipe (GET /api/bases: `afinar plan --bases`), each with «cabe / no cabe» and its time here;
+// «Usar este» puts it in «Modelo de partida» and saves the recipe again (which recomputes the plan).
+async function showBases() {
+  const card = $("#bases"); card.hidden = false;
+  fill(card, el("p", {}, "Calculando, para cada modelo, si cabe y cuánto tardaría (sin descargar nada; un minuto o dos)…"));
+  card.setAttribute("aria-busy", "true");
+  try {
+    const r = await api("GET", `/api/bases?receta=${encodeURIComponent(S.receta)}`);
+    const verdicts = {cabe: "Cabe", justo: "Cabe justo", "no cabe": "No cabe"};
+    const rows = r.bases.map((b) => el("tr", {"data-base": b.key, "data-veredicto": b.verdict || ""},
+      el("th", {scope: "row"}, b.label, b.current ? el("small", {}, " (el de ahora)") : null, b.note ? el("small", {class: "nota"}, el("br"), b.note) : null),
+      el("td", {}, b.parameters ? `${num(b.parameters / 1e9, 2)} mil millones` : "—"),
+      el("td", {}, b.kind === "hub" ? `descarga ${num(b.download_bytes / 1e9, 1)} GB` : b.kind === "incluido" ? "incluido" : "en este equipo"),
+      el("td", {class: b.verdict === "no cabe" ? "malo" : b.verdict ? "bueno" : ""}, b.verdict ? `${verdicts[b.verdict] || b.verdict} (≈ ${GB(b.memory_bytes / 2 ** 30)} GB)` : "—"),
+      el("td", {}, b.total_seconds ? `≈ ${minutes(b.total_seconds)} (${num(b.step_seconds, 1)} s por paso)` : "—"),
+      el("td", {}, b.current ? "" : el("button", {type: "button", class: "usar-base", disabled: b.verdict === "no cabe",
+        onclick: () => guarded(() => useBase(b.key))}, "Usar este"))));
+    fill(card, el("h3", {}, "Otros modelos de partida"),
+      el("table", {id: "tabla-bases"}, el("thead", {}, el("tr", {}, ["Modelo", "Tamaño", "Descarga", "¿Cabe?", "Tiempo estimado", ""].map((h) => el("th", {scope: "col"}, h)))),
+        el("tbody", {}, rows)),
+      el("p", {class: "nota"}, "Estimado con tus ejemplos tal como los trocea el modelo de ahora; los de internet se descargan la primera vez que entrenas con ellos."));
+  } finally { card.removeAttribute("aria-busy"); }
+}
+async function useBase(key) {
+  const known = [...$("#base").options].some((o) => o.value === key);
+  $("#base").value = known ? key : "otra";
+  if (!known) $("#base-otra").value = key;
+  showBaseNote();
+  $("#bases").hidden = true;
+  await saveRecipe();
 }
 
 // --- jobs: start, watch (server-sent events with replay), stop, cancel -----------------------------------------------
@@ -769,6 +802,7 @@ document.addEventListener("DOMContentLoaded", () => {
   $("#ver-ejemplos").addEventListener("click", () => guarded(examples));
   $("#base").addEventListener("change", showBaseNote);
   $("#guardar-receta").addEventListener("click", () => guarded(saveRecipe));
+  $("#ver-bases").addEventListener("click", () => guarded(showBases));
   $("#empezar").addEventListener("click", () => guarded(() => {
     if (!S.receta) throw new ApiError({mensaje: "guarda primero la receta (paso 2)"});
     return startJob({tipo: "entrenar", receta: S.receta, sobrescribir: $("#sobrescribir").checked});
