@@ -347,3 +347,11 @@ def test_bf16_is_off_where_torch_or_onednn_is_held_to_avx2(monkeypatch):
     monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "ALL")
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
     assert not cpu_supports_bf16()
+
+
+def test_durations_round_to_the_minute_before_splitting_hours():
+    from afinar.planning.estimate import minutes
+
+    assert minutes(7180) == "2 h 00 min"  # 1 h 59,7 min: once printed as "1 h 60 min" in the bases' table
+    assert minutes(4020) == "1 h 07 min" and minutes(3599) == "1 h 00 min"
+    assert minutes(125) == "2 min 05 s" and minutes(42) == "42 s"

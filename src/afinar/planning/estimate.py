@@ -183,8 +183,9 @@ def decimal(x: float, digits: int = 2) -> str:
 
 
 def minutes(seconds: float) -> str:
-    if seconds >= 3600:
-        return f"{int(seconds // 3600)} h {round(seconds % 3600 / 60):02d} min"
+    if round(seconds / 60) >= 60:  # rounded to the minute first: 7 180 s is "2 h 00 min", never "1 h 60 min"
+        hours, mins = divmod(round(seconds / 60), 60)
+        return f"{hours} h {mins:02d} min"
     m, s = divmod(round(seconds), 60)
     return f"{m} min {s:02d} s" if m else f"{s} s"
 
@@ -435,7 +436,7 @@ def qlora_cpu_load_bytes(config, size: ModelSize) -> int:
     memory, bitsandbytes 0.50.2, transformers 4.57): SmolLM2-135M from an fp32 file, 1.03 GB measured, 1.03 GB
     modelled; a Qwen2.5-0.5B shape from a bf16 file, 2.4–2.9 GB measured (it varies with the kernel's page
     reclaim), 2.97 GB modelled. Larger than the fp32 LoRA load of the same base (4 B per weight)."""
-    dtype = str(getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or "float32")
+    dtype = str(getattr(config, "dtype", None) or "float32")  # 4.57 maps a config.json "torch_dtype" to dtype
     file_bytes = size.parameters * (2 if dtype.endswith(("bfloat16", "float16")) else 4)
     kept = size.embedding + size.head
     return int(file_bytes + kept * 8 + size.body * 2.5)

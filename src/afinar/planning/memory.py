@@ -69,7 +69,7 @@ def cpu_allocator_bytes(step_peak_no_gc: int, weights: int, fp32_weights: bool) 
 
 def checkpoint_is_16bit(config) -> bool:
     """A checkpoint stored in bf16/fp16 (the Hub's are; afinar's converted GGUF files are fp32)."""
-    stored = str(getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or "")
+    stored = str(getattr(config, "dtype", None) or "")  # 4.57 maps a config.json "torch_dtype" to dtype
     return stored.replace("torch.", "") in ("bfloat16", "float16")
 FITS, TIGHT = 0.85, 1.0
 
