@@ -1,7 +1,8 @@
-"""Write-then-rename helpers: an interrupted command never leaves a half-written artifact."""
+"""Write-then-rename helpers: an interrupted command never leaves a half-written artifact. And a file's SHA-256."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import tempfile
@@ -81,3 +82,12 @@ def atomic_dir(final: str | os.PathLike, overwrite: bool = False) -> Iterator[Pa
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    """A file's SHA-256, read in 4 MiB blocks (a GGUF or a safetensors of several GB never whole in memory)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()

@@ -22,14 +22,13 @@ rendering, digits, emoji, code), or nothing is written (M006).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from afinar.atomic import atomic_dir
+from afinar.atomic import atomic_dir, file_sha256
 from afinar.errors import AfinarError
 from afinar.tokenizer_files import save_tokenizer
 
@@ -130,14 +129,6 @@ CHECK_CONVERSATION = [
     {"role": "assistant", "content": "Enfría la quemadura con agua corriente durante 20 minutos y llama al 112."},
     {"role": "user", "content": "¿Y si sale una ampolla?"},
 ]
-
-
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _field(reader, key, default=None):

@@ -19,7 +19,9 @@ import json
 import os
 from pathlib import Path
 
+from afinar.atomic import file_sha256
 from afinar.errors import AfinarError
+from afinar.home import afinar_home
 
 _OTHER_WEIGHTS = (".bin", ".pt", ".pth", ".h5", ".msgpack", ".ot", ".onnx", ".onnx_data", ".gguf", ".tflite",
                   ".mlmodel", ".ckpt", ".npz")
@@ -37,14 +39,6 @@ def wanted_files(names: list[str]) -> list[str]:
             continue
         keep.append(name)
     return keep
-
-
-def _sha256(path: Path, chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _git_blob_sha1(path: Path) -> str:
@@ -67,8 +61,6 @@ def _remove(path: Path) -> None:
 
 
 def _record_path(repo_id: str, commit: str) -> Path:
-    from afinar.models import afinar_home
-
     return afinar_home() / "hub_verificado" / f"{repo_id.replace('/', '--')}--{commit}.json"
 
 
@@ -81,7 +73,12 @@ def download_base(repo_id: str, revision: str | None = None, say=print) -> Path:
     and verified. Errors: M003 (no connection, unknown id, gated without access), M030 (a file's hash does not
     match the Hub's: it is deleted; run again)."""
     from huggingface_hub import HfApi, hf_hub_download
-    from huggingface_hub.utils import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
+    from huggingface_hub.utils import (
+        GatedRepoError,
+        HfHubHTTPError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     endpoint = os.environ.get("HF_ENDPOINT") or None  # read now: huggingface_hub reads it once, when imported
     try:
@@ -124,7 +121,7 @@ def download_base(repo_id: str, revision: str | None = None, say=print) -> Path:
         path = folder / name
         lfs = getattr(sibling, "lfs", None)
         if lfs is not None:
-            expected, got, kind = _lfs_sha256(lfs), _sha256(path), "SHA-256"
+            expected, got, kind = _lfs_sha256(lfs), file_sha256(path), "SHA-256"
         elif getattr(sibling, "blob_id", None):
             expected, got, kind = sibling.blob_id, _git_blob_sha1(path), "SHA-1 de Git"
         else:

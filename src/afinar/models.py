@@ -12,6 +12,7 @@ import afinar.hub_download as hub_download
 import afinar.ollama_store as ollama_store
 from afinar.errors import AfinarError
 from afinar.hardware import bnb_4bit_config
+from afinar.home import afinar_home
 from afinar.tokenizer_files import (  # noqa: F401  (re-exported: their home was here)
     EXTRA_TEMPLATES_DIR,
     TEMPLATE_FILE,
@@ -38,10 +39,6 @@ EMBEDDED = {
 }
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-
-
-def afinar_home() -> Path:
-    return Path(os.environ.get("AFINAR_HOME") or Path.home() / ".cache" / "afinar")
 
 
 def embedded_gguf_path(name: str = DEFAULT_BASE) -> Path:

@@ -23,8 +23,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from afinar.atomic import file_sha256
 from afinar.errors import AfinarError
-from afinar.gguf_import import file_sha256
 
 PREFIX = "ollama:"
 ENV = "OLLAMA_MODELS"

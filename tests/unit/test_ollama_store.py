@@ -222,7 +222,7 @@ def test_list_models_is_cheap_and_sorted(store, monkeypatch):
     add_model(store, "zeta:1b")
     add_model(store, "alfa:latest", params={"temperature": 0.2})
     add_model(store, "hf.co/usuario/Repo-GGUF:Q4_K_M", template=None)
-    monkeypatch.setattr("afinar.gguf_import.file_sha256", lambda *a: pytest.fail("list_models must not hash"))
+    monkeypatch.setattr("afinar.ollama_store.file_sha256", lambda *a: pytest.fail("list_models must not hash"))
     models = list_models()
     assert [m.name for m in models] == ["alfa:latest", "hf.co/usuario/Repo-GGUF:Q4_K_M", "zeta:1b"]
     assert models[0].params == {"temperature": 0.2} and models[1].template is None
