@@ -305,11 +305,24 @@ def test_export_suggests_and_runs_ollama_create(tiny_base, tmp_path, monkeypatch
     log = tmp_path / "ollama-args.txt"
     _fake_ollama(tmp_path / "bin", log)
     monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
-    # Base from Ollama, no --ollama-crear: NAME-afinado is suggested, nothing is run.
+    # Base from Ollama, no --ollama-crear, `ollama` not on PATH: NAME-afinado is suggested, nothing is run.
+    monkeypatch.setattr("afinar.export.run.shutil.which", lambda name: None)
     job, results = _job(tmp_path / "a", "ollama:llama3.2:1b")
     job.ollama(tiny_base, results)
     assert "ollama create llama3.2-afinado:1b -f Modelfile" in capsys.readouterr().out
     assert job.checks["ollama"]["crear"].endswith("ollama create llama3.2-afinado:1b -f Modelfile") and not log.exists()
+    monkeypatch.undo()
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    # The same with `ollama` on PATH: it goes back to Ollama by itself as NAME-afinado.
+    job, results = _job(tmp_path / "a2", "ollama:llama3.2:1b")
+    job.ollama(tiny_base, results)
+    assert log.read_text(encoding="utf-8").splitlines()[0] == "create llama3.2-afinado:1b -f Modelfile"
+    assert job.checks["ollama"]["creado_en_ollama"] == "llama3.2-afinado:1b" and not job.failed
+    log.unlink()
+    # A base not from Ollama is never put there without --ollama-crear.
+    job, results = _job(tmp_path / "a3", "smollm2-135m")
+    job.ollama(tiny_base, results)
+    assert not log.exists() and "creado_en_ollama" not in job.checks["ollama"]
     # --ollama-crear NAME: the fake ollama is run in the Modelfile's folder.
     job, results = _job(tmp_path / "b", "smollm2-135m")
     job.ollama_name = "primeros-auxilios"
@@ -326,6 +339,11 @@ def test_export_suggests_and_runs_ollama_create(tiny_base, tmp_path, monkeypatch
     exc = job.failed["ollama-create"]
     assert exc.code == "X043" and "could not connect" in exc.message and "en marcha" in exc.hint
     assert (tmp_path / "c" / "export" / "gguf" / "Modelfile").is_file() and "ollama" in job.written
+    # Done by itself (base from Ollama, no --ollama-crear), the same failure is a warning: the export stands.
+    job, results = _job(tmp_path / "d", "ollama:qwen2.5")
+    job.ollama(tiny_base, results)
+    assert not job.failed and "X043" in job.checks["ollama"]["aviso"] and "ollama" in job.written
+    assert "aviso: no se pudo crear qwen2.5-afinado" in capsys.readouterr().out
 
 
 def test_ollama_create_needs_the_program_and_a_valid_name(tmp_path, monkeypatch):

@@ -220,21 +220,30 @@ class _Job:
         family = require_family(tokenizer)
         modelfile = write_modelfile(folder, source, tokenizer, self.ref.system_prompt, self.ref.generation, family)
         # A base from Ollama (`ollama:NAME`): the tuned model is suggested back as NAME-afinado.
-        name = self.ollama_name or ollama_model_name(self.ref.recipe.model.base if self.ref.recipe else None, self.name)
+        base = self.ref.recipe.model.base if self.ref.recipe else None
+        name = self.ollama_name or ollama_model_name(base, self.name)
         check = {"from": source, "plantilla": family, "plantilla_renderizada_igual": True,
                  "crear": create_command(name, modelfile)}
         self.done("ollama", modelfile, check)
         print(f"ollama: {modelfile} (FROM {source}) — plantilla {family}: la plantilla Go, renderizada como Ollama con "
               f"dos conversaciones conocidas, da el mismo texto que la del modelo; para en {tokenizer.eos_token}. "
               f"Crear: {check['crear']}")
-        if self.ollama_name:
+        # The base came from the user's Ollama (`ollama:NAME`) and Ollama is here: the tuned model goes back to it as
+        # NAME-afinado by itself; a failure then is a warning (the files are written, the command is printed).
+        from_ollama = bool(base) and base.strip().lower().startswith("ollama:") and shutil.which("ollama") is not None
+        create_as = self.ollama_name or (name if from_ollama else None)
+        if create_as:
             try:
-                create_in_ollama(modelfile, self.ollama_name)
+                create_in_ollama(modelfile, create_as)
             except AfinarError as exc:
-                self.fail("ollama-create", exc)
+                if self.ollama_name:
+                    self.fail("ollama-create", exc)
+                    return
+                check["aviso"] = exc.render()
+                print(f"ollama: aviso: no se pudo crear {create_as} en Ollama ({exc.message}). {exc.hint or ''}")
                 return
-            check["creado_en_ollama"] = self.ollama_name
-            print(f"ollama: creado en Ollama como {self.ollama_name} — pruébalo con: ollama run {self.ollama_name}")
+            check["creado_en_ollama"] = create_as
+            print(f"ollama: creado en Ollama como {create_as} — pruébalo con: ollama run {create_as}")
 
     def onnx(self, fp32: Path, reference) -> None:
         target = self.targets["onnx"]
