@@ -27,7 +27,7 @@ from afinar.planning.estimate import (
     minutes,
     resolve_target,
 )
-from afinar.planning.timing import cpu_fraction, matmul_tflops
+from afinar.planning.timing import CPU_FRACTION, matmul_tflops
 
 
 @dataclass(frozen=True)
@@ -243,17 +243,13 @@ def candidate_bases(recipe, shape=None, target=None, reference=None, include_hub
         if target.kind == "gpu":
             choice.step_seconds = plan.step_seconds
         elif reference is not None and reference.calibrated and reference.flops_per_token:
-            # the measured step of the recipe's own base, scaled by FLOPs and by how much better a larger model's
-            # matrices use the CPU (timing.cpu_fraction)
-            ref_size = reference.model_size
-            scale = (plan.flops_per_token / reference.flops_per_token)
-            if ref_size is not None and size is not None:
-                scale *= cpu_fraction(ref_size) / cpu_fraction(size)
-            choice.step_seconds = reference.step_seconds * scale
+            # the measured step of the recipe's own base, scaled by FLOPs: the rate a step reached per thread was
+            # nearly the same from 135M to 1.5B (fp32 0.092–0.095, bf16 0.23–0.29 TFLOP/s; bench/plan_accuracy.py)
+            choice.step_seconds = reference.step_seconds * plan.flops_per_token / reference.flops_per_token
         else:
             if rate is None:
                 rate = matmul_tflops(target.precision, target.device_type) * 1e12
-            choice.step_seconds = plan.flops_per_token * shape.tokens_per_step / (rate * cpu_fraction(size))
+            choice.step_seconds = plan.flops_per_token * shape.tokens_per_step / (rate * CPU_FRACTION)
         choice.total_seconds = choice.step_seconds * shape.total_steps
         choices.append(choice)
     return choices

@@ -25,11 +25,6 @@ from dataclasses import dataclass
 CPU_FRACTION = 0.3
 
 
-def cpu_fraction(size=None) -> float:
-    """The fraction of the CPU's matmul rate a LoRA step of a model of `size` (ModelSize) reaches."""
-    return CPU_FRACTION
-
-
 @dataclass(frozen=True)
 class StepTimeFit:
     """seconds per optimizer step ≈ fixed + per_token × tokens (+ the optimizer's own step)."""
