@@ -52,7 +52,6 @@ def merge(run: str | Path, output: str | Path | None = None, dtype: str = "fp32"
     # QLoRA: load_ref gives the base as trained (NF4, dequantized to fp32: runs.load_base_as_trained), so the merge
     # happens in float and the merged model is the model that trained and was evaluated; PEFT's own merge into the
     # 4-bit layers would round the sum back to 4 bits and leave Linear4bit layers no exporter reads.
-    qlora = not ref.standalone and ref.recipe is not None and ref.recipe.model.quantization == "4bit"
     # Merge in fp32 for fidelity, then cast: rounding once is better than merging rounded weights.
     trained, tokenizer = load_ref(ref, dtype=torch.float32)
     trained.eval()
@@ -88,7 +87,7 @@ def merge(run: str | Path, output: str | Path | None = None, dtype: str = "fp32"
         stats = logits_agreement(reference, candidate)
         ok = tolerance_ok(stats, dtype)
         summary = {"from_run": str(ref.path), "base": ref.base_path, "dtype": dtype, "check": stats, "ok": ok}
-        if qlora:
+        if ref.qlora:
             summary["qlora"] = {"merged_into": "la base en NF4 (4 bits) con que se entrenó, descuantizada a fp32",
                                 "note": "el modelo fusionado es el que se entrenó y evaluó (base NF4 + adaptador), en "
                                         "pesos normales; no la base original + adaptador"}
@@ -104,7 +103,7 @@ def merge(run: str | Path, output: str | Path | None = None, dtype: str = "fp32"
         f"Fusionado en {output} ({dtype}). Comprobación: logits del modelo fusionado vs {source}: "
         f"máx |Δ| = {stats['max_abs']:.2e}, media |Δ| = {stats['mean_abs']:.2e}, mismo token top-1 en {stats['top1']:.0%} ✓"
     )
-    if qlora:
+    if ref.qlora:
         print("QLoRA: fusionado sobre la base en 4 bits (NF4) con que se entrenó, descuantizada a fp32: el modelo "
               "fusionado es el que se entrenó y evaluó.")
     return output

@@ -78,7 +78,7 @@ def resolve_base(spec: str, download: bool = False) -> str:
     `download=True` (training): a Hub id is fetched here instead, with progress, resume and each file's hash checked
     (hub_download.py); other callers (the plan, validate) read only its config.json or tokenizer."""
     spec = (spec or DEFAULT_BASE).strip()
-    if spec.lower().startswith("ollama:"):  # a model of the local Ollama store: its GGUF blob (ollama_store.py)
+    if ollama_store.is_ollama_spec(spec):  # a model of the local Ollama store: its GGUF blob (ollama_store.py)
         # Its Go template is compared with the GGUF's where the training starts (export/ollama.py check_template).
         found = ollama_store.find_model(spec)
         folder_name = "ollama-" + re.sub(r"[^\w.-]+", "-", found.name).strip("-")

@@ -80,9 +80,14 @@ class OllamaModel:
     manifest: Path | None = field(default=None, compare=False)
 
 
+def is_ollama_spec(spec: str | None) -> bool:
+    """`ollama:NOMBRE[:etiqueta]`: a base from the local Ollama store (any case, spaces around)."""
+    return bool(spec) and spec.strip().lower().startswith(PREFIX)
+
+
 def _strip_prefix(spec: str) -> str:
     spec = spec.strip()
-    return spec[len(PREFIX):].strip() if spec.lower().startswith(PREFIX) else spec
+    return spec[len(PREFIX):].strip() if is_ollama_spec(spec) else spec
 
 
 def parse_name(text: str) -> OllamaName:

@@ -48,6 +48,11 @@ class ModelRef:
         return self.kind in ("full", "merged")
 
     @property
+    def qlora(self) -> bool:
+        """A LoRA run trained on a 4-bit (NF4) base: its adapter belongs on that base (load_base_as_trained)."""
+        return not self.standalone and self.recipe is not None and self.recipe.model.quantization == "4bit"
+
+    @property
     def system_prompt(self) -> str | None:
         return self.recipe.data.system_prompt if self.recipe else None
 
@@ -115,7 +120,7 @@ def load_base_as_trained(ref: ModelRef, dtype=None):
     merge and every export run the model that trained and was evaluated, merged in float (never into 4-bit layers)."""
     import torch
 
-    if ref.recipe is None or ref.recipe.model.quantization != "4bit":
+    if not ref.qlora:
         return load_model(ref.base_path, dtype=dtype)
     import transformers
 

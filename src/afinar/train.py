@@ -285,7 +285,7 @@ def train(
     # --- stage 1: data ----------------------------------------------------------------------------------------------
     with accelerator.main_process_first():  # the main process converts/tokenizes; the others read its cache
         base_path = resolve_base(recipe.model.base, download=True)
-        if recipe.model.base.lower().startswith("ollama:") and main:  # Ollama's Go template vs the GGUF's
+        if ollama_store.is_ollama_spec(recipe.model.base) and main:  # Ollama's Go template vs the GGUF's
             check_ollama_template(ollama_store.find_model(recipe.model.base), base_path)
         tokenizer, chat = recipe_tokenizer(base_path, recipe.data.template)
         check_turns_closed(tokenizer)  # M013 before any data is read: the end of turn is trained after every answer

@@ -60,13 +60,16 @@ class FakeHub:
                 self.send_header("Content-Length", str(length))
                 self.send_header("Accept-Ranges", "bytes")
 
+            def _not_found(self):
+                self.send_response(404)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
             def do_HEAD(self):  # noqa: N802
                 hub.requests.append(("HEAD", self.path, None))
                 name, data = self._file()
                 if data is None:
-                    self.send_response(404)
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
+                    self._not_found()
                     return
                 self.send_response(200)
                 self._headers(name, data, len(data))
@@ -84,9 +87,7 @@ class FakeHub:
                     return
                 name, data = self._file()
                 if data is None:
-                    self.send_response(404)
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
+                    self._not_found()
                     return
                 served = bytes(255 - b for b in data) if name in hub.corrupt else data
                 start = 0

@@ -19,7 +19,7 @@ from afinar.data.chat_format import PINNED_DATE, PROBE, family_of
 from afinar.errors import AfinarError
 from afinar.export import gotemplate
 from afinar.models import load_tokenizer
-from afinar.ollama_store import OllamaModel
+from afinar.ollama_store import OllamaModel, is_ollama_spec, parse_name
 
 # Ollama's template/<name>.gotmpl, verbatim (tests/data/ollama holds them with Ollama's expected renders).
 CHATML_GO = (
@@ -237,9 +237,7 @@ CREATE_TIMEOUT_S = 1800  # `ollama create` copies and hashes the GGUF into Ollam
 
 def ollama_model_name(base: str | None, default: str) -> str:
     """The name to suggest for `ollama create`: NAME-afinado when the run's base came from Ollama (`ollama:NAME`)."""
-    if base and base.strip().lower().startswith("ollama:"):
-        from afinar.ollama_store import parse_name
-
+    if is_ollama_spec(base):
         try:
             return parse_name(base).tuned()
         except AfinarError:
@@ -254,8 +252,6 @@ def create_command(name: str, modelfile: Path) -> str:
 def require_ollama(name: str) -> str:
     """The `ollama` program for `--ollama-crear NAME` (X042 without it, or with a name Ollama would refuse)."""
     import shutil
-
-    from afinar.ollama_store import parse_name
 
     try:
         parse_name(name)

@@ -35,6 +35,7 @@ from afinar.export.reference import greedy_reference
 from afinar.export.weights import parameter_count
 from afinar.merge import merge
 from afinar.models import load_tokenizer, template_in_config
+from afinar.ollama_store import is_ollama_spec
 from afinar.runs import (
     EXPORT_DIR,
     EXPORT_SUMMARY,
@@ -230,7 +231,7 @@ class _Job:
               f"Crear: {check['crear']}")
         # The base came from the user's Ollama (`ollama:NAME`) and Ollama is here: the tuned model goes back to it as
         # NAME-afinado by itself; a failure then is a warning (the files are written, the command is printed).
-        from_ollama = bool(base) and base.strip().lower().startswith("ollama:") and shutil.which("ollama") is not None
+        from_ollama = is_ollama_spec(base) and shutil.which("ollama") is not None
         create_as = self.ollama_name or (name if from_ollama else None)
         if create_as:
             try:
