@@ -15,13 +15,16 @@ SUPERVISED = "AFINAR_SUPERVISED"
 
 
 def _cmd_validate(args) -> int:
+    from afinar.data.tables import parse_columnas
     from afinar.data.validate import validate
 
-    return validate(args.path, base=args.base, max_length=args.max_length)
+    return validate(args.path, base=args.base, max_length=args.max_length, columnas=parse_columnas(args.columnas),
+                    hoja=args.hoja)
 
 
 def _cmd_inspect(args) -> int:
     from afinar.data.preflight import inspect
+    from afinar.data.tables import parse_columnas
 
     return inspect(
         args.path,
@@ -30,7 +33,16 @@ def _cmd_inspect(args) -> int:
         output=args.salida,
         show_examples=args.mostrar_ejemplos,
         progress=not args.sin_progreso,
+        columnas=parse_columnas(args.columnas),
+        hoja=args.hoja,
     )
+
+
+def _cmd_convertir(args) -> int:
+    from afinar.data.tables import convert, parse_columnas
+
+    return convert(args.entrada, args.salida, columnas=parse_columnas(args.columnas), hoja=args.hoja,
+                   sep=args.separador, encoding=args.codificacion, overwrite=args.overwrite)
 
 
 def _cmd_eval(args) -> int:
@@ -249,6 +261,38 @@ def _cmd_estudio(args) -> int:
     return 0
 
 
+def _cmd_borradores(args) -> int:
+    if args.exportar_revisados:
+        from afinar.drafts.store import write_reviewed
+
+        if args.documentos or not args.salida:
+            raise AfinarError("B012", "para exportar los revisados: afinar borradores --exportar-revisados "
+                                      "BORRADORES.jsonl --salida DATOS.jsonl (sin documentos)")
+        count = write_reviewed(args.exportar_revisados, args.salida)
+        if not count:
+            print("No hay borradores revisados todavía (aceptados o corregidos): revísalos en el estudio "
+                  "(afinar estudio → Datos → Borradores). No se escribió nada.")
+            return 1
+        print(f"✓ {count} ejemplos revisados en {args.salida} (pregunta/respuesta): ya puedes entrenar con ellos")
+        return 0
+    if not args.documentos or not args.profesor or not args.modelo:
+        raise AfinarError("B012", "indica los documentos, el profesor y su modelo: afinar borradores DOCUMENTOS… "
+                                  "--profesor URL --modelo NOMBRE",
+                          hint="por ejemplo, con Ollama: --profesor http://127.0.0.1:11434/v1 --modelo qwen2.5:7b")
+    from afinar.drafts.run import drafts, print_summary
+
+    try:
+        summary = drafts(args.documentos, args.profesor, args.modelo, args.salida or "borradores.jsonl",
+                         per_passage=args.por_pasaje, allow_remote=args.permitir_remoto, timeout=args.tiempo_limite,
+                         retries=args.reintentos, price_in=args.precio_entrada, price_out=args.precio_salida,
+                         max_passages=args.max_pasajes, progress=not args.sin_progreso)
+    except KeyboardInterrupt:
+        print("\ninterrumpido: lo hecho queda guardado; vuelve a lanzar la misma orden para continuar", file=sys.stderr)
+        return 130
+    print_summary(summary)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="afinar",
@@ -257,20 +301,42 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"afinar {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="ORDEN")
 
-    p = sub.add_parser("validate", help="comprueba una receta o un JSONL sin entrenar")
-    p.add_argument("path", help="receta .yaml o datos .jsonl")
-    p.add_argument("--base", help="modelo cuyo tokenizador mide las longitudes (con un .jsonl)")
-    p.add_argument("--max-length", type=int, help="longitud máxima en tokens (con un .jsonl)")
+    p = sub.add_parser("validate", help="comprueba una receta, un JSONL o una hoja de cálculo sin entrenar")
+    p.add_argument("path", help="receta .yaml, datos .jsonl o una tabla (.csv, .tsv, .xlsx, .ods, .parquet, .json)")
+    p.add_argument("--base", help="modelo cuyo tokenizador mide las longitudes (con un archivo de datos)")
+    p.add_argument("--max-length", type=int, help="longitud máxima en tokens (con un archivo de datos)")
+    p.add_argument("--columnas", metavar="CAMPO=COLUMNA,…", help="con una tabla: qué columna es cada campo, p. ej. "
+                   '"pregunta=Consulta del paciente,respuesta=Respuesta" (por defecto se reconocen por su nombre)')
+    p.add_argument("--hoja", metavar="NOMBRE", help="con un .xlsx/.ods: la hoja, por nombre o número (por defecto la primera)")
     p.set_defaults(func=_cmd_validate)
 
     p = sub.add_parser("inspect", help="informe previo de los datos (HTML + JSON): longitudes, duplicados, idioma, datos personales")
-    p.add_argument("path", help="receta .yaml o datos .jsonl")
+    p.add_argument("path", help="receta .yaml, datos .jsonl o una tabla (.csv, .tsv, .xlsx, .ods, .parquet, .json)")
+    p.add_argument("--columnas", metavar="CAMPO=COLUMNA,…", help="con una tabla: qué columna es cada campo, p. ej. "
+                   '"pregunta=Consulta del paciente,respuesta=Respuesta" (por defecto se reconocen por su nombre)')
+    p.add_argument("--hoja", metavar="NOMBRE", help="con un .xlsx/.ods: la hoja, por nombre o número (por defecto la primera)")
     p.add_argument("--base", help="modelo cuyo tokenizador mide las longitudes (por defecto el de la receta o smollm2-135m)")
     p.add_argument("--max-length", type=int, help="longitud máxima en tokens (por defecto la de la receta o 512)")
     p.add_argument("--salida", help="carpeta del informe (por defecto runs/<receta>/informe_datos)")
     p.add_argument("--mostrar-ejemplos", action="store_true", help="muestra el texto de 3 ejemplos con los tokens entrenados marcados")
     p.add_argument("--sin-progreso", action="store_true", help="sin barra de progreso")
     p.set_defaults(func=_cmd_inspect)
+
+    p = sub.add_parser("convertir", help="convierte datos entre JSONL y hojas de cálculo (.csv, .tsv, .xlsx, .ods, "
+                       ".parquet) sin perder nada de lo que se entrena")
+    p.add_argument("entrada", metavar="ENTRADA", help="datos .jsonl, .json o una tabla")
+    p.add_argument("salida", metavar="SALIDA", help=".jsonl (lo que ve el entrenamiento) o .csv, .tsv, .xlsx, .ods, "
+                   ".parquet (columnas pregunta, respuesta, y contexto, sistema, claves, peligros si hay)")
+    p.add_argument("--columnas", metavar="CAMPO=COLUMNA,…", help="con una tabla de entrada: qué columna es cada campo")
+    p.add_argument("--hoja", metavar="NOMBRE", help="con un .xlsx/.ods de entrada: la hoja, por nombre o número")
+    p.add_argument("--separador", choices=[";", ",", "tab", "|"], default=";",
+                   help="separador del .csv de salida (por defecto ';', el de Excel en español)")
+    p.add_argument("--codificacion", choices=["utf-8-sig", "utf-8", "cp1252"], default="utf-8-sig",
+                   help="codificación del .csv/.tsv de salida (por defecto utf-8-sig, que Excel reconoce; cp1252 para "
+                        "programas antiguos)")
+    p.add_argument("--sobrescribir", "--overwrite", dest="overwrite", action="store_true",
+                   help="reemplaza SALIDA si ya existe")
+    p.set_defaults(func=_cmd_convertir)
 
     p = sub.add_parser("eval", help="contraste base vs afinado, comprobaciones de dominio, guardia contra el olvido e informe")
     p.add_argument("run", help="carpeta de la ejecución (runs/<nombre>)")
@@ -430,6 +496,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--acceso-directo", action="store_true", help="escribe un acceso directo en el escritorio que abre "
                    "el estudio de esta carpeta sin terminal")
     p.set_defaults(func=_cmd_estudio)
+
+    p = sub.add_parser("borradores", help="borradores de preguntas y respuestas sacados de tus documentos (PDF, "
+                       "DOCX, TXT, MD) por un modelo profesor, para revisarlos")
+    p.add_argument("documentos", nargs="*", metavar="DOCUMENTOS", help="archivos .pdf, .docx, .txt, .md o carpetas")
+    p.add_argument("--profesor", metavar="URL", help="servidor compatible con OpenAI que escribe los borradores "
+                   "(Ollama: http://127.0.0.1:11434/v1, llama.cpp, afinar serve)")
+    p.add_argument("--modelo", metavar="NOMBRE", help="modelo del profesor (p. ej. qwen2.5:7b en Ollama)")
+    p.add_argument("--salida", help="archivo de borradores (por defecto borradores.jsonl); con --exportar-revisados, "
+                   "el JSONL de entrenamiento")
+    p.add_argument("--por-pasaje", type=int, default=3, help="preguntas por pasaje (por defecto 3)")
+    p.add_argument("--permitir-remoto", action="store_true", help="deja usar un profesor que no está en este equipo: "
+                   "los pasajes SALEN del equipo (los que tienen posibles datos personales no se envían)")
+    p.add_argument("--tiempo-limite", type=float, default=120.0, help="segundos máximos por llamada (por defecto 120)")
+    p.add_argument("--reintentos", type=int, default=3, help="reintentos de una llamada fallida (por defecto 3)")
+    p.add_argument("--precio-entrada", type=float, default=0.0, help="precio por millón de tokens de entrada (coste)")
+    p.add_argument("--precio-salida", type=float, default=0.0, help="precio por millón de tokens de salida (coste)")
+    p.add_argument("--max-pasajes", type=int, help="solo los N primeros pasajes (para probar)")
+    p.add_argument("--exportar-revisados", metavar="BORRADORES", help="escribe en --salida los borradores aceptados o "
+                   "corregidos como ejemplos pregunta/respuesta para entrenar")
+    p.add_argument("--sin-progreso", action="store_true", help="sin barra de progreso")
+    p.set_defaults(func=_cmd_borradores)
     return parser
 
 

@@ -15,6 +15,7 @@ from pydantic import (
 )
 
 from afinar.data.chat_format import check_spec
+from afinar.data.records import TABLE_SUFFIXES
 from afinar.errors import AfinarError
 
 DEFAULT_SYSTEM_PROMPT = (
@@ -36,6 +37,19 @@ class DataSource(Strict):
     path: str
     weight: Annotated[float, Field(gt=0)] = 1.0
     format: Literal["auto", "alpaca", "chat", "structured", "pregunta"] = "auto"
+    # A spreadsheet or table (afinar.data.tables): which column holds each field (absent: recognized from the header,
+    # e.g. «Pregunta», «Consulta», «Respuesta»; null: no column, not even one whose header looks like it) and which
+    # sheet to read (name or 1-based number; None: the first).
+    columnas: dict[Literal["pregunta", "respuesta", "sistema", "contexto", "claves", "peligros"],
+                   str | None] | None = None
+    hoja: str | Annotated[int, Field(ge=1)] | None = None
+
+    @model_validator(mode="after")
+    def _table_options_need_a_table(self):
+        if (self.columnas or self.hoja is not None) and not self.path.lower().endswith(TABLE_SUFFIXES):
+            raise ValueError(f"'columnas' y 'hoja' solo valen para hojas de cálculo y tablas "
+                             f"({', '.join(TABLE_SUFFIXES)}), no para '{self.path}'")
+        return self
 
 
 class DataSection(Strict):

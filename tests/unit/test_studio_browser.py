@@ -662,3 +662,112 @@ def test_the_verdict_comes_first_and_an_answer_is_rated(browser, tmp_path, monke
         no_null(page)
         assert jargon_in(page) == []
         assert QUESTION_PHRASE not in page.inner_text("#resumen-evaluacion")
+
+
+# --- Datos: a spreadsheet, the table editor, the drafts review (short: no job, no model) ----------------------------
+
+
+def test_a_spreadsheet_is_previewed_mapped_used_and_edited_in_a_table(browser, tmp_path):  # noqa: F811
+    from openpyxl import Workbook
+
+    book = Workbook()
+    sheet = book.active
+    sheet.append(["Pregunta", "Respuesta", "Notas"])
+    for i in range(12):
+        sheet.append([f"¿Qué hago ante la quemadura número {i}?", f"Enfría la zona {i} con agua corriente 20 minutos.",
+                      f"Protocolo {i}"])
+    path = tmp_path / "Ejemplos de enfermería.xlsx"
+    book.save(path)
+    with LiveStudio(tmp_path / "estudio") as studio:
+        page = browser.new_page()
+        page.goto(f"{studio.url}/?token={studio.token}")
+        page.wait_for_selector("body[data-listo='1']")
+        assert page.is_disabled("#abrir-editor")
+        page.set_input_files("#archivo", str(path))
+        page.click("#subir")
+        page.wait_for_selector("#tabla-vista:not([hidden]) #tabla-filas tbody tr")
+        assert page.locator("#tabla-filas tbody tr").count() == 10  # the first rows
+        assert "¿qué hay en cada columna?" in page.inner_text("#tabla-vista")
+        assert page.eval_on_selector("#columna-pregunta", "e => e.value") == "Pregunta"
+        assert page.eval_on_selector("#columna-contexto", "e => e.value") == ""
+        page.select_option("#columna-contexto", "Notas")  # her choice: the notes are context
+        page.click("#usar-columnas")
+        wait_until(lambda: "12 ejemplos que se pueden usar, 0 líneas con errores" in page.inner_text("#validacion"), 30,
+                   "la validación de la tabla")
+        assert page.is_hidden("#tabla-vista")
+        dataset = studio.workspace.datasets()[0]["id"]
+        assert "Protocolo 0" in (studio.workspace.data / f"{dataset}.jsonl").read_text(encoding="utf-8")
+
+        page.click("#abrir-editor")
+        answer = page.wait_for_selector("#editor-tabla tr[data-linea='1'] textarea[data-campo='respuesta']")
+        assert "Página 1 de 1 (12 ejemplos)" in page.inner_text("#editor-pagina")
+        answer.fill("Enfría la zona con agua corriente durante 20 minutos y cúbrela con un paño limpio.")
+        assert "1 cambio sin guardar" in page.inner_text("#editor-pendientes")
+        page.click("#editor-tabla tr[data-linea='2'] .borrar-fila")
+        page.click("#editor-guardar")
+        wait_until(lambda: "Guardado: 11 ejemplos" in page.inner_text("#estado"), 30, "el guardado")
+        text = (studio.workspace.data / f"{dataset}.jsonl").read_text(encoding="utf-8")
+        assert "paño limpio" in text and "número 1?" not in text
+        # An empty answer is refused, naming the row; the file stays as it was.
+        page.fill("#editor-tabla tr[data-linea='3'] textarea[data-campo='respuesta']", "")
+        page.click("#editor-guardar")
+        page.wait_for_selector("#aviso:not([hidden])")
+        assert "línea 3" in page.inner_text("#aviso") and "respuesta" in page.inner_text("#aviso")
+        assert (studio.workspace.data / f"{dataset}.jsonl").read_text(encoding="utf-8") == text
+        assert jargon_in(page) == []
+
+
+def test_drafts_are_reviewed_with_the_keyboard_and_clicks(browser, tmp_path):  # noqa: F811
+    with LiveStudio(tmp_path / "estudio") as studio:
+        folder = studio.workspace.root / "borradores"
+        folder.mkdir()
+        drafts = [{"id": f"p{i}-1", "estado": "sin revisar", "pregunta": f"¿Qué hago ante la quemadura {i}?",
+                   "respuesta": f"Agua corriente {i}.", "fuente": {"archivo": "protocolo.pdf", "pagina": i + 1,
+                                                                   "seccion": None, "pasaje": f"p{i}",
+                                                                   "texto": f"Pasaje {i}: enfriar con agua."},
+                   "profesor": {"modelo": "qwen2.5:7b", "url": "http://127.0.0.1:11434/v1"},
+                   **({"datos_personales": ["teléfono"]} if i == 0 else {})} for i in range(4)]
+        (folder / "protocolo.jsonl").write_text("".join(json.dumps(d, ensure_ascii=False) + "\n" for d in drafts),
+                                                encoding="utf-8")
+        page = browser.new_page()
+        page.goto(f"{studio.url}/?token={studio.token}")
+        page.wait_for_selector("body[data-listo='1']")
+        assert "Permitir un servidor fuera de este equipo" in page.inner_text("#borradores")
+        page.click("#abrir-borradores")
+        page.wait_for_selector("#borrador-titulo")
+        counts = lambda: page.inner_text("#recuento")  # noqa: E731
+        assert page.get_attribute("#recuento", "role") == "status"
+        assert "Sin revisar: 4" in counts() and "Borrador 1 de 4" in page.inner_text("#borrador-titulo")
+        assert page.inner_text("#borrador-pasaje") == "Pasaje 0: enfriar con agua."
+        assert "protocolo.pdf, página 1" in page.inner_text("#borrador-fuente")
+        assert page.is_visible("#marca-personal") and "datos personales" in page.inner_text("#marca-personal")
+        page.keyboard.press("a")  # aceptar (the focus is on the draft's title, not in a text box)
+        wait_until(lambda: "Aceptados: 1" in counts(), 10, "aceptar con «a»")
+        assert "Borrador 2 de 4" in page.inner_text("#borrador-titulo")
+        page.keyboard.press("c")  # corregir: the texts become editable, and typing there is only typing
+        page.wait_for_selector("textarea#borrador-pregunta")
+        page.keyboard.press("End")
+        page.keyboard.type(" Dadas las circunstancias")  # a, d, c typed in the text box: no shortcut fires
+        page.fill("#borrador-respuesta", "Agua corriente durante 20 minutos.")
+        assert "Sin revisar: 3" in counts()
+        page.click("#guardar-correccion")
+        wait_until(lambda: "Corregidos: 1" in counts(), 10, "la corrección")
+        saved = [json.loads(x) for x in (folder / "protocolo.jsonl").read_text(encoding="utf-8").splitlines()]
+        assert saved[1]["pregunta"].endswith("Dadas las circunstancias") and saved[1]["estado"] == "corregido"
+        page.click("#descartar-borrador")
+        wait_until(lambda: "Descartados: 1" in counts(), 10, "descartar con un clic")
+        page.keyboard.press("z")  # deshacer
+        wait_until(lambda: "Descartados: 0" in counts() and "Sin revisar: 2" in counts(), 10, "deshacer con «z»")
+        assert "Borrador 3 de 4" in page.inner_text("#borrador-titulo")
+        page.focus("#descartar-borrador")
+        page.keyboard.press("Enter")
+        wait_until(lambda: "Descartados: 1" in counts(), 10, "descartar con Enter")
+        page.keyboard.press("d")
+        wait_until(lambda: "Sin revisar: 0" in counts(), 10, "descartar con «d»")
+        assert page.is_visible("#fin-revision") and page.is_enabled("#usar-revisados")
+        page.click("#usar-revisados")
+        wait_until(lambda: "2 ejemplos que se pueden usar" in page.inner_text("#validacion"), 30, "los revisados")
+        assert "revisados" in page.inner_text("#estado")
+        dataset = studio.workspace.datasets()[0]["id"]
+        assert page.eval_on_selector("#subidos", "e => e.value") == dataset
+        assert jargon_in(page) == []

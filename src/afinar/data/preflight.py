@@ -62,11 +62,12 @@ def _places(items: list) -> list:
     return items[:MAX_PLACES]
 
 
-def _resolve(path: Path, base: str | None, max_length: int | None):
-    """(DataSection, base, default report folder, recipe name) for a recipe or a bare JSONL."""
+def _resolve(path: Path, base: str | None, max_length: int | None, columnas: dict | None = None,
+             hoja: str | int | None = None):
+    """(DataSection, base, default report folder, recipe name) for a recipe or a bare data file (JSONL or table)."""
     from afinar.data.validate import data_of
 
-    data, recipe = data_of(path, max_length)
+    data, recipe = data_of(path, max_length, columnas, hoja)
     if recipe is not None:
         if max_length:
             data.max_length = max_length
@@ -388,8 +389,9 @@ def render_html(report: dict, title: str, png: str | None) -> str:
 
 
 def inspect(path: str | Path, base: str | None = None, max_length: int | None = None, output: str | Path | None = None,
-            show_examples: bool = False, seed: int = 0, progress: bool = True) -> int:
-    """`afinar inspect RECIPE_OR_JSONL`: print the pre-flight report and write it as JSON + HTML + PNG.
+            show_examples: bool = False, seed: int = 0, progress: bool = True, columnas: dict | None = None,
+            hoja: str | int | None = None) -> int:
+    """`afinar inspect RECIPE_OR_DATA`: print the pre-flight report and write it as JSON + HTML + PNG.
 
     Returns 1 if the data has schema errors (training would refuse it), else 0.
     """
@@ -397,7 +399,7 @@ def inspect(path: str | Path, base: str | None = None, max_length: int | None = 
     from afinar.data.validate import try_tokenizer
 
     path = Path(path)
-    data, base, default_out, name = _resolve(path, base, max_length)
+    data, base, default_out, name = _resolve(path, base, max_length, columnas, hoja)
     tokenizer, reason = try_tokenizer(base, data.template)
     note = f"no se pudo cargar el tokenizador de '{base}' ({reason})" if tokenizer is None else ""
     if note:

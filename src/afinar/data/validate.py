@@ -43,8 +43,11 @@ def gather(data: DataSection) -> PreparedData:
     examples: list[Example] = []
     per_source: dict[str, int] = {}
     for source in data.sources:
-        loaded = load_examples(Path(source.path), source.format, problems)
-        if not loaded and not any(p.source == source.path and p.code == "D011" for p in problems):
+        before = len(problems)
+        loaded = load_examples(Path(source.path), source.format, problems, columnas=source.columnas, hoja=source.hoja)
+        # A file that could not be read at all (missing, a damaged spreadsheet, columns not found) already says why.
+        whole_file = any(p.line is None and p.severity == "error" for p in problems[before:])
+        if not loaded and not whole_file:
             problems.append(Problem(source.path, None, "D012", "el archivo no contiene ningún ejemplo válido"))
         per_source[source.path] = len(loaded)
         examples.extend(loaded)
@@ -168,14 +171,23 @@ def raise_if_errors(prepared: PreparedData) -> None:
         )
 
 
-def data_of(path: Path, max_length: int | None = None):
-    """(data section, recipe or None): a recipe's data, or a section made for one bare JSONL (max_length or 512)."""
+def data_of(path: Path, max_length: int | None = None, columnas: dict | None = None, hoja: str | int | None = None):
+    """(data section, recipe or None): a recipe's data, or a section made for one bare data file, a JSONL or a table
+    with its `columnas`/`hoja` (max_length or 512)."""
     from afinar.config import DataSource, load_recipe
+    from afinar.data.tables import is_table
 
     if path.suffix.lower() in (".yaml", ".yml"):
+        if columnas or hoja is not None:
+            raise AfinarError("D029", "--columnas y --hoja van con un archivo de datos; en una receta se escriben en "
+                              "su fuente (columnas: {…}, hoja: …).", where=str(path))
         recipe = load_recipe(path)
         return recipe.data, recipe
-    return DataSection(sources=[DataSource(path=str(path))], max_length=max_length or 512), None
+    if (columnas or hoja is not None) and not is_table(path):
+        raise AfinarError("D029", "--columnas y --hoja solo valen para hojas de cálculo y tablas "
+                          "(.csv, .tsv, .xlsx, .ods, .parquet, .json).", where=str(path))
+    source = DataSource(path=str(path), columnas=columnas, hoja=hoja)
+    return DataSection(sources=[source], max_length=max_length or 512), None
 
 
 def try_tokenizer(base: str, template: str = "auto"):
@@ -190,10 +202,12 @@ def try_tokenizer(base: str, template: str = "auto"):
         return None, f"{exc.code}: {exc.message}"
 
 
-def validate(path: str | Path, base: str | None = None, max_length: int | None = None) -> int:
-    """`afinar validate RECIPE_OR_JSONL`: check recipe and data without training; returns the exit code."""
+def validate(path: str | Path, base: str | None = None, max_length: int | None = None, columnas: dict | None = None,
+             hoja: str | int | None = None) -> int:
+    """`afinar validate RECIPE_OR_DATA`: check recipe and data (JSONL or a table, with its `columnas`/`hoja`) without
+    training; returns the exit code."""
     path = Path(path)
-    data, recipe = data_of(path, max_length)
+    data, recipe = data_of(path, max_length, columnas, hoja)
     if recipe is not None:
         print(f"Receta {path}: válida (nombre '{recipe.name}', base '{recipe.model.base}').")
         base = base or recipe.model.base

@@ -66,7 +66,7 @@ def user_prompt(item: dict) -> str:
 
 # --- where the judge is -------------------------------------------------------------------------------------------
 
-def _host(url: str) -> str | None:
+def url_host(url: str) -> str | None:
     from urllib.parse import urlsplit
 
     try:
@@ -96,7 +96,7 @@ def is_loopback(host: str) -> bool:
 def check_url(url: str, allow_remote: bool) -> None:
     """Refuse a judge URL that is not valid, or not on this machine unless `allow_remote`: every question, reference
     answer and model answer of the evaluation is sent to it."""
-    host = _host(url)
+    host = url_host(url)
     if host is None:
         raise AfinarError("J002", "la URL del juez no es válida: tiene que ser http:// o https:// con un servidor.",
                           hint="por ejemplo http://127.0.0.1:8000 (afinar serve) o http://127.0.0.1:11434 (Ollama)")
@@ -119,7 +119,7 @@ def api_base(url: str) -> str:
     return base if base.endswith("/v1") else base + "/v1"
 
 
-def _shown(url: str) -> str:
+def shown_url(url: str) -> str:
     """The URL for messages, without user:password@."""
     from urllib.parse import urlsplit, urlunsplit
 
@@ -247,7 +247,7 @@ class JudgeResult:
                 "stopped": self.stopped, "counts": self.counts(), "note": self.note, "seconds": round(self.seconds, 1)}
 
 
-def _openai_client(url: str, timeout: float, retries: int):
+def openai_client(url: str, timeout: float, retries: int):
     try:
         from openai import OpenAI
     except ImportError:
@@ -342,7 +342,7 @@ def judge_answers(items: list[dict], url: str, model: str, *, allow_remote: bool
                 result.failure_kinds["omitida"] = result.failure_kinds.get("omitida", 0) + 1
             else:
                 if asker is None:
-                    asker = _Asker(_openai_client(url, timeout, retries), model, max_tokens)
+                    asker = _Asker(openai_client(url, timeout, retries), model, max_tokens)
                 try:
                     text = asker.ask(item)
                 except Exception as exc:  # noqa: BLE001 (any failure of the judge leaves the item without verdict)
@@ -381,7 +381,7 @@ def _note(result: JudgeResult, url: str, total: int, limit: int) -> str | None:
         return None
     kinds = {k: n for k, n in result.failure_kinds.items() if k != "omitida"}
     main = max(kinds, key=kinds.get) if kinds else "conexion"
-    where = f"{result.model} en {_shown(url)}"
+    where = f"{result.model} en {shown_url(url)}"
     if not result.answered:
         text = f"No se pudo usar el juez ({where}): {KIND_TEXT[main]}"
     else:

@@ -44,7 +44,13 @@ from afinar.evaluate.report import what_it_takes
 from afinar.hardware import int8_cpu_features
 from afinar.inference.server import LOOPBACK, foreign_origin, request_hostname
 from afinar.runs import EVAL_DIR, EXPORT_DIR, EXPORT_SUMMARY, RECIPE, RUN_INFO
-from afinar.studio import cards
+from afinar.studio import cards, data_api, review
+from afinar.studio.checks import EXPECTED_FORMAT
+from afinar.studio.checks import mb as _mb
+from afinar.studio.checks import not_jsonl as _not_jsonl
+from afinar.studio.checks import unusable as _unusable
+from afinar.studio.checks import validation as _validation
+from afinar.studio.data_api import TABLE_UPLOAD_PATH
 from afinar.studio.events import job_events
 from afinar.studio.jobs import (
     JobConflict,
@@ -55,6 +61,7 @@ from afinar.studio.jobs import (
     tail,
 )
 from afinar.studio.launch import COOKIE_DAYS
+from afinar.studio.review import DOCUMENT_UPLOAD_PATH
 from afinar.studio.settings import (
     BASES,
     CHECKS,
@@ -64,8 +71,6 @@ from afinar.studio.settings import (
     SHIPPED_DATASETS,
     build_recipe,
     export_usage,
-    fix_for,
-    suggest_checks,
 )
 from afinar.studio.workspace import (
     Workspace,
@@ -78,8 +83,11 @@ from afinar.training import read_metrics
 TOKEN_HEADER = "x-afinar-token"
 MAX_JSON_BODY = 256 * 1024
 UPLOAD_PATH = "/api/datos"
-NOT_FOUND_CODES = {"E011", "E012", "E022", "E030", "E033", "E034"}
+# Raw file bodies (read in chunks up to the upload limit, not the JSON one): JSONL, spreadsheets, documents.
+UPLOAD_PATHS = {UPLOAD_PATH, TABLE_UPLOAD_PATH, DOCUMENT_UPLOAD_PATH}
+NOT_FOUND_CODES = {"E011", "E012", "E022", "E030", "E033", "E034", *data_api.NOT_FOUND, *review.NOT_FOUND}
 FORBIDDEN_CODES = {"E036"}
+CONFLICT_CODES = {*data_api.CONFLICT, *review.CONFLICT}
 
 
 @dataclass
@@ -136,7 +144,7 @@ class Guard:
             refusal = _json(403, "E004", "una acción necesita la cabecera X-Afinar-Token (la pone la página)")
         if refusal is not None:
             return await refusal(scope, receive, send)
-        if scope["method"] == "POST" and scope["path"] != UPLOAD_PATH:
+        if scope["method"] == "POST" and scope["path"] not in UPLOAD_PATHS:
             declared = headers.get("content-length", "")
             if declared.isdigit() and int(declared) > MAX_JSON_BODY:
                 return await _json(413, "E005", f"la petición ocupa más de {MAX_JSON_BODY // 1024} KB")(scope, receive, send)
@@ -312,8 +320,9 @@ def create_app(workspace: Workspace, options: StudioOptions) -> FastAPI:
 
     @app.exception_handler(AfinarError)
     async def afinar_error(request: Request, exc: AfinarError):
-        status = (409 if isinstance(exc, JobConflict) else 404 if exc.code in NOT_FOUND_CODES
-                  else 403 if exc.code in FORBIDDEN_CODES else 400)
+        status = (409 if isinstance(exc, JobConflict) or exc.code in CONFLICT_CODES
+                  else 404 if exc.code in NOT_FOUND_CODES else 403 if exc.code in FORBIDDEN_CODES
+                  else 413 if exc.code == "E013" else 400)
         return JSONResponse(_error_body(exc.code, exc.message, exc.where, exc.hint), status_code=status)
 
     @app.exception_handler(RequestValidationError)  # a body the route's model refuses (FastAPI's own 422 is English)
@@ -338,7 +347,7 @@ def create_app(workspace: Workspace, options: StudioOptions) -> FastAPI:
 
     @app.get("/static/{name}")
     def static(name: str):
-        media = {"studio.js": "text/javascript", "studio.css": "text/css"}
+        media = {"studio.js": "text/javascript", "datos.js": "text/javascript", "studio.css": "text/css"}
         if name not in media:  # a fixed list: nothing from the request reaches a path
             return _json(404, "E007", "no existe")
         text = resources.files("afinar.studio.web").joinpath(name).read_text(encoding="utf-8")
@@ -667,14 +676,13 @@ def create_app(workspace: Workspace, options: StudioOptions) -> FastAPI:
             raise AfinarError("E026", "falta la ejecución a servir.")
         return server.start(form.ejecucion)
 
+    # --- Datos: spreadsheets, the table editor, drafts from documents and their review (their own modules) ---------
+    data_api.register(app, workspace, options)
+    review.register(app, workspace, options, jobs)
     return app
 
 
 # --- helpers (run in a thread: they read files and may load a tokenizer) --------------------------------------------
-
-
-def _mb(size: int) -> str:
-    return f"{size / 2**20:g} MB".replace(".", ",")
 
 
 def _dataset_file(workspace: Workspace, dataset: str) -> Path:
@@ -686,78 +694,6 @@ def _dataset_file(workspace: Workspace, dataset: str) -> Path:
             raise AfinarError("E011", "no hay un dataset incluido con ese nombre.", where=dataset)
         return shipped_dataset(name)
     return workspace.dataset_path(dataset)
-
-
-def _not_jsonl(path: Path) -> str | None:
-    """Why an upload is not a JSONL file at all (None when at least one line is a JSON object): a PDF, a spreadsheet
-    or a photo is refused whole; a JSONL with some bad lines is kept and its problems listed by line."""
-    with open(path, "rb") as handle:
-        head = handle.read(1 << 20)
-    if not head.strip():
-        return "el archivo está vacío."
-    if b"\0" in head[:4096]:
-        return "no es un archivo de texto (¿un PDF, una hoja de cálculo o una imagen?)."
-    try:
-        text = head.decode("utf-8-sig")  # as the validator reads it: a BOM is allowed
-    except UnicodeDecodeError as exc:
-        if exc.start < len(head) - 4:  # not just a character cut at the 1 MB boundary
-            return "no está en UTF-8: guárdalo como «UTF-8» en tu editor."
-        text = head[: exc.start].decode("utf-8-sig")
-    for line in text.splitlines()[:200]:
-        if line.strip():
-            try:
-                if isinstance(json.loads(line), dict):
-                    return None
-            except ValueError:
-                continue
-    return "ninguna de las primeras líneas es un objeto JSON: no parece un archivo JSONL."
-
-
-EXPECTED_FORMAT = ('un ejemplo por línea, cada uno entre llaves, con los campos "pregunta" y "respuesta" '
-                   '(o "instruction" y "output", o "messages")')
-
-
-def _validation(path: Path) -> dict:
-    """Counts and problems by line (never a row's text), the lines that may hold personal data (by kind), and the
-    domain checks the examples suggest."""
-    from afinar.config import DataSection, DataSource
-    from afinar.data.pii import KINDS, kinds_in
-    from afinar.data.validate import gather
-
-    prepared = gather(DataSection(sources=[DataSource(path=str(path))]))
-    examples = prepared.train + prepared.val
-
-    def listed(problems):
-        # "duplicado exacto de /ruta/completa/datos/x.jsonl:5" → "… de la línea 5": the page names lines, not paths.
-        return [{"linea": p.line, "codigo": p.code, "mensaje": p.message.replace(f"{path}:", "la línea "),
-                 "arreglo": fix_for(p.code)} for p in problems[:200]]
-
-    personal = []
-    for example in sorted(examples, key=lambda e: e.line):
-        kinds = sorted(KINDS[k] for k in kinds_in(example.messages))
-        if kinds:
-            personal.append({"linea": example.line, "tipos": kinds})
-    return {"ejemplos": len(examples), "errores": listed(prepared.errors),
-            "avisos": listed(prepared.warnings), "total_errores": len(prepared.errors),
-            "total_avisos": len(prepared.warnings), "archivo": path.name, "datos_personales": personal,
-            "comprobaciones_sugeridas": suggest_checks(examples)}
-
-
-def _unusable(checked: dict, name: str) -> AfinarError:
-    """One sentence for a file with no usable example: what is wrong with most of its lines and what to write."""
-    from collections import Counter
-
-    from afinar.data.formats import CODES
-
-    codes = Counter(p["codigo"] for p in checked["errores"])
-    if codes:
-        code, count = codes.most_common(1)[0]
-        example = next(p for p in checked["errores"] if p["codigo"] == code)
-        what = f"{CODES.get(code, code)} en {count} línea(s), por ejemplo la {example['linea']}: {example['mensaje']}"
-    else:
-        what = "no tiene ninguna línea con texto"
-    return AfinarError("E017", f"no se ha guardado: ninguna línea es un ejemplo que se pueda usar ({what}).",
-                       where=name, hint=f"escribe {EXPECTED_FORMAT}, y vuelve a subirlo")
 
 
 def _drop_lines(path: Path, lines: set[int]) -> None:

@@ -26,7 +26,8 @@ from afinar.errors import AfinarError
 from afinar.runs import RUN_INFO, STOP_REQUEST
 from afinar.studio.workspace import Workspace, read_json
 
-KINDS = ("entrenar", "reanudar", "evaluar", "exportar")
+RUN_KINDS = ("entrenar", "reanudar", "evaluar", "exportar")  # the jobs of a run folder
+KINDS = (*RUN_KINDS, "borradores")  # borradores: `afinar borradores` (drafts from documents: no run folder)
 TRAINING = ("entrenar", "reanudar")
 CANCEL_GRACE_S = 10.0  # SIGTERM first; whatever is still alive after this gets SIGKILL
 # tqdm's line: "Entrenando:  12%|█▏   | 12/100 [00:10<01:20,  1.10paso/s, loss=2.1]" (remaining '?' at first)
@@ -145,7 +146,7 @@ class JobManager:
     def all(self) -> list[dict]:
         return [r for r in (read_json(p) for p in sorted(self.ws.jobs.glob("*.json"))) if r]
 
-    def latest(self, kinds: tuple[str, ...] = KINDS) -> dict[str, dict]:
+    def latest(self, kinds: tuple[str, ...] = RUN_KINDS) -> dict[str, dict]:
         """Each run's newest job of these kinds (the list and a run's page show its state), from one read of the
         records."""
         newest: dict[str, dict] = {}

@@ -4,6 +4,9 @@
     <carpeta>/recetas/      the recipes the Modelo step writes (plain afinar recipes: `afinar train` runs them)
     <carpeta>/ejecuciones/  the run folders (each recipe's output_dir)
     <carpeta>/trabajos/     one JSON + one log per job the studio started
+    <carpeta>/datos/tablas/ uploaded spreadsheets waiting for the person to say which column is which
+    <carpeta>/documentos/   uploaded documents (PDF, DOCX, TXT, MD) that `afinar borradores` writes drafts from
+    <carpeta>/borradores/   the drafts files (JSONL) and their review (only reviewed drafts become datos/)
 
 No path sent by the browser reaches the file system: names are checked against a strict pattern and resolved inside
 these folders. Cheap to import (no torch).
@@ -72,6 +75,14 @@ class Workspace:
     @property
     def jobs(self) -> Path:
         return self.root / "trabajos"
+
+    @property
+    def documents(self) -> Path:  # created by the first upload
+        return self.root / "documentos"
+
+    @property
+    def drafts(self) -> Path:  # created by the first drafts job
+        return self.root / "borradores"
 
     # --- names → paths, always inside the workspace -----------------------------------------------------------------
 

@@ -97,6 +97,8 @@ function showContext() {
   $("#ctx-receta").textContent = S.receta || "ninguno";
   $("#ctx-ejecucion").textContent = S.ejecucion || "ninguno";
   for (const b of ["#ver-informe", "#ver-ejemplos"]) $(b).disabled = !S.datos;
+  $("#abrir-editor").disabled = !S.datos || S.datos.id.startsWith("afinar:");  // only her own files are edited
+  closeEditorIfOther();
 }
 
 // --- 1. Datos -------------------------------------------------------------------------------------------------------
@@ -156,6 +158,7 @@ async function useDataset(id, name) {
 async function upload() {
   const file = $("#archivo").files[0];
   if (!file) throw new ApiError({mensaje: "elige primero tu archivo de ejemplos"});
+  if (await isTableFile(file)) return uploadTable(file);  // a spreadsheet: preview and columns first (datos.js)
   if (CONFIG && file.size > CONFIG.max_subida_mb * 1048576)
     throw new ApiError({codigo: "E013", mensaje: `el archivo ocupa más de ${CONFIG.max_subida_mb} MB, el límite del estudio`});
   say(`Subiendo ${file.name}…`);
@@ -333,7 +336,8 @@ async function startJob(body) {
   watch(job);
   return job;
 }
-const KIND = {entrenar: "Entrenamiento", reanudar: "Entrenamiento (reanudado)", evaluar: "Evaluación", exportar: "Exportación"};
+const KIND = {entrenar: "Entrenamiento", reanudar: "Entrenamiento (reanudado)", evaluar: "Evaluación", exportar: "Exportación",
+  borradores: "Borradores"};
 // Where each export goes, in the words of who uses it: the format to export, and which keys of afinar_export.json
 // it writes (the first one is the file the download button serves).
 const DESTINOS = [
@@ -405,8 +409,9 @@ function showJob(job) {
   $("#confirmar-texto").textContent = training(job)
     ? "Se para ya, sin guardar lo aprendido desde el último punto guardado. Para conservarlo todo y poder seguir después, usa «Detener y guardar»."
     : job.tipo === "evaluar" ? "Se para la evaluación; no se guarda ningún resultado de esta vez (el modelo no cambia)."
+    : job.tipo === "borradores" ? "Se para la escritura de borradores; los ya escritos se guardan y puedes revisarlos o seguir después."
     : "Se para la exportación; no queda ningún archivo a medias (el modelo no cambia).";
-  for (const b of ["#empezar", "#evaluar", "#reanudar"]) $(b).disabled = running;
+  for (const b of ["#empezar", "#evaluar", "#reanudar", "#escribir-borradores"]) $(b).disabled = running;
   for (const b of $$(".exportar")) b.disabled = running;
 }
 function finished(job) {
@@ -425,6 +430,7 @@ function finished(job) {
   $("#reanudar").disabled = !(training(job) && ["detenido", "cancelado", "fallido", "interrumpido"].includes(job.estado));
   if (job.tipo === "evaluar") showEvaluation();
   if (job.tipo === "exportar") showExports();
+  if (job.tipo === "borradores") draftsFinished(job);
 }
 async function copyDiagnostics() {
   const text = await api("GET", `/api/trabajos/${encodeURIComponent(watched.id)}/diagnostico`);
@@ -780,6 +786,7 @@ async function init() {
   for (const r of $$("input[name=preajuste]")) r.addEventListener("change", fillPreset);
   fillPreset();
   await loadDatasets();
+  await initDatos();  // datos.js: documents and drafts lists
   showContext();
   if (CONFIG.trabajo) watch(CONFIG.trabajo);
   else if (S.ejecucion) {
