@@ -31,6 +31,11 @@ def main() -> int:
     parser.add_argument("--resto", choices=("aceptar", "descartar"), help="for drafts without a decision")
     parser.add_argument("--puerto", type=int, default=7873)
     parser.add_argument("--capturas", action="store_true", help="save a screenshot of the first draft and of the end")
+    parser.add_argument("--lectura", type=float, default=0, metavar="PALABRAS_MIN",
+                        help="read as a person: wait the words of each draft (and of its passage, the first time it "
+                             "is shown) at this many words per minute before deciding (0: decide at once)")
+    parser.add_argument("--tecleo", type=float, default=0, metavar="PALABRAS_MIN",
+                        help="type corrections key by key at this many words per minute (0: paste them)")
     args = parser.parse_args()
 
     decisions = json.loads(args.decisiones.read_text(encoding="utf-8"))
@@ -73,18 +78,38 @@ def main() -> int:
             if args.capturas:
                 page.screenshot(path=str(work / "primer-borrador.png"), full_page=True)
             started = time.monotonic()
+            by_id = {d["id"]: d for d in drafts}
+            passages_read: set[str] = set()
+            reading_total = 0.0
             while page.query_selector("#borrador-actual article[data-id]"):
                 draft_id = page.get_attribute("#borrador-actual article[data-id]", "data-id")
                 decision = decisions.get(draft_id, args.resto)
                 t = time.monotonic()
+                if args.lectura:
+                    draft = by_id.get(draft_id, {})
+                    words = len(f"{draft.get('pregunta', '')} {draft.get('respuesta', '')}".split())
+                    passage = (draft.get("fuente") or {}).get("texto", "")
+                    if passage not in passages_read:
+                        passages_read.add(passage)
+                        words += len(passage.split())
+                    reading = 60 * words / args.lectura
+                    reading_total += reading
+                    time.sleep(reading)
                 if decision == "aceptar":
                     page.keyboard.press("a")
                 elif decision == "descartar":
                     page.keyboard.press("d")
                 else:
                     page.keyboard.press("c")
-                    page.fill("textarea#borrador-pregunta", decision["pregunta"])
-                    page.fill("textarea#borrador-respuesta", decision["respuesta"])
+                    for field in ("pregunta", "respuesta"):
+                        box = f"textarea#borrador-{field}"
+                        if args.tecleo and page.input_value(box) != decision[field]:
+                            text = decision[field]
+                            page.fill(box, "")
+                            delay = 1000 * 60 * len(text.split()) / args.tecleo / max(1, len(text))
+                            page.type(box, text, delay=delay, timeout=0)  # ms per key: words per minute spread over the keys
+                        else:
+                            page.fill(box, decision[field])
                     page.click("#guardar-correccion")
                 quoted = json.dumps(draft_id)
                 page.wait_for_selector(f"#borrador-actual article[data-id]:not([data-id={quoted}]), #fin-revision")
@@ -111,6 +136,9 @@ def main() -> int:
             browser.close()
         if times:
             each = sorted(x[2] for x in times)
+            if args.lectura:
+                print(f"\nde ellos, leyendo ({args.lectura:g} palabras/min): {reading_total:.0f} s; "
+                      f"escribiendo correcciones: {'a ' + format(args.tecleo, 'g') + ' palabras/min' if args.tecleo else 'pegadas'}")
             print(f"\n{len(times)} decisiones en {reviewing:.1f} s: media {1000 * sum(each) / len(each):.0f} ms, "
                   f"mediana {1000 * each[len(each) // 2]:.0f} ms, máxima {1000 * each[-1]:.0f} ms")
         print(f"al final: {counts}")

@@ -351,14 +351,20 @@ def jsonl_records(path: Path, fmt: str = "auto", problems: list | None = None) -
     """(example, its line's object) for every valid line of a JSONL file; problems for the rest, plus one D017
     warning for the drafts skipped (unreviewed or discarded)."""
     problems = [] if problems is None else problems
+    return numbered_records(iter_jsonl(Path(path), problems), str(path), fmt, problems)
+
+
+def numbered_records(items, source: str, fmt: str, problems: list) -> list[tuple[Example, dict]]:
+    """(example, its object) for each (line or element number, object) that parses; problems for the rest, plus one
+    D017 warning for the drafts skipped. A JSONL's lines and a .json array's elements both go through here."""
     pairs, skipped = [], 0
-    for number, obj in iter_jsonl(Path(path), problems):
+    for number, obj in items:
         skipped += is_skipped_draft(obj)
-        example = parse_record(obj, fmt, str(path), number, problems)
+        example = parse_record(obj, fmt, source, number, problems)
         if example is not None:
             pairs.append((example, obj))
     if skipped:
-        problems.append(drafts_warning(str(path), skipped))
+        problems.append(drafts_warning(source, skipped))
     return pairs
 
 

@@ -36,6 +36,7 @@ from afinar.data.records import (
     drafts_warning,
     is_skipped_draft,
     jsonl_records,
+    numbered_records,
     parse_record,
 )
 from afinar.errors import AfinarError
@@ -580,26 +581,14 @@ def _records(path, columnas: dict | None, hoja, problems: list, fmt: str = "auto
                 raise TableError(path, "D024", "un archivo .json no tiene hojas: quita 'hoja'")
             items = _json_items(path, path.read_bytes())
             if any(isinstance(item, dict) and detect_format(item) for item in items):
-                return _json_records(path, items, fmt, problems)
+                # Records already in a known format: each goes through `parse_record` unchanged, as a JSONL line.
+                return numbered_records(enumerate(items, start=1), str(path), fmt, problems)
         table = read_table(path, hoja)
         mapping = _mapping(table, columnas)
     except TableError as exc:
         problems.append(exc.problem)
         return []
     return _table_records(table, mapping, problems)
-
-
-def _json_records(path: Path, items: list, fmt: str, problems: list) -> list[tuple[Example, dict]]:
-    """A .json array of records already in a known format: each goes through `parse_record` unchanged."""
-    pairs, skipped = [], 0
-    for number, obj in enumerate(items, start=1):
-        skipped += is_skipped_draft(obj)
-        example = parse_record(obj, fmt, str(path), number, problems)
-        if example is not None:
-            pairs.append((example, obj))
-    if skipped:
-        problems.append(drafts_warning(str(path), skipped))
-    return pairs
 
 
 def table_examples(path, columnas: dict | None = None, hoja=None, problems: list | None = None,

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import parse_qs, unquote
+from urllib.parse import parse_qs
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -45,11 +45,14 @@ from afinar.hardware import int8_cpu_features
 from afinar.inference.server import LOOPBACK, foreign_origin, request_hostname
 from afinar.runs import EVAL_DIR, EXPORT_DIR, EXPORT_SUMMARY, RECIPE, RUN_INFO
 from afinar.studio import cards, data_api, review
-from afinar.studio.checks import EXPECTED_FORMAT
-from afinar.studio.checks import mb as _mb
-from afinar.studio.checks import not_jsonl as _not_jsonl
-from afinar.studio.checks import unusable as _unusable
-from afinar.studio.checks import validation as _validation
+from afinar.studio.checks import (
+    EXPECTED_FORMAT,
+    not_jsonl,
+    receive_upload,
+    shown_name,
+    unusable,
+    validation,
+)
 from afinar.studio.data_api import TABLE_UPLOAD_PATH
 from afinar.studio.events import job_events
 from afinar.studio.jobs import (
@@ -370,36 +373,17 @@ def create_app(workspace: Workspace, options: StudioOptions) -> FastAPI:
 
     @app.post(UPLOAD_PATH)
     async def upload(request: Request):
-        declared = request.headers.get("content-length", "")
-        limit = options.max_upload_bytes
-        if declared.isdigit() and int(declared) > limit:
-            return _json(413, "E013", f"el archivo ocupa más de {_mb(limit)}, el límite del estudio",
-                         "divide el archivo o arranca el estudio con --max-subida-mb")
-        shown_name = unquote(request.headers.get("x-nombre-archivo", "datos"))  # the page sends it URI-encoded
-        final = workspace.new_dataset_path(shown_name)
-        partial = final.with_name(f".{final.name}.subida")
-        size = 0
+        name = shown_name(request, "datos")
+        final = workspace.new_dataset_path(name)
+        size = await receive_upload(request, final, options.max_upload_bytes)  # E013/E014: nothing kept
         try:
-            with open(partial, "wb") as handle:  # noqa: ASYNC230 — chunks of a local file: not worth a thread each
-                async for chunk in request.stream():
-                    size += len(chunk)
-                    if size > limit:
-                        raise AfinarError("E013", f"el archivo ocupa más de {_mb(limit)}, el límite del estudio")
-                    handle.write(chunk)
-            problem = _not_jsonl(partial)
+            problem = not_jsonl(final)
             if problem:
-                raise AfinarError("E014", problem, where=shown_name, hint=f"sube un archivo .jsonl: {EXPECTED_FORMAT}")
-            os.replace(partial, final)  # complete: now under its name (problems then name this file and its lines)
-            checked = await run_in_threadpool(_validation, final)
+                raise AfinarError("E014", problem, where=name, hint=f"sube un archivo .jsonl: {EXPECTED_FORMAT}")
+            checked = await run_in_threadpool(validation, final)
             if not checked["ejemplos"]:  # nothing to train on: not kept, so it cannot be chosen nor get a recipe
-                final.unlink(missing_ok=True)
-                raise _unusable(checked, shown_name)
-        except AfinarError as exc:
-            partial.unlink(missing_ok=True)
-            return JSONResponse(_error_body(exc.code, exc.message, exc.where, exc.hint),
-                                status_code=413 if exc.code == "E013" else 400)
-        except BaseException:  # nothing of a failed upload stays: neither the partial file nor an unchecked one
-            partial.unlink(missing_ok=True)
+                raise unusable(checked, name)
+        except BaseException:  # nothing of a failed upload stays: not an unchecked file under its name either
             final.unlink(missing_ok=True)
             raise
         return {"id": final.stem, "bytes": size, "validacion": checked}
@@ -413,14 +397,14 @@ def create_app(workspace: Workspace, options: StudioOptions) -> FastAPI:
             raise AfinarError("E018", "los conjuntos incluidos no se modifican.", where=dataset)
         path = workspace.dataset_path(dataset)
         await run_in_threadpool(_drop_lines, path, set(form.lineas))
-        checked = await run_in_threadpool(_validation, path)
+        checked = await run_in_threadpool(validation, path)
         if not checked["ejemplos"]:
-            raise _unusable(checked, dataset)
+            raise unusable(checked, dataset)
         return {**checked, "quitadas": len(form.lineas)}
 
     @app.get("/api/datos/{dataset}/validacion")
-    async def validation(dataset: str):
-        return await run_in_threadpool(_validation, _dataset_file(workspace, dataset))
+    async def dataset_validation(dataset: str):
+        return await run_in_threadpool(validation, _dataset_file(workspace, dataset))
 
     @app.get("/api/datos/{dataset}/informe")
     async def data_report(dataset: str, base: str = "smollm2-135m", plantilla: str = "auto", max_length: int = 512):
@@ -437,9 +421,9 @@ def create_app(workspace: Workspace, options: StudioOptions) -> FastAPI:
     async def write_recipe(form: RecipeForm):
         source = _dataset_file(workspace, form.datos)  # E011 for a name that is neither uploaded nor shipped
         if not form.datos.startswith("afinar:"):
-            checked = await run_in_threadpool(_validation, source)
+            checked = await run_in_threadpool(validation, source)
             if not checked["ejemplos"]:
-                raise _unusable(checked, form.datos)
+                raise unusable(checked, form.datos)
             if checked["total_errores"]:  # training would refuse it (D000) with a list of every problem: say it here
                 first = checked["errores"][0]
                 raise AfinarError("E019", f"tu archivo tiene {checked['total_errores']} línea(s) con errores (la primera, "

@@ -107,7 +107,8 @@ async def receive_upload(request, final: Path, limit: int) -> int:
                     raise too_big
                 handle.write(chunk)
         if not size:
-            raise AfinarError("E014", "el archivo está vacío.")
+            raise AfinarError("E014", "el archivo está vacío.", hint="elige el archivo otra vez: el que llegó no tiene "
+                              "nada (¿se guardó vacío?)")
         os.replace(partial, final)
     finally:
         partial.unlink(missing_ok=True)

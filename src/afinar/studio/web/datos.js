@@ -211,9 +211,10 @@ async function writeDrafts() {
 function draftsFinished(job) {
   loadDraftFiles().then(() => { if ([...$("#lista-borradores").options].some((o) => o.value === job.ejecucion)) $("#lista-borradores").value = job.ejecucion; }).catch(showError);
 }
+const draftsLabel = (b) => b.recuento ? `${b.id} — ${b.recuento["sin revisar"]} sin revisar de ${b.recuento.total}` : `${b.id} — no se puede leer`;
 async function loadDraftFiles() {
   const r = await api("GET", "/api/borradores");
-  const label = (b) => b.recuento ? `${b.id} — ${b.recuento["sin revisar"]} sin revisar de ${b.recuento.total}` : `${b.id} — no se puede leer`;
+  const label = draftsLabel;
   fill($("#lista-borradores"), r.borradores.length ? r.borradores.map((b) => el("option", {value: b.id}, label(b)))
     : el("option", {value: ""}, "(ninguno todavía)"));
 }
@@ -232,6 +233,8 @@ function showCounts(c) {
   DR.counts = c;
   $("#recuento").textContent = `Sin revisar: ${c["sin revisar"]} · Aceptados: ${c.aceptado} · Corregidos: ${c.corregido} · Descartados: ${c.descartado} (de ${c.total})`;
   $("#usar-revisados").disabled = !(c.aceptado + c.corregido);
+  const option = [...$("#lista-borradores").options].find((o) => o.value === DR.id);
+  if (option) option.textContent = draftsLabel({id: DR.id, recuento: c});  // the list says what is left, too
 }
 function nextDraft(id) {
   DR.current = (id ? DR.items.find((d) => d.id === id) : DR.items.find((d) => d.estado === "sin revisar")) || null;
