@@ -355,13 +355,18 @@ GOOD = [{"pregunta": "¿Cuánto enfrío?", "respuesta": "Veinte minutos."}, {"pr
     (json.dumps(GOOD)[:-30], GOOD[:1]),  # cut short by max_tokens: the complete objects
     (json.dumps(GOOD + GOOD), GOOD),  # duplicates dropped
     ("[]", []),
+    # Labelled lines, as small local models write them whatever the prompt asks: numbered, bold, wrapped, P:/R:.
+    ("Aquí tienes:\n1. **Pregunta:** ¿Cuánto enfrío?\n   **Respuesta:** Veinte\n   minutos.\n\n2. Pregunta: ¿Hielo?\n"
+     "Respuesta: No.", GOOD),
+    ("P: ¿Cuánto enfrío?\nR: Veinte minutos.", GOOD[:1]),
 ])
 def test_parse_pairs(text, expected):
     assert parse_pairs(text) == (expected, None)
 
 
 @pytest.mark.parametrize("text", [None, "", "Este pasaje habla de quemaduras.", '{"resumen": "quemaduras"}',
-                                  '[{"pregunta": "", "respuesta": "x"}]', '["una", "lista"]'])
+                                  '[{"pregunta": "", "respuesta": "x"}]', '["una", "lista"]',
+                                  "Pregunta: ¿Cuánto enfrío?\n(sin respuesta)", "Respuesta: veinte minutos."])
 def test_parse_pairs_refuses_what_is_not_pairs(text):
     pairs, reason = parse_pairs(text)
     assert pairs == [] and reason
@@ -422,7 +427,8 @@ def test_prose_is_asked_once_more_then_skipped(url, server, tmp_path):
     summary = make([doc], url, "prosa", tmp_path / "b.jsonl")
     assert len(server.requests) == 2 and FIRMER in sent_texts(server)[1] and FIRMER not in sent_texts(server)[0]
     assert summary["new_drafts"] == 0 and len(summary["skipped_no_pairs"]) == 1
-    assert summary["skipped_no_pairs"][0]["archivo"] == "notas.txt" and "JSON" in summary["skipped_no_pairs"][0]["motivo"]
+    skipped = summary["skipped_no_pairs"][0]
+    assert skipped["archivo"] == "notas.txt" and "preguntas con su respuesta" in skipped["motivo"]
     assert "prueba con un modelo mayor" in "\n".join(summary_lines(summary))
     assert not (tmp_path / "b.jsonl").exists()  # nothing to write
     server.requests.clear()

@@ -87,6 +87,31 @@ def _pairs_in(value) -> list[dict] | None:
     return None
 
 
+_LABEL = re.compile(r"^[\s>*_#\-–•\d.)]*(pregunta|question|p|q|respuesta|answer|r|a)\s*\d*\s*[*_]*\s*[:：]\s*[*_]*\s*(.*)$",
+                    re.IGNORECASE)
+
+
+def _labelled_pairs(text: str) -> list[dict]:
+    """Pairs written as labelled lines — «Pregunta: …» then «Respuesta: …» (also numbered, in bold, P:/R:,
+    Question:/Answer:) —, an answer running on over the following lines until the next label."""
+    pairs, current, field_name = [], None, None
+    for line in text.splitlines():
+        match = _LABEL.match(line)
+        if match:
+            is_question = match.group(1).lower() in ("pregunta", "question", "p", "q")
+            if is_question:
+                current = {"pregunta": match.group(2), "respuesta": ""}
+                pairs.append(current)
+                field_name = "pregunta"
+            elif current is not None and not current["respuesta"]:
+                current["respuesta"] = match.group(2)
+                field_name = "respuesta"
+            continue
+        if current is not None and field_name and line.strip():
+            current[field_name] = f"{current[field_name]} {line.strip()}".strip()
+    return [p for p in map(_pair, pairs) if p]
+
+
 def parse_pairs(text: str | None, k: int | None = None) -> tuple[list[dict], str | None]:
     """(pairs, None) from the teacher's reply, or ([], reason) when the reply holds no question/answer pairs.
 
@@ -116,8 +141,10 @@ def parse_pairs(text: str | None, k: int | None = None) -> tuple[list[dict], str
             if pair:
                 salvaged.append(pair)
         found = salvaged or None
+    if found is None:  # small local models often write «Pregunta: … / Respuesta: …» whatever the prompt says
+        found = _labelled_pairs(text) or None
     if found is None:
-        return [], "la respuesta del profesor no eran preguntas y respuestas en JSON"
+        return [], "la respuesta del profesor no eran preguntas con su respuesta"
     unique, seen = [], set()
     for pair in found:
         key = " ".join(pair["pregunta"].lower().split())
