@@ -1,11 +1,14 @@
-"""Greedy answers for evaluation: one at a time (`generate`, what `afinar eval` did) vs batched (`generate_many`).
+"""Greedy answers for evaluation, by engine: transformers one at a time (`generate`), transformers batched
+(`generate_many`, what `afinar eval` does) and llama.cpp on a GGUF of the same model (f16 and q8_0), with the GGUF's
+conversion time apart (an evaluation through llama.cpp would pay it once per model).
 
-    .venv/bin/python bench/eval_generation.py [--preguntas 16] [--lote 8] [--max-nuevos 160]
+    .venv/bin/python bench/eval_generation.py [--preguntas 10] [--lote 8] [--max-nuevos 160] [--sin-llamacpp]
 
 The embedded base (SmolLM2-135M-Instruct, fp32) answers the first held-out first-aid questions with the nursing
 recipe's system prompt, greedy, in the same process: wall time, generated tokens per second, and how many answers
-are identical text in both ways (a padded batch may round differently and flip a near-tie). No row is printed.
-Machines are noisy: only the ratio of this run means something. Not a test: no thresholds.
+are identical text to transformers one at a time (a padded batch may round differently and flip a near-tie; a
+quantized GGUF more so). No row is printed. Machines are noisy: only the ratios of this run mean something. Not a
+test: no thresholds. `afinar eval` answers each question twice (base and tuned): double the times for its cost.
 """
 from __future__ import annotations
 
@@ -15,7 +18,8 @@ import time
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preguntas", type=int, default=16)
+    parser.add_argument("--preguntas", type=int, default=10)
+    parser.add_argument("--sin-llamacpp", action="store_true", help="only the transformers engines")
     parser.add_argument("--lote", type=int, default=8)
     parser.add_argument("--max-nuevos", type=int, default=160)
     args = parser.parse_args()
@@ -44,13 +48,50 @@ def main() -> None:
     many = generate_many(model, tokenizer, conversations, gen, batch_size=args.lote)
     batched = time.perf_counter() - t0
 
-    tokens = sum(r.completion_tokens for r in one), sum(r.completion_tokens for r in many)
-    same = sum(a.text == b.text for a, b in zip(one, many))
-    print(f"{len(conversations)} respuestas voraces de hasta {args.max_nuevos} tokens (SmolLM2-135M, fp32, {torch.get_num_threads()} hilos)")
-    print(f"  de una en una:  {sequential:6.1f} s · {tokens[0] / sequential:6.1f} tokens/s")
-    print(f"  en lotes de {args.lote}: {batched:6.1f} s · {tokens[1] / batched:6.1f} tokens/s · {sequential / batched:.2f}× más rápido")
-    print(f"  mismo texto: {same} de {len(one)}; terminadas solas: {sum(r.stopped for r in one)} y {sum(r.stopped for r in many)}")
+    rows = [("transformers, de una en una", sequential, one), (f"transformers, en lotes de {args.lote}", batched, many)]
+    if not args.sin_llamacpp:
+        rows += _llama_cpp(path, recipe, conversations, gen)
+    print(f"{len(conversations)} respuestas voraces de hasta {args.max_nuevos} tokens (SmolLM2-135M; transformers fp32, "
+          f"{torch.get_num_threads()} hilos)")
+    print(f"{'motor':<34} {'segundos':>8} {'tokens/s':>9} {'× lotes':>8} {'mismo texto':>12} {'terminan':>9}")
+    for name, seconds, replies in rows:
+        tokens = sum(r.completion_tokens for r in replies)
+        same = sum(a.text == b.text for a, b in zip(one, replies))
+        print(f"{name:<34} {seconds:>8.1f} {tokens / seconds:>9.1f} {batched / seconds:>7.2f}× "
+              f"{same:>5} de {len(one):<4} {sum(r.stopped for r in replies):>5}")
+    print("(× lotes: cuántas veces más rápido que el camino de afinar eval en esta misma ejecución; mismo texto: igual "
+          "a transformers de una en una)")
 
+
+def _llama_cpp(path, recipe, conversations, gen) -> list:
+    """The same greedy answers from llama.cpp on a GGUF of the model (converted here, timed apart), f16 and q8_0."""
+    import tempfile
+    from pathlib import Path
+
+    from afinar.export import gguf
+    from afinar.inference.engines import LlamaCppEngine, load_engine
+    from afinar.inference.sampling import Reply, Sampling
+
+    personality = next(iter(load_engine([path]).personalities.values()))
+    sampling = Sampling(temperature=0.0, repetition_penalty=gen.repetition_penalty, max_tokens=gen.max_new_tokens)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="afinar-bench-") as tmp:
+        t0 = time.perf_counter()
+        f16 = gguf.convert(Path(path), Path(tmp) / "modelo-f16.gguf", progress=False)
+        converted = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        q8 = gguf.quantize(f16, Path(tmp) / "modelo-q8_0.gguf", "q8_0", progress=False)
+        quantized = time.perf_counter() - t0
+        print(f"GGUF: conversión f16 {converted:.1f} s, cuantización q8_0 {quantized:.1f} s (una vez por modelo)")
+        for label, file in (("f16", f16), ("q8_0", q8)):
+            engine = LlamaCppEngine(file, personality)
+            model_id = next(iter(engine.personalities))
+            t0 = time.perf_counter()
+            replies = [next(item for item in engine.stream(model_id, c, sampling) if isinstance(item, Reply))
+                       for c in conversations]
+            rows.append((f"llama.cpp {label}, de una en una", time.perf_counter() - t0, replies))
+            del engine
+    return rows
 
 if __name__ == "__main__":
     main()
