@@ -51,13 +51,13 @@ def main() -> None:
     rows = [("transformers, de una en una", sequential, one), (f"transformers, en lotes de {args.lote}", batched, many)]
     if not args.sin_llamacpp:
         rows += _llama_cpp(path, recipe, conversations, gen)
-    print(f"{len(conversations)} respuestas voraces de hasta {args.max_nuevos} tokens (SmolLM2-135M; transformers fp32, "
-          f"{torch.get_num_threads()} hilos)")
-    print(f"{'motor':<34} {'segundos':>8} {'tokens/s':>9} {'× lotes':>8} {'mismo texto':>12} {'terminan':>9}")
+    print(f"{len(conversations)} respuestas voraces de hasta {args.max_nuevos} tokens "
+          f"(SmolLM2-135M; transformers fp32, {torch.get_num_threads()} hilos)")
+    print(f"{'motor':<50} {'segundos':>8} {'tokens/s':>9} {'× lotes':>8} {'mismo texto':>12} {'terminan':>9}")
     for name, seconds, replies in rows:
         tokens = sum(r.completion_tokens for r in replies)
         same = sum(a.text == b.text for a, b in zip(one, replies))
-        print(f"{name:<34} {seconds:>8.1f} {tokens / seconds:>9.1f} {batched / seconds:>7.2f}× "
+        print(f"{name:<50} {seconds:>8.1f} {tokens / seconds:>9.1f} {batched / seconds:>7.2f}× "
               f"{same:>5} de {len(one):<4} {sum(r.stopped for r in replies):>5}")
     print("(× lotes: cuántas veces más rápido que el camino de afinar eval en esta misma ejecución; mismo texto: igual "
           "a transformers de una en una)")
@@ -83,14 +83,17 @@ def _llama_cpp(path, recipe, conversations, gen) -> list:
         q8 = gguf.quantize(f16, Path(tmp) / "modelo-q8_0.gguf", "q8_0", progress=False)
         quantized = time.perf_counter() - t0
         print(f"GGUF: conversión f16 {converted:.1f} s, cuantización q8_0 {quantized:.1f} s (una vez por modelo)")
-        for label, file in (("f16", f16), ("q8_0", q8)):
-            engine = LlamaCppEngine(file, personality)
+        # llama.cpp's own penalty (its last 64 tokens, none of the prompt at the first: `afinar serve`, Ollama) and
+        # transformers' (every token of the prompt and the answer: what `afinar eval --motor llama.cpp` uses).
+        for label, file, like in (("f16", f16, False), ("f16", f16, True), ("q8_0", q8, True)):
+            engine = LlamaCppEngine(file, personality, like_transformers=like)
             model_id = next(iter(engine.personalities))
             t0 = time.perf_counter()
             replies = [next(item for item in engine.stream(model_id, c, sampling) if isinstance(item, Reply))
                        for c in conversations]
-            rows.append((f"llama.cpp {label}, de una en una", time.perf_counter() - t0, replies))
-            del engine
+            penalty = "penalización de transformers" if like else "penalización de llama.cpp"
+            rows.append((f"llama.cpp {label}, {penalty}", time.perf_counter() - t0, replies))
+            engine.llm.close()
     return rows
 
 if __name__ == "__main__":

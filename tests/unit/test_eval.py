@@ -492,3 +492,63 @@ def test_eval_with_a_judge_on_an_openai_compatible_server(tiny_run, tmp_path, mo
     summary = metrics["judge"]
     assert summary["answered"] == 4 and summary["note"] is None and summary["counts"]["correcta"] == 4
     assert summary["agreement"] == agreement(["correcta"] * 4, [r["keypoints"]["category"] for r in rows])
+
+
+# --- answers through llama.cpp ------------------------------------------------------------------------------------
+
+
+def test_llama_cpp_penalty_is_the_transformers_one():
+    """The logits processor `afinar eval` gives llama.cpp: transformers' repetition penalty, token for token (every id
+    of the prompt and of the answer so far; positive logits divided, negative multiplied)."""
+    import numpy as np
+    import torch
+    from transformers import RepetitionPenaltyLogitsProcessor
+
+    from afinar.inference.engines.llamacpp import transformers_penalty
+
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, 50, size=30)  # repeats included
+    scores = rng.normal(size=50).astype(np.float32)
+    expected = RepetitionPenaltyLogitsProcessor(1.3)(torch.tensor(ids)[None], torch.tensor(scores)[None])[0].numpy()
+    np.testing.assert_allclose(transformers_penalty(1.3)(ids, scores.copy()), expected, rtol=1e-6)
+
+
+def test_eval_through_llama_cpp_gives_the_transformers_answers(smol_run, tiny_run, tmp_path, monkeypatch):
+    """`--motor llama.cpp`: base and tuned as GGUF f16 (the tuned one merged in memory) give the greedy answers of
+    transformers, up to f16 rounding; the base is converted once and cached. `auto` on a model llama.cpp's converter
+    refuses (the tiny test tokenizer's pre-tokenizer) answers with transformers instead of failing."""
+    pytest.importorskip("llama_cpp")
+    monkeypatch.setenv("AFINAR_HOME", str(tmp_path / "home"))
+    kwargs = dict(n=4, passes=("greedy",), show_examples=True, progress=False, max_new_tokens=12)
+    reference = evaluate_run(smol_run, engine="transformers", **kwargs)
+    fast = evaluate_run(smol_run, engine="llama.cpp", **kwargs)
+    assert reference["meta"]["engine"] == "transformers" and fast["meta"]["engine"] == "llama.cpp (GGUF f16)"
+    same = {side: sum(a["outputs"]["greedy"][side]["text"] == b["outputs"]["greedy"][side]["text"]
+                      for a, b in zip(reference["samples"], fast["samples"])) for side in ("base", "tuned")}
+    answered = len(fast["samples"])  # the run's held-out questions (2 of its 16 rows)
+    assert answered >= 2 and same == {"base": answered, "tuned": answered}, same  # initialised away from near-ties
+    cached = list((tmp_path / "home" / "evaluacion" / "gguf").glob("*.gguf"))
+    assert len(cached) == 1
+    stamp = cached[0].stat().st_mtime_ns
+    again = evaluate_run(smol_run, engine="auto", **kwargs)  # installed: llama.cpp, the base not converted again
+    assert again["meta"]["engine"] == "llama.cpp (GGUF f16)" and cached[0].stat().st_mtime_ns == stamp
+    assert evaluate_run(tiny_run, engine="auto", **kwargs)["meta"]["engine"] == "transformers"
+    with pytest.raises(AfinarError) as err:  # asked for by name: the converter's own error
+        evaluate_run(tiny_run, engine="llama.cpp", **kwargs)
+    assert err.value.code == "X023"
+
+
+def test_eval_engine_choice(tiny_run, monkeypatch):
+    from afinar.evaluate import llamacpp
+    from afinar.runs import open_ref
+
+    ref = open_ref(tiny_run)
+    with pytest.raises(AfinarError) as err:
+        llamacpp.choose_engine("vllm", ref)
+    assert err.value.code == "V006"
+    assert llamacpp.choose_engine("transformers", ref) == "transformers"
+    monkeypatch.setattr(llamacpp.extras, "available", lambda extra: False)
+    assert llamacpp.choose_engine("auto", ref) == "transformers"  # not installed: transformers, no error
+    with pytest.raises(AfinarError) as err:
+        llamacpp.choose_engine("llama.cpp", ref)
+    assert err.value.code == "X020" or "llama" in err.value.message

@@ -29,12 +29,13 @@ from afinar.data.pii import has_pii
 from afinar.data.templates import encode_examples, ids_and_labels, with_system
 from afinar.data.validate import gather
 from afinar.errors import AfinarError
+from afinar.evaluate import llamacpp as llamacpp_eval
 from afinar.evaluate.checks import CHECKS
 from afinar.evaluate.judge import agreement, check_url, judge_answers
 from afinar.evaluate.metrics import measure
 from afinar.evaluate.report import write_report
 from afinar.inference.chat import generate_many
-from afinar.models import afinar_home, load_model
+from afinar.models import afinar_home, load_model, resolve_base
 from afinar.runs import DATA_FINGERPRINT, EVAL_DIR, RECIPE, RUN_INFO, load_ref, open_ref
 from afinar.training import (
     checkpoint_dirs,
@@ -253,13 +254,16 @@ def evaluate_run(
     progress: bool = True,
     keypoints: str | Path | None = None,
     judge: dict | None = None,
+    engine: str = "transformers",
 ) -> dict:
     """Evaluate a run folder against its base and write RUN/informe/{metrics.json,index.html}.
 
     A LoRA run is one model in memory (the base is the adapter disabled); a full fine-tuning run loads its base
     beside it. `split`: "val", a JSONL file or afinar:NAME; None = the recipe's `evaluation.set`, else "val".
     `keypoints`: a side file of key points (see `afinar.data.formats.attach_keypoints`). `judge`: {"url", "model",
-    "allow_remote"} of an OpenAI-compatible endpoint that also grades each answer (afinar.evaluate.judge)."""
+    "allow_remote"} of an OpenAI-compatible endpoint that also grades each answer (afinar.evaluate.judge).
+    `engine`: who writes the answers — "transformers", "llama.cpp" (GGUF f16 of base and tuned: the same greedy
+    answers, faster; afinar.evaluate.llamacpp) or "auto" (llama.cpp when installed; `afinar eval`'s default)."""
     import torch
     from tqdm.auto import tqdm
 
@@ -275,6 +279,7 @@ def evaluate_run(
     unknown = [c for c in passes if c not in PASSES]
     if unknown or not passes:
         raise AfinarError("V005", f"pasada de generación desconocida: {', '.join(unknown)}", hint="greedy, sampled")
+    requested, engine = engine, llamacpp_eval.choose_engine(engine, ref)
     examples, shippable = _examples(recipe, split, keypoints)
     show_text = show_examples or shippable
     # Before anything is generated a person can see that it moves: loading, the two losses, then the answers.
@@ -341,15 +346,30 @@ def evaluate_run(
             if example.claves or example.peligros:
                 sample.update(claves=example.claves or [], peligros=example.peligros or [])
         samples.append(sample)
+    settings = {name: settings[name] for name in passes}
+    answers = None
+    if engine == "llama.cpp" and prompts:
+        try:
+            answers = _llamacpp_answers(ref, model, tokenizer, prompts, settings, seed, progress)
+        except AfinarError as exc:
+            # auto: a model llama.cpp's converter does not take (its architecture, its pre-tokenizer) is answered
+            # by transformers, as before; asked for by name, the converter's error stands.
+            if requested != "auto" or exc.code not in llamacpp_eval.NOT_CONVERTIBLE:
+                raise
+            if progress:
+                print(f"llama.cpp no puede con este modelo ({exc.code}): las respuestas, con transformers.", flush=True)
+            model, tokenizer = load_ref(ref, dtype=torch.float32)  # the merge may have begun: the model as it was
+            model.eval()
     # Counted in generation steps (one token for every answer of a batch), not in answers: the base and tuned answers
     # to a few questions are one batch, and a bar counted in answers would sit at 0 until the very end.
     batches = -(-2 * len(chosen) // 8) if _mixed_batches(model, base_model) else 2 * -(-len(chosen) // 8)
-    bar = GenerationProgress(batches, passes, settings, progress)
+    bar = GenerationProgress(batches, passes, settings, progress and answers is None)
     for name in passes:
         gen: GenerationSection = settings[name]
         bar.max_new = gen.max_new_tokens
-        paired = _generate_pairs(model, base_model, tokenizer, prompts, gen, seed if name == "sampled" else None,
-                                 bar.batch_done, stops_of(tokenizer, ref.path), bar.step)
+        paired = answers[name] if answers is not None else _generate_pairs(
+            model, base_model, tokenizer, prompts, gen, seed if name == "sampled" else None, bar.batch_done,
+            stops_of(tokenizer, ref.path), bar.step)
         for k, side in enumerate(SIDES):
             replies = paired[k :: len(SIDES)]
             for example, sample, (question, reference), reply in zip(chosen, samples, pairs, replies):
@@ -411,7 +431,8 @@ def evaluate_run(
         "best_checkpoint": best,
         "samples": samples,
         "shows_prompts": show_text,
-        "meta": _meta(run_dir, time.time() - started),
+        "meta": {**_meta(run_dir, time.time() - started),
+                 "engine": "llama.cpp (GGUF f16)" if answers is not None else "transformers"},
     }
     write_report(run_dir / REPORT_DIR, metrics)
     return metrics
@@ -524,6 +545,30 @@ class GenerationProgress:
 
     def close(self) -> None:
         self.bar.close()
+
+
+def _llamacpp_answers(ref, model, tokenizer, prompts, settings: dict, seed: int, progress: bool) -> dict:
+    """pass → [base, tuned] × prompt through llama.cpp: both models converted to GGUF f16 first (the base cached)."""
+    import tempfile
+
+    from tqdm.auto import tqdm
+
+    stops = stops_of(tokenizer, ref.path)
+    total = 2 * len(prompts) * len(settings)
+    if progress:
+        print(f"Respuestas con llama.cpp: {len(prompts)} preguntas × {len(settings)} pasada(s) × base y afinado = "
+              f"{total} respuestas de hasta {max(g.max_new_tokens for g in settings.values())} tokens; antes, los "
+              "dos modelos a GGUF (el base, una sola vez).", flush=True)
+    with tempfile.TemporaryDirectory(prefix="afinar-eval-") as folder:
+        base = llamacpp_eval.base_gguf(resolve_base(ref.base_path))
+        tuned = llamacpp_eval.tuned_gguf(model, tokenizer, sorted(stops.ids), Path(folder) / "tuned-f16.gguf")
+        files = {"base": base, "tuned": tuned}
+        bar = tqdm(total=total, desc="Generando respuestas (llama.cpp)", unit="respuesta", disable=not progress,
+                   dynamic_ncols=True)
+        try:
+            return llamacpp_eval.answer_all(files, tokenizer, prompts, settings, seed, stops, on_answer=bar.update)
+        finally:
+            bar.close()
 
 
 def _generate_pairs(model, base_model, tokenizer, prompts, gen, seed, on_batch, stops=None, on_step=None) -> list:

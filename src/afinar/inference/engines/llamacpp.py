@@ -23,12 +23,16 @@ class LlamaCppEngine(Engine):
 
     name = "llama.cpp"
 
-    def __init__(self, gguf_path: Path, personality: Personality, n_ctx: int = 4096):
+    def __init__(self, gguf_path: Path, personality: Personality, n_ctx: int = 4096, like_transformers: bool = False):
+        """`like_transformers`: the repetition penalty of transformers (every token of the prompt and of the answer so
+        far) instead of llama.cpp's (its last 64 tokens, none of the prompt at the first): `afinar eval` must give
+        the answers transformers gives, only faster."""
         extras.require("llamacpp")
         import llama_cpp
         from jinja2.sandbox import ImmutableSandboxedEnvironment
 
         super().__init__([personality])
+        self.like_transformers = like_transformers
         self.llama_cpp = llama_cpp
         self.llm = llama_cpp.Llama(model_path=str(gguf_path), n_ctx=n_ctx, n_threads=os.cpu_count() or 1, verbose=False)
         self.context = self.llm.n_ctx()
@@ -53,8 +57,11 @@ class LlamaCppEngine(Engine):
         return len(self._ids(messages))
 
     def stream(self, model_id: str, messages: list[dict], sampling: Sampling) -> Iterator[str | Reply]:
+        yield from self.stream_ids(model_id, self._ids(messages), sampling)
+
+    def stream_ids(self, model_id: str, ids: list[int], sampling: Sampling) -> Iterator[str | Reply]:
+        """The answer to a prompt already tokenized (by the run's own tokenizer, as transformers gets it)."""
         self.get(model_id)
-        ids = self._ids(messages)
 
         def decode(tokens: list[int]) -> str:
             return self.llm.detokenize(tokens, special=False).decode("utf-8", "replace")
@@ -73,9 +80,12 @@ class LlamaCppEngine(Engine):
         llm, vocab = self.llm, self.llm._model.vocab
         deadline = time.monotonic() + sampling.timeout_s if sampling.timeout_s else None
         llm.set_seed(sampling.seed if sampling.seed is not None else random.randrange(2**31))
+        penalty, processors = sampling.repetition_penalty, None
+        if self.like_transformers and penalty != 1.0:
+            processors, penalty = self.llama_cpp.LogitsProcessorList([transformers_penalty(penalty)]), 1.0
         tokens = llm.generate(ids, top_k=sampling.top_k if sampling.temperature > 0 else 1, top_p=sampling.top_p,
-                              min_p=0.0, temp=sampling.temperature, repeat_penalty=sampling.repetition_penalty,
-                              reset=True)
+                              min_p=0.0, temp=sampling.temperature, repeat_penalty=penalty,
+                              logits_processor=processors, reset=True)
         count = 0
         try:
             for token in tokens:
@@ -88,3 +98,17 @@ class LlamaCppEngine(Engine):
             return False
         finally:
             tokens.close()
+
+
+def transformers_penalty(penalty: float):
+    """transformers' `RepetitionPenaltyLogitsProcessor` as a llama.cpp logits processor: every token id seen so far
+    (the prompt's too) has its logit divided by `penalty` when positive, multiplied when negative."""
+    import numpy as np
+
+    def apply(input_ids, scores):  # input_ids: (T,) prompt + answer so far; scores: (V,) the next token's logits
+        seen = np.unique(input_ids)
+        picked = scores[seen]
+        scores[seen] = np.where(picked > 0, picked / penalty, picked * penalty)
+        return scores
+
+    return apply
