@@ -252,6 +252,20 @@ def test_the_terminal_shows_the_start_of_each_answer_and_the_report_keeps_it_who
     assert first_lines("  Corta.  ") == "Corta."
 
 
+def test_the_base_loss_on_held_out_questions_is_measured_once(tiny_run, tmp_path, monkeypatch):
+    """Questions that are not the validation split (the recipe's evaluation set, --split): the base's loss on them is
+    the same for every run on that base, measured once and read back (the tuned side is always measured)."""
+    monkeypatch.setenv("AFINAR_HOME", str(tmp_path / "home"))
+    data = tmp_path / "preguntas.jsonl"
+    data.write_text("".join(json.dumps({"pregunta": f"¿Qué hago con la quemadura {i}?",
+                                        "respuesta": f"Enfría {i} minutos con agua."}) + "\n" for i in range(4)),
+                    encoding="utf-8")
+    first = evaluate_run(tiny_run, split=str(data), n=1, passes=("greedy",), progress=False)["loss"]
+    again = evaluate_run(tiny_run, split=str(data), n=1, passes=("greedy",), progress=False)["loss"]
+    assert "base_from_cache" not in first and again.pop("base_from_cache").startswith("perdida-base-")
+    assert again == first
+
+
 def test_the_forgetting_guard_measures_a_base_once_and_only_that_base(tiny_run, tmp_path, monkeypatch):
     import afinar.evaluate.run as run_module
     from afinar.evaluate.run import _base_loss_cache

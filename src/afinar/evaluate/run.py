@@ -301,9 +301,10 @@ def evaluate_run(
     info = _run_info(ref.path)
     autocast = _training_autocast(info)
     # The validation split's pair was measured by the training itself (about a quarter of the evaluation's time on
-    # a CPU): reused unless another base is asked for.
+    # a CPU): reused unless another base is asked for. Other questions: the base's side is measured once per base,
+    # questions and precision (every run evaluated on the recipe's evaluation set shares it).
     known = _training_losses(Path(ref.path), info) if split == "val" and not base else None
-    loss = known or _loss_pair(model, encoded, pad, autocast, base_model)
+    loss = known or _loss_pair(model, encoded, pad, autocast, base_model, remember_base=True)
     phases.update(1)
     general = load_examples(shipped_dataset(GENERAL_SET))
     general_encoded, _, _ = encode_examples(tokenizer, general, GENERAL_SYSTEM, 1024, "drop")
