@@ -25,6 +25,7 @@ from afinar.home import afinar_home
 from afinar.inference.engines.base import Personality
 from afinar.inference.engines.llamacpp import LlamaCppEngine
 from afinar.inference.sampling import Reply, Sampling
+from afinar.tokenizer_files import save_tokenizer
 from afinar.training import save_full_model
 
 ENGINES = ("auto", "transformers", "llama.cpp")
@@ -80,7 +81,7 @@ def tuned_gguf(model, tokenizer, eos_token_ids: list[int], out_file: Path) -> Pa
     merged = model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
     with tempfile.TemporaryDirectory(prefix="afinar-eval-") as folder:
         save_full_model(merged, Path(folder), tokenizer, eos_token_ids)
-        tokenizer.save_pretrained(folder)
+        save_tokenizer(tokenizer, folder)  # as `afinar merge` saves it: the chat template in tokenizer_config too
         return gguf.convert(Path(folder), out_file, progress=False)
 
 

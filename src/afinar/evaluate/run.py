@@ -15,7 +15,7 @@ from pathlib import Path
 
 from afinar.atomic import atomic_write_text
 from afinar.config import GenerationSection
-from afinar.data.chat_format import stops_of
+from afinar.data.chat_format import folder_format, stops_of
 from afinar.data.formats import (
     Example,
     Problem,
@@ -562,7 +562,9 @@ def _llamacpp_answers(ref, model, tokenizer, prompts, settings: dict, seed: int,
               "dos modelos a GGUF (el base, una sola vez).", flush=True)
     with tempfile.TemporaryDirectory(prefix="afinar-eval-") as folder:
         base = llamacpp_eval.base_gguf(resolve_base(ref.base_path))
-        tuned = llamacpp_eval.tuned_gguf(model, tokenizer, sorted(stops.ids), Path(folder) / "tuned-f16.gguf")
+        # The run's end of turn first, as `afinar merge` writes it (not the unordered set of every stop id).
+        eos = folder_format(ref.path, tokenizer).eos_token_ids
+        tuned = llamacpp_eval.tuned_gguf(model, tokenizer, eos, Path(folder) / "tuned-f16.gguf")
         files = {"base": base, "tuned": tuned}
         bar = tqdm(total=total, desc="Generando respuestas (llama.cpp)", unit="respuesta", disable=not progress,
                    dynamic_ncols=True)
