@@ -13,7 +13,6 @@ documents' text never reaches a log or the terminal.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import time
 from datetime import datetime, timezone
@@ -34,6 +33,7 @@ from afinar.evaluate.judge import (
     REMOTE_FLAG,
     check_url,
     is_loopback,
+    quiet_client_log,
     shown_url,
     url_host,
 )
@@ -225,60 +225,56 @@ def drafts(documents: list[str], teacher: str, model: str, output: str, *, per_p
     writer = _ProgressFile(progress_file, header) if to_ask else None
     bar = tqdm(total=len(to_ask), desc="Borradores: preguntando al profesor", unit="pasaje", disable=not progress,
                dynamic_ncols=True)
-    # Some versions of the openai client log whole requests at DEBUG: the documents' text must not reach a log.
-    client_log = logging.getLogger("openai")
-    client_level = client_log.level
-    if client_log.getEffectiveLevel() < logging.INFO:
-        client_log.setLevel(logging.INFO)
     in_a_row = 0
-    try:
-        with open(log_path(output), "a", encoding="utf-8") if to_ask else _Nothing() as call_log:
-            for passage in to_ask:
-                reply = client.ask(passage.text, per_passage, passage.section)
-                prompt_tokens, completion_tokens = reply.prompt_tokens or 0, reply.completion_tokens or 0
-                cost = (prompt_tokens * price_in + completion_tokens * price_out) / 1e6
-                summary["sent"] += 1
-                summary["requests"] += reply.requests
-                summary["prompt_tokens"] += prompt_tokens
-                summary["completion_tokens"] += completion_tokens
-                summary["cost"] += cost
-                call_log.write(json.dumps({
-                    "fecha": datetime.now(timezone.utc).isoformat(timespec="seconds"), "pasaje": passage.id,
-                    "archivo": passage.file, "pagina": passage.page, "modelo": model,
-                    "segundos": round(reply.seconds, 3), "peticiones": reply.requests,
-                    "tokens_entrada": reply.prompt_tokens, "tokens_salida": reply.completion_tokens,
-                    "coste": round(cost, 6), "resultado": reply.kind or "ok", "borradores": len(reply.pairs),
-                }, ensure_ascii=False) + "\n")
-                call_log.flush()
-                if reply.failed:
-                    summary["errors"].append({**_place(passage), "motivo": reply.reason})
-                    in_a_row += 1
-                    if in_a_row >= MAX_CONSECUTIVE_FAILURES:
-                        raise AfinarError(
-                            "B016", f"el profesor falló {in_a_row} veces seguidas ({reply.reason}); se para aquí. "
-                                    f"Lo hecho queda guardado ({summary['sent'] - in_a_row} pasajes en esta vuelta).",
-                            where=shown_url(teacher),
-                            hint="comprueba que el servidor está en marcha y el nombre del modelo, y vuelve a lanzar "
-                                 "la misma orden: seguirá donde se quedó")
+    with quiet_client_log():  # the openai client must not log the documents' text (some versions do, at DEBUG)
+        try:
+            with open(log_path(output), "a", encoding="utf-8") if to_ask else _Nothing() as call_log:
+                for passage in to_ask:
+                    reply = client.ask(passage.text, per_passage, passage.section)
+                    prompt_tokens, completion_tokens = reply.prompt_tokens or 0, reply.completion_tokens or 0
+                    cost = (prompt_tokens * price_in + completion_tokens * price_out) / 1e6
+                    summary["sent"] += 1
+                    summary["requests"] += reply.requests
+                    summary["prompt_tokens"] += prompt_tokens
+                    summary["completion_tokens"] += completion_tokens
+                    summary["cost"] += cost
+                    call_log.write(json.dumps({
+                        "fecha": datetime.now(timezone.utc).isoformat(timespec="seconds"), "pasaje": passage.id,
+                        "archivo": passage.file, "pagina": passage.page, "modelo": model,
+                        "segundos": round(reply.seconds, 3), "peticiones": reply.requests,
+                        "tokens_entrada": reply.prompt_tokens, "tokens_salida": reply.completion_tokens,
+                        "coste": round(cost, 6), "resultado": reply.kind or "ok", "borradores": len(reply.pairs),
+                    }, ensure_ascii=False) + "\n")
+                    call_log.flush()
+                    if reply.failed:
+                        summary["errors"].append({**_place(passage), "motivo": reply.reason})
+                        in_a_row += 1
+                        if in_a_row >= MAX_CONSECUTIVE_FAILURES:
+                            raise AfinarError(
+                                "B016",
+                                f"el profesor falló {in_a_row} veces seguidas ({reply.reason}); se para aquí. Lo hecho "
+                                f"queda guardado ({summary['sent'] - in_a_row} pasajes en esta vuelta).",
+                                where=shown_url(teacher),
+                                hint="comprueba que el servidor está en marcha y el nombre del modelo, y vuelve a "
+                                     "lanzar la misma orden: seguirá donde se quedó")
+                        bar.update(1)
+                        continue
+                    in_a_row = 0
+                    if reply.pairs:
+                        entry = {"pasaje": passage.id, "estado": "hecho",
+                                 "borradores": _make_drafts(passage, reply.pairs, model, teacher)}
+                    else:
+                        entry = {"pasaje": passage.id, "estado": "sin_pares", "motivo": reply.reason}
+                        summary["skipped_no_pairs"].append({**_place(passage), "motivo": reply.reason})
+                    writer.write(entry)
+                    done[passage.id] = entry
                     bar.update(1)
-                    continue
-                in_a_row = 0
-                if reply.pairs:
-                    entry = {"pasaje": passage.id, "estado": "hecho",
-                             "borradores": _make_drafts(passage, reply.pairs, model, teacher)}
-                else:
-                    entry = {"pasaje": passage.id, "estado": "sin_pares", "motivo": reply.reason}
-                    summary["skipped_no_pairs"].append({**_place(passage), "motivo": reply.reason})
-                writer.write(entry)
-                done[passage.id] = entry
-                bar.update(1)
-    finally:
-        bar.close()
-        client_log.setLevel(client_level)
-        if writer is not None:
-            writer.close()
-        if client is not None:
-            client.close()
+        finally:
+            bar.close()
+            if writer is not None:
+                writer.close()
+            if client is not None:
+                client.close()
 
     # 5. The drafts file, once, atomically: what it had (read again: a review may have happened meanwhile) + new.
     current = read_drafts(output) if output.exists() else []

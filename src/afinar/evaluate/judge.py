@@ -18,6 +18,7 @@ import logging
 import os
 import re
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -247,6 +248,20 @@ class JudgeResult:
                 "stopped": self.stopped, "counts": self.counts(), "note": self.note, "seconds": round(self.seconds, 1)}
 
 
+@contextmanager
+def quiet_client_log():
+    """The openai client's logger at INFO at most while it runs: some versions log whole request bodies at DEBUG
+    (OPENAI_LOG=debug, or a root logger at DEBUG), and the examples' or documents' text must not reach a log."""
+    client_log = logging.getLogger("openai")
+    level = client_log.level
+    if client_log.getEffectiveLevel() < logging.INFO:
+        client_log.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        client_log.setLevel(level)
+
+
 def openai_client(url: str, timeout: float, retries: int):
     try:
         from openai import OpenAI
@@ -324,53 +339,47 @@ def judge_answers(items: list[dict], url: str, model: str, *, allow_remote: bool
     last_failure = ""
     bar = tqdm(total=len(items), desc="Juez: valorando respuestas", unit="respuesta", disable=not progress,
                dynamic_ncols=True)
-    # Some versions of the openai client log whole request bodies at DEBUG (OPENAI_LOG=debug, or a root logger at
-    # DEBUG): the examples' text must not reach a log, so the client says at most INFO while the judge runs.
-    client_log = logging.getLogger("openai")
-    client_level = client_log.level
-    if client_log.getEffectiveLevel() < logging.INFO:
-        client_log.setLevel(logging.INFO)
-    try:
-        for item in items:
-            path = cache / f"{cache_key(model, item)}.json"
-            entry = _read_cache(path)
-            if entry is not None:
-                result.cached += 1
-            elif result.stopped:
-                entry = {"verdict": NO_VERDICT, "reason": f"no se preguntó: el juez falló {in_a_row} veces seguidas "
-                                                          f"({last_failure})"}
-                result.failure_kinds["omitida"] = result.failure_kinds.get("omitida", 0) + 1
-            else:
-                if asker is None:
-                    asker = _Asker(openai_client(url, timeout, retries), model, max_tokens)
-                try:
-                    text = asker.ask(item)
-                except Exception as exc:  # noqa: BLE001 (any failure of the judge leaves the item without verdict)
-                    kind, reason = _failure(exc, timeout)
-                    if kind != "formato":
-                        in_a_row += 1
-                        last_failure = KIND_TEXT[kind]
-                    result.stopped = in_a_row >= max_consecutive_failures
+    with quiet_client_log():
+        try:
+            for item in items:
+                path = cache / f"{cache_key(model, item)}.json"
+                entry = _read_cache(path)
+                if entry is not None:
+                    result.cached += 1
+                elif result.stopped:
+                    entry = {"verdict": NO_VERDICT,
+                             "reason": f"no se preguntó: el juez falló {in_a_row} veces seguidas ({last_failure})"}
+                    result.failure_kinds["omitida"] = result.failure_kinds.get("omitida", 0) + 1
                 else:
-                    in_a_row = 0
-                    verdict, reason = parse_reply(text)
-                    kind = None if verdict != NO_VERDICT else "formato"
-                entry = {"verdict": NO_VERDICT if kind else verdict, "reason": reason}
-                if kind:
-                    result.failure_kinds[kind] = result.failure_kinds.get(kind, 0) + 1
+                    if asker is None:
+                        asker = _Asker(openai_client(url, timeout, retries), model, max_tokens)
+                    try:
+                        text = asker.ask(item)
+                    except Exception as exc:  # noqa: BLE001 (any failure of the judge leaves the item without verdict)
+                        kind, reason = _failure(exc, timeout)
+                        if kind != "formato":
+                            in_a_row += 1
+                            last_failure = KIND_TEXT[kind]
+                        result.stopped = in_a_row >= max_consecutive_failures
+                    else:
+                        in_a_row = 0
+                        verdict, reason = parse_reply(text)
+                        kind = None if verdict != NO_VERDICT else "formato"
+                    entry = {"verdict": NO_VERDICT if kind else verdict, "reason": reason}
+                    if kind:
+                        result.failure_kinds[kind] = result.failure_kinds.get(kind, 0) + 1
+                    else:
+                        _write_cache(path, entry, model)
+                if entry["verdict"] == NO_VERDICT:
+                    result.failures += 1
                 else:
-                    _write_cache(path, entry, model)
-            if entry["verdict"] == NO_VERDICT:
-                result.failures += 1
-            else:
-                result.answered += 1
-            result.verdicts.append(entry)
-            bar.update(1)
-    finally:
-        bar.close()
-        client_log.setLevel(client_level)
-        if asker is not None:
-            asker.client.close()
+                    result.answered += 1
+                result.verdicts.append(entry)
+                bar.update(1)
+        finally:
+            bar.close()
+            if asker is not None:
+                asker.client.close()
     result.seconds = time.monotonic() - started
     result.note = _note(result, url, len(items), max_consecutive_failures)
     return result
