@@ -328,6 +328,10 @@ def test_documents_upload_and_the_drafts_job_command(studio, tmp_path):
     assert remote.status_code == 400 and error_of(remote)["codigo"] == "E053"
     assert "Permitir un servidor fuera de este equipo" in error_of(remote)["sugerencia"]
     assert error_of(s.post("/api/borradores/trabajo", json={**form, "profesor_url": "ftp://x"}))["codigo"] == "E052"
+    # The CLI's rules (judge.url_host / is_loopback): a name that only starts like a loopback address is another
+    # machine, and a port that cannot exist is not an address.
+    for url, code in (("http://127.evil.example:11434/v1", "E053"), ("http://127.0.0.1:99999/v1", "E052")):
+        assert error_of(s.post("/api/borradores/trabajo", json={**form, "profesor_url": url}))["codigo"] == code
     assert error_of(s.post("/api/borradores/trabajo", json={**form, "documentos": ["otro.pdf"],
                                                             "permitir_remoto": True}))["codigo"] == "E051"
     assert error_of(s.post("/api/borradores/trabajo", json={**form, "modelo": " "}))["codigo"] == "E055"

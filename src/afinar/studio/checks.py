@@ -8,6 +8,7 @@ from pathlib import Path
 
 from afinar.errors import AfinarError
 from afinar.studio.settings import fix_for, suggest_checks
+from afinar.studio.workspace import unique_path
 
 
 def mb(size: int) -> str:
@@ -113,6 +114,19 @@ async def receive_upload(request, final: Path, limit: int) -> int:
     finally:
         partial.unlink(missing_ok=True)
     return size
+
+
+async def receive_named_upload(request, folder: Path, fallback: str, limit: int, accepted: tuple[str, ...],
+                               refuse) -> tuple[Path, str, int]:
+    """An upload whose type is one of `accepted` (else `refuse(name)`, the AfinarError to raise), saved as
+    FOLDER/<slug of its name>-<random><suffix> through `receive_upload`: (that path, its name as she sees it, size)."""
+    name = Path(shown_name(request, fallback)).name
+    suffix = Path(name).suffix.lower()
+    if suffix not in accepted:
+        raise refuse(name)
+    folder.mkdir(parents=True, exist_ok=True)
+    final = unique_path(folder, name, Path(fallback).stem, suffix)
+    return final, name, await receive_upload(request, final, limit)
 
 
 def shown_name(request, fallback: str) -> str:

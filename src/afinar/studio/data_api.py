@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import secrets
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +19,10 @@ from fastapi import FastAPI, Request
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
+from afinar.data.records import TABLE_SUFFIXES
 from afinar.errors import AfinarError
-from afinar.studio.checks import receive_upload, shown_name, unusable, validation
-from afinar.studio.workspace import Workspace, checked_name, slug
+from afinar.studio.checks import receive_named_upload, unusable, validation
+from afinar.studio.workspace import Workspace, checked_name
 
 TABLE_UPLOAD_PATH = "/api/tablas"
 TABLES_FOLDER = "tablas"  # <carpeta>/datos/tablas/: uploaded spreadsheets waiting for their columns
@@ -31,7 +31,6 @@ PAGE_ROWS = 50
 EDITABLE = ("pregunta", "respuesta", "contexto", "sistema")
 NOT_FOUND = {"E043"}
 CONFLICT = {"E047"}
-SUFFIXES = (".csv", ".tsv", ".xlsx", ".ods", ".parquet", ".json")  # as afinar.data.tables.TABLE_SUFFIXES
 
 
 class Strict(BaseModel):
@@ -62,20 +61,14 @@ def register(app: FastAPI, workspace: Workspace, options) -> None:
 
     @app.post(TABLE_UPLOAD_PATH)
     async def upload_table(request: Request):
-        name = shown_name(request, "tabla.csv")
-        suffix = Path(name).suffix.lower()
-        if suffix not in _suffixes():
-            raise AfinarError("E042", f"«{Path(name).name}» no es una hoja de cálculo que el estudio lea.",
-                              hint="sube un archivo .xlsx, .ods, .csv, .tsv, .parquet o .json (o un .jsonl)")
-        staging.mkdir(parents=True, exist_ok=True)
-        final = staging / f"{slug(Path(name).stem, 'tabla')}-{secrets.token_hex(4)}{suffix}"
-        await receive_upload(request, final, options.max_upload_bytes)
+        final, name, _ = await receive_named_upload(request, staging, "tabla.csv", options.max_upload_bytes,
+                                                    TABLE_SUFFIXES, _not_a_table)
         try:
-            preview = await run_in_threadpool(_named, Path(name).name, _preview, final, None)
+            preview = await run_in_threadpool(_named, name, _preview, final, None)
         except BaseException:
             final.unlink(missing_ok=True)  # a file that is not a table is not kept
             raise
-        return {"tabla": final.name, "nombre": Path(name).name, **preview}
+        return {"tabla": final.name, "nombre": name, **preview}
 
     @app.get("/api/tablas/{table}")
     async def table_preview(table: str, hoja: str | None = None):
@@ -100,19 +93,15 @@ def register(app: FastAPI, workspace: Workspace, options) -> None:
 # --- spreadsheets ---------------------------------------------------------------------------------------------------
 
 
-def _suffixes() -> tuple[str, ...]:
-    try:
-        from afinar.data.tables import TABLE_SUFFIXES
-
-        return tuple(TABLE_SUFFIXES)
-    except ImportError:  # the module is newer than this install
-        return SUFFIXES
+def _not_a_table(name: str) -> AfinarError:
+    return AfinarError("E042", f"«{name}» no es una hoja de cálculo que el estudio lea.",
+                       hint="sube un archivo .xlsx, .ods, .csv, .tsv, .parquet o .json (o un .jsonl)")
 
 
 def _staged(staging: Path, table: str) -> Path:
     name = checked_name(table, "tabla")
     path = staging / name
-    if path.suffix.lower() not in _suffixes() or not path.is_file():
+    if path.suffix.lower() not in TABLE_SUFFIXES or not path.is_file():
         raise AfinarError("E043", "esa hoja de cálculo ya no está en el estudio: vuelve a subirla.", where=table)
     return path
 

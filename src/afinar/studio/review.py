@@ -11,7 +11,6 @@ draft with that id: 404) and B015 (a decision it refuses) come through as they a
 """
 from __future__ import annotations
 
-import secrets
 from pathlib import Path
 from typing import Literal
 
@@ -19,15 +18,15 @@ from fastapi import FastAPI, Request
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
+from afinar.drafts.documents import DOCUMENT_SUFFIXES
 from afinar.errors import AfinarError
-from afinar.studio.checks import receive_upload, shown_name, unusable, validation
+from afinar.evaluate.judge import is_loopback, url_host
+from afinar.studio.checks import receive_named_upload, unusable, validation
 from afinar.studio.jobs import JobManager
 from afinar.studio.workspace import Workspace, checked_name, slug
 
 DOCUMENT_UPLOAD_PATH = "/api/documentos"
 DEFAULT_TEACHER = "http://127.0.0.1:11434/v1"  # Ollama on this machine
-SUFFIXES = (".pdf", ".docx", ".txt", ".md")  # as afinar.drafts.documents.DOCUMENT_SUFFIXES
-LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
 NOT_FOUND = {"E051", "E054", "B014"}  # B014: afinar.drafts.store, no draft with that id
 CONFLICT = {"E056"}
 
@@ -58,20 +57,14 @@ def register(app: FastAPI, workspace: Workspace, options, jobs: JobManager) -> N
 
     @app.post(DOCUMENT_UPLOAD_PATH)
     async def upload_document(request: Request):
-        name = shown_name(request, "documento.txt")
-        suffix = Path(name).suffix.lower()
-        if suffix not in _suffixes():
-            raise AfinarError("E049", f"«{Path(name).name}» no es un documento que afinar lea.",
-                              hint="sube un PDF, un documento de Word (.docx), un .txt o un .md")
-        documents.mkdir(parents=True, exist_ok=True)
-        final = documents / f"{slug(Path(name).stem, 'documento')}-{secrets.token_hex(4)}{suffix}"
-        size = await receive_upload(request, final, options.max_upload_bytes)
+        final, name, size = await receive_named_upload(request, documents, "documento.txt", options.max_upload_bytes,
+                                                       DOCUMENT_SUFFIXES, _not_a_document)
         try:
             passages = await run_in_threadpool(_passages, final)
         except BaseException:
             final.unlink(missing_ok=True)  # unreadable (a scanned PDF, a damaged file…): not kept
             raise
-        return {"id": final.name, "nombre": Path(name).name, "bytes": size, "pasajes": passages}
+        return {"id": final.name, "nombre": name, "bytes": size, "pasajes": passages}
 
     @app.get("/api/documentos")
     def document_list():
@@ -128,13 +121,9 @@ def register(app: FastAPI, workspace: Workspace, options, jobs: JobManager) -> N
         return await run_in_threadpool(_use_reviewed, path, workspace)
 
 
-def _suffixes() -> tuple[str, ...]:
-    try:
-        from afinar.drafts.documents import DOCUMENT_SUFFIXES
-
-        return tuple(DOCUMENT_SUFFIXES)
-    except ImportError:
-        return SUFFIXES
+def _not_a_document(name: str) -> AfinarError:
+    return AfinarError("E049", f"«{name}» no es un documento que afinar lea.",
+                       hint="sube un PDF, un documento de Word (.docx), un .txt o un .md")
 
 
 def _passages(path: Path) -> int:
@@ -164,18 +153,12 @@ def _not_while_written(jobs: JobManager, name: str) -> None:
 def check_teacher(url: str, allowed: bool) -> None:
     """The teacher model's address: http(s) with a server; outside this machine only with her permission (the
     passages of her documents are sent to it; those with personal data never are)."""
-    from urllib.parse import urlsplit
-
-    try:
-        parts = urlsplit(url.strip())
-        host = parts.hostname if parts.scheme in ("http", "https") else None
-    except ValueError:
-        host = None
+    host = url_host(url)  # the same rules as `afinar borradores` (and the judge): http(s), a server, a valid port
     if not host:
         raise AfinarError("E052", "la dirección del modelo profesor no es válida: tiene que empezar por http:// o "
                           "https:// y nombrar un servidor.",
                           hint=f"por ejemplo {DEFAULT_TEACHER} (Ollama en este equipo)")
-    if not allowed and host.lower() not in LOOPBACK_HOSTS and not host.startswith("127."):
+    if not allowed and not is_loopback(host):
         raise AfinarError("E053", f"el modelo profesor está en otra máquina ({host}): los pasajes de tus documentos "
                           "saldrían de este equipo.",
                           hint="usa un modelo de este equipo (127.0.0.1, localhost) o, si esos textos pueden salir, "

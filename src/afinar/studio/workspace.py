@@ -51,6 +51,11 @@ def slug(text: str, fallback: str = "datos") -> str:
     return plain or fallback  # starts with a letter or digit and has no '..': checked_name accepts it
 
 
+def unique_path(folder: Path, filename: str, fallback: str, suffix: str) -> Path:
+    """FOLDER/<her file's name, as a slug>-<8 random hex><suffix>: never an existing file, never her text as a path."""
+    return folder / f"{slug(Path(filename or fallback).stem, fallback)}-{secrets.token_hex(4)}{suffix}"
+
+
 @dataclass
 class Workspace:
     root: Path
@@ -93,8 +98,7 @@ class Workspace:
         return path
 
     def new_dataset_path(self, filename: str) -> Path:
-        stem = slug(Path(filename or "datos").stem)
-        return self.data / f"{stem}-{secrets.token_hex(4)}.jsonl"
+        return unique_path(self.data, filename, "datos", ".jsonl")
 
     def recipe_path(self, name: str) -> Path:
         return self.recipes / f"{checked_name(name, 'receta')}.yaml"
