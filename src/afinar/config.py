@@ -1,6 +1,7 @@
 """The recipe: one YAML file, validated with pydantic (`extra="forbid"`), saved resolved beside every run."""
 from __future__ import annotations
 
+import argparse
 import difflib
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -301,6 +302,25 @@ def apply_overrides(recipe: Recipe, overrides: dict[str, Any]) -> Recipe:
             node = node[part]
         node[leaf] = value
     return recipe_from_dict(data, "<opciones de la línea de órdenes>")
+
+
+class Override(argparse.Action):
+    """A command-line option that sets one recipe key: `--max-steps 3` with `key="train.max_steps"` adds
+    {"train.max_steps": 3} to the `overrides` dict apply_overrides reads (dest="overrides"). With `const`, a switch
+    that sets that value (`--sin-gradient-checkpointing`: const=False). Absent options add nothing."""
+
+    def __init__(self, option_strings, dest, key: str, const=None, metavar=None, default=argparse.SUPPRESS, **kwargs):
+        if const is not None:
+            kwargs["nargs"] = 0
+        elif metavar is None and kwargs.get("choices") is None:  # as argparse names its own: --max-steps MAX_STEPS
+            metavar = option_strings[0].lstrip("-").replace("-", "_").upper()
+        super().__init__(option_strings, dest, const=const, metavar=metavar, default=default, **kwargs)
+        self.key = key
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        overrides = dict(getattr(namespace, self.dest, None) or {})
+        overrides[self.key] = self.const if self.nargs == 0 else values
+        setattr(namespace, self.dest, overrides)
 
 
 def dump_recipe(recipe: Recipe) -> str:

@@ -6,6 +6,7 @@ generation), then merge.
 """
 from __future__ import annotations
 
+import argparse
 import importlib.resources
 import json
 from pathlib import Path
@@ -98,3 +99,11 @@ def demo(output: str | Path = DEMO_RUN, epochs: float | None = None, max_steps: 
         "Uso educativo: no sustituye la atención médica. En una emergencia, llama al 112 o al número de tu país."
     )
     return run_dir
+
+
+def demo_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--output", default=argparse.SUPPRESS)
+    p.add_argument("--epochs", type=float, default=argparse.SUPPRESS)
+    p.add_argument("--max-steps", type=int, default=argparse.SUPPRESS)
+    p.add_argument("--minutos", "--minutes", dest="minutes", metavar="MINUTOS", type=float, default=argparse.SUPPRESS,
+                   help="minutos de entrenamiento (por defecto 5; los pasos que quepan en este equipo)")

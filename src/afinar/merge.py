@@ -4,6 +4,7 @@ A `method: full` run gets the same standalone, checked folder (its weights in th
 generation settings, the logits check)."""
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 from pathlib import Path
@@ -107,3 +108,10 @@ def merge(run: str | Path, output: str | Path | None = None, dtype: str = "fp32"
         print("QLoRA: fusionado sobre la base en 4 bits (NF4) con que se entrenó, descuantizada a fp32: el modelo "
               "fusionado es el que se entrenó y evaluó.")
     return output
+
+
+def merge_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", help="carpeta de la ejecución (runs/<nombre>)")
+    p.add_argument("--output", default=argparse.SUPPRESS, help="carpeta destino (por defecto RUN/merged)")
+    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default=argparse.SUPPRESS)
+    p.add_argument("--sobrescribir", "--overwrite", dest="overwrite", action="store_true", default=argparse.SUPPRESS)

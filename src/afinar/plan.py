@@ -7,13 +7,14 @@ written), computed from FLOPs and the device's peak for a GPU that is not this m
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import sys
 from pathlib import Path
 
 from afinar.bases import candidate_bases, render_table
-from afinar.config import Recipe, apply_overrides, load_recipe
+from afinar.config import Override, Recipe, apply_overrides, load_recipe
 from afinar.data.chat_format import recipe_tokenizer
 from afinar.data.pipeline import prepare_training_data
 from afinar.errors import AfinarError
@@ -74,6 +75,31 @@ def plan(recipe: str | Path | Recipe, device: str | None = None, calibrate: bool
             print(render_table(catalog, target.name))
     result.bases = catalog
     return result
+
+
+def plan_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("recipe", help="receta .yaml (ver recipes/)")
+    p.add_argument("--dispositivo", "--device", dest="device", metavar="DISPOSITIVO", default=argparse.SUPPRESS,
+                   help="cpu, cuda, o una GPU de la tabla: rtx2060, rtx3050-4gb, rtx3050-8gb, rtx3060, rtx4060, t4, "
+                        "l4, a100-40gb, a100-80gb, h100 (por defecto: este equipo)")
+    p.add_argument("--calibrar", dest="calibrate", action="store_true", default=argparse.SUPPRESS,
+                   help="mide pasos reales en este equipo (por defecto cuando el dispositivo es este equipo)")
+    p.add_argument("--no-calibrar", dest="calibrate", action="store_false", default=argparse.SUPPRESS,
+                   help="solo la fórmula (segundos): sin cargar el modelo")
+    p.add_argument("--json", dest="as_json", action="store_true", default=argparse.SUPPRESS,
+                   help="el plan en JSON (memory.total_gb, time.step_seconds…)")
+    p.add_argument("--tokens-per-batch", type=int, dest="overrides", action=Override, key="train.tokens_per_batch")
+    p.add_argument("--max-length", type=int, dest="overrides", action=Override, key="data.max_length")
+    p.add_argument("--base", dest="overrides", action=Override, key="model.base",
+                   help="modelo base: smollm2-135m, carpeta, .gguf, id del Hub (solo su config.json) "
+                        "u ollama:NOMBRE[:etiqueta]")
+    p.add_argument("--gradient-checkpointing", dest="overrides", action=Override, key="train.gradient_checkpointing",
+                   const=True)
+    p.add_argument("--sin-gradient-checkpointing", dest="overrides", action=Override,
+                   key="train.gradient_checkpointing", const=False)
+    p.add_argument("--bases", action="store_true", default=argparse.SUPPRESS,
+                   help="además, las bases que podrías usar (incluida, GGUF y Ollama locales, las de las guías "
+                        "en el Hub): si caben y cuánto tardaría la receta con cada una, sin descargar nada")
 
 
 def render(plan: Plan) -> str:

@@ -118,7 +118,7 @@ def test_nested_keys_are_launch_arguments(path):
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_header_says_what_it_is_for_and_how_to_launch_it(path):
-    from afinar.cli import build_parser
+    from afinar.cli import parse_args
 
     text = "\n".join(header(path))
     assert f"accelerate launch --config_file recipes/accelerate/{path.name}" in text
@@ -128,7 +128,7 @@ def test_header_says_what_it_is_for_and_how_to_launch_it(path):
         args, _ = launch_args(argv)
         assert args.config_file == f"recipes/accelerate/{path.name}"
         assert args.module and args.training_script == "afinar"  # src/afinar/__main__.py
-        afinar_args = build_parser().parse_args(args.training_script_args)
+        afinar_args = parse_args(args.training_script_args)
         assert afinar_args.command == "train"
         assert (ROOT / afinar_args.recipe).is_file(), afinar_args.recipe
 

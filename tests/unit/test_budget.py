@@ -62,7 +62,7 @@ def test_a_generous_budget_trains_the_recipe_epochs(tiny_recipe, capsys):
 def test_a_run_out_of_time_ends_cleanly_and_resumes_its_plan(tiny_recipe, monkeypatch, capsys):
     """The machine turns slower than measured: the loop stops at a step boundary, with the held-out loss, the
     final checkpoint and the artifacts; --resume continues the same plan (same total, same schedule)."""
-    import afinar.train as train_module
+    import afinar.train_stages as train_module
 
     recipe = budget_recipe(tiny_recipe)
     calls = {"n": 0}
@@ -102,7 +102,7 @@ def test_budget_errors_stop_before_writing(tiny_recipe, tmp_path):
 def test_timing_the_optimizer_step_changes_nothing():
     import torch
 
-    from afinar.train import _optimizer_step_seconds
+    from afinar.train_stages import optimizer_step_seconds as _optimizer_step_seconds
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Linear(16, 4))

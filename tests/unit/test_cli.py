@@ -1,10 +1,27 @@
+import argparse
+import inspect
+import json
 import subprocess
 import sys
 import time
 
 import pytest
 
-from afinar.cli import build_parser, main
+from afinar.cli import COMMANDS, GROUPS, build_parser, command_function, main, parse_args
+
+# Command functions that take `**options` pass them on to this function: its parameters are theirs too.
+PASSES_ON = {"eval": "afinar.evaluate.run:evaluate_run", "export": "afinar.export.run:export",
+             "import smc": "afinar.data.smc:import_smc", "train": "afinar.train:train",
+             "borradores": "afinar.drafts.run:drafts"}
+
+
+def _imported_after(code: str) -> list[str]:
+    """The afinar modules and heavy libraries a fresh interpreter has imported after running `code`."""
+    probe = (f"import sys\ntry:\n    {code}\nexcept SystemExit:\n    pass\n"
+             "import json; print(json.dumps(sorted(m for m in sys.modules if m.startswith('afinar') or m in "
+             "('torch', 'transformers', 'peft', 'fastapi'))), file=sys.stderr)")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    return json.loads(done.stderr.strip().splitlines()[-1])
 
 
 def test_help_does_not_import_heavy_libraries():
@@ -13,19 +30,94 @@ def test_help_does_not_import_heavy_libraries():
     assert out.strip() == "[]"
 
 
-def test_every_command_is_mapped():
-    import argparse
+def test_help_imports_no_command_module_and_a_command_s_help_only_its_own():
+    command_modules = {module for module, _, _ in COMMANDS.values()}
+    imported = _imported_after("from afinar.cli import main; main(['--help'])")
+    assert imported and not set(imported) & command_modules, imported  # `afinar --help`: the table, no module
+    imported = _imported_after("from afinar.cli import main; main(['import', '--help'])")
+    assert not set(imported) & command_modules, imported
+    for name in ("validate", "import smc", "merge"):  # its module, none of the others', nothing heavy
+        imported = _imported_after(f"from afinar.cli import main; main({name.split()!r} + ['--help'])")
+        assert COMMANDS[name][0] in imported
+        assert not set(imported) & {"torch", "transformers", "peft", "fastapi"}, name
+        assert not set(imported) & {"afinar.evaluate.run", "afinar.export.run", "afinar.inference.server",
+                                    "afinar.studio.launch", "afinar.train"}, name
 
-    parser = build_parser()
-    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
-    assert {"validate", "inspect", "train", "plan", "eval", "merge", "export", "push", "import", "chat", "serve", "demo",
-            "estudio"} <= set(commands)
-    for name, sub in commands.items():
-        if name == "import":  # a group: its sources are the commands
-            sub = next(a for a in sub._actions if isinstance(a, argparse._SubParsersAction)).choices["smc"]
-        assert callable(sub._defaults.get("func")), name
-    args = parser.parse_args(["estudio", "--no-abrir", "--puerto", "7999"])
-    assert args.func.__name__ == "_cmd_estudio" and args.puerto == 7999 and args.no_abrir
+
+def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+
+
+def _options(name: str) -> list[argparse.Action]:
+    parser = argparse.ArgumentParser()
+    command_function(name)[1](parser)
+    return [a for a in parser._actions if a.dest != "help"]
+
+
+def _parameters(function) -> dict[str, inspect.Parameter]:
+    return dict(inspect.signature(function).parameters)
+
+
+def test_every_command_is_mapped():
+    """COMMANDS is every subcommand, and each command's options set parameters of its function: a flag without a
+    parameter, or a renamed parameter, fails here. Parameters without a default are required options."""
+    import importlib
+
+    leaves = set()
+    for name, sub in _subcommands(build_parser(*COMMANDS)).items():
+        leaves |= {f"{name} {source}" for source in _subcommands(sub)} if name in GROUPS else {name}
+    assert leaves == set(COMMANDS)
+    assert {"validate", "inspect", "train", "plan", "eval", "merge", "export", "push", "import smc", "chat", "serve",
+            "demo", "estudio", "convertir", "borradores"} <= leaves
+    for name in COMMANDS:
+        function, _ = command_function(name)
+        parameters = _parameters(function)
+        passes_on = any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+        assert passes_on == (name in PASSES_ON), name
+        if passes_on:
+            module, target = PASSES_ON[name].split(":")
+            parameters = {**_parameters(getattr(importlib.import_module(module), target)), **parameters}
+        options = _options(name)
+        assert options, name
+        assert {a.dest for a in options} <= set(parameters), (name, {a.dest for a in options} - set(parameters))
+        required = {n for n, p in parameters.items() if p.default is p.empty
+                    and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and n != "argv"}
+        always = {a.dest for a in options if a.required}
+        assert required <= always, (name, required - always)
+    assert vars(parse_args(["estudio", "--no-abrir", "--puerto", "7999"])) == {
+        "command": "estudio", "open_browser": False, "port": 7999}
+
+
+def test_options_leave_the_defaults_to_the_function():
+    """No default is written twice: an option not given is not passed (argparse.SUPPRESS), so the function's own
+    default applies. Required options and positionals are always given."""
+    for name in COMMANDS:
+        for action in _options(name):
+            assert action.required or action.default is argparse.SUPPRESS, (name, action.option_strings, action.default)
+
+
+def test_options_become_the_function_s_arguments(monkeypatch):
+    import afinar.inference.server as server
+    import afinar.plan as plan_module
+
+    seen = {}
+    monkeypatch.setattr(plan_module, "plan", lambda **kw: seen.update(kw))
+    assert main(["plan", "r.yaml", "--device", "t4", "--no-calibrar", "--max-length", "64",
+                 "--sin-gradient-checkpointing"]) == 0
+    assert seen == {"recipe": "r.yaml", "device": "t4", "calibrate": False,
+                    "overrides": {"data.max_length": 64, "train.gradient_checkpointing": False}}
+    seen.clear()
+    monkeypatch.setattr(server, "serve", lambda **kw: seen.update(kw))
+    assert main(["serve", "runs/x", "--max-body-kb", "3", "--timeout", "6", "--motor", "llama.cpp"]) == 0
+    assert seen == {"sources": ["runs/x"], "engine": "llama.cpp",
+                    "limits": server.Limits(max_body_bytes=3 * 1024, timeout_s=6.0)}
+
+
+def test_a_malformed_option_value_is_a_spanish_error(capsys):
+    assert main(["validate", "datos.csv", "--columnas", "nada"]) == 2  # parse_columnas, as the option's type
+    assert "D028" in capsys.readouterr().err
+    assert main(["export"]) == 2
+    assert "X004" in capsys.readouterr().err
 
 
 def test_estudio_on_a_busy_port_says_so_in_spanish(tmp_path, capsys):
@@ -160,11 +252,8 @@ def test_estudio_desktop_shortcut_runs_the_studio_of_that_folder(tmp_path):
 
 
 def test_export_offers_every_gguf_quantisation_the_exporter_knows():
-    import argparse
-
     from afinar.export.gguf import QUANTS
 
-    parser = build_parser()
-    export = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices["export"]
+    export = _subcommands(build_parser("export"))["export"]
     option = next(a for a in export._actions if "--cuantizacion" in a.option_strings)
     assert tuple(option.choices) == QUANTS

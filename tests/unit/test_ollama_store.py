@@ -347,7 +347,7 @@ def test_export_suggests_and_runs_ollama_create(tiny_base, tmp_path, monkeypatch
 
 
 def test_ollama_create_needs_the_program_and_a_valid_name(tmp_path, monkeypatch):
-    from afinar.cli import build_parser
+    from afinar.cli import parse_args
 
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(AfinarError) as info:
@@ -356,8 +356,8 @@ def test_ollama_create_needs_the_program_and_a_valid_name(tmp_path, monkeypatch)
     with pytest.raises(AfinarError) as info:
         export_ollama.require_ollama("mal nombre")
     assert info.value.code == "X042" and "no es un nombre" in info.value.message
-    args = build_parser().parse_args(["export", "runs/x", "--ollama-crear", "mi-modelo"])
-    assert args.ollama_crear == "mi-modelo" and args.formato is None
+    args = parse_args(["export", "runs/x", "--ollama-crear", "mi-modelo"])
+    assert args.ollama_name == "mi-modelo" and "formats" not in vars(args)
 
 
 def test_ollama_name_type_is_hashable():

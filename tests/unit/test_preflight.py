@@ -82,7 +82,7 @@ def test_without_tokenizer_the_rest_still_works(tmp_path, capsys):
 def test_recipe_report_goes_to_the_run_dir_and_training_accepts_it(tmp_path, capsys, tiny_recipe, monkeypatch):
     import yaml
 
-    from afinar.train import _check_run_dir, _prepare_run_dir
+    from afinar.train_stages import check_run_dir as _check_run_dir, prepare_run_dir as _prepare_run_dir
 
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump(tiny_recipe), encoding="utf-8")

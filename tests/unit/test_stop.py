@@ -101,7 +101,7 @@ def test_a_stale_stop_request_does_not_stop_the_next_run(tmp_path, tiny_base, mo
 
 def test_stop_then_resume_gives_the_uninterrupted_run(tiny_recipe, tmp_path, monkeypatch, capsys):
     """The stop request as the interruption of test_train_merge's resume test: same losses, same final adapter."""
-    import afinar.train as train_module
+    import afinar.train_stages as train_module
 
     tiny_recipe["train"].update(max_steps=10, eval_every=5)
     full_dir = run(tiny_recipe)

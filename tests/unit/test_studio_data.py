@@ -346,11 +346,11 @@ def test_documents_upload_and_the_drafts_job_command(studio, tmp_path):
                 "--permitir-remoto"]
     assert record["tipo"] == "borradores" and record["ejecucion"] == name and record["argv"] == expected
     assert record["comando"].startswith("afinar borradores documentos/")
-    from afinar.cli import build_parser
+    from afinar.cli import parse_args
 
-    parsed = build_parser().parse_args(expected)  # the command line the real CLI reads
-    assert (parsed.documentos, parsed.profesor, parsed.modelo, parsed.salida, parsed.por_pasaje,
-            parsed.permitir_remoto) == ([f"documentos/{doc['id']}"], "http://192.168.1.20:11434/v1", "qwen2.5:7b",
+    parsed = parse_args(expected)  # the command line the real CLI reads
+    assert (parsed.documents, parsed.teacher, parsed.model, parsed.output, parsed.per_passage,
+            parsed.allow_remote) == ([f"documentos/{doc['id']}"], "http://192.168.1.20:11434/v1", "qwen2.5:7b",
                                         f"borradores/{name}.jsonl", 2, True)
     assert s.wait_end(record["id"])["estado"] == "terminado"
     calls = [json.loads(x) for x in (s.root / "llamadas.jsonl").read_text().splitlines()]

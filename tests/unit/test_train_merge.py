@@ -61,7 +61,7 @@ def test_training_lowers_the_training_loss(tiny_recipe):
 
 def crash_after(monkeypatch, name: str):
     """Make the run stop (like a closed laptop lid) right after checkpoint `name` is complete."""
-    import afinar.train as train_module
+    import afinar.train_stages as train_module
 
     real_save = train_module.save_checkpoint
 
@@ -288,7 +288,7 @@ def test_a_second_training_in_the_same_process_may_change_precision(tmp_path):
     """accelerate's settings are process-wide: the demo, a notebook or these tests train more than once."""
     from afinar.config import TrainSection
     from afinar.hardware import Hardware
-    from afinar.train import _accelerator
+    from afinar.train_stages import make_accelerator as _accelerator
 
     assert _accelerator(Hardware("cpu", "bf16", ""), TrainSection(), tmp_path).mixed_precision == "bf16"
     second = _accelerator(Hardware("cpu", "fp32", ""), TrainSection(grad_accum=3), tmp_path)
@@ -320,7 +320,7 @@ def test_cpu_bf16_stores_the_frozen_linears_in_bf16_with_the_same_loss(tiny_reci
     from afinar.data.templates import collate_packed, encode, with_system
     from afinar.hardware import Hardware
     from afinar.data.chat_format import resolve
-    from afinar.train import _build_model
+    from afinar.train_stages import model_for_training as _build_model
     from afinar.training import output_head, token_loss_sum
 
     recipe = recipe_from_dict(tiny_recipe)

@@ -8,6 +8,7 @@ with possible personal data), because the fix needs them.
 """
 from __future__ import annotations
 
+import argparse
 import base64
 import html
 import json
@@ -424,3 +425,24 @@ def inspect(path: str | Path, base: str | None = None, max_length: int | None = 
         print(problem)
     print(f"Informe escrito en {out / 'informe_datos.html'} (y .json, longitudes.png)")
     return 1 if report["errors"]["total"] else 0
+
+
+def inspect_arguments(p: argparse.ArgumentParser) -> None:
+    from afinar.data.tables import parse_columnas
+
+    p.add_argument("path", help="receta .yaml, datos .jsonl o una tabla (.csv, .tsv, .xlsx, .ods, .parquet, .json)")
+    p.add_argument("--columnas", type=parse_columnas, metavar="CAMPO=COLUMNA,…", default=argparse.SUPPRESS,
+                   help="con una tabla: qué columna es cada campo, p. ej. "
+                   '"pregunta=Consulta del paciente,respuesta=Respuesta" (por defecto se reconocen por su nombre)')
+    p.add_argument("--hoja", metavar="NOMBRE", default=argparse.SUPPRESS,
+                   help="con un .xlsx/.ods: la hoja, por nombre o número (por defecto la primera)")
+    p.add_argument("--base", default=argparse.SUPPRESS,
+                   help="modelo cuyo tokenizador mide las longitudes (por defecto el de la receta o smollm2-135m)")
+    p.add_argument("--max-length", type=int, default=argparse.SUPPRESS,
+                   help="longitud máxima en tokens (por defecto la de la receta o 512)")
+    p.add_argument("--salida", dest="output", metavar="SALIDA", default=argparse.SUPPRESS,
+                   help="carpeta del informe (por defecto runs/<receta>/informe_datos)")
+    p.add_argument("--mostrar-ejemplos", dest="show_examples", action="store_true", default=argparse.SUPPRESS,
+                   help="muestra el texto de 3 ejemplos con los tokens entrenados marcados")
+    p.add_argument("--sin-progreso", dest="progress", action="store_false", default=argparse.SUPPRESS,
+                   help="sin barra de progreso")

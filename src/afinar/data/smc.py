@@ -9,6 +9,7 @@ flat at 2M rows and an interrupted import leaves nothing behind.
 """
 from __future__ import annotations
 
+import argparse
 import json
 from collections import Counter
 from collections.abc import Iterator
@@ -226,3 +227,23 @@ def print_summary(summary: ImportSummary, output: str | Path, out=print) -> None
     for reason, n in sorted(summary.skipped.items(), key=lambda kv: -kv[1]):
         out(f"  omitidas ({SKIP_REASONS[reason]}): {n:,}")
     out(f"Siguiente paso: afinar inspect {output}")
+
+
+def import_smc_command(output: str, **options) -> int:
+    """`afinar import smc --salida ARCHIVO`: import_smc (the other options are its parameters), then its summary."""
+    print_summary(import_smc(output, **options), output)
+    return 0
+
+
+def import_smc_command_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--salida", dest="output", metavar="SALIDA", required=True, help="archivo .jsonl a escribir")
+    p.add_argument("--entrada", dest="inputs", metavar="ENTRADA", nargs="+", default=argparse.SUPPRESS,
+                   help="archivos .parquet o .jsonl locales con el esquema de SMC (sin esto, lee del Hub)")
+    p.add_argument("--especialidad", dest="specialities", metavar="ESPECIALIDAD", nargs="+", default=argparse.SUPPRESS,
+                   help="solo estas especialidades (columna speciallity)")
+    p.add_argument("--tipo", dest="types", nargs="+", choices=["question", "clinic_case"], default=argparse.SUPPRESS,
+                   help="solo estos tipos (por defecto ambos)")
+    p.add_argument("--max-ejemplos", dest="max_examples", metavar="MAX_EJEMPLOS", type=int, default=argparse.SUPPRESS,
+                   help="para de leer al llegar a N ejemplos")
+    p.add_argument("--sobrescribir", "--overwrite", dest="overwrite", action="store_true", default=argparse.SUPPRESS)
+    p.add_argument("--sin-progreso", dest="progress", action="store_false", default=argparse.SUPPRESS)

@@ -1,6 +1,7 @@
 """Check a recipe's data in one pass (every problem, by file:line:code) and prepare it for training."""
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 from collections import Counter
@@ -223,3 +224,18 @@ def validate(path: str | Path, base: str | None = None, max_length: int | None =
         print("(sin --base no se comprueba la longitud en tokens)")
     report(prepared)
     return 1 if prepared.errors else 0
+
+
+def validate_arguments(p: argparse.ArgumentParser) -> None:
+    from afinar.data.tables import parse_columnas
+
+    p.add_argument("path", help="receta .yaml, datos .jsonl o una tabla (.csv, .tsv, .xlsx, .ods, .parquet, .json)")
+    p.add_argument("--base", default=argparse.SUPPRESS,
+                   help="modelo cuyo tokenizador mide las longitudes (con un archivo de datos)")
+    p.add_argument("--max-length", type=int, default=argparse.SUPPRESS,
+                   help="longitud máxima en tokens (con un archivo de datos)")
+    p.add_argument("--columnas", type=parse_columnas, metavar="CAMPO=COLUMNA,…", default=argparse.SUPPRESS,
+                   help="con una tabla: qué columna es cada campo, p. ej. "
+                   '"pregunta=Consulta del paciente,respuesta=Respuesta" (por defecto se reconocen por su nombre)')
+    p.add_argument("--hoja", metavar="NOMBRE", default=argparse.SUPPRESS,
+                   help="con un .xlsx/.ods: la hoja, por nombre o número (por defecto la primera)")

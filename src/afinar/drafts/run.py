@@ -12,8 +12,10 @@ documents' text never reaches a log or the terminal.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -27,6 +29,7 @@ from afinar.drafts.store import (
     progress_path,
     read_drafts,
     write_drafts,
+    write_reviewed,
 )
 from afinar.errors import AfinarError
 from afinar.evaluate.judge import (
@@ -293,6 +296,68 @@ def drafts(documents: list[str], teacher: str, model: str, output: str, *, per_p
     summary["cost"] = round(summary["cost"], 6)
     summary["seconds"] = round(time.monotonic() - started, 1)
     return summary
+
+
+def drafts_command(documents: list[str] | None = None, teacher: str | None = None, model: str | None = None,
+                   output: str | None = None, reviewed: str | None = None, **options) -> int:
+    """`afinar borradores DOCUMENTOS… --profesor URL --modelo NOMBRE` (drafts; the other options are its parameters,
+    the drafts go to borradores.jsonl unless `output`), or `afinar borradores --exportar-revisados BORRADORES
+    --salida DATOS.jsonl`: the accepted or corrected drafts of `reviewed` as training examples (exit 1: none yet)."""
+    if reviewed:
+        if documents or not output:
+            raise AfinarError("B012", "para exportar los revisados: afinar borradores --exportar-revisados "
+                                      "BORRADORES.jsonl --salida DATOS.jsonl (sin documentos)")
+        count = write_reviewed(reviewed, output)
+        if not count:
+            print("No hay borradores revisados todavía (aceptados o corregidos): revísalos en el estudio "
+                  "(afinar estudio → Datos → Borradores). No se escribió nada.")
+            return 1
+        print(f"✓ {count} ejemplos revisados en {output} (pregunta/respuesta): ya puedes entrenar con ellos")
+        return 0
+    if not documents or not teacher or not model:
+        raise AfinarError("B012", "indica los documentos, el profesor y su modelo: afinar borradores DOCUMENTOS… "
+                                  "--profesor URL --modelo NOMBRE",
+                          hint="por ejemplo, con Ollama: --profesor http://127.0.0.1:11434/v1 --modelo qwen2.5:7b")
+    try:
+        summary = drafts(documents, teacher, model, output or "borradores.jsonl", **options)
+    except KeyboardInterrupt:
+        print("\ninterrumpido: lo hecho queda guardado; vuelve a lanzar la misma orden para continuar", file=sys.stderr)
+        return 130
+    print_summary(summary)
+    return 0
+
+
+def drafts_command_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("documents", nargs="*", metavar="DOCUMENTOS", default=argparse.SUPPRESS,
+                   help="archivos .pdf, .docx, .txt, .md o carpetas")
+    p.add_argument("--profesor", dest="teacher", metavar="URL", default=argparse.SUPPRESS,
+                   help="servidor compatible con OpenAI que escribe los borradores "
+                   "(Ollama: http://127.0.0.1:11434/v1, llama.cpp, afinar serve)")
+    p.add_argument("--modelo", dest="model", metavar="NOMBRE", default=argparse.SUPPRESS,
+                   help="modelo del profesor (p. ej. qwen2.5:7b en Ollama)")
+    p.add_argument("--salida", dest="output", metavar="SALIDA", default=argparse.SUPPRESS,
+                   help="archivo de borradores (por defecto borradores.jsonl); con --exportar-revisados, "
+                   "el JSONL de entrenamiento")
+    p.add_argument("--por-pasaje", dest="per_passage", metavar="POR_PASAJE", type=int, default=argparse.SUPPRESS,
+                   help="preguntas por pasaje (por defecto 3)")
+    p.add_argument("--permitir-remoto", dest="allow_remote", action="store_true", default=argparse.SUPPRESS,
+                   help="deja usar un profesor que no está en este equipo: los pasajes SALEN del equipo (los que "
+                   "tienen posibles datos personales no se envían)")
+    p.add_argument("--tiempo-limite", dest="timeout", metavar="TIEMPO_LIMITE", type=float, default=argparse.SUPPRESS,
+                   help="segundos máximos por llamada (por defecto 120)")
+    p.add_argument("--reintentos", dest="retries", metavar="REINTENTOS", type=int, default=argparse.SUPPRESS,
+                   help="reintentos de una llamada fallida (por defecto 3)")
+    p.add_argument("--precio-entrada", dest="price_in", metavar="PRECIO_ENTRADA", type=float, default=argparse.SUPPRESS,
+                   help="precio por millón de tokens de entrada (coste)")
+    p.add_argument("--precio-salida", dest="price_out", metavar="PRECIO_SALIDA", type=float, default=argparse.SUPPRESS,
+                   help="precio por millón de tokens de salida (coste)")
+    p.add_argument("--max-pasajes", dest="max_passages", metavar="MAX_PASAJES", type=int, default=argparse.SUPPRESS,
+                   help="solo los N primeros pasajes (para probar)")
+    p.add_argument("--exportar-revisados", dest="reviewed", metavar="BORRADORES", default=argparse.SUPPRESS,
+                   help="escribe en --salida los borradores aceptados o corregidos como ejemplos pregunta/respuesta "
+                   "para entrenar")
+    p.add_argument("--sin-progreso", dest="progress", action="store_false", default=argparse.SUPPRESS,
+                   help="sin barra de progreso")
 
 
 class _Nothing:

@@ -7,6 +7,7 @@ Everything lands in `RUN/informe/metrics.json` (stable keys, see README) and a s
 """
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import time
@@ -437,6 +438,66 @@ def evaluate_run(
     }
     write_report(run_dir / REPORT_DIR, metrics)
     return metrics
+
+
+def eval_command(run: str, gates: list[str] | None = None, judge_url: str | None = None, judge_model: str | None = None,
+                 allow_remote: bool = False, engine: str = "auto", **options) -> int:
+    """`afinar eval RUN`: evaluate_run (the other options are its parameters), the summary, then the gates. Exit 1
+    when the tuned model gives more dangerous answers than its base or a condition of `gates` fails
+    (report.check_gates); the command line's engine is "auto"."""
+    from afinar.evaluate.report import check_gates, print_summary
+
+    if bool(judge_url) != bool(judge_model):
+        raise AfinarError("J004", "el juez necesita la URL y el modelo: --juez URL --juez-modelo NOMBRE")
+    judge = {"url": judge_url, "model": judge_model, "allow_remote": allow_remote} if judge_url else None
+    metrics = evaluate_run(run, judge=judge, engine=engine, **options)
+    print_summary(metrics)
+    print(f"Informe: {metrics['run']}/{REPORT_DIR}/index.html (y metrics.json)")
+    # Built-in gate: a tuned model that gives more dangerous answers than its base never passes.
+    failed = int(metrics["verdict"]["more_dangerous"])
+    if failed:
+        print("✗ el afinado da más respuestas peligrosas que el modelo base (sale con 1)")
+    for gate, passed, value in check_gates(metrics, gates or []):
+        print(f"{'✓' if passed else '✗'} {gate} (valor: {value})")
+        failed += not passed
+    return 1 if failed else 0
+
+
+def eval_command_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", help="carpeta de la ejecución (runs/<nombre>)")
+    p.add_argument("--split", default=argparse.SUPPRESS,
+                   help="'val' (la validación de la receta), un archivo .jsonl o un dataset incluido "
+                   "(afinar:primeros_auxilios_evaluacion); por defecto evaluation.set de la receta, o 'val'")
+    p.add_argument("--claves", dest="keypoints", metavar="ARCHIVO", default=argparse.SUPPRESS,
+                   help="claves y peligros aparte: {\"linea\": N, \"claves\": [[…]], \"peligros\": […]} "
+                   "por línea (por defecto DATOS.claves.jsonl si existe)")
+    p.add_argument("--juez", dest="judge_url", metavar="URL", default=argparse.SUPPRESS,
+                   help="servidor compatible con OpenAI (Ollama, llama.cpp, afinar serve) que "
+                   "también valora cada respuesta, p. ej. http://127.0.0.1:11434/v1")
+    p.add_argument("--juez-modelo", dest="judge_model", metavar="NOMBRE", default=argparse.SUPPRESS,
+                   help="modelo del juez (p. ej. qwen2.5:7b en Ollama)")
+    p.add_argument("--permitir-remoto", dest="allow_remote", action="store_true", default=argparse.SUPPRESS,
+                   help="deja usar un juez que no está en este equipo: preguntas y respuestas SALEN del equipo")
+    p.add_argument("--n", type=int, default=argparse.SUPPRESS,
+                   help="preguntas a generar con cada modelo (por defecto 5)")
+    p.add_argument("--base", default=argparse.SUPPRESS,
+                   help="modelo base sobre el que cargar el adaptador (por defecto el del entrenamiento)")
+    p.add_argument("--todos-los-checkpoints", dest="all_checkpoints", action="store_true", default=argparse.SUPPRESS,
+                   help="evalúa cada checkpoint guardado y nombra el mejor")
+    p.add_argument("--umbral-olvido", dest="forgetting_threshold", metavar="UMBRAL_OLVIDO", type=float,
+                   default=argparse.SUPPRESS, help="subida máxima de la pérdida en español general (0.10 = 10 %%)")
+    p.add_argument("--exigir", dest="gates", action="append", metavar="CONDICIÓN", default=argparse.SUPPRESS,
+                   help='p. ej. "checks.epicrisis>=0.8"; sale con 1 si no se cumple')
+    p.add_argument("--solo-greedy", dest="passes", action="store_const", const=("greedy",), default=argparse.SUPPRESS,
+                   help="sin la pasada con el muestreo de la receta (la mitad de tiempo)")
+    p.add_argument("--motor", dest="engine", choices=["auto", "transformers", "llama.cpp"], default=argparse.SUPPRESS,
+                   help="quién escribe las respuestas: llama.cpp (GGUF f16 de base y afinado: las mismas respuestas "
+                        "voraces, ~3× más rápido) si está instalado, si no transformers")
+    p.add_argument("--max-new-tokens", type=int, default=argparse.SUPPRESS,
+                   help="tope de tokens por respuesta (por defecto el de la receta)")
+    p.add_argument("--mostrar-ejemplos", dest="show_examples", action="store_true", default=argparse.SUPPRESS,
+                   help="muestra preguntas y referencias de tus datos en el informe")
+    p.add_argument("--sin-progreso", dest="progress", action="store_false", default=argparse.SUPPRESS)
 
 
 def _correctness(samples: list[dict], pass_name: str) -> dict | None:

@@ -7,6 +7,7 @@ flag for it, it is never printed, and it is masked in every error message.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import re
 from dataclasses import dataclass
@@ -209,3 +210,13 @@ def push(source: str | Path, repo: str, private: bool = False, dry_run: bool = F
                           hint="comprueba la conexión y que el token tenga permiso de escritura") from None
     print(f"✓ Subido: https://huggingface.co/{repo}")
     return uploads
+
+
+def push_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("source", help="runs/<nombre> o su carpeta export/")
+    p.add_argument("--repo", required=True, help="usuario/nombre en el Hub")
+    p.add_argument("--privado", dest="private", action="store_true", default=argparse.SUPPRESS,
+                   help="crea el repositorio como privado")
+    p.add_argument("--dry-run", action="store_true", default=argparse.SUPPRESS,
+                   help="solo lista lo que se subiría (no necesita red ni token)")
+    p.add_argument("--sin-progreso", dest="progress", action="store_false", default=argparse.SUPPRESS)

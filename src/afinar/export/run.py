@@ -11,6 +11,7 @@ duration; the reference they are compared with is that fp32 model greedy in tran
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import shutil
@@ -21,7 +22,7 @@ from afinar.atomic import atomic_write_text
 from afinar.data.chat_format import folder_format
 from afinar.errors import AfinarError
 from afinar.export.archive import create_zip, verify_zip
-from afinar.export.gguf import check_quants, converter_dir, export_gguf
+from afinar.export.gguf import QUANTS, check_quants, converter_dir, export_gguf
 from afinar.export.ollama import (
     create_command,
     create_in_ollama,
@@ -97,6 +98,40 @@ def export(run: str | Path, formats: list[str], output: str | Path | None = None
     if job.failed:
         job.raise_failures()
     return job.written
+
+
+def export_command(run: str | None = None, formats: list[str] | None = None, verify: str | None = None,
+                   ollama_name: str | None = None, progress: bool = True, **options) -> int:
+    """`afinar export RUN --formato …` (export; the other options are its parameters), or `afinar export
+    --verificar ZIP`: checks an exported zip against its SHA-256 manifest."""
+    if verify:
+        manifest = verify_zip(verify, progress=progress)
+        print(f"✓ {verify}: {len(manifest['files'])} archivos coinciden con su SHA-256 del manifiesto")
+        return 0
+    if not run or not (formats or ollama_name):
+        raise AfinarError("X004", "indica la ejecución y el formato: "
+                                  "afinar export RUN --formato gguf|onnx|safetensors|zip|ollama|todo")
+    export(run, formats or [], progress=progress, ollama_name=ollama_name, **options)
+    return 0
+
+
+def export_command_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", nargs="?", default=argparse.SUPPRESS, help="carpeta de la ejecución (runs/<nombre>)")
+    p.add_argument("--formato", dest="formats", nargs="+", default=argparse.SUPPRESS,
+                   choices=["safetensors", "gguf", "ollama", "onnx", "zip", "todo"],
+                   help="uno o varios formatos; todo = todos")
+    p.add_argument("--output", default=argparse.SUPPRESS, help="carpeta destino (por defecto RUN/export)")
+    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default=argparse.SUPPRESS,
+                   help="precisión del safetensors exportado")
+    p.add_argument("--cuantizacion", dest="quants", nargs="+", choices=QUANTS, default=argparse.SUPPRESS,
+                   help="GGUF además del f16 (por defecto q8_0; q4_k_m para modelos de 1B o más)")
+    p.add_argument("--verificar", dest="verify", metavar="ZIP", default=argparse.SUPPRESS,
+                   help="comprueba un zip exportado contra su manifiesto SHA-256")
+    p.add_argument("--ollama-crear", dest="ollama_name", metavar="NOMBRE", default=argparse.SUPPRESS,
+                   help="además crea el modelo en Ollama (ollama create NOMBRE -f Modelfile; "
+                        "incluye --formato ollama)")
+    p.add_argument("--sobrescribir", "--overwrite", dest="overwrite", action="store_true", default=argparse.SUPPRESS)
+    p.add_argument("--sin-progreso", dest="progress", action="store_false", default=argparse.SUPPRESS)
 
 
 class _Job:

@@ -8,12 +8,13 @@ max_tokens too; each request has a time limit; the log never holds message conte
 """
 from __future__ import annotations
 
+import argparse
 import hmac
 import json
 import logging
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from typing import Literal
 
@@ -293,3 +294,45 @@ def serve(sources: list[str], host: str = "127.0.0.1", port: int = 8000, engine:
     print(f"Sirviendo {names} con {loaded.name} en http://{host}:{port}/ (API: http://{host}:{port}/v1)"
           + (" — con clave" if api_key else ""))
     uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+def serve_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("sources", nargs="+", metavar="RUN|EXPORT",
+                   help="ejecuciones sobre la misma base (cada una, una personalidad), "
+                        "o un modelo fusionado o exportado")
+    p.add_argument("--host", default=argparse.SUPPRESS, help="otra dirección que 127.0.0.1 exige --api-key")
+    p.add_argument("--port", type=int, default=argparse.SUPPRESS)
+    p.add_argument("--motor", dest="engine", choices=["auto", "transformers", "llama.cpp", "onnxruntime"],
+                   default=argparse.SUPPRESS)
+    p.add_argument("--api-key", default=argparse.SUPPRESS,
+                   help="clave Bearer exigida en /v1 (o la variable AFINAR_API_KEY)")
+    p.add_argument("--cors", nargs="+", metavar="ORIGEN", default=argparse.SUPPRESS,
+                   help="orígenes web permitidos (sin comodín)")
+    p.add_argument("--max-body-kb", type=int, dest="limits", action=_Limit, field="max_body_bytes", scale=1024,
+                   help="tamaño máximo de una petición (413 si se pasa)")
+    p.add_argument("--max-prompt-tokens", type=int, dest="limits", action=_Limit, field="max_prompt_tokens",
+                   help="tokens máximos de la conversación (400)")
+    p.add_argument("--max-tokens", type=int, dest="limits", action=_Limit, field="max_tokens",
+                   help="max_tokens máximo por petición (400)")
+    p.add_argument("--timeout", type=float, dest="limits", action=_Limit, field="timeout_s",
+                   help="segundos máximos generando por petición")
+    p.add_argument("--log-contenido", dest="log_content", action="store_true", default=argparse.SUPPRESS,
+                   help="escribe los mensajes en el registro (por defecto no)")
+    p.add_argument("--con-base", dest="with_base", action="store_true", default=argparse.SUPPRESS,
+                   help="sirve también el modelo base como personalidad 'base', para comparar lado a lado "
+                        "(no con exportaciones GGUF/ONNX)")
+
+
+class _Limit(argparse.Action):
+    """An option that sets one field of the `limits` passed to serve, from Limits' defaults: `--max-tokens 512` →
+    Limits(max_tokens=512); `scale` converts units (--max-body-kb 256 → max_body_bytes=262144)."""
+
+    def __init__(self, option_strings, dest, field: str, scale: int = 1, metavar=None, default=argparse.SUPPRESS,
+                 **kwargs):
+        metavar = metavar or option_strings[0].lstrip("-").replace("-", "_").upper()  # --max-tokens MAX_TOKENS
+        super().__init__(option_strings, dest, metavar=metavar, default=default, **kwargs)
+        self.field, self.scale = field, scale
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        limits = getattr(namespace, self.dest, None) or Limits()
+        setattr(namespace, self.dest, replace(limits, **{self.field: values * self.scale}))

@@ -13,6 +13,7 @@ The way back in without a terminal (a nurse closes the browser, then opens the p
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import secrets
@@ -149,3 +150,19 @@ def estudio(port: int = 7860, open_browser: bool = True, host: str = "127.0.0.1"
         threading.Timer(1.0, webbrowser.open, args=(url,)).start()
     logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
     uvicorn.run(app, host=host, port=port, log_level="warning")
+
+
+def estudio_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--puerto", dest="port", metavar="PUERTO", type=int, default=argparse.SUPPRESS)
+    p.add_argument("--no-abrir", dest="open_browser", action="store_false", default=argparse.SUPPRESS,
+                   help="no abre el navegador (imprime la dirección)")
+    p.add_argument("--host", default=argparse.SUPPRESS,
+                   help="otra dirección que 127.0.0.1 expone el estudio a tu red (con token)")
+    p.add_argument("--carpeta", dest="folder", metavar="CARPETA", default=argparse.SUPPRESS,
+                   help="dónde guarda datos, recetas y ejecuciones")
+    p.add_argument("--max-subida-mb", dest="max_upload_mb", metavar="MAX_SUBIDA_MB", type=int,
+                   default=argparse.SUPPRESS, help="tamaño máximo de un archivo subido")
+    p.add_argument("--token-nuevo", dest="new_token", action="store_true", default=argparse.SUPPRESS,
+                   help="otro token para esta carpeta: los enlaces y accesos recordados dejan de valer")
+    p.add_argument("--acceso-directo", dest="desktop_shortcut", action="store_true", default=argparse.SUPPRESS,
+                   help="escribe un acceso directo en el escritorio que abre el estudio de esta carpeta sin terminal")
