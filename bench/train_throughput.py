@@ -2,6 +2,8 @@
 
     .venv/bin/python bench/train_throughput.py [--ejemplos 32] [--calentamiento 1] [--repeticiones 3] [--json r.json]
     .venv/bin/python bench/train_throughput.py --escala 10000 100000 [--json escala.json]
+    .venv/bin/python bench/train_throughput.py --sin-bf16 --herramientas guias afinar --variantes receta fp32-compacto
+        (a CPU without bf16, emulated: AVX2 kernels only; afinar's recipe then trains in fp32)
 
 Same data (`afinar:primeros_auxilios`), same base (SmolLM2-135M-Instruct, `resolve_base("smollm2-135m")`), same
 LoRA (r=8, alpha 16, dropout 0.05 on q_proj/v_proj), same number of examples; each tool in a fresh process:
@@ -133,7 +135,8 @@ def child_gemm(args) -> dict:
         return 2 * n**3 / best / 1e9
 
     peaks = {"fp32": gflops(torch.float32)}
-    if cpu["avx512_bf16"] or cpu["amx"]:
+    # --sin-bf16 (ONEDNN_MAX_CPU_ISA=AVX2): oneDNN emulates bf16 slowly, minutes for this matmul; nothing uses it.
+    if (cpu["avx512_bf16"] or cpu["amx"]) and not os.environ.get("ONEDNN_MAX_CPU_ISA"):
         peaks["bf16"] = gflops(torch.bfloat16)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(resolve_base(BASE)))
@@ -451,16 +454,20 @@ def afinar_variants(args) -> list[tuple[str, dict | None, str]]:
     else:
         other = (f"afinar {(budget or 1024) // 2} tok/lote", {"train.tokens_per_batch": (budget or 1024) // 2})
     low_memory = {"train.gradient_checkpointing": True}  # recompute activations instead of keeping them
-    wanted = [("afinar", {}), ("afinar compile", {"train.compile": True}), other,
-              ("afinar sin empaquetar", {"train.packing": False}),
-              ("afinar memoria baja", low_memory),
+    wanted = {"receta": ("afinar", {}), "compile": ("afinar compile", {"train.compile": True}), "otro-lote": other,
+              "sin-empaquetar": ("afinar sin empaquetar", {"train.packing": False}),
+              "memoria-baja": ("afinar memoria baja", low_memory),
               # what a CPU without AVX512-BF16/AMX runs: compared with the fp32 GEMM ceiling measured here
-              ("afinar fp32", {"train.precision": "fp32"}),
-              ("afinar fp32 memoria baja", {"train.precision": "fp32", **low_memory})]
+              "fp32": ("afinar fp32", {"train.precision": "fp32"}),
+              "fp32-memoria-baja": ("afinar fp32 memoria baja", {"train.precision": "fp32", **low_memory}),
+              # freed activations back to the system (afinar/heap.py): what `auto` does when memory is tight
+              "fp32-compacto": ("afinar fp32 compact_heap", {"train.precision": "fp32", "train.compact_heap": True})}
     if not args.compilar:
-        wanted.pop(1)
+        wanted.pop("compile")
     out = []
-    for label, overrides in wanted:
+    for key, (label, overrides) in wanted.items():
+        if args.variantes and key not in args.variantes:
+            continue
         if label == "afinar" and budget:
             label = f"afinar ({budget} tok/lote)"
         try:
@@ -690,6 +697,11 @@ def write_json(path: str, data: dict) -> None:
     os.replace(tmp, target)
 
 
+VARIANTS = ["receta", "compile", "otro-lote", "sin-empaquetar", "memoria-baja", "fp32", "fp32-memoria-baja",
+            "fp32-compacto"]
+AVX2_ONLY = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     tools = ["guias", "trl", "afinar"]
@@ -703,6 +715,11 @@ def main() -> None:
     parser.add_argument("--escala", type=int, nargs="+", metavar="N", help="modo escala: tamaños del corpus sintético")
     parser.add_argument("--val-fraccion", type=float, default=0.0,
                         help="escala: fracción de validación (p. ej. 0.01; evaluarla en CPU tarda minutos a 100k)")
+    parser.add_argument("--variantes", nargs="+", metavar="NOMBRE", choices=VARIANTS,
+                        help=f"solo estas variantes de afinar ({', '.join(VARIANTS)}; por defecto todas)")
+    parser.add_argument("--sin-bf16", action="store_true",
+                        help="cada proceso como en una CPU solo AVX2 (sin AVX512-BF16/AMX): ATEN_CPU_CAPABILITY=avx2, "
+                             "ONEDNN_MAX_CPU_ISA=AVX2, MKL_ENABLE_INSTRUCTIONS=AVX2; afinar entrena entonces en fp32")
     parser.add_argument("--json", help="escribe los resultados en este archivo JSON")
     # Internal: the parent re-invokes this file once per tool.
     parser.add_argument("--herramienta", choices=sorted(CHILDREN), help=argparse.SUPPRESS)
@@ -714,6 +731,10 @@ def main() -> None:
     if args.herramienta:
         write_json(args.salida, CHILDREN[args.herramienta](args))
         return
+    if args.sin_bf16:  # set before any child starts: torch, oneDNN and MKL read them when they load
+        os.environ.update(AVX2_ONLY)
+        print("Modo --sin-bf16: cada proceso usa solo núcleos AVX2 (" + ", ".join(f"{k}={v}" for k, v in AVX2_ONLY.items())
+              + "): lo que corre una CPU sin bf16.")
     data = scale(args) if args.escala else bench(args)
     if args.json:
         write_json(args.json, data)

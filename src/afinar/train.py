@@ -53,6 +53,7 @@ def train(
     # --- stage 1: data, and the plan's memory check before any weight is read ---------------------------------
     data = stages.load_data(run, progress)
     check = None if resume else stages.check_memory(run, data, force)
+    stages.compact_heap(run, check)
     # --- stage 2: model -----------------------------------------------------------------------------------------
     model, cold = stages.build_model(run, data)
     # --- stage 3: optimizer (the schedule waits for the plan: a time budget decides the number of steps) -------

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from afinar import hardware, ollama_store
+from afinar import hardware, heap, ollama_store
 from afinar.atomic import atomic_dir, atomic_write_text
 from afinar.budget import BudgetPlan, out_of_time, plan_steps
 from afinar.config import Recipe, apply_overrides, dump_recipe, load_recipe
@@ -244,6 +244,20 @@ def load_data(run: Launch, progress: bool) -> Data:
         prepared = prepare_training_data(recipe, tokenizer, progress=progress and run.main, say=run.say)
     return Data(base_path, tokenizer, chat, prepared, load_config(base_path),
                 DataShape.of(prepared, recipe, run.processes), process_rss())
+
+
+def compact_heap(run: Launch, check) -> bool:
+    """train.compact_heap on a CPU (afinar/heap.py), before the weights are read. auto: when the plan's formula says
+    the run fills this machine's memory; with --resume (no formula run) only when asked."""
+    wanted = run.cfg.compact_heap
+    if wanted == "auto":
+        wanted = check is not None and check.memory.verdict != "cabe"
+    if not (wanted and run.hw.device == "cpu"):
+        return False
+    done = heap.return_freed_memory()
+    run.say("Memoria: los tensores liberados vuelven al sistema (train.compact_heap: menos pico, pasos más lentos)"
+            if done else "aviso: train.compact_heap solo actúa en Linux con glibc; aquí no cambia nada")
+    return done
 
 
 def check_memory(run: Launch, data: Data, force: bool):

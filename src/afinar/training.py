@@ -27,6 +27,7 @@ from afinar.data.chat_format import set_turn_end, trainable_token_indices
 from afinar.data.templates import IGNORE, collate, ids_and_labels
 from afinar.dropout import use_cpu_lora_dropout
 from afinar.errors import AfinarError
+from afinar.lean_mlp import use_lean_mlp
 from afinar.runs import ADAPTER_WEIGHTS, CHECKPOINTS, METRICS, RECIPE, RUN_INFO  # noqa: F401 — RUN_INFO re-exported
 
 # Inside a checkpoint, accelerate's own `save_state` folder when the optimizer is sharded (FSDP, DeepSpeed).
@@ -48,7 +49,7 @@ def load_dtype(recipe, hw):
 
 def prepare_for_training(model, recipe, hw, cold=()):
     """The loaded base as it trains: no KV cache, per-example attention for packed rows, gradient checkpointing, the
-    recipe's LoRA adapter (with the rows of `cold` template tokens trained too), CPU dropout and bf16 storage.
+    lean gated MLP, the recipe's LoRA adapter (with the rows of `cold` template tokens trained too), CPU dropout and bf16 storage.
 
     Also run by the planner on an empty (meta-device) model, so its memory trace is this very model."""
     from peft import LoraConfig, get_peft_model
@@ -70,6 +71,8 @@ def prepare_for_training(model, recipe, hw, cold=()):
         )
     elif cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gc_kwargs)
+    # The gated MLP keeps gate and up for the backward, not SiLU(gate) as well (afinar/lean_mlp.py).
+    use_lean_mlp(model)
     if recipe.method == "full":
         return model
     lora = recipe.lora

@@ -59,6 +59,8 @@ def test_cpu_precision_follows_the_instruction_set(monkeypatch, native, expected
 def test_torch_kept_to_avx2_kernels_means_no_native_bf16(monkeypatch):
     import torch
 
+    for name in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):  # a run emulating AVX2 (bench --sin-bf16) sets them
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)  # a CPU that has it …
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
     assert hardware.cpu_supports_bf16()

@@ -263,12 +263,14 @@ def test_the_base_loss_on_held_out_questions_is_measured_once(tiny_run, tmp_path
     first = evaluate_run(tiny_run, split=str(data), n=1, passes=("greedy",), progress=False)["loss"]
     again = evaluate_run(tiny_run, split=str(data), n=1, passes=("greedy",), progress=False)["loss"]
     assert "base_from_cache" not in first and again.pop("base_from_cache").startswith("perdida-base-")
+    assert "tuned_from_cache" not in first and again.pop("tuned_from_cache").startswith("perdida-afinado-")
     assert again == first
 
 
 def test_the_forgetting_guard_measures_a_base_once_and_only_that_base(tiny_run, tmp_path, monkeypatch):
+    """The base's side once per base (every run on it shares it); the tuned side once per trained weights."""
     import afinar.evaluate.run as run_module
-    from afinar.evaluate.run import _base_loss_cache
+    from afinar.evaluate.run import _loss_cache
     from afinar.training import evaluate_loss
 
     monkeypatch.setenv("AFINAR_HOME", str(tmp_path / "home"))
@@ -278,10 +280,11 @@ def test_the_forgetting_guard_measures_a_base_once_and_only_that_base(tiny_run, 
     measured = len(calls)
     calls.clear()
     again = evaluate_run(tiny_run, n=1, passes=("greedy",), progress=False)["forgetting"]
-    assert len(calls) == measured - 1  # the base's side came from the cache …
+    assert measured == 2 and len(calls) == 0  # both sides came from the cache …
     assert again.pop("base_from_cache").startswith("perdida-base-") and "base_from_cache" not in first
-    assert again == first  # … with the same number
-    assert len(list((tmp_path / "home" / "evaluacion").glob("*.json"))) == 1
+    assert again.pop("tuned_from_cache").startswith("perdida-afinado-") and "tuned_from_cache" not in first
+    assert again == first  # … with the same numbers
+    assert len(list((tmp_path / "home" / "evaluacion").glob("*.json"))) == 2
 
     # another base, other rows or another precision: another key
     import contextlib
@@ -292,14 +295,22 @@ def test_the_forgetting_guard_measures_a_base_once_and_only_that_base(tiny_run, 
 
     model, tokenizer = load_ref(open_ref(tiny_run), dtype=torch.float32)
     rows = [{"input_ids": [1, 5, 9, 2], "labels": [-100, 5, 9, 2]}]
+    tuned_key = _loss_cache(model, rows, contextlib.nullcontext, "afinado").path
+    lora = next(p for n, p in model.named_parameters() if "lora_B" in n)
+    with torch.no_grad():
+        lora[0, 0] += 1e-3  # another training: another tuned key, the same base key
+    assert _loss_cache(model, rows, contextlib.nullcontext, "afinado").path != tuned_key
     with model.disable_adapter():
-        key = _base_loss_cache(model, rows, contextlib.nullcontext).path
-        assert _base_loss_cache(model, rows[:0] + [{"input_ids": [1, 5, 8, 2], "labels": [-100, 5, 8, 2]}],
-                                contextlib.nullcontext).path != key
-        assert _base_loss_cache(model, rows, lambda: torch.autocast("cpu", dtype=torch.bfloat16)).path != key
+        key = _loss_cache(model, rows, contextlib.nullcontext).path
+        with torch.no_grad():
+            lora[0, 0] -= 1e-3
+        assert _loss_cache(model, rows, contextlib.nullcontext).path == key
+        assert _loss_cache(model, rows[:0] + [{"input_ids": [1, 5, 8, 2], "labels": [-100, 5, 8, 2]}],
+                           contextlib.nullcontext).path != key
+        assert _loss_cache(model, rows, lambda: torch.autocast("cpu", dtype=torch.bfloat16)).path != key
         with torch.no_grad():
             model.get_input_embeddings().weight[0, 0] += 1.0
-        assert _base_loss_cache(model, rows, contextlib.nullcontext).path != key
+        assert _loss_cache(model, rows, contextlib.nullcontext).path != key
 
 
 def test_held_out_questions_with_personal_data_are_never_answered_nor_saved(tiny_run, tmp_path):

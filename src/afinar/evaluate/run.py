@@ -133,23 +133,31 @@ def _as_base(model, base_model):
     return (base_model, nullcontext()) if base_model is not None else (model, model.disable_adapter())
 
 
-def _loss_pair(model, encoded, pad_id, autocast=nullcontext, base_model=None, remember_base: bool = False) -> dict:
-    """Held-out loss of the base and of the tuned model. `remember_base`: the base's number is kept in afinar's
-    cache and reused by the next evaluation on the same base, rows and precision (the forgetting guard's base side
-    is the same for every run on a base: half the guard's time, about 17 s of the demo on a 2-core CPU)."""
+def _loss_pair(model, encoded, pad_id, autocast=nullcontext, base_model=None, remember: bool = False) -> dict:
+    """Held-out loss of the base and of the tuned model. `remember`: each number is kept in afinar's cache and
+    reused by the next evaluation of the same weights on the same rows and precision: the base's by every run on
+    that base (the forgetting guard's base side: half the guard's time, about 17 s of the demo on a 2-core CPU), the
+    tuned model's when the same run is evaluated again (another engine, more questions, a judge)."""
     base_side, as_base = _as_base(model, base_model)
     with as_base:
-        cached = _base_loss_cache(base_side, encoded, autocast) if remember_base else None
-        base = cached.read() if cached else None
-        from_cache = base is not None
-        if base is None:
-            base = evaluate_loss(base_side, encoded, 4, pad_id, autocast)
-            if cached:
-                cached.write(base)
-    tuned = evaluate_loss(model, encoded, 4, pad_id, autocast)
+        base, base_cache = _remembered(base_side, encoded, pad_id, autocast, "base", remember)
+    tuned, tuned_cache = _remembered(model, encoded, pad_id, autocast, "afinado", remember)
     if base is None or tuned is None:
         return {"base": None, "tuned": None}
-    return {**_loss_numbers(base, tuned), **({"base_from_cache": cached.path.name} if cached and from_cache else {})}
+    return {**_loss_numbers(base, tuned), **({"base_from_cache": base_cache} if base_cache else {}),
+            **({"tuned_from_cache": tuned_cache} if tuned_cache else {})}
+
+
+def _remembered(model, encoded, pad_id, autocast, side: str, remember: bool) -> tuple[float | None, str | None]:
+    """(loss, the cache file's name when it came from there)."""
+    cached = _loss_cache(model, encoded, autocast, side) if remember else None
+    value = cached.read() if cached else None
+    if value is not None:
+        return value, cached.path.name
+    value = evaluate_loss(model, encoded, 4, pad_id, autocast)
+    if cached and value is not None:
+        cached.write(value)
+    return value, None
 
 
 class _CachedNumber:
@@ -167,18 +175,24 @@ class _CachedNumber:
         atomic_write_text(self.path, json.dumps({"loss": value}))
 
 
-def _base_loss_cache(model, rows, autocast) -> _CachedNumber:
-    """Where the base's loss on `rows` is kept: keyed by the weights themselves (a strided sample of every
-    parameter outside the adapter, so any path or hub id of the same base matches and any other base does not), the
-    token ids and labels, and the precision."""
+def _loss_cache(model, rows, autocast, side: str = "base") -> _CachedNumber:
+    """Where a model's loss on `rows` is kept: keyed by the weights themselves, the token ids and labels, and the
+    precision. The base ("base"): a strided sample of every parameter outside the adapter, so any path or hub id of
+    the same base matches and any other base does not. The tuned model ("afinado"): that sample of every parameter
+    plus the adapter's own (LoRA, DoRA's magnitudes, trained token rows) byte for byte: another training, even of one
+    step, is another key."""
     import hashlib
 
     import torch
 
-    digest = hashlib.sha256()
+    adapter = ("lora_", "trainable_tokens", "modules_to_save")
+    digest = hashlib.sha256(side.encode())
     with torch.no_grad():
         for name, param in model.named_parameters():
-            if "lora_" in name:
+            if any(part in name for part in adapter):
+                if side == "base":
+                    continue
+                digest.update(name.encode() + param.detach().float().cpu().numpy().tobytes())
                 continue
             sample = param.detach().flatten()[:: 4099].float()
             digest.update(f"{name}:{tuple(param.shape)}:{param.dtype}:{float(sample.sum())!r}:{float(sample.abs().sum())!r}".encode())
@@ -188,7 +202,7 @@ def _base_loss_cache(model, rows, autocast) -> _CachedNumber:
     with autocast():
         digest.update(f"{torch.get_autocast_dtype('cpu') if torch.is_autocast_enabled('cpu') else 'fp32'}".encode())
     digest.update(torch.__version__.encode())
-    return _CachedNumber(afinar_home() / "evaluacion" / f"perdida-base-{digest.hexdigest()[:32]}.json")
+    return _CachedNumber(afinar_home() / "evaluacion" / f"perdida-{side}-{digest.hexdigest()[:32]}.json")
 
 
 def _run_info(run_dir: Path) -> dict:
@@ -283,6 +297,12 @@ def evaluate_run(
     requested, engine = engine, llamacpp_eval.choose_engine(engine, ref)
     examples, shippable = _examples(recipe, split, keypoints)
     show_text = show_examples or shippable
+    if progress:  # the work, said before it starts; the bars below give the time left
+        asked = min(n, len(examples))
+        longest = max_new_tokens or recipe.generation.max_new_tokens
+        print(f"Evaluación: la pérdida en {len(examples)} preguntas apartadas y en el español general (base y afinado), "
+              f"y {2 * asked * len(passes)} respuestas ({asked} preguntas × {len(passes)} pasada(s) × base y afinado) "
+              f"de hasta {longest} tokens con {engine}.", flush=True)
     # Before anything is generated a person can see that it moves: loading, the two losses, then the answers.
     phases = tqdm(total=3, desc="Preparando la evaluación", unit="fase", disable=not progress, dynamic_ncols=True)
 
@@ -305,11 +325,11 @@ def evaluate_run(
     # a CPU): reused unless another base is asked for. Other questions: the base's side is measured once per base,
     # questions and precision (every run evaluated on the recipe's evaluation set shares it).
     known = _training_losses(Path(ref.path), info) if split == "val" and not base else None
-    loss = known or _loss_pair(model, encoded, pad, autocast, base_model, remember_base=True)
+    loss = known or _loss_pair(model, encoded, pad, autocast, base_model, remember=True)
     phases.update(1)
     general = load_examples(shipped_dataset(GENERAL_SET))
     general_encoded, _, _ = encode_examples(tokenizer, general, GENERAL_SYSTEM, 1024, "drop")
-    forgetting = _loss_pair(model, general_encoded, pad, autocast, base_model, remember_base=True)
+    forgetting = _loss_pair(model, general_encoded, pad, autocast, base_model, remember=True)
     ratio = forgetting["tuned"] / forgetting["base"] if forgetting["base"] else None
     forgetting.update(
         ratio=round(ratio, 4) if ratio else None,
