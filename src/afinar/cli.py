@@ -2,8 +2,8 @@
 
 Each command is one row of COMMANDS: its module, its function and its help line. Its options are defined once, in
 that module, right after the function, by `<function>_arguments(parser)`: each option's dest is a parameter of the
-function and its default is argparse.SUPPRESS, so an option not given is not passed and the function's own default
-applies. Only the chosen command's module is imported (`afinar --help` imports none)."""
+function, and every command's parser has argument_default=SUPPRESS, so an option not given is not passed and the
+function's own default applies. Only the chosen command's module is imported (`afinar --help` imports none)."""
 from __future__ import annotations
 
 import argparse
@@ -71,7 +71,9 @@ def build_parser(*load: str) -> argparse.ArgumentParser:
             metavar, group_help = GROUPS[group]
             groups[group] = sub.add_parser(group, help=group_help).add_subparsers(
                 dest=f"{group}_command", required=True, metavar=metavar)
-        p = (groups[group] if source else sub).add_parser(source or name, help=help_line)
+        # An option not given is not passed: the function's own default applies (no default written twice).
+        p = (groups[group] if source else sub).add_parser(source or name, help=help_line,
+                                                          argument_default=argparse.SUPPRESS)
         if name in load:
             command_function(name)[1](p)
     return parser

@@ -102,8 +102,8 @@ def demo(output: str | Path = DEMO_RUN, epochs: float | None = None, max_steps: 
 
 
 def demo_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--output", default=argparse.SUPPRESS)
-    p.add_argument("--epochs", type=float, default=argparse.SUPPRESS)
-    p.add_argument("--max-steps", type=int, default=argparse.SUPPRESS)
-    p.add_argument("--minutos", "--minutes", dest="minutes", metavar="MINUTOS", type=float, default=argparse.SUPPRESS,
+    p.add_argument("--output")
+    p.add_argument("--epochs", type=float)
+    p.add_argument("--max-steps", type=int)
+    p.add_argument("--minutos", "--minutes", dest="minutes", metavar="MINUTOS", type=float,
                    help="minutos de entrenamiento (por defecto 5; los pasos que quepan en este equipo)")

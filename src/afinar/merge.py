@@ -112,6 +112,6 @@ def merge(run: str | Path, output: str | Path | None = None, dtype: str = "fp32"
 
 def merge_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", help="carpeta de la ejecución (runs/<nombre>)")
-    p.add_argument("--output", default=argparse.SUPPRESS, help="carpeta destino (por defecto RUN/merged)")
-    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default=argparse.SUPPRESS)
-    p.add_argument("--sobrescribir", "--overwrite", dest="overwrite", action="store_true", default=argparse.SUPPRESS)
+    p.add_argument("--output", help="carpeta destino (por defecto RUN/merged)")
+    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--sobrescribir", "--overwrite", dest="overwrite", action="store_true")

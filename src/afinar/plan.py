@@ -79,14 +79,14 @@ def plan(recipe: str | Path | Recipe, device: str | None = None, calibrate: bool
 
 def plan_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("recipe", help="receta .yaml (ver recipes/)")
-    p.add_argument("--dispositivo", "--device", dest="device", metavar="DISPOSITIVO", default=argparse.SUPPRESS,
+    p.add_argument("--dispositivo", "--device", dest="device", metavar="DISPOSITIVO",
                    help="cpu, cuda, o una GPU de la tabla: rtx2060, rtx3050-4gb, rtx3050-8gb, rtx3060, rtx4060, t4, "
                         "l4, a100-40gb, a100-80gb, h100 (por defecto: este equipo)")
-    p.add_argument("--calibrar", dest="calibrate", action="store_true", default=argparse.SUPPRESS,
+    p.add_argument("--calibrar", dest="calibrate", action="store_true",
                    help="mide pasos reales en este equipo (por defecto cuando el dispositivo es este equipo)")
-    p.add_argument("--no-calibrar", dest="calibrate", action="store_false", default=argparse.SUPPRESS,
+    p.add_argument("--no-calibrar", dest="calibrate", action="store_false",
                    help="solo la fórmula (segundos): sin cargar el modelo")
-    p.add_argument("--json", dest="as_json", action="store_true", default=argparse.SUPPRESS,
+    p.add_argument("--json", dest="as_json", action="store_true",
                    help="el plan en JSON (memory.total_gb, time.step_seconds…)")
     p.add_argument("--tokens-per-batch", type=int, dest="overrides", action=Override, key="train.tokens_per_batch")
     p.add_argument("--max-length", type=int, dest="overrides", action=Override, key="data.max_length")
@@ -97,7 +97,7 @@ def plan_arguments(p: argparse.ArgumentParser) -> None:
                    const=True)
     p.add_argument("--sin-gradient-checkpointing", dest="overrides", action=Override,
                    key="train.gradient_checkpointing", const=False)
-    p.add_argument("--bases", action="store_true", default=argparse.SUPPRESS,
+    p.add_argument("--bases", action="store_true",
                    help="además, las bases que podrías usar (incluida, GGUF y Ollama locales, las de las guías "
                         "en el Hub): si caben y cuánto tardaría la receta con cada una, sin descargar nada")
 

@@ -16,7 +16,6 @@ metrics) live in afinar/training.py. Only the loop is written here, inline.
 """
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
@@ -180,12 +179,12 @@ def train_command_arguments(p) -> None:
                         "descargado en Ollama)")
     p.add_argument("--output", dest="overrides", action=Override, key="output_dir",
                    help="carpeta de la ejecución (por defecto runs/<nombre>)")
-    p.add_argument("--resume", action="store_true", default=argparse.SUPPRESS,
+    p.add_argument("--resume", action="store_true",
                    help="continúa desde el último checkpoint completo")
-    p.add_argument("--forzar", "--force", dest="force", action="store_true", default=argparse.SUPPRESS,
+    p.add_argument("--forzar", "--force", dest="force", action="store_true",
                    help="entrena aunque el plan diga que no cabe; con --resume, continúa aunque la receta cambiara "
                         "lote, semilla, datos o LoRA")
-    p.add_argument("--sobrescribir", "--overwrite", dest="overwrite", action="store_true", default=argparse.SUPPRESS,
+    p.add_argument("--sobrescribir", "--overwrite", dest="overwrite", action="store_true",
                    help="borra la carpeta de salida si existe")
-    p.add_argument("--sin-progreso", dest="progress", action="store_false", default=argparse.SUPPRESS,
+    p.add_argument("--sin-progreso", dest="progress", action="store_false",
                    help="sin barra de progreso (registros de CI)")

@@ -49,8 +49,10 @@ def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.Argument
 
 
 def _options(name: str) -> list[argparse.Action]:
-    parser = argparse.ArgumentParser()
-    command_function(name)[1](parser)
+    """The actions of command `name`'s own parser, as `afinar NAME` builds it."""
+    parser = build_parser(name)
+    for word in name.split():
+        parser = _subcommands(parser)[word]
     return [a for a in parser._actions if a.dest != "help"]
 
 

@@ -431,18 +431,18 @@ def inspect_arguments(p: argparse.ArgumentParser) -> None:
     from afinar.data.tables import parse_columnas
 
     p.add_argument("path", help="receta .yaml, datos .jsonl o una tabla (.csv, .tsv, .xlsx, .ods, .parquet, .json)")
-    p.add_argument("--columnas", type=parse_columnas, metavar="CAMPO=COLUMNA,…", default=argparse.SUPPRESS,
+    p.add_argument("--columnas", type=parse_columnas, metavar="CAMPO=COLUMNA,…",
                    help="con una tabla: qué columna es cada campo, p. ej. "
                    '"pregunta=Consulta del paciente,respuesta=Respuesta" (por defecto se reconocen por su nombre)')
-    p.add_argument("--hoja", metavar="NOMBRE", default=argparse.SUPPRESS,
+    p.add_argument("--hoja", metavar="NOMBRE",
                    help="con un .xlsx/.ods: la hoja, por nombre o número (por defecto la primera)")
-    p.add_argument("--base", default=argparse.SUPPRESS,
+    p.add_argument("--base",
                    help="modelo cuyo tokenizador mide las longitudes (por defecto el de la receta o smollm2-135m)")
-    p.add_argument("--max-length", type=int, default=argparse.SUPPRESS,
+    p.add_argument("--max-length", type=int,
                    help="longitud máxima en tokens (por defecto la de la receta o 512)")
-    p.add_argument("--salida", dest="output", metavar="SALIDA", default=argparse.SUPPRESS,
+    p.add_argument("--salida", dest="output", metavar="SALIDA",
                    help="carpeta del informe (por defecto runs/<receta>/informe_datos)")
-    p.add_argument("--mostrar-ejemplos", dest="show_examples", action="store_true", default=argparse.SUPPRESS,
+    p.add_argument("--mostrar-ejemplos", dest="show_examples", action="store_true",
                    help="muestra el texto de 3 ejemplos con los tokens entrenados marcados")
-    p.add_argument("--sin-progreso", dest="progress", action="store_false", default=argparse.SUPPRESS,
+    p.add_argument("--sin-progreso", dest="progress", action="store_false",
                    help="sin barra de progreso")

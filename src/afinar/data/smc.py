@@ -237,13 +237,13 @@ def import_smc_command(output: str, **options) -> int:
 
 def import_smc_command_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--salida", dest="output", metavar="SALIDA", required=True, help="archivo .jsonl a escribir")
-    p.add_argument("--entrada", dest="inputs", metavar="ENTRADA", nargs="+", default=argparse.SUPPRESS,
+    p.add_argument("--entrada", dest="inputs", metavar="ENTRADA", nargs="+",
                    help="archivos .parquet o .jsonl locales con el esquema de SMC (sin esto, lee del Hub)")
-    p.add_argument("--especialidad", dest="specialities", metavar="ESPECIALIDAD", nargs="+", default=argparse.SUPPRESS,
+    p.add_argument("--especialidad", dest="specialities", metavar="ESPECIALIDAD", nargs="+",
                    help="solo estas especialidades (columna speciallity)")
-    p.add_argument("--tipo", dest="types", nargs="+", choices=["question", "clinic_case"], default=argparse.SUPPRESS,
+    p.add_argument("--tipo", dest="types", nargs="+", choices=["question", "clinic_case"],
                    help="solo estos tipos (por defecto ambos)")
-    p.add_argument("--max-ejemplos", dest="max_examples", metavar="MAX_EJEMPLOS", type=int, default=argparse.SUPPRESS,
+    p.add_argument("--max-ejemplos", dest="max_examples", metavar="MAX_EJEMPLOS", type=int,
                    help="para de leer al llegar a N ejemplos")
-    p.add_argument("--sobrescribir", "--overwrite", dest="overwrite", action="store_true", default=argparse.SUPPRESS)
-    p.add_argument("--sin-progreso", dest="progress", action="store_false", default=argparse.SUPPRESS)
+    p.add_argument("--sobrescribir", "--overwrite", dest="overwrite", action="store_true")
+    p.add_argument("--sin-progreso", dest="progress", action="store_false")

@@ -859,15 +859,14 @@ def convert_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("source", metavar="ENTRADA", help="datos .jsonl, .json o una tabla")
     p.add_argument("output", metavar="SALIDA", help=".jsonl (lo que ve el entrenamiento) o .csv, .tsv, .xlsx, .ods, "
                    ".parquet (columnas pregunta, respuesta, y contexto, sistema, claves, peligros si hay)")
-    p.add_argument("--columnas", type=parse_columnas, metavar="CAMPO=COLUMNA,…", default=argparse.SUPPRESS,
+    p.add_argument("--columnas", type=parse_columnas, metavar="CAMPO=COLUMNA,…",
                    help="con una tabla de entrada: qué columna es cada campo")
-    p.add_argument("--hoja", metavar="NOMBRE", default=argparse.SUPPRESS,
+    p.add_argument("--hoja", metavar="NOMBRE",
                    help="con un .xlsx/.ods de entrada: la hoja, por nombre o número")
-    p.add_argument("--separador", dest="sep", choices=[";", ",", "tab", "|"], default=argparse.SUPPRESS,
+    p.add_argument("--separador", dest="sep", choices=[";", ",", "tab", "|"],
                    help="separador del .csv de salida (por defecto ';', el de Excel en español)")
     p.add_argument("--codificacion", dest="encoding", choices=["utf-8-sig", "utf-8", "cp1252"],
-                   default=argparse.SUPPRESS,
                    help="codificación del .csv/.tsv de salida (por defecto utf-8-sig, que Excel reconoce; cp1252 para "
                         "programas antiguos)")
-    p.add_argument("--sobrescribir", "--overwrite", dest="overwrite", action="store_true", default=argparse.SUPPRESS,
+    p.add_argument("--sobrescribir", "--overwrite", dest="overwrite", action="store_true",
                    help="reemplaza SALIDA si ya existe")

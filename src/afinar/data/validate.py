@@ -230,12 +230,12 @@ def validate_arguments(p: argparse.ArgumentParser) -> None:
     from afinar.data.tables import parse_columnas
 
     p.add_argument("path", help="receta .yaml, datos .jsonl o una tabla (.csv, .tsv, .xlsx, .ods, .parquet, .json)")
-    p.add_argument("--base", default=argparse.SUPPRESS,
+    p.add_argument("--base",
                    help="modelo cuyo tokenizador mide las longitudes (con un archivo de datos)")
-    p.add_argument("--max-length", type=int, default=argparse.SUPPRESS,
+    p.add_argument("--max-length", type=int,
                    help="longitud máxima en tokens (con un archivo de datos)")
-    p.add_argument("--columnas", type=parse_columnas, metavar="CAMPO=COLUMNA,…", default=argparse.SUPPRESS,
+    p.add_argument("--columnas", type=parse_columnas, metavar="CAMPO=COLUMNA,…",
                    help="con una tabla: qué columna es cada campo, p. ej. "
                    '"pregunta=Consulta del paciente,respuesta=Respuesta" (por defecto se reconocen por su nombre)')
-    p.add_argument("--hoja", metavar="NOMBRE", default=argparse.SUPPRESS,
+    p.add_argument("--hoja", metavar="NOMBRE",
                    help="con un .xlsx/.ods: la hoja, por nombre o número (por defecto la primera)")

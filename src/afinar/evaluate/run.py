@@ -485,39 +485,38 @@ def eval_command(run: str, gates: list[str] | None = None, judge_url: str | None
 
 def eval_command_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", help="carpeta de la ejecución (runs/<nombre>)")
-    p.add_argument("--split", default=argparse.SUPPRESS,
+    p.add_argument("--split",
                    help="'val' (la validación de la receta), un archivo .jsonl o un dataset incluido "
                    "(afinar:primeros_auxilios_evaluacion); por defecto evaluation.set de la receta, o 'val'")
-    p.add_argument("--claves", dest="keypoints", metavar="ARCHIVO", default=argparse.SUPPRESS,
+    p.add_argument("--claves", dest="keypoints", metavar="ARCHIVO",
                    help="claves y peligros aparte: {\"linea\": N, \"claves\": [[…]], \"peligros\": […]} "
                    "por línea (por defecto DATOS.claves.jsonl si existe)")
-    p.add_argument("--juez", dest="judge_url", metavar="URL", default=argparse.SUPPRESS,
+    p.add_argument("--juez", dest="judge_url", metavar="URL",
                    help="servidor compatible con OpenAI (Ollama, llama.cpp, afinar serve) que "
                    "también valora cada respuesta, p. ej. http://127.0.0.1:11434/v1")
-    p.add_argument("--juez-modelo", dest="judge_model", metavar="NOMBRE", default=argparse.SUPPRESS,
+    p.add_argument("--juez-modelo", dest="judge_model", metavar="NOMBRE",
                    help="modelo del juez (p. ej. qwen2.5:7b en Ollama)")
-    p.add_argument("--permitir-remoto", dest="allow_remote", action="store_true", default=argparse.SUPPRESS,
+    p.add_argument("--permitir-remoto", dest="allow_remote", action="store_true",
                    help="deja usar un juez que no está en este equipo: preguntas y respuestas SALEN del equipo")
-    p.add_argument("--n", type=int, default=argparse.SUPPRESS,
+    p.add_argument("--n", type=int,
                    help="preguntas a generar con cada modelo (por defecto 5)")
-    p.add_argument("--base", default=argparse.SUPPRESS,
+    p.add_argument("--base",
                    help="modelo base sobre el que cargar el adaptador (por defecto el del entrenamiento)")
-    p.add_argument("--todos-los-checkpoints", dest="all_checkpoints", action="store_true", default=argparse.SUPPRESS,
+    p.add_argument("--todos-los-checkpoints", dest="all_checkpoints", action="store_true",
                    help="evalúa cada checkpoint guardado y nombra el mejor")
-    p.add_argument("--umbral-olvido", dest="forgetting_threshold", metavar="UMBRAL_OLVIDO", type=float,
-                   default=argparse.SUPPRESS, help="subida máxima de la pérdida en español general (0.10 = 10 %%)")
-    p.add_argument("--exigir", dest="gates", action="append", metavar="CONDICIÓN", default=argparse.SUPPRESS,
+    p.add_argument("--umbral-olvido", dest="forgetting_threshold", metavar="UMBRAL_OLVIDO", type=float, help="subida máxima de la pérdida en español general (0.10 = 10 %%)")
+    p.add_argument("--exigir", dest="gates", action="append", metavar="CONDICIÓN",
                    help='p. ej. "checks.epicrisis>=0.8"; sale con 1 si no se cumple')
-    p.add_argument("--solo-greedy", dest="passes", action="store_const", const=("greedy",), default=argparse.SUPPRESS,
+    p.add_argument("--solo-greedy", dest="passes", action="store_const", const=("greedy",),
                    help="sin la pasada con el muestreo de la receta (la mitad de tiempo)")
-    p.add_argument("--motor", dest="engine", choices=["auto", "transformers", "llama.cpp"], default=argparse.SUPPRESS,
+    p.add_argument("--motor", dest="engine", choices=["auto", "transformers", "llama.cpp"],
                    help="quién escribe las respuestas: llama.cpp (GGUF f16 de base y afinado: las mismas respuestas "
                         "voraces, ~3× más rápido) si está instalado, si no transformers")
-    p.add_argument("--max-new-tokens", type=int, default=argparse.SUPPRESS,
+    p.add_argument("--max-new-tokens", type=int,
                    help="tope de tokens por respuesta (por defecto el de la receta)")
-    p.add_argument("--mostrar-ejemplos", dest="show_examples", action="store_true", default=argparse.SUPPRESS,
+    p.add_argument("--mostrar-ejemplos", dest="show_examples", action="store_true",
                    help="muestra preguntas y referencias de tus datos en el informe")
-    p.add_argument("--sin-progreso", dest="progress", action="store_false", default=argparse.SUPPRESS)
+    p.add_argument("--sin-progreso", dest="progress", action="store_false")
 
 
 def _correctness(samples: list[dict], pass_name: str) -> dict | None:

@@ -215,8 +215,8 @@ def push(source: str | Path, repo: str, private: bool = False, dry_run: bool = F
 def push_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("source", help="runs/<nombre> o su carpeta export/")
     p.add_argument("--repo", required=True, help="usuario/nombre en el Hub")
-    p.add_argument("--privado", dest="private", action="store_true", default=argparse.SUPPRESS,
+    p.add_argument("--privado", dest="private", action="store_true",
                    help="crea el repositorio como privado")
-    p.add_argument("--dry-run", action="store_true", default=argparse.SUPPRESS,
+    p.add_argument("--dry-run", action="store_true",
                    help="solo lista lo que se subiría (no necesita red ni token)")
-    p.add_argument("--sin-progreso", dest="progress", action="store_false", default=argparse.SUPPRESS)
+    p.add_argument("--sin-progreso", dest="progress", action="store_false")

@@ -116,22 +116,22 @@ def export_command(run: str | None = None, formats: list[str] | None = None, ver
 
 
 def export_command_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run", nargs="?", default=argparse.SUPPRESS, help="carpeta de la ejecución (runs/<nombre>)")
-    p.add_argument("--formato", dest="formats", nargs="+", default=argparse.SUPPRESS,
+    p.add_argument("run", nargs="?", help="carpeta de la ejecución (runs/<nombre>)")
+    p.add_argument("--formato", dest="formats", nargs="+",
                    choices=["safetensors", "gguf", "ollama", "onnx", "zip", "todo"],
                    help="uno o varios formatos; todo = todos")
-    p.add_argument("--output", default=argparse.SUPPRESS, help="carpeta destino (por defecto RUN/export)")
-    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default=argparse.SUPPRESS,
+    p.add_argument("--output", help="carpeta destino (por defecto RUN/export)")
+    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"],
                    help="precisión del safetensors exportado")
-    p.add_argument("--cuantizacion", dest="quants", nargs="+", choices=QUANTS, default=argparse.SUPPRESS,
+    p.add_argument("--cuantizacion", dest="quants", nargs="+", choices=QUANTS,
                    help="GGUF además del f16 (por defecto q8_0; q4_k_m para modelos de 1B o más)")
-    p.add_argument("--verificar", dest="verify", metavar="ZIP", default=argparse.SUPPRESS,
+    p.add_argument("--verificar", dest="verify", metavar="ZIP",
                    help="comprueba un zip exportado contra su manifiesto SHA-256")
-    p.add_argument("--ollama-crear", dest="ollama_name", metavar="NOMBRE", default=argparse.SUPPRESS,
+    p.add_argument("--ollama-crear", dest="ollama_name", metavar="NOMBRE",
                    help="además crea el modelo en Ollama (ollama create NOMBRE -f Modelfile; "
                         "incluye --formato ollama)")
-    p.add_argument("--sobrescribir", "--overwrite", dest="overwrite", action="store_true", default=argparse.SUPPRESS)
-    p.add_argument("--sin-progreso", dest="progress", action="store_false", default=argparse.SUPPRESS)
+    p.add_argument("--sobrescribir", "--overwrite", dest="overwrite", action="store_true")
+    p.add_argument("--sin-progreso", dest="progress", action="store_false")
 
 
 class _Job:

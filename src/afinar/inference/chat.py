@@ -144,16 +144,15 @@ def chat(
 def chat_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model_dir", metavar="model",
                    help="ejecución, modelo fusionado, o exportación (GGUF, carpeta ONNX, RUN/export)")
-    p.add_argument("--prompt", default=argparse.SUPPRESS, help="una sola pregunta, sin modo interactivo")
-    p.add_argument("--system", dest="system_prompt", metavar="SYSTEM", default=argparse.SUPPRESS,
+    p.add_argument("--prompt", help="una sola pregunta, sin modo interactivo")
+    p.add_argument("--system", dest="system_prompt", metavar="SYSTEM",
                    help="mensaje de sistema (por defecto, el de la receta)")
-    p.add_argument("--temperature", type=float, default=argparse.SUPPRESS,
+    p.add_argument("--temperature", type=float,
                    help="0 = greedy (por defecto el de la receta, 0.6)")
-    p.add_argument("--top-p", type=float, default=argparse.SUPPRESS)
-    p.add_argument("--top-k", type=int, default=argparse.SUPPRESS)
-    p.add_argument("--repetition-penalty", type=float, default=argparse.SUPPRESS)
-    p.add_argument("--max-new-tokens", type=int, default=argparse.SUPPRESS)
-    p.add_argument("--seed", type=int, default=argparse.SUPPRESS)
+    p.add_argument("--top-p", type=float)
+    p.add_argument("--top-k", type=int)
+    p.add_argument("--repetition-penalty", type=float)
+    p.add_argument("--max-new-tokens", type=int)
+    p.add_argument("--seed", type=int)
     p.add_argument("--motor", dest="engine", choices=["auto", "transformers", "llama.cpp", "onnxruntime"],
-                   default=argparse.SUPPRESS,
                    help="auto: transformers para ejecuciones, llama.cpp para GGUF, onnxruntime para ONNX")

@@ -300,13 +300,12 @@ def serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("sources", nargs="+", metavar="RUN|EXPORT",
                    help="ejecuciones sobre la misma base (cada una, una personalidad), "
                         "o un modelo fusionado o exportado")
-    p.add_argument("--host", default=argparse.SUPPRESS, help="otra dirección que 127.0.0.1 exige --api-key")
-    p.add_argument("--port", type=int, default=argparse.SUPPRESS)
-    p.add_argument("--motor", dest="engine", choices=["auto", "transformers", "llama.cpp", "onnxruntime"],
-                   default=argparse.SUPPRESS)
-    p.add_argument("--api-key", default=argparse.SUPPRESS,
+    p.add_argument("--host", help="otra dirección que 127.0.0.1 exige --api-key")
+    p.add_argument("--port", type=int)
+    p.add_argument("--motor", dest="engine", choices=["auto", "transformers", "llama.cpp", "onnxruntime"])
+    p.add_argument("--api-key",
                    help="clave Bearer exigida en /v1 (o la variable AFINAR_API_KEY)")
-    p.add_argument("--cors", nargs="+", metavar="ORIGEN", default=argparse.SUPPRESS,
+    p.add_argument("--cors", nargs="+", metavar="ORIGEN",
                    help="orígenes web permitidos (sin comodín)")
     p.add_argument("--max-body-kb", type=int, dest="limits", action=_Limit, field="max_body_bytes", scale=1024,
                    help="tamaño máximo de una petición (413 si se pasa)")
@@ -316,9 +315,9 @@ def serve_arguments(p: argparse.ArgumentParser) -> None:
                    help="max_tokens máximo por petición (400)")
     p.add_argument("--timeout", type=float, dest="limits", action=_Limit, field="timeout_s",
                    help="segundos máximos generando por petición")
-    p.add_argument("--log-contenido", dest="log_content", action="store_true", default=argparse.SUPPRESS,
+    p.add_argument("--log-contenido", dest="log_content", action="store_true",
                    help="escribe los mensajes en el registro (por defecto no)")
-    p.add_argument("--con-base", dest="with_base", action="store_true", default=argparse.SUPPRESS,
+    p.add_argument("--con-base", dest="with_base", action="store_true",
                    help="sirve también el modelo base como personalidad 'base', para comparar lado a lado "
                         "(no con exportaciones GGUF/ONNX)")
 

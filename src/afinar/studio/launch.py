@@ -153,16 +153,15 @@ def estudio(port: int = 7860, open_browser: bool = True, host: str = "127.0.0.1"
 
 
 def estudio_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--puerto", dest="port", metavar="PUERTO", type=int, default=argparse.SUPPRESS)
-    p.add_argument("--no-abrir", dest="open_browser", action="store_false", default=argparse.SUPPRESS,
+    p.add_argument("--puerto", dest="port", metavar="PUERTO", type=int)
+    p.add_argument("--no-abrir", dest="open_browser", action="store_false",
                    help="no abre el navegador (imprime la dirección)")
-    p.add_argument("--host", default=argparse.SUPPRESS,
+    p.add_argument("--host",
                    help="otra dirección que 127.0.0.1 expone el estudio a tu red (con token)")
-    p.add_argument("--carpeta", dest="folder", metavar="CARPETA", default=argparse.SUPPRESS,
+    p.add_argument("--carpeta", dest="folder", metavar="CARPETA",
                    help="dónde guarda datos, recetas y ejecuciones")
-    p.add_argument("--max-subida-mb", dest="max_upload_mb", metavar="MAX_SUBIDA_MB", type=int,
-                   default=argparse.SUPPRESS, help="tamaño máximo de un archivo subido")
-    p.add_argument("--token-nuevo", dest="new_token", action="store_true", default=argparse.SUPPRESS,
+    p.add_argument("--max-subida-mb", dest="max_upload_mb", metavar="MAX_SUBIDA_MB", type=int, help="tamaño máximo de un archivo subido")
+    p.add_argument("--token-nuevo", dest="new_token", action="store_true",
                    help="otro token para esta carpeta: los enlaces y accesos recordados dejan de valer")
-    p.add_argument("--acceso-directo", dest="desktop_shortcut", action="store_true", default=argparse.SUPPRESS,
+    p.add_argument("--acceso-directo", dest="desktop_shortcut", action="store_true",
                    help="escribe un acceso directo en el escritorio que abre el estudio de esta carpeta sin terminal")
