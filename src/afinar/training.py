@@ -49,7 +49,8 @@ def load_dtype(recipe, hw):
 
 def prepare_for_training(model, recipe, hw, cold=()):
     """The loaded base as it trains: no KV cache, per-example attention for packed rows, gradient checkpointing, the
-    lean gated MLP, the recipe's LoRA adapter (with the rows of `cold` template tokens trained too), CPU dropout and bf16 storage.
+    lean gated MLP, the recipe's LoRA adapter (with the rows of `cold` template tokens trained too), CPU dropout
+    and bf16 storage.
 
     Also run by the planner on an empty (meta-device) model, so its memory trace is this very model."""
     from peft import LoraConfig, get_peft_model

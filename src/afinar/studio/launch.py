@@ -160,7 +160,8 @@ def estudio_arguments(p: argparse.ArgumentParser) -> None:
                    help="otra dirección que 127.0.0.1 expone el estudio a tu red (con token)")
     p.add_argument("--carpeta", dest="folder", metavar="CARPETA",
                    help="dónde guarda datos, recetas y ejecuciones")
-    p.add_argument("--max-subida-mb", dest="max_upload_mb", metavar="MAX_SUBIDA_MB", type=int, help="tamaño máximo de un archivo subido")
+    p.add_argument("--max-subida-mb", dest="max_upload_mb", metavar="MAX_SUBIDA_MB", type=int,
+                   help="tamaño máximo de un archivo subido")
     p.add_argument("--token-nuevo", dest="new_token", action="store_true",
                    help="otro token para esta carpeta: los enlaces y accesos recordados dejan de valer")
     p.add_argument("--acceso-directo", dest="desktop_shortcut", action="store_true",
