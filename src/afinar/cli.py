@@ -48,6 +48,14 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 GROUPS = {"import": ("FUENTE", "convierte un corpus externo en ejemplos de chat JSONL")}
 
 
+class OptionNameFormatter(argparse.HelpFormatter):
+    """An option's value is named after the option (`--por-pasaje POR_PASAJE`), as argparse does when the dest is the
+    option's own name: here the dest is the function's parameter (per_passage)."""
+
+    def _get_default_metavar_for_optional(self, action: argparse.Action) -> str:
+        return action.option_strings[0].lstrip("-").replace("-", "_").upper()
+
+
 def command_function(name: str) -> tuple[Callable, Callable[[argparse.ArgumentParser], None]]:
     """The function of command `name` and the one that adds its options (`<function>_arguments`), imported now."""
     module_name, function, _ = COMMANDS[name]
@@ -73,7 +81,8 @@ def build_parser(*load: str) -> argparse.ArgumentParser:
                 dest=f"{group}_command", required=True, metavar=metavar)
         # An option not given is not passed: the function's own default applies (no default written twice).
         p = (groups[group] if source else sub).add_parser(source or name, help=help_line,
-                                                          argument_default=argparse.SUPPRESS)
+                                                          argument_default=argparse.SUPPRESS,
+                                                          formatter_class=OptionNameFormatter)
         if name in load:
             command_function(name)[1](p)
     return parser

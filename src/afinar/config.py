@@ -313,12 +313,10 @@ class Override(argparse.Action):
     {"train.max_steps": 3} to the `overrides` dict apply_overrides reads (dest="overrides"). With `const`, a switch
     that sets that value (`--sin-gradient-checkpointing`: const=False). Absent options add nothing."""
 
-    def __init__(self, option_strings, dest, key: str, const=None, metavar=None, default=argparse.SUPPRESS, **kwargs):
+    def __init__(self, option_strings, dest, key: str, const=None, default=argparse.SUPPRESS, **kwargs):
         if const is not None:
             kwargs["nargs"] = 0
-        elif metavar is None and kwargs.get("choices") is None:  # as argparse names its own: --max-steps MAX_STEPS
-            metavar = option_strings[0].lstrip("-").replace("-", "_").upper()
-        super().__init__(option_strings, dest, const=const, metavar=metavar, default=default, **kwargs)
+        super().__init__(option_strings, dest, const=const, default=default, **kwargs)
         self.key = key
 
     def __call__(self, parser, namespace, values, option_string=None):

@@ -105,5 +105,5 @@ def demo_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output")
     p.add_argument("--epochs", type=float)
     p.add_argument("--max-steps", type=int)
-    p.add_argument("--minutos", "--minutes", dest="minutes", metavar="MINUTOS", type=float,
+    p.add_argument("--minutos", "--minutes", dest="minutes", type=float,
                    help="minutos de entrenamiento (por defecto 5; los pasos que quepan en este equipo)")

@@ -79,7 +79,7 @@ def plan(recipe: str | Path | Recipe, device: str | None = None, calibrate: bool
 
 def plan_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("recipe", help="receta .yaml (ver recipes/)")
-    p.add_argument("--dispositivo", "--device", dest="device", metavar="DISPOSITIVO",
+    p.add_argument("--dispositivo", "--device", dest="device",
                    help="cpu, cuda, o una GPU de la tabla: rtx2060, rtx3050-4gb, rtx3050-8gb, rtx3060, rtx4060, t4, "
                         "l4, a100-40gb, a100-80gb, h100 (por defecto: este equipo)")
     p.add_argument("--calibrar", dest="calibrate", action="store_true",

@@ -440,7 +440,7 @@ def inspect_arguments(p: argparse.ArgumentParser) -> None:
                    help="modelo cuyo tokenizador mide las longitudes (por defecto el de la receta o smollm2-135m)")
     p.add_argument("--max-length", type=int,
                    help="longitud máxima en tokens (por defecto la de la receta o 512)")
-    p.add_argument("--salida", dest="output", metavar="SALIDA",
+    p.add_argument("--salida", dest="output",
                    help="carpeta del informe (por defecto runs/<receta>/informe_datos)")
     p.add_argument("--mostrar-ejemplos", dest="show_examples", action="store_true",
                    help="muestra el texto de 3 ejemplos con los tokens entrenados marcados")

@@ -236,14 +236,14 @@ def import_smc_command(output: str, **options) -> int:
 
 
 def import_smc_command_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--salida", dest="output", metavar="SALIDA", required=True, help="archivo .jsonl a escribir")
-    p.add_argument("--entrada", dest="inputs", metavar="ENTRADA", nargs="+",
+    p.add_argument("--salida", dest="output", required=True, help="archivo .jsonl a escribir")
+    p.add_argument("--entrada", dest="inputs", nargs="+",
                    help="archivos .parquet o .jsonl locales con el esquema de SMC (sin esto, lee del Hub)")
-    p.add_argument("--especialidad", dest="specialities", metavar="ESPECIALIDAD", nargs="+",
+    p.add_argument("--especialidad", dest="specialities", nargs="+",
                    help="solo estas especialidades (columna speciallity)")
     p.add_argument("--tipo", dest="types", nargs="+", choices=["question", "clinic_case"],
                    help="solo estos tipos (por defecto ambos)")
-    p.add_argument("--max-ejemplos", dest="max_examples", metavar="MAX_EJEMPLOS", type=int,
+    p.add_argument("--max-ejemplos", dest="max_examples", type=int,
                    help="para de leer al llegar a N ejemplos")
     p.add_argument("--sobrescribir", "--overwrite", dest="overwrite", action="store_true")
     p.add_argument("--sin-progreso", dest="progress", action="store_false")

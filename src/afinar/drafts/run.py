@@ -335,23 +335,23 @@ def drafts_command_arguments(p: argparse.ArgumentParser) -> None:
                    "(Ollama: http://127.0.0.1:11434/v1, llama.cpp, afinar serve)")
     p.add_argument("--modelo", dest="model", metavar="NOMBRE",
                    help="modelo del profesor (p. ej. qwen2.5:7b en Ollama)")
-    p.add_argument("--salida", dest="output", metavar="SALIDA",
+    p.add_argument("--salida", dest="output",
                    help="archivo de borradores (por defecto borradores.jsonl); con --exportar-revisados, "
                    "el JSONL de entrenamiento")
-    p.add_argument("--por-pasaje", dest="per_passage", metavar="POR_PASAJE", type=int,
+    p.add_argument("--por-pasaje", dest="per_passage", type=int,
                    help="preguntas por pasaje (por defecto 3)")
     p.add_argument("--permitir-remoto", dest="allow_remote", action="store_true",
                    help="deja usar un profesor que no está en este equipo: los pasajes SALEN del equipo (los que "
                    "tienen posibles datos personales no se envían)")
-    p.add_argument("--tiempo-limite", dest="timeout", metavar="TIEMPO_LIMITE", type=float,
+    p.add_argument("--tiempo-limite", dest="timeout", type=float,
                    help="segundos máximos por llamada (por defecto 120)")
-    p.add_argument("--reintentos", dest="retries", metavar="REINTENTOS", type=int,
+    p.add_argument("--reintentos", dest="retries", type=int,
                    help="reintentos de una llamada fallida (por defecto 3)")
-    p.add_argument("--precio-entrada", dest="price_in", metavar="PRECIO_ENTRADA", type=float,
+    p.add_argument("--precio-entrada", dest="price_in", type=float,
                    help="precio por millón de tokens de entrada (coste)")
-    p.add_argument("--precio-salida", dest="price_out", metavar="PRECIO_SALIDA", type=float,
+    p.add_argument("--precio-salida", dest="price_out", type=float,
                    help="precio por millón de tokens de salida (coste)")
-    p.add_argument("--max-pasajes", dest="max_passages", metavar="MAX_PASAJES", type=int,
+    p.add_argument("--max-pasajes", dest="max_passages", type=int,
                    help="solo los N primeros pasajes (para probar)")
     p.add_argument("--exportar-revisados", dest="reviewed", metavar="BORRADORES",
                    help="escribe en --salida los borradores aceptados o corregidos como ejemplos pregunta/respuesta "

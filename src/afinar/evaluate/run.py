@@ -504,7 +504,7 @@ def eval_command_arguments(p: argparse.ArgumentParser) -> None:
                    help="modelo base sobre el que cargar el adaptador (por defecto el del entrenamiento)")
     p.add_argument("--todos-los-checkpoints", dest="all_checkpoints", action="store_true",
                    help="evalúa cada checkpoint guardado y nombra el mejor")
-    p.add_argument("--umbral-olvido", dest="forgetting_threshold", metavar="UMBRAL_OLVIDO", type=float,
+    p.add_argument("--umbral-olvido", dest="forgetting_threshold", type=float,
                    help="subida máxima de la pérdida en español general (0.10 = 10 %%)")
     p.add_argument("--exigir", dest="gates", action="append", metavar="CONDICIÓN",
                    help='p. ej. "checks.epicrisis>=0.8"; sale con 1 si no se cumple')

@@ -145,7 +145,7 @@ def chat_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model_dir", metavar="model",
                    help="ejecución, modelo fusionado, o exportación (GGUF, carpeta ONNX, RUN/export)")
     p.add_argument("--prompt", help="una sola pregunta, sin modo interactivo")
-    p.add_argument("--system", dest="system_prompt", metavar="SYSTEM",
+    p.add_argument("--system", dest="system_prompt",
                    help="mensaje de sistema (por defecto, el de la receta)")
     p.add_argument("--temperature", type=float,
                    help="0 = greedy (por defecto el de la receta, 0.6)")

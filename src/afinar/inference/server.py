@@ -326,10 +326,8 @@ class _Limit(argparse.Action):
     """An option that sets one field of the `limits` passed to serve, from Limits' defaults: `--max-tokens 512` →
     Limits(max_tokens=512); `scale` converts units (--max-body-kb 256 → max_body_bytes=262144)."""
 
-    def __init__(self, option_strings, dest, field: str, scale: int = 1, metavar=None, default=argparse.SUPPRESS,
-                 **kwargs):
-        metavar = metavar or option_strings[0].lstrip("-").replace("-", "_").upper()  # --max-tokens MAX_TOKENS
-        super().__init__(option_strings, dest, metavar=metavar, default=default, **kwargs)
+    def __init__(self, option_strings, dest, field: str, scale: int = 1, default=argparse.SUPPRESS, **kwargs):
+        super().__init__(option_strings, dest, default=default, **kwargs)
         self.field, self.scale = field, scale
 
     def __call__(self, parser, namespace, values, option_string=None):

@@ -153,14 +153,14 @@ def estudio(port: int = 7860, open_browser: bool = True, host: str = "127.0.0.1"
 
 
 def estudio_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--puerto", dest="port", metavar="PUERTO", type=int)
+    p.add_argument("--puerto", dest="port", type=int)
     p.add_argument("--no-abrir", dest="open_browser", action="store_false",
                    help="no abre el navegador (imprime la dirección)")
     p.add_argument("--host",
                    help="otra dirección que 127.0.0.1 expone el estudio a tu red (con token)")
-    p.add_argument("--carpeta", dest="folder", metavar="CARPETA",
+    p.add_argument("--carpeta", dest="folder",
                    help="dónde guarda datos, recetas y ejecuciones")
-    p.add_argument("--max-subida-mb", dest="max_upload_mb", metavar="MAX_SUBIDA_MB", type=int,
+    p.add_argument("--max-subida-mb", dest="max_upload_mb", type=int,
                    help="tamaño máximo de un archivo subido")
     p.add_argument("--token-nuevo", dest="new_token", action="store_true",
                    help="otro token para esta carpeta: los enlaces y accesos recordados dejan de valer")
