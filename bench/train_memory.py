@@ -33,7 +33,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPE = ROOT / "recipes" / "enfermeria.yaml"
-AVX2_ONLY = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
 CONFIGS = {
     "antes": {"AFINAR_BENCH_LEAN": "0", "AFINAR_BENCH_COMPACT": "false"},
     "lean": {"AFINAR_BENCH_COMPACT": "false"},
@@ -158,13 +157,14 @@ def main() -> None:
     parser.add_argument("--sin-bf16", action="store_true", help="solo núcleos AVX2 en todo (fp32)")
     parser.add_argument("--json", help="escribe los resultados en este archivo JSON")
     args = parser.parse_args()
+    from afinar.hardware import AVX2_ONLY_ENV, cpu_supports_bf16, int8_cpu_features
+
     if args.sin_bf16:
-        os.environ.update(AVX2_ONLY)  # before torch loads, here and in every child
+        os.environ.update(AVX2_ONLY_ENV)  # before torch loads, here and in every child
     import tempfile
 
-    from afinar.hardware import cpu_supports_bf16
-
-    print(f"CPU: {cpu_model()}; bf16 nativo para torch: {'sí' if cpu_supports_bf16() else 'no'}"
+    print(f"CPU: {int8_cpu_features()['procesador']}, {os.cpu_count()} núcleos; bf16 nativo para torch: "
+          f"{'sí' if cpu_supports_bf16() else 'no'}"
           + (" (--sin-bf16)" if args.sin_bf16 else ""), flush=True)
     saved = saved_for_backward()
     mib = 2**20
@@ -201,16 +201,6 @@ def main() -> None:
         print(f"  {stage[0]:<46}" + "".join(f"{first[name][i][1] / mib:>6,.0f} MiB" for name in first))
     if args.json:
         Path(args.json).write_text(json.dumps({"saved": saved, "runs": runs}, indent=2), encoding="utf-8")
-
-
-def cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo", encoding="utf-8"):
-            if line.startswith("model name"):
-                return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} núcleos"
-    except OSError:
-        pass
-    return f"{os.cpu_count()} núcleos"
 
 
 if __name__ == "__main__":

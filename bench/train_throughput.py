@@ -699,7 +699,6 @@ def write_json(path: str, data: dict) -> None:
 
 VARIANTS = ["receta", "compile", "otro-lote", "sin-empaquetar", "memoria-baja", "fp32", "fp32-memoria-baja",
             "fp32-compacto"]
-AVX2_ONLY = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
 
 
 def main() -> None:
@@ -732,8 +731,11 @@ def main() -> None:
         write_json(args.salida, CHILDREN[args.herramienta](args))
         return
     if args.sin_bf16:  # set before any child starts: torch, oneDNN and MKL read them when they load
-        os.environ.update(AVX2_ONLY)
-        print("Modo --sin-bf16: cada proceso usa solo núcleos AVX2 (" + ", ".join(f"{k}={v}" for k, v in AVX2_ONLY.items())
+        from afinar.hardware import AVX2_ONLY_ENV
+
+        os.environ.update(AVX2_ONLY_ENV)
+        print("Modo --sin-bf16: cada proceso usa solo núcleos AVX2 ("
+              + ", ".join(f"{k}={v}" for k, v in AVX2_ONLY_ENV.items())
               + "): lo que corre una CPU sin bf16.")
     data = scale(args) if args.escala else bench(args)
     if args.json:

@@ -36,6 +36,11 @@ def torch_dtype(precision: str):
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
+# A CPU without bf16, on one that has it: torch, oneDNN and MKL kept to AVX2 kernels (read when they load, so set
+# before torch is imported; the benches' --sin-bf16). cpu_supports_bf16 then says no and training runs in fp32.
+AVX2_ONLY_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}
+
+
 def cpu_supports_bf16() -> bool:
     """Native bf16 (AVX512-BF16 or AMX) that torch may use: a CPU that has it, unless torch was told to stay on AVX2
     kernels (ATEN_CPU_CAPABILITY=avx2, also a way to see how afinar runs on a CPU without bf16)."""
