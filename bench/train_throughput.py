@@ -380,7 +380,7 @@ def child_afinar(args) -> dict:
     records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines() if x.strip()]
     steps = [r for r in records if "loss" in r]
     result = {"precision": info.get("hardware", {}).get("precision", "?"), "data_cache": info.get("data_cache"),
-              "notes": [], "warnings": []}
+              "notes": [f"asignador de memoria: {info.get('hardware', {}).get('allocator', '?')}"], "warnings": []}
     if "time_to_first_step_s" in info:  # measured by train() from its own start: add what came before the call
         result["time_to_first_step_s"] = info["time_to_first_step_s"]
         result["first_step_s"] = called - started + info["time_to_first_step_s"]
@@ -461,7 +461,8 @@ def afinar_variants(args) -> list[tuple[str, dict | None, str]]:
               "fp32": ("afinar fp32", {"train.precision": "fp32"}),
               "fp32-memoria-baja": ("afinar fp32 memoria baja", {"train.precision": "fp32", **low_memory}),
               # freed activations back to the system (afinar/heap.py): what `auto` does when memory is tight
-              "fp32-compacto": ("afinar fp32 compact_heap", {"train.precision": "fp32", "train.compact_heap": True})}
+              "fp32-compacto": ("afinar fp32 compact_heap", {"train.precision": "fp32", "train.compact_heap": True}),
+              "fp32-glibc": ("afinar fp32 glibc", {"train.precision": "fp32"})}
     if not args.compilar:
         wanted.pop("compile")
     out = []
@@ -483,6 +484,8 @@ def fmt(value, spec: str, suffix: str = "") -> str:
 
 
 def bench(args) -> dict:
+    from afinar import heap
+
     cpu = cpu_info()
     print(describe_cpu(cpu))
     print(f"Hilos de torch en cada proceso: {args.hilos}. {args.ejemplos} ejemplos medidos por herramienta, tras "
@@ -526,7 +529,9 @@ def bench(args) -> dict:
                 print(f"→ {label}: entrenando…", flush=True)
                 if job["tool"] == "afinar":
                     overrides = {**job["overrides"], "output_dir": str(tmp / f"run-{len(runs)}-{repetition}")}
-                    r = run_child("afinar", args, tmp, f"{label}-{repetition}", receta=RECIPE,
+                    env = heap.preload_env({**os.environ, heap.ALLOCATOR_ENV: "glibc"} if label in ON_GLIBC
+                                           else dict(os.environ))
+                    r = run_child("afinar", args, tmp, f"{label}-{repetition}", env=env, receta=RECIPE,
                                   variante=json.dumps(overrides))
                 else:
                     r = run_child(job["tool"], args, tmp, f"{label}-{repetition}")
@@ -698,7 +703,10 @@ def write_json(path: str, data: dict) -> None:
 
 
 VARIANTS = ["receta", "compile", "otro-lote", "sin-empaquetar", "memoria-baja", "fp32", "fp32-memoria-baja",
-            "fp32-compacto"]
+            "fp32-compacto", "fp32-glibc"]
+# afinar's children run as `afinar train` runs its supervised child: with tcmalloc or jemalloc preloaded when the
+# system has one (afinar/heap.py). These variants run on glibc's allocator instead: what a machine without them gets.
+ON_GLIBC = {"afinar fp32 compact_heap", "afinar fp32 glibc"}
 
 
 def main() -> None:

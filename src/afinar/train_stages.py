@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from afinar import hardware, heap, ollama_store
+from afinar import hardware, heap, ollama_store, supervise
 from afinar.atomic import atomic_dir, atomic_write_text
 from afinar.budget import BudgetPlan, out_of_time, plan_steps
 from afinar.config import Recipe, apply_overrides, dump_recipe, load_recipe
@@ -247,15 +247,26 @@ def load_data(run: Launch, progress: bool) -> Data:
 
 
 def compact_heap(run: Launch, check) -> bool:
-    """train.compact_heap on a CPU (afinar/heap.py), before the weights are read. auto: when the plan's formula says
-    the run fills this machine's memory; with --resume (no formula run) only when asked."""
+    """The process's allocator on a CPU (afinar/heap.py), said, before the weights are read; with glibc's,
+    train.compact_heap. auto: when the plan's formula says the run fills this machine's memory; with --resume (no
+    formula run) only when asked."""
+    if run.hw.device != "cpu":
+        return False
+    allocator = heap.active_allocator()
+    if allocator in ("tcmalloc", "jemalloc"):
+        run.say(f"Memoria: asignador {allocator} (menos pico que el de glibc a la misma velocidad; afinar/heap.py)")
+        return False
     wanted = run.cfg.compact_heap
     if wanted == "auto":
         wanted = check is not None and check.memory.verdict != "cabe"
-    if not (wanted and run.hw.device == "cpu"):
+    if not wanted:
+        if allocator == "glibc" and os.environ.get(supervise.SUPERVISED):  # `afinar train` looked for one, in vain
+            run.say(f"Memoria: asignador de glibc; con tcmalloc el pico bajaría sin perder velocidad "
+                    f"({heap.INSTALL_HINT})")
         return False
     done = heap.return_freed_memory()
-    run.say("Memoria: los tensores liberados vuelven al sistema (train.compact_heap: menos pico, pasos más lentos)"
+    run.say("Memoria: los tensores liberados vuelven al sistema (train.compact_heap: menos pico, pasos más lentos; "
+            f"con tcmalloc, menos pico sin perder velocidad: {heap.INSTALL_HINT})"
             if done else "aviso: train.compact_heap solo actúa en Linux con glibc; aquí no cambia nada")
     return done
 
@@ -725,7 +736,8 @@ def write_artifacts(run: Launch, model, tokenizer, data, chat, info: dict) -> No
     info = {
         "base": recipe.model.base,
         "method": recipe.method,
-        "hardware": {"device": hw.device, "precision": hw.precision, "reason": hw.reason},
+        "hardware": {"device": hw.device, "precision": hw.precision, "reason": hw.reason,
+                     "allocator": heap.active_allocator()},
         "processes": run.processes,
         "distributed": run.accelerator.distributed_type.value,
         "data_cache": data.cache,

@@ -1,11 +1,15 @@
-"""afinar/heap.py and train.compact_heap: freed blocks of 1 MiB and up go back to the system."""
+"""afinar/heap.py: the allocator a training child runs with, and train.compact_heap (glibc's freed blocks of 1 MiB
+and up go back to the system)."""
+import ctypes.util
+import os
 import subprocess
 import sys
 import types
 
 import pytest
 
-from afinar import train_stages
+from afinar import heap, supervise, train_stages
+from afinar.errors import AfinarError
 from afinar.heap import return_freed_memory
 
 GLIBC = sys.platform.startswith("linux") and "glibc" in " ".join(__import__("platform").libc_ver())
@@ -63,6 +67,7 @@ def verdict(text):
 ])
 def test_compact_heap_is_asked_for_or_chosen_when_memory_is_tight(monkeypatch, setting, check, device, expected):
     calls = []
+    monkeypatch.setattr(train_stages.heap, "active_allocator", lambda: "glibc")
     monkeypatch.setattr(train_stages.heap, "return_freed_memory", lambda: calls.append(1) or True)
     run, said = fake_run(setting, device)
     assert train_stages.compact_heap(run, check) is expected
@@ -72,3 +77,94 @@ def test_compact_heap_is_asked_for_or_chosen_when_memory_is_tight(monkeypatch, s
 def test_elsewhere_it_says_it_does_nothing(monkeypatch):
     monkeypatch.setattr(sys, "platform", "darwin")
     assert return_freed_memory() is False
+
+
+def test_under_tcmalloc_the_heap_is_said_and_glibc_left_alone(monkeypatch):
+    calls = []
+    monkeypatch.setattr(train_stages.heap, "active_allocator", lambda: "tcmalloc")
+    monkeypatch.setattr(train_stages.heap, "return_freed_memory", lambda: calls.append(1) or True)
+    run, said = fake_run(True)
+    assert train_stages.compact_heap(run, verdict("justo")) is False
+    assert calls == [] and "tcmalloc" in said[0]
+
+
+def test_a_supervised_run_on_glibc_says_how_to_get_tcmalloc(monkeypatch):
+    monkeypatch.setattr(train_stages.heap, "active_allocator", lambda: "glibc")
+    monkeypatch.setenv(supervise.SUPERVISED, "1")
+    run, said = fake_run("auto")
+    assert train_stages.compact_heap(run, verdict("cabe")) is False
+    assert said == [(f"Memoria: asignador de glibc; con tcmalloc el pico bajaría sin perder velocidad "
+                     f"({heap.INSTALL_HINT})")]
+    assert "libtcmalloc-minimal4" in said[0]
+
+
+def libraries(monkeypatch, present: dict):
+    """ctypes.util.find_library answering from `present` ({name: soname}) only."""
+    monkeypatch.setattr(ctypes.util, "find_library", lambda name: present.get(name))
+    monkeypatch.setattr(sys, "platform", "linux")
+    monkeypatch.delenv(heap.ALLOCATOR_ENV, raising=False)
+
+
+@pytest.mark.parametrize("present, expected", [
+    ({"jemalloc": "libjemalloc.so.2", "tcmalloc_minimal": "libtcmalloc_minimal.so.4"},
+     ("tcmalloc", "libtcmalloc_minimal.so.4")),  # the faster one first
+    ({"tcmalloc": "libtcmalloc.so.4"}, ("tcmalloc", "libtcmalloc.so.4")),  # the full gperftools library
+    ({"jemalloc": "libjemalloc.so.2"}, ("jemalloc", "libjemalloc.so.2")),
+    ({}, None),
+])
+def test_the_allocator_is_the_fastest_the_system_has(monkeypatch, present, expected):
+    libraries(monkeypatch, present)
+    assert heap.allocator_library() == expected
+
+
+def test_the_allocator_can_be_refused_or_named(monkeypatch, tmp_path):
+    libraries(monkeypatch, {"tcmalloc_minimal": "libtcmalloc_minimal.so.4"})
+    monkeypatch.setenv(heap.ALLOCATOR_ENV, "glibc")
+    assert heap.allocator_library() is None
+    assert heap.preload_env({"A": "1", heap.ALLOCATOR_ENV: "glibc"}) == {"A": "1", heap.ALLOCATOR_ENV: "glibc"}
+    named = tmp_path / "libjemalloc.so.2"
+    named.write_bytes(b"")
+    monkeypatch.setenv(heap.ALLOCATOR_ENV, str(named))
+    assert heap.allocator_library() == ("jemalloc", str(named))
+    monkeypatch.setenv(heap.ALLOCATOR_ENV, str(tmp_path / "missing.so"))
+    with pytest.raises(AfinarError) as error:
+        heap.allocator_library()
+    assert error.value.code == "T018" and "missing.so" in error.value.render()
+    monkeypatch.setattr(sys, "platform", "win32")  # elsewhere, nothing to preload (and no LD_PRELOAD)
+    monkeypatch.delenv(heap.ALLOCATOR_ENV)
+    assert heap.allocator_library() is None
+
+
+def test_the_supervised_child_gets_the_allocator_ahead_of_other_preloads(monkeypatch, tmp_path):
+    libraries(monkeypatch, {"tcmalloc_minimal": "libtcmalloc_minimal.so.4"})
+    monkeypatch.setenv("LD_PRELOAD", "libother.so")
+    seen = {}
+
+    class Child:
+        def __init__(self, command, env, preexec_fn):
+            seen.update(env)
+
+        def wait(self):
+            return 0
+
+    monkeypatch.setattr(subprocess, "Popen", Child)
+    assert supervise.run_child(["train", "x.yaml"], tmp_path) == 0
+    assert seen["LD_PRELOAD"] == "libtcmalloc_minimal.so.4 libother.so"
+    assert seen[supervise.SUPERVISED] == "1" and int(seen["TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD"]) >= 2**40
+
+
+SYSTEM_ALLOCATOR = heap.allocator_library() if sys.platform.startswith("linux") else None
+
+
+@pytest.mark.skipif(SYSTEM_ALLOCATOR is None, reason="this system has neither tcmalloc nor jemalloc")
+def test_a_child_with_the_preload_runs_on_that_allocator():
+    env = heap.preload_env(dict(os.environ))
+    ran = subprocess.run([sys.executable, "-c", "from afinar.heap import active_allocator; print(active_allocator())"],
+                         env=env, capture_output=True, text=True, check=True)
+    assert ran.stdout.strip() == SYSTEM_ALLOCATOR[0]
+    assert "ERROR: ld.so" not in ran.stderr
+
+
+@pytest.mark.skipif(not GLIBC, reason="glibc (Linux) only")
+def test_this_process_runs_on_glibc_and_says_so():
+    assert heap.active_allocator() == "glibc"
