@@ -32,7 +32,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "import smc": ("afinar.data.smc", "import_smc_command",
                    "Spanish Medical Corpus (somosnlp/SMC): preguntas y casos clínicos"),
     "train": ("afinar.train", "train_command", "entrena un adaptador LoRA según la receta"),
-    "plan": ("afinar.plan", "plan", "antes de entrenar: ¿cabe en este equipo (o en esa GPU) y cuánto tarda?"),
+    "plan": ("afinar.plan", "plan_command", "antes de entrenar: ¿cabe en este equipo (o en esa GPU) y cuánto tarda?"),
     "merge": ("afinar.merge", "merge", "fusiona el adaptador en un modelo safetensors independiente"),
     "chat": ("afinar.inference.chat", "chat", "conversa con una ejecución (base + adaptador) o un modelo fusionado"),
     "serve": ("afinar.inference.server", "serve",

@@ -45,6 +45,7 @@ ALLOCATOR_ENV = "AFINAR_ALLOCATOR"  # auto | glibc | the path of a library to pr
 # linker finds it (its soname), which LD_PRELOAD accepts as it is.
 ALLOCATORS = (("tcmalloc", ("tcmalloc_minimal", "tcmalloc")), ("jemalloc", ("jemalloc",)))
 INSTALL_HINT = "sudo apt install libtcmalloc-minimal4 (Debian/Ubuntu)"
+PRELOADED = "AFINAR_ALLOCATOR_PRELOADED"  # set in a process started with the preload: never started again for it
 
 
 def allocator_library(env=os.environ) -> tuple[str, str] | None:
@@ -74,7 +75,17 @@ def preload_env(env: dict) -> dict:
         return env
     preload = " ".join(filter(None, [found[1], env.get("LD_PRELOAD", "")]))
     # tcmalloc prints a report for every allocation above 1 GiB (a large base's weights): not for our users.
-    return {**env, "LD_PRELOAD": preload, "TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD": str(1 << 40)}
+    return {**env, "LD_PRELOAD": preload, "TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD": str(1 << 40), PRELOADED: found[0]}
+
+
+def restart_with_allocator(argv: list[str]) -> None:
+    """Start this command again (`python -m afinar ARGV`, the same process: execve) with the allocator `afinar train`
+    gives its training, when this process runs on glibc's and the system has one; else return. `afinar plan` does,
+    so that what it measures and predicts is the training's memory, not glibc's."""
+    if os.environ.get(PRELOADED) or active_allocator() != "glibc" or allocator_library() is None:
+        return
+    sys.stdout.flush()
+    os.execve(sys.executable, [sys.executable, "-m", "afinar", *argv], preload_env(dict(os.environ)))
 
 
 def active_allocator() -> str:

@@ -13,6 +13,7 @@ import json
 import sys
 from pathlib import Path
 
+from afinar import heap
 from afinar.bases import candidate_bases, render_table
 from afinar.config import Override, Recipe, apply_overrides, load_recipe
 from afinar.data.chat_format import recipe_tokenizer
@@ -77,7 +78,15 @@ def plan(recipe: str | Path | Recipe, device: str | None = None, calibrate: bool
     return result
 
 
-def plan_arguments(p: argparse.ArgumentParser) -> None:
+def plan_command(argv: list[str], **options) -> int:
+    """`afinar plan RECIPE`: the plan (the other options are its parameters), measured in a process with the memory
+    allocator `afinar train` gives its training (afinar/heap.py: tcmalloc when the system has it)."""
+    heap.restart_with_allocator(argv)
+    plan(**options)
+    return 0
+
+
+def plan_command_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("recipe", help="receta .yaml (ver recipes/)")
     p.add_argument("--dispositivo", "--device", dest="device",
                    help="cpu, cuda, o una GPU de la tabla: rtx2060, rtx3050-4gb, rtx3050-8gb, rtx3060, rtx4060, t4, "

@@ -168,3 +168,33 @@ def test_a_child_with_the_preload_runs_on_that_allocator():
 @pytest.mark.skipif(not GLIBC, reason="glibc (Linux) only")
 def test_this_process_runs_on_glibc_and_says_so():
     assert heap.active_allocator() == "glibc"
+
+
+def test_afinar_plan_starts_again_under_the_allocator_the_training_gets(monkeypatch):
+    libraries(monkeypatch, {"tcmalloc_minimal": "libtcmalloc_minimal.so.4"})
+    monkeypatch.setattr(heap, "active_allocator", lambda: "glibc")
+    monkeypatch.delenv(heap.PRELOADED, raising=False)
+    started = []
+    monkeypatch.setattr(os, "execve", lambda path, args, env: started.append((args, env)))
+    heap.restart_with_allocator(["plan", "r.yaml"])
+    (args, env), = started
+    assert args[1:] == ["-m", "afinar", "plan", "r.yaml"] and env["LD_PRELOAD"] == "libtcmalloc_minimal.so.4"
+    monkeypatch.setenv(heap.PRELOADED, "tcmalloc")  # started with it already (even if it did not load): not again
+    heap.restart_with_allocator(["plan", "r.yaml"])
+    monkeypatch.delenv(heap.PRELOADED)
+    monkeypatch.setattr(heap, "active_allocator", lambda: "tcmalloc")
+    heap.restart_with_allocator(["plan", "r.yaml"])
+    monkeypatch.setattr(heap, "active_allocator", lambda: "glibc")
+    libraries(monkeypatch, {})  # nothing to preload
+    heap.restart_with_allocator(["plan", "r.yaml"])
+    assert len(started) == 1
+
+
+def test_the_plan_allows_less_heap_under_tcmalloc_than_under_glibc():
+    from afinar.planning import memory as mem
+
+    step, weights = 600 * 2**20, 540 * 2**20
+    for fp32 in (False, True):
+        spans = mem.cpu_allocator_bytes(step, weights, fp32, "tcmalloc")
+        assert spans == mem.cpu_allocator_bytes(step, weights, fp32, "jemalloc") == mem.CPU_FIRST_STEP + 60 * 2**20
+        assert spans < mem.cpu_allocator_bytes(step, weights, fp32, "glibc")

@@ -12,6 +12,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 
+from afinar import heap
 from afinar.atomic import atomic_write_text
 from afinar.errors import AfinarError
 from afinar.planning import memory as mem
@@ -383,10 +384,11 @@ def estimate(recipe, config, shape: DataShape, target: Target, calibration: dict
                               largest * per_weight))
     if cpu:
         frozen = (0 if recipe.method == "full" else traces["weights"]) + trainable * 4
-        parts.append(mem.Part("allocator", "Reserva del asignador de memoria (glibc; ajustada con medidas)",
+        allocator = heap.active_allocator()  # this process's is the training's (`afinar plan`: heap.py)
+        parts.append(mem.Part("allocator", f"Reserva del asignador de memoria ({allocator}; ajustada con medidas)",
                               mem.cpu_allocator_bytes(no_gc["peak"], frozen,
                                                       (target.precision == "fp32" or recipe.method == "full")
-                                                      and recipe.model.quantization != "4bit")))
+                                                      and recipe.model.quantization != "4bit", allocator)))
     else:
         parts.append(mem.Part("allocator", "Fragmentación del asignador de PyTorch (+10 %)",
                               int(mem.GPU_ALLOCATOR_FACTOR * step["peak"])))

@@ -35,6 +35,12 @@
   0.75; bench/plan_accuracy.py --formas). Fitted over the first 4–8 steps: the heap still crept by 0.1–0.2 GiB a
   step there (0.5B), so a long run may end somewhat above it. On a CPU `afinar plan` also measures by default,
   and its total is the larger of the formula and the measured peak.
+  With tcmalloc or jemalloc (afinar/heap.py preloads one into `afinar train`'s training process, and `afinar plan`
+  runs under it too, when the system has one) the heap keeps little beyond what is alive: the nursing recipe in fp32
+  (AVX2 kernels only, 2-core AMD EPYC) peaked at 1.571 GiB under tcmalloc for 1.522 GiB of runtime, weights and
+  traced step, where glibc's allowance was 0.92 GiB (`afinar train recipes/enfermeria.yaml --max-steps 8` with
+  AFINAR_ALLOCATOR on tcmalloc, its plan.json). The allowance there is CPU_FIRST_STEP + CPU_ALLOCATOR_FACTOR_SPANS
+  × the traced peak: one measurement at 135M, on the safe side of it.
   On a GPU PyTorch's caching allocator rounds and splits blocks: +10 % of the step, an assumption.
 - **Loading** on a CPU reads the weights in fp32 first (then casts the linear layers to bf16): for small steps the
   process's peak is there, so the total is the larger of loading and training. That is for an fp32 checkpoint
@@ -58,10 +64,15 @@ GPU_ALLOCATOR_FACTOR = 0.10
 CPU_FIRST_STEP = 128 * 2**20  # kernels' buffers of a first step (measured: 105 MiB, above)
 CPU_ALLOCATOR_FACTOR = 1.0  # bf16 storage: × the traced peak of the step without gradient checkpointing (fitted)
 CPU_ALLOCATOR_FACTOR_FP32 = 0.75  # fp32 weights: × (that peak + the weights' bytes) (fitted, above)
+CPU_ALLOCATOR_FACTOR_SPANS = 0.10  # tcmalloc/jemalloc: × the traced peak of the step (one measurement, above)
+SPAN_ALLOCATORS = ("tcmalloc", "jemalloc")
 
 
-def cpu_allocator_bytes(step_peak_no_gc: int, weights: int, fp32_weights: bool) -> int:
-    """What glibc's heap holds beyond the live tensors after a few training steps (see the module docstring)."""
+def cpu_allocator_bytes(step_peak_no_gc: int, weights: int, fp32_weights: bool, allocator: str = "glibc") -> int:
+    """What the training process's heap holds beyond the live tensors after a few training steps: glibc's, or
+    tcmalloc's or jemalloc's when afinar/heap.py preloads one (see the module docstring)."""
+    if allocator in SPAN_ALLOCATORS:
+        return CPU_FIRST_STEP + int(CPU_ALLOCATOR_FACTOR_SPANS * step_peak_no_gc)
     if fp32_weights:
         return CPU_FIRST_STEP + int(CPU_ALLOCATOR_FACTOR_FP32 * (step_peak_no_gc + weights))
     return CPU_FIRST_STEP + int(CPU_ALLOCATOR_FACTOR * step_peak_no_gc)
