@@ -19,6 +19,10 @@ LoRA (r=8, alpha 16, dropout 0.05 on q_proj/v_proj), same number of examples; ea
   no validation and no checkpoints; variants: default, `train.compile: true`, the same examples per step in
   micro-batches of another `train.tokens_per_batch`, `packing: false`, low memory (gradient checkpointing), and fp32
   (what a CPU without AVX512-BF16/AMX runs) with and without low memory (each only if the recipe accepts the keys).
+  Each afinar child runs as `afinar train` runs its training: with tcmalloc or jemalloc preloaded when the system
+  has one (afinar/heap.py; `AFINAR_ALLOCATOR=/path/libtcmalloc_minimal.so.4` names one that is not installed), except
+  `fp32-glibc` and `fp32-compacto`, on glibc's allocator (a machine without them). The guides and TRL run as their
+  users run them, on glibc's.
 
 Measured per tool (the first `--calentamiento` optimizer steps are left out of the timing):
 
