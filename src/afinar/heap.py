@@ -13,9 +13,9 @@ training from the terminal or the studio. Both keep freed memory in size classes
 fragments. Measured in one session on a 2-core AMD EPYC with AVX2 kernels only (fp32), nursing recipe, 8 steps, each
 allocator in its own process (bench/train_memory.py's child): glibc peak 2 362 MiB at 277 tokens/s, tcmalloc
 1 661 MiB at 290 (the speed kept: its spans are reused, not unmapped), jemalloc 1 641 MiB at 246 (it returns dirty
-pages after a delay: page faults). So tcmalloc first. On a Qwen2.5-0.5B-shaped model in fp32 (bench/plan_accuracy.py
---solo-formas --formas qwen2.5-0.5b --emular-avx2): glibc 7.00 GiB at 6.38 s a step, tcmalloc 4.09 GiB at 6.01 s. Neither is a Python package; Debian/Ubuntu:
-`sudo apt install libtcmalloc-minimal4`. `AFINAR_ALLOCATOR`: `auto` (default: tcmalloc, else jemalloc, else glibc),
+pages after a delay: page faults). So tcmalloc first. On a Qwen2.5-0.5B-shaped model in fp32
+(bench/plan_accuracy.py --solo-formas --formas qwen2.5-0.5b --emular-avx2): glibc 7.00 GiB at 6.38 s a step,
+tcmalloc 4.09 GiB at 6.01 s. Neither is a Python package; Debian/Ubuntu: `sudo apt install libtcmalloc-minimal4`. `AFINAR_ALLOCATOR`: `auto` (default: tcmalloc, else jemalloc, else glibc),
 `glibc` (no preload), or the path of a library to preload.
 
 **2. Without one, glibc pinned** (`return_freed_memory`, `train.compact_heap`): the mmap threshold fixed (which turns
@@ -45,6 +45,7 @@ ALLOCATOR_ENV = "AFINAR_ALLOCATOR"  # auto | glibc | the path of a library to pr
 # (name, libraries to look for), the fastest measured first (above). find_library names the library as the dynamic
 # linker finds it (its soname), which LD_PRELOAD accepts as it is.
 ALLOCATORS = (("tcmalloc", ("tcmalloc_minimal", "tcmalloc")), ("jemalloc", ("jemalloc",)))
+ALLOCATOR_NAMES = tuple(name for name, _ in ALLOCATORS)
 INSTALL_HINT = "sudo apt install libtcmalloc-minimal4 (Debian/Ubuntu)"
 PRELOADED = "AFINAR_ALLOCATOR_PRELOADED"  # set in a process started with the preload: never started again for it
 
@@ -59,7 +60,7 @@ def allocator_library(env=os.environ) -> tuple[str, str] | None:
         if not Path(choice).is_file():
             raise AfinarError("T018", f"{ALLOCATOR_ENV} no es auto, glibc ni un archivo que exista", where=choice,
                               hint=f"quita {ALLOCATOR_ENV} (auto) o da la ruta de libtcmalloc o libjemalloc")
-        return next((name for name, _ in ALLOCATORS if name in Path(choice).name), Path(choice).name), choice
+        return next((name for name in ALLOCATOR_NAMES if name in Path(choice).name), Path(choice).name), choice
     from ctypes.util import find_library
 
     for name, libraries in ALLOCATORS:
@@ -82,8 +83,11 @@ def preload_env(env: dict) -> dict:
 def restart_with_allocator(argv: list[str]) -> None:
     """Start this command again (`python -m afinar ARGV`, the same process: execve) with the allocator `afinar train`
     gives its training, when this process runs on glibc's and the system has one; else return. `afinar plan` does,
-    so that what it measures and predicts is the training's memory, not glibc's."""
-    if os.environ.get(PRELOADED) or active_allocator() != "glibc" or allocator_library() is None:
+    so that what it measures and predicts is the training's memory, not glibc's. Only when this process is that
+    command (`afinar ARGV` or `python -m afinar ARGV`), never under a caller of cli.main (a test, a notebook)."""
+    if sys.argv[1:] != list(argv) or os.environ.get(PRELOADED) or active_allocator() != "glibc":
+        return
+    if allocator_library() is None:
         return
     sys.stdout.flush()
     os.execve(sys.executable, [sys.executable, "-m", "afinar", *argv], preload_env(dict(os.environ)))
@@ -95,7 +99,7 @@ def active_allocator() -> str:
         maps = Path("/proc/self/maps").read_text(encoding="utf-8", errors="replace")
     except OSError:
         return "sistema"
-    for name, _ in ALLOCATORS:
+    for name in ALLOCATOR_NAMES:
         if f"lib{name}" in maps:
             return name
     return "glibc" if "glibc" in " ".join(__import__("platform").libc_ver()) else "sistema"

@@ -253,7 +253,7 @@ def compact_heap(run: Launch, check) -> bool:
     if run.hw.device != "cpu":
         return False
     allocator = heap.active_allocator()
-    if allocator in ("tcmalloc", "jemalloc"):
+    if allocator in heap.ALLOCATOR_NAMES:
         run.say(f"Memoria: asignador {allocator} (menos pico que el de glibc a la misma velocidad; afinar/heap.py)")
         return False
     wanted = run.cfg.compact_heap

@@ -176,6 +176,9 @@ def test_afinar_plan_starts_again_under_the_allocator_the_training_gets(monkeypa
     monkeypatch.delenv(heap.PRELOADED, raising=False)
     started = []
     monkeypatch.setattr(os, "execve", lambda path, args, env: started.append((args, env)))
+    heap.restart_with_allocator(["plan", "r.yaml"])  # this process is pytest, not `afinar plan`: never replaced
+    assert started == []
+    monkeypatch.setattr(sys, "argv", [".venv/bin/afinar", "plan", "r.yaml"])
     heap.restart_with_allocator(["plan", "r.yaml"])
     (args, env), = started
     assert args[1:] == ["-m", "afinar", "plan", "r.yaml"] and env["LD_PRELOAD"] == "libtcmalloc_minimal.so.4"

@@ -57,6 +57,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from afinar.heap import ALLOCATOR_NAMES
+
 GIB = 2**30
 NF4_BYTES = 0.5 + 0.127 / 8  # 4 bits + double-quantized absmax constants, per quantized weight
 GPU_CONTEXT = int(0.5 * GIB)
@@ -65,13 +67,12 @@ CPU_FIRST_STEP = 128 * 2**20  # kernels' buffers of a first step (measured: 105 
 CPU_ALLOCATOR_FACTOR = 1.0  # bf16 storage: × the traced peak of the step without gradient checkpointing (fitted)
 CPU_ALLOCATOR_FACTOR_FP32 = 0.75  # fp32 weights: × (that peak + the weights' bytes) (fitted, above)
 CPU_ALLOCATOR_FACTOR_SPANS = 0.10  # tcmalloc/jemalloc: × the traced peak of the step (one measurement, above)
-SPAN_ALLOCATORS = ("tcmalloc", "jemalloc")
 
 
 def cpu_allocator_bytes(step_peak_no_gc: int, weights: int, fp32_weights: bool, allocator: str = "glibc") -> int:
     """What the training process's heap holds beyond the live tensors after a few training steps: glibc's, or
     tcmalloc's or jemalloc's when afinar/heap.py preloads one (see the module docstring)."""
-    if allocator in SPAN_ALLOCATORS:
+    if allocator in ALLOCATOR_NAMES:
         return CPU_FIRST_STEP + int(CPU_ALLOCATOR_FACTOR_SPANS * step_peak_no_gc)
     if fp32_weights:
         return CPU_FIRST_STEP + int(CPU_ALLOCATOR_FACTOR_FP32 * (step_peak_no_gc + weights))
