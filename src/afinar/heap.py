@@ -15,8 +15,10 @@ allocator in its own process (bench/train_memory.py's child): glibc peak 2 362 M
 1 661 MiB at 290 (the speed kept: its spans are reused, not unmapped), jemalloc 1 641 MiB at 246 (it returns dirty
 pages after a delay: page faults). So tcmalloc first. On a Qwen2.5-0.5B-shaped model in fp32
 (bench/plan_accuracy.py --solo-formas --formas qwen2.5-0.5b --emular-avx2): glibc 7.00 GiB at 6.38 s a step,
-tcmalloc 4.09 GiB at 6.01 s. Neither is a Python package; Debian/Ubuntu: `sudo apt install libtcmalloc-minimal4`. `AFINAR_ALLOCATOR`: `auto` (default: tcmalloc, else jemalloc, else glibc),
-`glibc` (no preload), or the path of a library to preload.
+tcmalloc 4.09 GiB at 6.01 s. Neither is a Python package; Debian/Ubuntu: `sudo apt install libtcmalloc-minimal4`.
+`AFINAR_ALLOCATOR`: `auto` (default: tcmalloc, else jemalloc, else glibc), `glibc` (no preload), or the path of a
+library to preload. `afinar plan` starts itself again under it (`restart_with_allocator`); `afinar demo` and train()
+called from Python train in their own process, on whatever allocator it has.
 
 **2. Without one, glibc pinned** (`return_freed_memory`, `train.compact_heap`): the mmap threshold fixed (which turns
 glibc's adjustment off) at 1 MiB, so blocks of 1 MiB and up (a 512-token micro-batch's hidden states are 1.1 MiB in
