@@ -105,9 +105,10 @@ class TrainSection(Strict):
     seed: int = 42
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     gradient_checkpointing: bool = False
-    # CPU on Linux (glibc): hand freed activations back to the system instead of keeping them on the heap
-    # (afinar/heap.py): ~0.6 GB less at the peak of the nursing recipe in fp32, ~30 % slower steps. auto: only when
-    # the plan says the run fills this machine's memory ("justo" or "no cabe").
+    # CPU on Linux with glibc's allocator: hand freed activations back to the system instead of keeping them on the
+    # heap (afinar/heap.py): ~0.6 GB less at the peak of the nursing recipe in fp32, ~30 % slower steps. auto: only
+    # when the plan says the run fills this machine's memory ("justo" or "no cabe"). Under tcmalloc/jemalloc (which
+    # `afinar train` preloads when the system has one) it is not needed and does nothing.
     compact_heap: bool | Literal["auto"] = "auto"
     eval_every: Annotated[int, Field(ge=1)] = 50
     save_every: Annotated[int, Field(ge=1)] = 50

@@ -89,10 +89,11 @@ def restart_with_allocator(argv: list[str]) -> None:
     command (`afinar ARGV` or `python -m afinar ARGV`), never under a caller of cli.main (a test, a notebook)."""
     if sys.argv[1:] != list(argv) or os.environ.get(PRELOADED) or active_allocator() != "glibc":
         return
-    if allocator_library() is None:
+    env = preload_env(dict(os.environ))
+    if PRELOADED not in env:  # the system has none
         return
     sys.stdout.flush()
-    os.execve(sys.executable, [sys.executable, "-m", "afinar", *argv], preload_env(dict(os.environ)))
+    os.execve(sys.executable, [sys.executable, "-m", "afinar", *argv], env)
 
 
 def active_allocator() -> str:
@@ -104,17 +105,13 @@ def active_allocator() -> str:
     for name in ALLOCATOR_NAMES:
         if f"lib{name}" in maps:
             return name
-    return "glibc" if "glibc" in " ".join(__import__("platform").libc_ver()) else "sistema"
+    # glibc, not musl (whose mallopt does nothing): the C library this process loaded, asked directly.
+    return "glibc" if hasattr(ctypes.CDLL(None), "gnu_get_libc_version") else "sistema"
 
 
 def return_freed_memory(mmap_threshold: int = MMAP_THRESHOLD, trim_threshold: int = 0) -> bool:
     """Pin glibc's mmap threshold and trim threshold for this process; True when glibc took both."""
     if not sys.platform.startswith("linux") or active_allocator() != "glibc":
         return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    if not hasattr(libc, "gnu_get_libc_version"):  # glibc, not musl (whose mallopt does nothing)
-        return False
+    libc = ctypes.CDLL(None)  # glibc itself (active_allocator asked it)
     return bool(libc.mallopt(M_MMAP_THRESHOLD, mmap_threshold)) and bool(libc.mallopt(M_TRIM_THRESHOLD, trim_threshold))
