@@ -438,8 +438,11 @@ def run_child(tool: str, args, tmp: Path, label: str, env: dict | None = None, *
     return {**result, "error": f"salió con código {child.returncode}", "log_tail": tail}
 
 
-def afinar_variants(args) -> list[tuple[str, dict | None, str]]:
-    """(label, overrides or None, why not) for each afinar variant; a key the recipe rejects is 'no disponible'."""
+def afinar_variants(args) -> list[tuple[str, dict | None, str, dict]]:
+    """(label, overrides or None, why not, the child's environment) for each afinar variant; a key the recipe
+    rejects is 'no disponible'. The environment: as `afinar train` gives its training (heap.preload_env), or glibc's
+    allocator for ON_GLIBC."""
+    from afinar import heap
     from afinar.config import apply_overrides, load_recipe
     from afinar.errors import AfinarError
 
@@ -475,11 +478,12 @@ def afinar_variants(args) -> list[tuple[str, dict | None, str]]:
             continue
         if label == "afinar" and budget:
             label = f"afinar ({budget} tok/lote)"
+        env = heap.preload_env({**os.environ, heap.ALLOCATOR_ENV: "glibc"} if key in ON_GLIBC else dict(os.environ))
         try:
             apply_overrides(recipe, {**common, **overrides})
-            out.append((label, {**common, **overrides}, ""))
+            out.append((label, {**common, **overrides}, "", env))
         except AfinarError:
-            out.append((label, None, f"no disponible: la receta no acepta {', '.join(overrides)}"))
+            out.append((label, None, f"no disponible: la receta no acepta {', '.join(overrides)}", env))
     return out
 
 
@@ -488,8 +492,6 @@ def fmt(value, spec: str, suffix: str = "") -> str:
 
 
 def bench(args) -> dict:
-    from afinar import heap
-
     cpu = cpu_info()
     print(describe_cpu(cpu))
     print(f"Hilos de torch en cada proceso: {args.hilos}. {args.ejemplos} ejemplos medidos por herramienta, tras "
@@ -516,8 +518,8 @@ def bench(args) -> dict:
                 continue
             jobs.append((label, {"tool": tool}, ""))
         if "afinar" in args.herramientas:
-            jobs += [(label, None if overrides is None else {"tool": "afinar", "overrides": overrides}, why)
-                     for label, overrides, why in afinar_variants(args)]
+            jobs += [(label, None if overrides is None else {"tool": "afinar", "overrides": overrides, "env": env}, why)
+                     for label, overrides, why, env in afinar_variants(args)]
         runs: dict[str, list[dict]] = {}
         for repetition in range(args.repeticiones):
             if args.repeticiones > 1:
@@ -533,9 +535,7 @@ def bench(args) -> dict:
                 print(f"→ {label}: entrenando…", flush=True)
                 if job["tool"] == "afinar":
                     overrides = {**job["overrides"], "output_dir": str(tmp / f"run-{len(runs)}-{repetition}")}
-                    env = heap.preload_env({**os.environ, heap.ALLOCATOR_ENV: "glibc"} if label in ON_GLIBC
-                                           else dict(os.environ))
-                    r = run_child("afinar", args, tmp, f"{label}-{repetition}", env=env, receta=RECIPE,
+                    r = run_child("afinar", args, tmp, f"{label}-{repetition}", env=job["env"], receta=RECIPE,
                                   variante=json.dumps(overrides))
                 else:
                     r = run_child(job["tool"], args, tmp, f"{label}-{repetition}")
@@ -710,7 +710,7 @@ VARIANTS = ["receta", "compile", "otro-lote", "sin-empaquetar", "memoria-baja", 
             "fp32-compacto", "fp32-glibc"]
 # afinar's children run as `afinar train` runs its supervised child: with tcmalloc or jemalloc preloaded when the
 # system has one (afinar/heap.py). These variants run on glibc's allocator instead: what a machine without them gets.
-ON_GLIBC = {"afinar fp32 compact_heap", "afinar fp32 glibc"}
+ON_GLIBC = {"fp32-compacto", "fp32-glibc"}
 
 
 def main() -> None:
