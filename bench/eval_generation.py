@@ -1,6 +1,7 @@
 """Greedy answers for evaluation, by engine: transformers one at a time (`generate`), transformers batched
-(`generate_many`, what `afinar eval` does) and llama.cpp on a GGUF of the same model (f16 and q8_0), with the GGUF's
-conversion time apart (an evaluation through llama.cpp would pay it once per model).
+(`generate_many`, what `afinar eval --motor transformers` does) and llama.cpp on a GGUF of the same model (f16 and
+q8_0) one at a time and all together (what `afinar eval` does when llama.cpp is installed), with the GGUF's
+conversion time apart (an evaluation through llama.cpp pays it once per model).
 
     .venv/bin/python bench/eval_generation.py [--preguntas 10] [--lote 8] [--max-nuevos 160] [--sin-llamacpp]
 
@@ -50,7 +51,7 @@ def main() -> None:
 
     rows = [("transformers, de una en una", sequential, one), (f"transformers, en lotes de {args.lote}", batched, many)]
     if not args.sin_llamacpp:
-        rows += _llama_cpp(path, recipe, conversations, gen)
+        rows += _llama_cpp(path, tokenizer, conversations, gen)
     print(f"{len(conversations)} respuestas voraces de hasta {args.max_nuevos} tokens "
           f"(SmolLM2-135M; transformers fp32, {torch.get_num_threads()} hilos)")
     print(f"{'motor':<50} {'segundos':>8} {'tokens/s':>9} {'× lotes':>8} {'mismo texto':>12} {'terminan':>9}")
@@ -63,8 +64,9 @@ def main() -> None:
           "a transformers de una en una)")
 
 
-def _llama_cpp(path, recipe, conversations, gen) -> list:
-    """The same greedy answers from llama.cpp on a GGUF of the model (converted here, timed apart), f16 and q8_0."""
+def _llama_cpp(path, tokenizer, conversations, gen) -> list:
+    """The same greedy answers from llama.cpp on a GGUF of the model (converted here, timed apart), f16 and q8_0, one
+    at a time and, as `afinar eval` asks for them, all together (`LlamaCppEngine.answer_many`)."""
     import tempfile
     from pathlib import Path
 
@@ -93,6 +95,12 @@ def _llama_cpp(path, recipe, conversations, gen) -> list:
                        for c in conversations]
             penalty = "penalización de transformers" if like else "penalización de llama.cpp"
             rows.append((f"llama.cpp {label}, {penalty}", time.perf_counter() - t0, replies))
+            if label == "f16" and like:  # afinar eval's way: the run's tokenizer's ids, every answer in one batch
+                ids = [tokenizer(tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False),
+                                 add_special_tokens=False)["input_ids"] for c in conversations]
+                t0 = time.perf_counter()
+                replies = engine.answer_many(model_id, ids, [sampling] * len(ids))
+                rows.append(("llama.cpp f16, todas a la vez (afinar eval)", time.perf_counter() - t0, replies))
             engine.llm.close()
     return rows
 

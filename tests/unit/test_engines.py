@@ -108,3 +108,76 @@ def test_time_limit_cuts_the_answer(engines):
     for name, engine in engines.items():
         reply = _ask(engine, Sampling(temperature=0.0, max_tokens=200, timeout_s=1e-6))
         assert reply.completion_tokens < 200 and not reply.stopped, name
+
+
+# --- llama.cpp: many answers decoded together (afinar eval) ---------------------------------------------------------
+
+
+def _prompt_ids(engine, questions):
+    return [engine._ids(with_system([{"role": "user", "content": q}], "Eres un asistente.")) for q in questions]
+
+
+QUESTIONS = ["¿Qué hago con una quemadura?", "¿Y si sangra mucho la nariz de un niño pequeño?", "¿Fiebre?"]
+
+
+def test_answers_decoded_together_are_the_answers_decoded_alone(engines, monkeypatch):
+    """One llama.cpp batch per token for all answers: each answer is the one it gets alone (its own sequence, its
+    own positions), whatever the prompts' lengths and each answer's limit; greedy and seeded sampling alike."""
+    from afinar.inference.engines import llamacpp
+
+    engine = engines["llama.cpp"]
+    prompts = _prompt_ids(engine, QUESTIONS)
+    assert len({len(p) for p in prompts}) == 3
+    greedy = [Sampling(temperature=0.0, repetition_penalty=1.3, max_tokens=limit) for limit in (12, 5, 9)]
+    sampled = [Sampling(temperature=0.9, top_p=0.9, top_k=50, max_tokens=10, seed=seed) for seed in (1, 2, 3)]
+    finished = []
+    together = {name: engine.answer_many("mini", prompts, samplings, on_answer=lambda: finished.append(1))
+                for name, samplings in (("greedy", greedy), ("sampled", sampled))}
+    assert len(finished) == 6  # the progress bar moves once per answer
+    assert [r.completion_tokens for r in together["greedy"]] == [12, 5, 9]
+    assert all(not r.stopped and r.text for r in together["greedy"])
+    assert [r.prompt_tokens for r in together["greedy"]] == [len(p) for p in prompts]
+    monkeypatch.setattr(llamacpp, "MAX_SEQUENCES", 1)
+    for name, samplings in (("greedy", greedy), ("sampled", sampled)):
+        alone = engine.answer_many("mini", prompts, samplings)
+        assert [r.text for r in alone] == [r.text for r in together[name]], name
+    # seeded: the same seed, the same answer; another seed, another
+    other = engine.answer_many("mini", prompts[:1], [Sampling(temperature=0.9, top_p=0.9, top_k=50, max_tokens=10,
+                                                              seed=8)])
+    assert other[0].text != together["sampled"][0].text
+
+
+def test_answers_together_end_at_a_stop_token_or_a_stop_string(engines, monkeypatch):
+    engine = engines["llama.cpp"]
+    prompts = _prompt_ids(engine, QUESTIONS[:2])
+    greedy = [Sampling(temperature=0.0, repetition_penalty=1.3, max_tokens=12)] * 2
+    (first, _), (second, _) = engine._decode_together(prompts, greedy, ())
+    text = engine._decode(first)
+    # A stop token: the first answer's third token ends it there (stopped, two tokens); the other goes on.
+    monkeypatch.setattr(engine, "eos", engine.eos | {first[2]})
+    ended, going = engine.answer_many("mini", prompts, greedy)
+    assert (ended.completion_tokens, ended.stopped, ended.text) == (2, True, engine._decode(first[:2]).strip())
+    if first[2] not in second:
+        assert going.completion_tokens == 12 and not going.stopped
+    monkeypatch.undo()
+    # A stop string (a marker that is not one token): the answer is cut before it, stopped, the token kept.
+    k = next(k for k in range(2, 11) if (piece := engine._decode(first[:k + 1])[len(engine._decode(first[:k])):])
+             .strip() and "\ufffd" not in piece and piece not in engine._decode(first[:k]))
+    marker = engine._decode(first[:k + 1])[len(engine._decode(first[:k])):]  # the text of its token k + 1
+    monkeypatch.setattr(engine, "_stop_strings", lambda model_id: (marker,))
+    reply = engine.answer_many("mini", prompts[:1], greedy[:1])[0]
+    assert (reply.stopped, reply.completion_tokens, reply.text) == (True, k + 1, engine._decode(first[:k]).strip())
+    assert text.strip().startswith(reply.text)
+
+
+def test_answers_together_in_groups_that_fit_the_kv_budget(engines, monkeypatch):
+    from afinar.inference.engines import llamacpp
+
+    engine = engines["llama.cpp"]
+    prompts = _prompt_ids(engine, QUESTIONS)
+    greedy = [Sampling(temperature=0.0, max_tokens=6)] * 3
+    assert engine._group_size(prompts, greedy) == 3 or engine._group_size(prompts, greedy) == llamacpp.MAX_SEQUENCES
+    expected = [r.text for r in engine.answer_many("mini", prompts, greedy)]
+    monkeypatch.setattr(llamacpp, "KV_BUDGET", 1)  # no room for two: one answer per group
+    assert engine._group_size(prompts, greedy) == 1
+    assert [r.text for r in engine.answer_many("mini", prompts, greedy)] == expected

@@ -2,11 +2,14 @@
 
 The base and the tuned model are converted to GGUF f16 with llama.cpp's own converter (the base once, cached by its
 files; the tuned model, the adapter merged in memory, once per evaluation) and each answers every question of every
-pass, one model loaded at a time. The prompt is the run's own tokenizer's (the ids transformers gets) and the
-repetition penalty is transformers' (every token of the prompt and of the answer so far), so a greedy answer is the
-transformers answer up to the rounding of f16 weights (tests/unit/test_eval.py; on the embedded base 8 of 10 greedy
-answers identical, bench/eval_generation.py). Measured there: 1.9× the speed of transformers' batched generation
-(fp32) in the same run; q8_0 would be faster still but changed all 10 answers.
+pass, one model loaded at a time, all its answers of a pass decoded together (`LlamaCppEngine.answer_many`: one
+batch per token for every unfinished answer, each in its own sequence and cache). The prompt is the run's own
+tokenizer's (the ids transformers gets) and each token is chosen by transformers' rule (`sampling.pick`: the
+repetition penalty over every token of the prompt and of the answer so far), so a greedy answer is the transformers
+answer up to the rounding of f16 weights (tests/unit/test_eval.py) and decoded together it is the answer decoded
+alone (tests/unit/test_engines.py). bench/eval_generation.py on the embedded base with AVX2 kernels, 10 greedy answers
+in one run: together 198 tokens/s, one at a time 103, transformers' batched generation (fp32) 56; identical to
+transformers one at a time: 9 and 8 of 10. q8_0 was faster one at a time (119) but changed all 10 answers.
 
 QLoRA runs keep transformers: their base is the NF4 weights dequantized, not the base's files.
 """
@@ -98,14 +101,9 @@ def answer_all(files: dict[str, Path], tokenizer, prompts: list[list[dict]], set
                                 + max(g.max_new_tokens for g in settings.values()) + 8, like_transformers=True)
         by_side[side] = {}
         for name, gen in settings.items():
-            replies = []
-            for k, prompt in enumerate(ids):
-                sampling = Sampling.from_generation(gen, seed=None if gen.temperature == 0 else seed + k)
-                replies.append(next(item for item in engine.stream_ids(side, prompt, sampling)
-                                    if isinstance(item, Reply)))
-                if on_answer is not None:
-                    on_answer()
-            by_side[side][name] = replies
+            samplings = [Sampling.from_generation(gen, seed=None if gen.temperature == 0 else seed + k)
+                         for k in range(len(ids))]
+            by_side[side][name] = engine.answer_many(side, ids, samplings, on_answer)
         engine.llm.close()
     return {name: [r for pair in zip(by_side["base"][name], by_side["tuned"][name]) for r in pair]
             for name in settings}

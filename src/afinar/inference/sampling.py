@@ -74,7 +74,12 @@ def pick(logits, seen: set[int], sampling: Sampling, rng) -> int:
     probs = np.exp(scores - scores.max())
     probs /= probs.sum()
     if sampling.top_p < 1.0:
-        order = np.argsort(-probs)
+        # The nucleus is nearly always a few tokens: sort the 256 likeliest (a partition, not a sort, of the
+        # vocabulary: 2.3 → 1.5 ms a token for SmolLM2's 49 152), and all of them only when those fall short.
+        likeliest = np.argpartition(-probs, min(256, probs.size) - 1)[:256]
+        order = likeliest[np.argsort(-probs[likeliest])]
+        if probs[order].sum() < sampling.top_p:
+            order = np.argsort(-probs)
         keep = np.cumsum(probs[order]) - probs[order] < sampling.top_p
         mask = np.zeros_like(probs, dtype=bool)
         mask[order[keep]] = True
@@ -86,25 +91,49 @@ def pick(logits, seen: set[int], sampling: Sampling, rng) -> int:
 # --- tokens ---------------------------------------------------------------------------------------------------------
 
 
+class AnswerSampler:
+    """One answer's choices: `next(logits)` is the token to feed, or None when the answer is over (`stopped`: True
+    when a stop token came, False when `max_tokens` or `timeout_s` cut it). Shared by `sample_tokens` (one answer,
+    any runtime) and llama.cpp's batched answers, so both choose by the same rule."""
+
+    def __init__(self, prompt_ids: list[int], eos: set[int], sampling: Sampling):
+        import numpy as np
+
+        self.eos, self.sampling = eos, sampling
+        self.deadline = time.monotonic() + sampling.timeout_s if sampling.timeout_s else None
+        self.rng = np.random.default_rng(sampling.seed)
+        self.seen = set(prompt_ids)
+        self.count = 0
+        self.stopped: bool | None = None
+
+    def next(self, logits) -> int | None:
+        if self.count >= self.sampling.max_tokens or (self.deadline and time.monotonic() >= self.deadline):
+            self.stopped = False
+            return None
+        token = pick(logits, self.seen, self.sampling, self.rng)
+        if token in self.eos:
+            self.stopped = True
+            return None
+        self.count += 1
+        self.seen.add(token)
+        return token
+
+
 def sample_tokens(step: Step, prompt_ids: list[int], eos: set[int], sampling: Sampling) -> Generator[int, None, bool]:
     """The answer's token ids, one at a time (the stop token not included); returns True if a stop token came, False
     when `max_tokens` or `timeout_s` cut it. Closing the generator stops the runtime: no further `step`."""
-    import numpy as np
-
-    deadline = time.monotonic() + sampling.timeout_s if sampling.timeout_s else None
-    rng = np.random.default_rng(sampling.seed)
+    sampler = AnswerSampler(prompt_ids, eos, sampling)
     logits = step(list(prompt_ids))
-    seen = set(prompt_ids)
-    count = 0
-    while count < sampling.max_tokens and (deadline is None or time.monotonic() < deadline):
-        token = pick(logits, seen, sampling, rng)
-        if token in eos:
-            return True
-        count += 1
-        seen.add(token)
+    while (token := sampler.next(logits)) is not None:
         yield token
         logits = step([token])
-    return False
+    return bool(sampler.stopped)
+
+
+def replay(tokens: list[int], stopped: bool) -> Generator[int, None, bool]:
+    """`tokens` as a `sample_tokens`-like generator (for `stream_reply`) of an answer already chosen."""
+    yield from tokens
+    return stopped
 
 
 def collect(tokens: Generator[int, None, bool]) -> tuple[list[int], bool]:
@@ -130,7 +159,7 @@ def greedy_decode(step: Step, prompt_ids: list[int], eos: set[int], max_new_toke
 # --- text -----------------------------------------------------------------------------------------------------------
 
 
-class _Detokenizer:
+class Detokenizer:
     """Incremental decoding that never emits half a UTF-8 character, nor a stop string or the start of one.
 
     `push(token)` returns the text that is safe to show now; `cut` becomes the stop string's position in `text` when
@@ -178,7 +207,7 @@ def stream_reply(tokens: Iterator[int], decode: Decode, prompt_tokens: int,
                  stop_strings: tuple[str, ...] = ()) -> Iterator[str | Reply]:
     """Text pieces of `tokens` as they are decoded, then a `Reply`. `tokens` is a `sample_tokens`-like generator
     (its return value: a stop token came); a stop string ends the answer there, stopped, and `tokens` is closed."""
-    detok = _Detokenizer(decode, stop_strings)
+    detok = Detokenizer(decode, stop_strings)
     stopped = False
     try:
         while True:
