@@ -142,11 +142,20 @@ def tiny_recipe(tmp_path, tiny_base):
 def pytest_configure(config):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    # Tokenized-data cache of the tests apart from the user's (a fresh one per session).
+    # Tokenized-data cache of the tests apart from the user's (a fresh one per session, removed at its end).
     if "AFINAR_DATA_CACHE" not in os.environ:
         import tempfile
 
-        os.environ["AFINAR_DATA_CACHE"] = tempfile.mkdtemp(prefix="afinar-tokenized-")
+        os.environ["AFINAR_DATA_CACHE"] = config._afinar_data_cache = tempfile.mkdtemp(prefix="afinar-tokenized-")
+
+
+def pytest_unconfigure(config):
+    folder = getattr(config, "_afinar_data_cache", None)
+    if folder:
+        import shutil
+
+        shutil.rmtree(folder, ignore_errors=True)
+        del os.environ["AFINAR_DATA_CACHE"]
 
 
 @pytest.fixture(scope="session")

@@ -37,7 +37,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "chat": ("afinar.inference.chat", "chat", "conversa con una ejecución (base + adaptador) o un modelo fusionado"),
     "serve": ("afinar.inference.server", "serve",
               "API compatible con OpenAI y página de chat (una o varias personalidades)"),
-    "demo": ("afinar.demo", "demo", "entrena la receta de enfermería en el modelo incluido, compara y fusiona"),
+    "demo": ("afinar.demo", "demo_command", "entrena la receta de enfermería en el modelo incluido, compara y fusiona"),
     "estudio": ("afinar.studio.launch", "estudio",
                 "la aplicación web local, en español: datos, modelo, entrenar, evaluar, exportar y usar"),
     "borradores": ("afinar.drafts.run", "drafts_command",

@@ -11,6 +11,7 @@ import importlib.resources
 import json
 from pathlib import Path
 
+from afinar import heap
 from afinar.atomic import atomic_write_text
 from afinar.config import load_recipe
 
@@ -101,7 +102,16 @@ def demo(output: str | Path = DEMO_RUN, epochs: float | None = None, max_steps: 
     return run_dir
 
 
-def demo_arguments(p: argparse.ArgumentParser) -> None:
+def demo_command(argv: list[str], **options) -> int:
+    """`afinar demo`: the demo (the other options are its parameters) in a process with the memory allocator
+    `afinar train` gives its training (afinar/heap.py: tcmalloc when the system has it), since the demo trains in
+    its own process."""
+    heap.restart_with_allocator(argv)
+    demo(**options)
+    return 0
+
+
+def demo_command_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output")
     p.add_argument("--epochs", type=float)
     p.add_argument("--max-steps", type=int)

@@ -17,8 +17,9 @@ pages after a delay: page faults). So tcmalloc first. On a Qwen2.5-0.5B-shaped m
 (bench/plan_accuracy.py --solo-formas --formas qwen2.5-0.5b --emular-avx2): glibc 7.00 GiB at 6.38 s a step,
 tcmalloc 4.09 GiB at 6.01 s. Neither is a Python package; Debian/Ubuntu: `sudo apt install libtcmalloc-minimal4`.
 `AFINAR_ALLOCATOR`: `auto` (default: tcmalloc, else jemalloc, else glibc), `glibc` (no preload), or the path of a
-library to preload. `afinar plan` starts itself again under it (`restart_with_allocator`); `afinar demo` and train()
-called from Python train in their own process, on whatever allocator it has.
+library to preload. `afinar plan` and `afinar demo` (which trains in its own process) start themselves again under it
+(`restart_with_allocator`); train() called from Python trains in its caller's process, on whatever allocator it has.
+`make demo` and `make test` install Debian's package with apt-get when they can (root), else say how.
 
 **2. Without one, glibc pinned** (`return_freed_memory`, `train.compact_heap`): the mmap threshold fixed (which turns
 glibc's adjustment off) at 1 MiB, so blocks of 1 MiB and up (a 512-token micro-batch's hidden states are 1.1 MiB in

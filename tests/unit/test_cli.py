@@ -12,7 +12,7 @@ from afinar.cli import COMMANDS, GROUPS, build_parser, command_function, main, p
 # Command functions that take `**options` pass them on to this function: its parameters are theirs too.
 PASSES_ON = {"eval": "afinar.evaluate.run:evaluate_run", "export": "afinar.export.run:export",
              "import smc": "afinar.data.smc:import_smc", "train": "afinar.train:train", "plan": "afinar.plan:plan",
-             "borradores": "afinar.drafts.run:drafts"}
+             "borradores": "afinar.drafts.run:drafts", "demo": "afinar.demo:demo"}
 
 
 def _imported_after(code: str) -> list[str]:

@@ -201,3 +201,27 @@ def test_the_plan_allows_less_heap_under_tcmalloc_than_under_glibc():
         spans = mem.cpu_allocator_bytes(step, weights, fp32, "tcmalloc")
         assert spans == mem.cpu_allocator_bytes(step, weights, fp32, "jemalloc") == mem.CPU_FIRST_STEP + 60 * 2**20
         assert spans < mem.cpu_allocator_bytes(step, weights, fp32, "glibc")
+
+
+@pytest.mark.parametrize("argv", [["demo", "--max-steps", "1"], ["plan", "r.yaml", "--json"]])
+def test_demo_and_plan_start_again_under_the_allocator_before_doing_anything(monkeypatch, argv):
+    """Both train or measure a training in their own process (not a supervised child): from the command line they
+    start again under the allocator `afinar train` gives its child, before anything is loaded."""
+    from afinar import cli
+
+    libraries(monkeypatch, {"tcmalloc_minimal": "libtcmalloc_minimal.so.4"})
+    monkeypatch.setattr(heap, "active_allocator", lambda: "glibc")
+    monkeypatch.delenv(heap.PRELOADED, raising=False)
+
+    class Started(Exception):
+        pass
+
+    def execve(path, args, env):
+        raise Started(args, env)
+
+    monkeypatch.setattr(os, "execve", execve)
+    monkeypatch.setattr(sys, "argv", ["afinar", *argv])
+    with pytest.raises(Started) as started:
+        cli.main(argv)
+    args, env = started.value.args
+    assert args[1:] == ["-m", "afinar", *argv] and env["LD_PRELOAD"] == "libtcmalloc_minimal.so.4"
