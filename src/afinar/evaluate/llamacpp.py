@@ -98,7 +98,7 @@ def answer_all(files: dict[str, Path], tokenizer, prompts: list[list[dict]], set
         first = next(iter(settings.values()))
         personality = Personality(side, files[side], None, first, stops=stops)
         engine = LlamaCppEngine(files[side], personality, n_ctx=max(map(len, ids), default=0)
-                                + max(g.max_new_tokens for g in settings.values()) + 8, like_transformers=True)
+                                + max(g.max_new_tokens for g in settings.values()) + 8)
         by_side[side] = {}
         for name, gen in settings.items():
             samplings = [Sampling.from_generation(gen, seed=None if gen.temperature == 0 else seed + k)

@@ -92,8 +92,8 @@ class LlamaCppEngine(Engine):
         """Answers to prompts already tokenized (by the run's own tokenizer), decoded together: each llama.cpp batch
         carries the next token of every unfinished answer, so the weights are read once per step for all of them
         (decoding one answer at a time reads them once per token). Each answer is chosen by `AnswerSampler`
-        (transformers' repetition penalty and order, its own seeded generator): a greedy answer is transformers' up
-        to f16 rounding and the batch's own (a batch of other size may round a near-tie the other way).
+        (transformers' repetition penalty and order, its own seeded generator), and each is the answer it gets
+        decoded alone (tests/unit/test_engines.py): a greedy one is transformers' up to f16 rounding.
         `on_answer()` after each answer ends. Groups of at most MAX_SEQUENCES answers whose KV cache fits
         KV_BUDGET."""
         self.get(model_id)
@@ -166,8 +166,10 @@ class LlamaCppEngine(Engine):
             token = samplers[answer].next(logits)
             if token is not None:
                 answers[answer].append(token)
-                if strings and (texts[answer].push(token), texts[answer].cut)[1] is not None:
-                    samplers[answer].stopped, token = True, None
+                if strings:
+                    texts[answer].push(token)
+                    if texts[answer].cut is not None:
+                        samplers[answer].stopped, token = True, None
             if token is None and on_answer is not None:
                 on_answer()
             return token is not None
