@@ -1,6 +1,7 @@
 """`afinar eval` on a tiny trained run, the domain checks on hand-written texts, and the CI gates."""
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -554,6 +555,8 @@ def test_eval_through_llama_cpp_gives_the_transformers_answers(smol_run, tiny_ru
     assert answered >= 2 and same == {"base": answered, "tuned": answered}, same  # initialised away from near-ties
     cached = list((tmp_path / "home" / "evaluacion" / "gguf").glob("*.gguf"))
     assert len(cached) == 1
+    note = json.loads(cached[0].with_name(cached[0].name + ".json").read_text(encoding="utf-8"))
+    assert Path(note["source"]).is_dir()  # the folder it came from: deleted with it (below)
     stamp = cached[0].stat().st_mtime_ns
     again = evaluate_run(smol_run, engine="auto", **kwargs)  # installed: llama.cpp, the base not converted again
     assert again["meta"]["engine"] == "llama.cpp (GGUF f16)" and cached[0].stat().st_mtime_ns == stamp
@@ -577,3 +580,20 @@ def test_eval_engine_choice(tiny_run, monkeypatch):
     with pytest.raises(AfinarError) as err:
         llamacpp.choose_engine("llama.cpp", ref)
     assert err.value.code == "X020" or "llama" in err.value.message
+
+
+def test_conversions_of_bases_that_are_gone_are_deleted(tmp_path):
+    """~/.cache/afinar/evaluacion/gguf keeps one f16 conversion per base (0.3–2 GB each): when a conversion's base
+    folder no longer exists, the next conversion deletes it; those of bases still there, and files without a note
+    (older afinar), stay."""
+    from afinar.evaluate import llamacpp
+
+    folder, kept_base = tmp_path / "gguf", tmp_path / "base-kept"
+    folder.mkdir()
+    kept_base.mkdir()
+    for name, source in (("gone", tmp_path / "base-deleted"), ("kept", kept_base)):
+        (folder / f"{name}-f16.gguf").write_bytes(b"GGUF")
+        (folder / f"{name}-f16.gguf.json").write_text(json.dumps({"source": str(source)}), encoding="utf-8")
+    (folder / "old-f16.gguf").write_bytes(b"GGUF")
+    llamacpp._forget_gone_bases(folder)
+    assert sorted(p.name for p in folder.iterdir()) == ["kept-f16.gguf", "kept-f16.gguf.json", "old-f16.gguf"]
