@@ -35,6 +35,7 @@ from afinar.training import save_full_model
 ENGINES = ("auto", "transformers", "llama.cpp")
 NOT_CONVERTIBLE = {"X022", "X023", "X024"}  # the converter refuses the architecture or the pre-tokenizer, or fails
 SIDES = ("base", "tuned")
+UNUSED_CONTEXT = 256  # tokens of the engine's own llama.cpp context, which the evaluation does not use
 
 
 def choose_engine(requested: str, ref) -> str:
@@ -118,8 +119,8 @@ def answer_all(files: dict[str, Path], tokenizer, prompts: list[list[dict]], set
     for side in SIDES:
         first = next(iter(settings.values()))
         personality = Personality(side, files[side], None, first, stops=stops)
-        engine = LlamaCppEngine(files[side], personality, n_ctx=max(map(len, ids), default=0)
-                                + max(g.max_new_tokens for g in settings.values()) + 8)
+        # answer_many decodes in contexts of its own, sized for its answers: the engine's own is never used.
+        engine = LlamaCppEngine(files[side], personality, n_ctx=UNUSED_CONTEXT)
         by_side[side] = {}
         for name, gen in settings.items():
             samplings = [Sampling.from_generation(gen, seed=None if gen.temperature == 0 else seed + k)
