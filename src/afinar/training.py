@@ -418,18 +418,61 @@ def held_out_loss(model, batches, head, autocast=nullcontext, reduce=None) -> fl
     return total / tokens if tokens else None
 
 
+def shared_prefix_length(rows: list) -> int:
+    """Tokens every row starts with whose hidden states predict no label: the system prompt and the chat
+    template's opening, the same in every question of an evaluation set (61 of a nursing question's ~300 tokens).
+
+    Position t predicts token t+1, so the prefix stops before the position that predicts the first labelled token:
+    every position the loss reads lies after it."""
+    pairs = [ids_and_labels(row) for row in rows]
+    first = pairs[0][0]
+    common = 0
+    shortest = min(len(ids) for ids, _ in pairs)
+    while common < shortest and all(ids[common] == first[common] for ids, _ in pairs):
+        common += 1
+    first_label = min(next((i for i, label in enumerate(labels) if label != IGNORE), len(labels)) for _, labels in pairs)
+    return max(0, min(common, first_label - 1))
+
+
+# Below this many shared tokens a separate forward pass for the prefix is not worth its call.
+MIN_SHARED_PREFIX = 8
+
+
 def evaluate_loss(model, rows: list, batch_size: int, pad_id: int, autocast=nullcontext) -> float | None:
     """Held-out loss of a plain (not distributed) model over encoded rows, in padded batches of `batch_size`.
 
-    Rows are batched by length (the loss is a sum over tokens, so the order does not matter): little padding."""
+    Rows are batched by length (the loss is a sum over tokens, so the order does not matter): little padding. The
+    prefix they all share (`shared_prefix_length`) runs once; each batch starts from a copy of its KV cache, so
+    the model reads 15–20 % fewer tokens for the same numbers (the evaluation's losses are most of its time on a
+    CPU without bf16)."""
+    import copy
+
+    import torch
+
     if not rows:
         return None
     device = next(model.parameters()).device
     rows = sorted(rows, key=lambda row: len(ids_and_labels(row)[0]))
-    batches = (
-        {k: v.to(device) for k, v in collate(rows[i : i + batch_size], pad_id).items()}
-        for i in range(0, len(rows), batch_size)
-    )
+    prefix = shared_prefix_length(rows) if len(rows) > 1 else 0
+    if prefix < MIN_SHARED_PREFIX:
+        prefix, cache = 0, None
+    else:
+        with torch.no_grad(), autocast():
+            ids = torch.tensor([ids_and_labels(rows[0])[0][:prefix]], device=device)  # (1, P)
+            cache = model(input_ids=ids, use_cache=True).past_key_values
+
+    def batch_of(chunk: list) -> dict:
+        tails = [dict(zip(("input_ids", "labels"), (part[prefix:] for part in ids_and_labels(row)))) for row in chunk]
+        batch = {k: v.to(device) for k, v in collate(tails, pad_id).items()}  # (B, T - P)
+        if cache is not None:  # the forward appends to the cache it is given: each batch gets its own copy
+            own = copy.deepcopy(cache)
+            own.batch_repeat_interleave(len(chunk))
+            mask = batch["attention_mask"]
+            batch.update(past_key_values=own,
+                         attention_mask=torch.cat([mask.new_ones(len(chunk), prefix), mask], dim=1))  # (B, T)
+        return batch
+
+    batches = (batch_of(rows[i : i + batch_size]) for i in range(0, len(rows), batch_size))
     return held_out_loss(model, batches, output_head(model), autocast)
 
 

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from afinar.data.templates import IGNORE, collate, collate_packed, encode, with_system
-from afinar.training import held_out_loss, output_head, token_loss_sum
+import afinar.training as training
+from afinar.training import evaluate_loss, held_out_loss, output_head, shared_prefix_length, token_loss_sum
 
 QUESTIONS = ["¿Qué hago con una quemadura?", "Alguien se atraganta.", "¿Cómo detengo una hemorragia en el brazo?"]
 ANSWERS = ["Enfría con agua.", "Anímale a toser y llama al 112 si no puede respirar.", "Presiona la herida."]
@@ -137,6 +138,38 @@ def test_held_out_loss_is_per_token_over_all_batches(tokenizer, rows):
     assert output_head(model) is model.lm_head
     assert held_out_loss(model, batches, output_head(model)) == pytest.approx(reference, rel=1e-5)
     assert held_out_loss(model, [], output_head(model)) is None
+
+
+def test_shared_prefix_stops_before_the_first_predicted_label(tokenizer, rows):
+    prefix = shared_prefix_length(rows)
+    first_label = min(next(i for i, label in enumerate(row.labels) if label != IGNORE) for row in rows)
+    assert prefix == first_label - 1 or any(row.input_ids[prefix] != rows[0].input_ids[prefix] for row in rows)
+    assert prefix >= training.MIN_SHARED_PREFIX  # system prompt + the user turn's opening
+    assert all(row.input_ids[:prefix] == rows[0].input_ids[:prefix] for row in rows)
+    assert all(label == IGNORE for row in rows for label in row.labels[: prefix + 1])
+    other = encode(tokenizer, with_system([{"role": "user", "content": "Hola"}, {"role": "assistant", "content": "Hola."}],
+                                          "Otro sistema."))
+    assert shared_prefix_length([*rows, other]) < prefix  # a different system prompt ends the shared part
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_evaluate_loss_runs_the_shared_prefix_once_for_the_same_number(arch, tokenizer, rows, monkeypatch):
+    model = tiny(arch, tokenizer).requires_grad_(False)
+    rows = rows + rows[:2]  # 5 rows in batches of 2: right padding and a last batch of one
+    read = []
+    forward = model.forward
+    monkeypatch.setattr(model, "forward", lambda *a, **k: read.append(k["input_ids"].numel()) or forward(*a, **k))
+    shared = evaluate_loss(model, rows, 2, tokenizer.pad_token_id)
+    shared_tokens = sum(read)
+    read.clear()
+    monkeypatch.setattr(training, "MIN_SHARED_PREFIX", 10**9)
+    whole = evaluate_loss(model, rows, 2, tokenizer.pad_token_id)
+    assert shared == pytest.approx(whole, rel=1e-5)
+    prefix = shared_prefix_length(rows)
+    assert sum(read) - shared_tokens >= (len(rows) - 1) * prefix  # the prefix read once, not once per row
+    batch = collate(rows, tokenizer.pad_token_id)  # and both are transformers' own loss over the padded batch
+    with torch.no_grad():
+        assert whole == pytest.approx(float(forward(**batch).loss), rel=1e-5)
 
 
 def test_no_head_shortcut_when_the_head_trains(tokenizer):
