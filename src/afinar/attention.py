@@ -6,6 +6,11 @@ that was 23 % of a CPU training step in fp32 and 29 % in bf16 (torch.profiler, R
 example of a row is one causal SDPA call over its own slice: Σ length² / 2 of work instead of row², and the causal
 kernels skip the upper triangle. Outputs equal the masked ones (tests/unit/test_packing.py).
 
+A row may also hold once the prefix all its examples share (system prompt and the template's opening:
+`collate_packed(prefix=P)`); each example then attends to that prefix and to itself, and the prefix's keys and values
+collect the gradients of all of them: the same loss and gradients as each example with its own copy, for the
+prefix's tokens computed once per row instead of once per example.
+
 Registered as a transformers attention backend (`AttentionInterface`, the way flash-attention's varlen path is
 plugged in); the loss passes the examples' boundaries as `afinar_segments`. Without them (padded batches,
 generation) the backend is exactly transformers' SDPA with its mask.
@@ -15,13 +20,35 @@ from __future__ import annotations
 PACKED_ATTENTION = "afinar_packed"
 
 
-def segments_of(position_ids) -> list[list[tuple[int, int]]]:
-    """Per row, the (start, end) of each run of positions that restarts at 0: one example (or the padding tail)."""
+def segments_of(position_ids) -> list[list[tuple[int, int, int]]]:
+    """Per row, (start, end, shared) of each block: a run of positions that restarts (one example, or the padding
+    tail), and `shared`, the tokens at the row's start that the block attends to before itself.
+
+    A block whose positions start at P > 0 continues a prefix the row holds once (`collate_packed(prefix=P)`): it
+    sees the row's first P tokens, then itself. The prefix and the first example after it form one run of
+    positions; they are cut apart so that every example of the row is a block of its own."""
     out = []
     for row in position_ids.tolist():
-        starts = [i for i, p in enumerate(row) if p == 0] or [0]
-        out.append(list(zip(starts, starts[1:] + [len(row)])))
+        starts = [i for i, p in enumerate(row) if i == 0 or p != row[i - 1] + 1]
+        blocks = [(s, e, row[s]) for s, e in zip(starts, starts[1:] + [len(row)])]
+        shared = {p for _, _, p in blocks if p}
+        if len(shared) > 1 or (shared and blocks[0][1] <= min(shared)):
+            raise ValueError(f"posiciones de una fila empaquetada sin un prefijo común: {sorted(shared)}")
+        if shared:  # the row's first block is the prefix and the first example: cut it in two
+            prefix = shared.pop()
+            first = blocks.pop(0)
+            blocks[:0] = [(0, prefix, 0), (prefix, first[1], prefix)]
+        out.append(blocks)
     return out
+
+
+def _prefix_then_causal(length: int, shared: int, device):
+    """(1, 1, length, shared + length) bool: every query sees the `shared` prefix keys, then itself causally."""
+    import torch
+
+    mask = torch.ones(length, shared + length, dtype=torch.bool, device=device)
+    mask[:, shared:] = torch.ones(length, length, dtype=torch.bool, device=device).tril()
+    return mask[None, None]
 
 
 def packed_attention_forward(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
@@ -31,8 +58,10 @@ def packed_attention_forward(module, query, key, value, attention_mask, dropout:
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     window = kwargs.get("sliding_window")
-    longest = max((end - start for row in afinar_segments or [] for start, end in row), default=0)
+    longest = max((shared + end - start for row in afinar_segments or [] for start, end, shared in row), default=0)
     if afinar_segments is None or (window and longest > window):  # the mask path handles a sliding window
+        if any(shared for row in afinar_segments or [] for _, _, shared in row):
+            raise ValueError("un prefijo compartido necesita la atención por ejemplo (sin ventana deslizante)")
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
     # On CPU, SDPA's bf16 backward is slower than its fp32 one (measured, bench notes in the README): run the
@@ -47,15 +76,25 @@ def packed_attention_forward(module, query, key, value, attention_mask, dropout:
                                               **kwargs)
         return out.to(dtype), None
     # split/unbind, not slicing: their backward is one cat, where every slice's backward would zero-fill a tensor
-    # the size of the whole query (measured: more than the attention itself saves).
+    # the size of the whole query (measured: more than the attention itself saves). A shared prefix is its own
+    # piece, concatenated in front of each example's keys and values: its gradients add up over the examples.
     rows = []
     for b, (q, k, v) in enumerate(zip(query.unbind(0), key.unbind(0), value.unbind(0))):  # (H, T, D) each
-        sizes = [e - s for s, e in afinar_segments[b]]
-        parts = [
-            sdpa_attention_forward(module, qs.unsqueeze(0), ks.unsqueeze(0), vs.unsqueeze(0), None, dropout=dropout,
-                                   scaling=scaling, is_causal=True)[0]  # (1, length, H, D)
-            for qs, ks, vs in zip(q.split(sizes, dim=1), k.split(sizes, dim=1), v.split(sizes, dim=1))
-        ]
+        blocks = afinar_segments[b]
+        sizes = [e - s for s, e, _ in blocks]
+        parts = []
+        for i, ((_, _, shared), qs, ks, vs) in enumerate(zip(blocks, q.split(sizes, dim=1), k.split(sizes, dim=1),
+                                                             v.split(sizes, dim=1))):
+            if i == 0:  # the prefix, when the row has one (segments_of)
+                prefix_k, prefix_v = ks, vs
+            if shared:
+                ks, vs = torch.cat([prefix_k, ks], dim=1), torch.cat([prefix_v, vs], dim=1)  # (H_kv, P + L, D)
+                mask = _prefix_then_causal(qs.shape[1], shared, qs.device)
+                parts.append(sdpa_attention_forward(module, qs.unsqueeze(0), ks.unsqueeze(0), vs.unsqueeze(0), mask,
+                                                    dropout=dropout, scaling=scaling, is_causal=False)[0])
+                continue
+            parts.append(sdpa_attention_forward(module, qs.unsqueeze(0), ks.unsqueeze(0), vs.unsqueeze(0), None,
+                                                dropout=dropout, scaling=scaling, is_causal=True)[0])  # (1, L, H, D)
         rows.append(torch.cat(parts, dim=1) if len(parts) > 1 else parts[0])
     return (torch.cat(rows, dim=0) if len(rows) > 1 else rows[0]), None
 

@@ -46,8 +46,10 @@ from afinar.runs import (
     RUN_INFO,
     STOP_REQUEST,
 )
+from afinar.attention import packed_attention_active
 from afinar.training import (
     ENGINE_STATE,
+    MIN_SHARED_PREFIX,
     append_metrics,
     checkpoint_dirs,
     flatten,
@@ -349,6 +351,7 @@ class Session:
         if self.accelerator.state.deepspeed_plugin is not None:  # DeepSpeed clips in its engine: the recipe's norm
             self.accelerator.state.deepspeed_plugin.deepspeed_config["gradient_clipping"] = cfg.max_grad_norm or 0
         self.model, self.optimizer = self.accelerator.prepare(model, self.raw_optimizer)
+        self.shared_prefix = self._shared_prefix()
         self.params = [p for p in self.model.parameters() if p.requires_grad]  # after prepare: FSDP2 replaces them
         self.steps_per_epoch = self.prepared.steps_per_epoch(cfg.grad_accum, run.processes)
         self.total_steps = self.prepared.total_steps(cfg, run.processes)
@@ -356,6 +359,18 @@ class Session:
         self.start_step, self.last, self.scheduler = 0, None, None
         self.plan = self.budget = None
         self.base_loss, self.eval_seconds = None, 0.0
+
+    def _shared_prefix(self) -> int:
+        """Tokens a packed row holds once for all its examples (collate_packed(prefix=...)): only when the prepared
+        model runs afinar's per-example attention, the one that reads such rows, without a sliding window shorter
+        than a row (the mask path would let the examples see each other)."""
+        shared = self.prepared.shared_prefix if self.run.cfg.packing else 0
+        window = getattr(getattr(self.model, "config", None), "sliding_window", None)
+        if shared < MIN_SHARED_PREFIX or not packed_attention_active(self.model) or (window and window < self.prepared.row_tokens):
+            return 0
+        self.run.say(f"Los {shared} tokens con que empiezan todos los ejemplos (prompt de sistema y apertura de la "
+                     f"plantilla) se calculan una vez por fila empaquetada, no una por ejemplo: mismos gradientes")
+        return shared
 
     # -- what the loop calls --
 
@@ -365,7 +380,7 @@ class Session:
         examples = iter({"input_ids": i, "labels": lab} for i, lab in zip(columns["input_ids"], columns["labels"]))
         rows = [[next(examples) for _ in row] for row in micro_batch]
         pad = self.tokenizer.pad_token_id
-        batch = (collate_packed(rows, pad) if self.run.cfg.packing
+        batch = (collate_packed(rows, pad, self.shared_prefix) if self.run.cfg.packing
                  else collate([example for row in rows for example in row], pad))
         return {k: v.to(self.accelerator.device) for k, v in batch.items()}
 

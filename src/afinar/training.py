@@ -24,7 +24,7 @@ from pathlib import Path
 from afinar.atomic import atomic_dir, atomic_write_text
 from afinar.attention import packed_attention_active, segments_of, use_packed_attention
 from afinar.data.chat_format import set_turn_end, trainable_token_indices
-from afinar.data.templates import IGNORE, collate, ids_and_labels
+from afinar.data.templates import IGNORE, collate, ids_and_labels, shared_prefix_length
 from afinar.dropout import use_cpu_lora_dropout
 from afinar.errors import AfinarError
 from afinar.lean_mlp import use_lean_mlp
@@ -416,22 +416,6 @@ def held_out_loss(model, batches, head, autocast=nullcontext, reduce=None) -> fl
     if reduce is not None:
         total, tokens = reduce(total, tokens)
     return total / tokens if tokens else None
-
-
-def shared_prefix_length(rows: list) -> int:
-    """Tokens every row starts with whose hidden states predict no label: the system prompt and the chat
-    template's opening, the same in every question of an evaluation set (61 of a nursing question's ~300 tokens).
-
-    Position t predicts token t+1, so the prefix stops before the position that predicts the first labelled token:
-    every position the loss reads lies after it."""
-    pairs = [ids_and_labels(row) for row in rows]
-    first = pairs[0][0]
-    common = 0
-    shortest = min(len(ids) for ids, _ in pairs)
-    while common < shortest and all(ids[common] == first[common] for ids, _ in pairs):
-        common += 1
-    first_label = min(next((i for i, label in enumerate(labels) if label != IGNORE), len(labels)) for _, labels in pairs)
-    return max(0, min(common, first_label - 1))
 
 
 # Below this many shared tokens a separate forward pass for the prefix is not worth its call.

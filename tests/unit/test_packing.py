@@ -4,9 +4,9 @@ Reference: the same model on a right-padded batch with its 2-D attention mask, a
 import pytest
 import torch
 
-from afinar.data.templates import IGNORE, collate, collate_packed, encode, with_system
 import afinar.training as training
-from afinar.training import evaluate_loss, held_out_loss, output_head, shared_prefix_length, token_loss_sum
+from afinar.data.templates import IGNORE, collate, collate_packed, encode, shared_prefix_length, with_system
+from afinar.training import evaluate_loss, held_out_loss, output_head, token_loss_sum
 
 QUESTIONS = ["¿Qué hago con una quemadura?", "Alguien se atraganta.", "¿Cómo detengo una hemorragia en el brazo?"]
 ANSWERS = ["Enfría con agua.", "Anímale a toser y llama al 112 si no puede respirar.", "Presiona la herida."]
@@ -199,9 +199,9 @@ def test_per_example_attention_gives_the_masked_loss_and_gradients(arch, tokeniz
     segments = segments_of(batch["position_ids"])
 
     def tail(end):  # the shorter row ends in padding: a run of its own
-        return [(end, width)] if width > end else []
+        return [(end, width, 0)] if width > end else []
 
-    assert segments == [[(0, n0), (n0, n0 + n1), *tail(n0 + n1)], [(0, n2), *tail(n2)]]
+    assert segments == [[(0, n0, 0), (n0, n0 + n1, 0), *tail(n0 + n1)], [(0, n2, 0), *tail(n2)]]
 
     def loss_and_grad(model):
         model.zero_grad()
@@ -225,7 +225,7 @@ def test_per_example_attention_gives_the_masked_loss_and_gradients(arch, tokeniz
     got = loss_and_grad(model)
     torch.testing.assert_close(got[0], expected[0], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(got[1], expected[1], rtol=1e-4, atol=1e-6)
-    per_layer = [(end - start, True, True) for row in segments for start, end in row]
+    per_layer = [(end - start, True, True) for row in segments for start, end, _ in row]
     assert len(per_layer) == 4 and calls == per_layer * model.config.num_hidden_layers
 
 
@@ -263,9 +263,9 @@ def test_per_example_attention_leaves_a_sliding_window_to_the_mask():
     mask = sdpa_mask(batch_size=1, cache_position=torch.arange(10), kv_length=10,
                      mask_function=sliding_window_causal_mask_function(3), allow_is_causal_skip=False)
     expected, _ = sdpa_attention_forward(Attention(), q, k, v, mask, sliding_window=3)
-    got, _ = packed_attention_forward(Attention(), q, k, v, mask, sliding_window=3, afinar_segments=[[(0, 10)]])
+    got, _ = packed_attention_forward(Attention(), q, k, v, mask, sliding_window=3, afinar_segments=[[(0, 10, 0)]])
     torch.testing.assert_close(got, expected)
-    causal_only, _ = packed_attention_forward(Attention(), q, k, v, mask, afinar_segments=[[(0, 10)]])
+    causal_only, _ = packed_attention_forward(Attention(), q, k, v, mask, afinar_segments=[[(0, 10, 0)]])
     assert not torch.allclose(causal_only, expected)  # without the window the segment path is plain causal
 
 
@@ -280,8 +280,72 @@ def test_per_example_attention_in_bf16_runs_in_fp32_on_cpu():
 
     torch.manual_seed(0)
     q, k, v = (torch.randn(1, h, 12, 8, dtype=torch.bfloat16) for h in (4, 2, 2))
-    got, _ = packed_attention_forward(Attention(), q, k, v, None, afinar_segments=[[(0, 5), (5, 12)]])
+    got, _ = packed_attention_forward(Attention(), q, k, v, None, afinar_segments=[[(0, 5, 0), (5, 12, 0)]])
     assert got.dtype == torch.bfloat16 and got.shape == (1, 12, 4, 8)
     exact = torch.cat([sdpa_attention_forward(Attention(), q.float()[:, :, s:e], k.float()[:, :, s:e],
                                               v.float()[:, :, s:e], None, is_causal=True)[0] for s, e in ((0, 5), (5, 12))], 1)
     torch.testing.assert_close(got, exact.to(torch.bfloat16), rtol=0, atol=0)  # fp32 inside, one rounding at the end
+
+
+# --- a prefix shared by a row's examples, held once (collate_packed(prefix=P)) ---------------------------------
+
+
+def test_segments_of_cuts_the_shared_prefix_from_the_first_example(tokenizer, rows):
+    from afinar.attention import segments_of
+
+    prefix = shared_prefix_length(rows)
+    batch = collate_packed([rows, rows[:1]], tokenizer.pad_token_id, prefix=prefix)
+    tails = [len(r.input_ids) - prefix for r in rows]
+    width = batch["input_ids"].shape[1]
+    assert width == prefix + sum(tails)  # the prefix once per row, not once per example
+    a, b, c = (prefix + sum(tails[:k]) for k in range(1, 4))
+    second = prefix + tails[0]
+    assert segments_of(batch["position_ids"]) == [
+        [(0, prefix, 0), (prefix, a, prefix), (a, b, prefix), (b, c, prefix)],
+        [(0, second, 0), (second, width, 0)],  # one example: prefix and rest are one causal block; then padding
+    ]
+    labelled = batch["labels"][0] != IGNORE
+    assert int(labelled.sum()) == sum(sum(1 for x in r.labels[1:] if x != IGNORE) for r in rows)  # every label kept
+    with pytest.raises(ValueError):  # two different prefixes in one row: no row collate_packed writes
+        segments_of(torch.tensor([[0, 1, 2, 3, 2, 3, 3, 4]]))
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_shared_prefix_gives_each_example_its_own_loss_and_gradients(arch, tokenizer, rows):
+    """The prefix held once per row: the same loss and LoRA-free weight gradients as the plain packed rows, where
+    every example carries its own copy of it; and no example sees another."""
+    from afinar.attention import use_packed_attention
+
+    prefix = shared_prefix_length(rows)
+    assert prefix >= training.MIN_SHARED_PREFIX
+
+    def loss_and_grads(batch):
+        model = tiny(arch, tokenizer)
+        assert use_packed_attention(model)
+        model.zero_grad()
+        total, n = token_loss_sum(model, batch, output_head(model))
+        (total / n).backward()
+        layer = model.model.layers[0].self_attn
+        return total.detach(), n, layer.k_proj.weight.grad.clone(), layer.v_proj.weight.grad.clone()
+
+    plain = loss_and_grads(collate_packed([rows[:2], rows[2:]], tokenizer.pad_token_id))
+    shared = loss_and_grads(collate_packed([rows[:2], rows[2:]], tokenizer.pad_token_id, prefix=prefix))
+    assert shared[1] == plain[1]
+    torch.testing.assert_close(shared[0], plain[0], rtol=1e-5, atol=1e-5)
+    for got, expected in zip(shared[2:], plain[2:]):  # k/v of the prefix: gradients from every example, added
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6)
+
+    model = tiny(arch, tokenizer)
+    use_packed_attention(model)
+
+    def logits(examples):
+        batch = collate_packed([examples], 0, prefix=prefix)
+        with torch.no_grad():
+            return model(**{k: v for k, v in batch.items() if k != "labels"}, use_cache=False,
+                         afinar_segments=training.segments_of(batch["position_ids"])).logits[0]
+
+    changed = rows[0].__class__(rows[0].input_ids[:prefix] + list(reversed(rows[0].input_ids[prefix:])), rows[0].labels, "x")
+    before, after = logits(rows), logits([changed, *rows[1:]])
+    first = len(rows[0].input_ids)  # the prefix and the first example end here
+    assert not torch.allclose(before[:first], after[:first])
+    torch.testing.assert_close(after[first:], before[first:], rtol=0, atol=1e-6)

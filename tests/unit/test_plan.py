@@ -61,8 +61,8 @@ def real_forward(model, head, rows, width, per_row, labelled, count=True):
     inputs = {"input_ids": torch.randint(0, 300, (rows, width))}
     if packed_attention_active(model):
         size = width // per_row
-        bounds = [(start, min(start + size, width)) for start in range(0, width, size)]
-        inputs["position_ids"] = torch.cat([torch.arange(e - s) for s, e in bounds]).repeat(rows, 1)
+        bounds = [(start, min(start + size, width), 0) for start in range(0, width, size)]
+        inputs["position_ids"] = torch.cat([torch.arange(e - s) for s, e, _ in bounds]).repeat(rows, 1)
         inputs["afinar_segments"] = [bounds] * rows
     known = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
     saved: dict[int, int] = {}

@@ -126,6 +126,28 @@ def ids_and_labels(row) -> tuple[list[int], list[int]]:
     return row.input_ids, row.labels
 
 
+def shared_prefix_length(rows) -> int:
+    """Tokens every row starts with whose hidden states predict no label: the system prompt and the chat
+    template's opening, the same in every example of a recipe (61 of a nursing example's ~300 tokens). `rows`: any
+    iterable of `Encoded` or dict rows, read once.
+
+    Position t predicts token t+1, so the prefix stops before the position that predicts the first labelled token:
+    no loss is read inside it, and the token right after it carries no label."""
+    reference, common, first_label = None, 0, None
+    for row in rows:
+        ids, labels = ids_and_labels(row)
+        if reference is None:
+            reference, common = list(ids), len(ids)
+        common = min(common, len(ids))
+        for i in range(common):
+            if ids[i] != reference[i]:
+                common = i
+                break
+        labelled = next((i for i, label in enumerate(labels) if label != IGNORE), len(labels))
+        first_label = labelled if first_label is None else min(first_label, labelled)
+    return 0 if reference is None else max(0, min(common, first_label - 1))
+
+
 def collate(batch: list, pad_id: int):
     """Right-pad to the longest row. Padding gets label -100 by position, so a pad id equal to eos hides nothing.
 
@@ -145,28 +167,39 @@ def collate(batch: list, pad_id: int):
     return {"input_ids": input_ids, "labels": labels, "attention_mask": attention}
 
 
-def collate_packed(rows: list[list], pad_id: int):
+def collate_packed(rows: list[list], pad_id: int, prefix: int = 0):
     """Each row: its examples concatenated, position_ids restarting at 0 for each; no attention mask.
 
     transformers ≥ 4.54 reads the restarts as sequence boundaries (row by row) and builds a block-diagonal causal
     mask, so no token attends to another example; it only does so when the call has no attention_mask and no KV
     cache (`use_cache=False`). Each example's first label is -100: the previous example's last token must not
     learn to predict it. Rows shorter than the widest end in padding that forms its own block (positions from 0,
-    labels -100), which no real token can see."""
+    labels -100), which no real token can see.
+
+    `prefix` > 0: the first `prefix` tokens of every example are the same and predict no label
+    (`shared_prefix_length`): a row holds them once, then each example's rest with its positions going on from
+    `prefix`. Only afinar's per-example attention reads such a row (afinar/attention.py: every example sees the
+    row's prefix, then itself); transformers' own mask would let the examples see each other."""
     import torch
 
-    width = max(sum(len(ids_and_labels(example)[0]) for example in row) for row in rows)
+    def pieces(row):  # (ids, labels, first position) of each block of the row
+        if not prefix:
+            yield from ((*ids_and_labels(example), 0) for example in row)
+            return
+        yield ids_and_labels(row[0])[0][:prefix], [IGNORE] * prefix, 0
+        yield from ((ids[prefix:], labs[prefix:], prefix) for ids, labs in map(ids_and_labels, row))
+
+    width = max(sum(len(ids) for ids, _, _ in pieces(row)) for row in rows)
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)  # (B, W)
     labels = torch.full((len(rows), width), IGNORE, dtype=torch.long)  # (B, W)
     positions = torch.zeros((len(rows), width), dtype=torch.long)  # (B, W)
     for r, row in enumerate(rows):
         start = 0
-        for example in row:
-            ids, labs = ids_and_labels(example)
+        for ids, labs, first in pieces(row):
             n = len(ids)
             input_ids[r, start : start + n] = torch.tensor(ids)
             labels[r, start + 1 : start + n] = torch.tensor(labs[1:])
-            positions[r, start : start + n] = torch.arange(n)
+            positions[r, start : start + n] = torch.arange(first, first + n)
             start += n
         positions[r, start:] = torch.arange(width - start)
     return {"input_ids": input_ids, "labels": labels, "position_ids": positions}

@@ -119,8 +119,8 @@ def trace_step(fake, model, head, hw, rows: int, width: int, examples_per_row: i
         inputs = {"input_ids": torch.zeros(rows, width, dtype=torch.long)}
         if packed_attention_active(model):
             size = max(1, width // max(1, examples_per_row))
-            bounds = [(start, min(start + size, width)) for start in range(0, width, size)]
-            inputs["position_ids"] = torch.cat([torch.arange(e - s) for s, e in bounds]).repeat(rows, 1)
+            bounds = [(start, min(start + size, width), 0) for start in range(0, width, size)]
+            inputs["position_ids"] = torch.cat([torch.arange(e - s) for s, e, _ in bounds]).repeat(rows, 1)
             inputs["afinar_segments"] = [bounds] * rows
         targets = torch.zeros(labelled, dtype=torch.long)
         autocast = (torch.autocast("cpu", dtype=autocast_dtype) if autocast_dtype
