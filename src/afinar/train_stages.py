@@ -19,6 +19,7 @@ from pathlib import Path
 
 from afinar import hardware, heap, ollama_store, supervise
 from afinar.atomic import atomic_dir, atomic_write_text
+from afinar.attention import packed_attention_active
 from afinar.budget import BudgetPlan, out_of_time, plan_steps
 from afinar.config import Recipe, apply_overrides, dump_recipe, load_recipe
 from afinar.data.batching import examples_of, shard_for_eval
@@ -46,7 +47,6 @@ from afinar.runs import (
     RUN_INFO,
     STOP_REQUEST,
 )
-from afinar.attention import packed_attention_active
 from afinar.training import (
     ENGINE_STATE,
     MIN_SHARED_PREFIX,

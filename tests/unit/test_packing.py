@@ -349,3 +349,23 @@ def test_shared_prefix_gives_each_example_its_own_loss_and_gradients(arch, token
     first = len(rows[0].input_ids)  # the prefix and the first example end here
     assert not torch.allclose(before[:first], after[:first])
     torch.testing.assert_close(after[first:], before[first:], rtol=0, atol=1e-6)
+
+
+def test_a_tokenized_dataset_gives_the_shared_prefix_of_its_rows(tokenizer, rows):
+    """The training reads the prefix from the Arrow dataset in flat slices: the same number as the rows give, also
+    when the probe cuts the rows short or a row (through the dataset's index mapping) breaks it."""
+    import datasets
+
+    from afinar.data.pipeline import _heads
+    from afinar.data.templates import shared_prefix_of_batches
+
+    table = {"input_ids": [r.input_ids for r in rows] * 3, "labels": [r.labels for r in rows] * 3}
+    dataset = datasets.Dataset.from_dict(table)
+    prefix = shared_prefix_length(rows)
+    assert shared_prefix_of_batches(_heads(dataset, 256)) == prefix
+    assert shared_prefix_of_batches(_heads(dataset, 5)) == 4  # only 5 tokens read: the prefix is at most 4
+    broken = [*table["input_ids"][:-1], [*table["input_ids"][-1][:7], -5, *table["input_ids"][-1][8:]]]
+    dataset = datasets.Dataset.from_dict({**table, "input_ids": broken})
+    assert shared_prefix_of_batches(_heads(dataset, 256)) == 7
+    assert shared_prefix_of_batches(_heads(dataset.select(range(len(broken) - 1)), 256)) == prefix
+    assert shared_prefix_of_batches(_heads(dataset.select([]), 256)) == 0

@@ -128,23 +128,44 @@ def ids_and_labels(row) -> tuple[list[int], list[int]]:
 
 def shared_prefix_length(rows) -> int:
     """Tokens every row starts with whose hidden states predict no label: the system prompt and the chat
-    template's opening, the same in every example of a recipe (61 of a nursing example's ~300 tokens). `rows`: any
-    iterable of `Encoded` or dict rows, read once.
+    template's opening, the same in every example of a recipe (61 of a nursing example's ~300 tokens). `rows`:
+    `Encoded` or dict rows (an evaluation set); a tokenized dataset goes through `shared_prefix_of_batches`.
 
     Position t predicts token t+1, so the prefix stops before the position that predicts the first labelled token:
     no loss is read inside it, and the token right after it carries no label."""
+    import numpy as np
+
+    pairs = [ids_and_labels(row) for row in rows]
+    if not pairs:
+        return 0
+    lengths = np.array([len(ids) for ids, _ in pairs])
+    ids = np.concatenate([np.asarray(ids, dtype=np.int64) for ids, _ in pairs])
+    labels = np.concatenate([np.asarray(labels, dtype=np.int64) for _, labels in pairs])
+    return shared_prefix_of_batches([(ids, labels, lengths)])
+
+
+def shared_prefix_of_batches(batches) -> int:
+    """`shared_prefix_length` over batches of rows, each (ids, labels, lengths): the rows' tokens one after another
+    (1-D arrays) and each row's length. Vectorized: 100 000 examples in a couple of seconds."""
+    import numpy as np
+
     reference, common, first_label = None, 0, None
-    for row in rows:
-        ids, labels = ids_and_labels(row)
+    for ids, labels, lengths in batches:
+        if not len(lengths):
+            continue
+        width = int(lengths.max())
+        inside = np.arange(width) < lengths[:, None]  # (n, width)
+        grid = np.full(inside.shape, -1, dtype=np.int64)  # no token id is -1: a row's end differs from any token
+        grid[inside] = ids
+        labelled = np.zeros(inside.shape, dtype=bool)
+        labelled[inside] = labels != IGNORE
         if reference is None:
-            reference, common = list(ids), len(ids)
-        common = min(common, len(ids))
-        for i in range(common):
-            if ids[i] != reference[i]:
-                common = i
-                break
-        labelled = next((i for i, label in enumerate(labels) if label != IGNORE), len(labels))
-        first_label = labelled if first_label is None else min(first_label, labelled)
+            reference, common = grid[0, : lengths[0]], int(lengths[0])
+        span = min(common, width)
+        differs = grid[:, :span] != reference[:span]  # (n, span)
+        common = min(common, width, int(np.where(differs.any(1), differs.argmax(1), span).min()))
+        first = int(np.where(labelled.any(1), labelled.argmax(1), lengths).min())
+        first_label = first if first_label is None else min(first_label, first)
     return 0 if reference is None else max(0, min(common, first_label - 1))
 
 
