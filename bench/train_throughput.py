@@ -18,7 +18,9 @@ LoRA (r=8, alpha 16, dropout 0.05 on q_proj/v_proj), same number of examples; ea
 - afinar: `train(load_recipe("recipes/enfermeria.yaml"), overrides)` with a fraction of an epoch as long as the others,
   no validation and no checkpoints; variants: default, `train.compile: true`, the same examples per step in
   micro-batches of another `train.tokens_per_batch`, `packing: false`, low memory (gradient checkpointing), and fp32
-  (what a CPU without AVX512-BF16/AMX runs) with and without low memory (each only if the recipe accepts the keys).
+  (what a CPU without AVX512-BF16/AMX runs) with and without low memory, and without the shared prefix
+  (`train.shared_prefix: false`: each packed example carries its own system prompt; bf16 and fp32), each only if the
+  recipe accepts the keys.
   Each afinar child runs as `afinar train` runs its training: with tcmalloc or jemalloc preloaded when the system
   has one (afinar/heap.py; `AFINAR_ALLOCATOR=/path/libtcmalloc_minimal.so.4` names one that is not installed), except
   `fp32-glibc` and `fp32-compacto`, on glibc's allocator (a machine without them). The guides and TRL run as their
@@ -35,7 +37,8 @@ Measured per tool (the first `--calentamiento` optimizer steps are left out of t
 - MFU = tokens/s × FLOPs per token / GEMM peak. FLOPs per token ≈ 4·N, N = parameters of the base (a tied lm_head
   counted once): forward 2·N plus the backward's input gradients 2·N; the frozen base gets no weight gradients and
   LoRA's are negligible; attention scores and gradient-checkpointing recomputation are not counted (model FLOPs, not
-  hardware FLOPs), so padding and recomputation show up as lower MFU. The peak is measured in this run, in its own
+  hardware FLOPs), so padding and recomputation show up as lower MFU, and the prefix afinar computes once per
+  packed row (`train.shared_prefix`) as higher: its tokens count in every example, as in the other tools. The peak is measured in this run, in its own
   process, as the best of several 2048×2048 `torch.matmul` in fp32 (and bf16 when the CPU has AVX512-BF16/AMX) with
   as many torch threads as physical cores; each tool is set to those threads and compared with the peak of the
   precision it trained in (afinar: `hardware.precision` of afinar_run.json, bf16 autocast on such CPUs).
@@ -469,7 +472,11 @@ def afinar_variants(args) -> list[tuple[str, dict | None, str, dict]]:
               "fp32-memoria-baja": ("afinar fp32 memoria baja", {"train.precision": "fp32", **low_memory}),
               # freed activations back to the system (afinar/heap.py): what `auto` does when memory is tight
               "fp32-compacto": ("afinar fp32 compact_heap", {"train.precision": "fp32", "train.compact_heap": True}),
-              "fp32-glibc": ("afinar fp32 glibc", {"train.precision": "fp32"})}
+              "fp32-glibc": ("afinar fp32 glibc", {"train.precision": "fp32"}),
+              # each example with its own copy of the shared prefix (what afinar did before train.shared_prefix)
+              "sin-prefijo": ("afinar sin prefijo compartido", {"train.shared_prefix": False}),
+              "fp32-sin-prefijo": ("afinar fp32 sin prefijo compartido",
+                                   {"train.precision": "fp32", "train.shared_prefix": False})}
     if not args.compilar:
         wanted.pop("compile")
     out = []
@@ -707,7 +714,7 @@ def write_json(path: str, data: dict) -> None:
 
 
 VARIANTS = ["receta", "compile", "otro-lote", "sin-empaquetar", "memoria-baja", "fp32", "fp32-memoria-baja",
-            "fp32-compacto", "fp32-glibc"]
+            "fp32-compacto", "fp32-glibc", "sin-prefijo", "fp32-sin-prefijo"]
 # afinar's children run as `afinar train` runs its supervised child: with tcmalloc or jemalloc preloaded when the
 # system has one (afinar/heap.py). These variants run on glibc's allocator instead: what a machine without them gets.
 ON_GLIBC = {"fp32-compacto", "fp32-glibc"}

@@ -110,6 +110,9 @@ class TrainSection(Strict):
     # when the plan says the run fills this machine's memory ("justo" or "no cabe"). Under tcmalloc/jemalloc (which
     # `afinar train` preloads when the system has one) it is not needed and does nothing.
     compact_heap: bool | Literal["auto"] = "auto"
+    # Packed rows hold once the prefix every example shares (system prompt, the template's opening) and each example
+    # attends to it (afinar/attention.py): the same gradients, fewer tokens per step. false: a copy per example.
+    shared_prefix: bool = True
     eval_every: Annotated[int, Field(ge=1)] = 50
     save_every: Annotated[int, Field(ge=1)] = 50
     keep_last: Annotated[int, Field(ge=1)] = 2

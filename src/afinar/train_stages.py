@@ -364,7 +364,7 @@ class Session:
         """Tokens a packed row holds once for all its examples (collate_packed(prefix=...)): only when the prepared
         model runs afinar's per-example attention, the one that reads such rows, without a sliding window shorter
         than a row (the mask path would let the examples see each other)."""
-        shared = self.prepared.shared_prefix if self.run.cfg.packing else 0
+        shared = self.prepared.shared_prefix if self.run.cfg.packing and self.run.cfg.shared_prefix else 0
         window = getattr(getattr(self.model, "config", None), "sliding_window", None)
         if shared < MIN_SHARED_PREFIX or not packed_attention_active(self.model) or (window and window < self.prepared.row_tokens):
             return 0

@@ -273,10 +273,15 @@ def test_weighted_sources_are_mixed_and_reported(tiny_recipe, tmp_path, capsys):
     assert counts == {"datos.jsonl": (38, 40), "general.jsonl": (12, 10)}  # 50 rows per epoch, 3:1
 
 
-def test_gradient_checkpointing_and_padded_batches_train_the_same(tiny_recipe, tmp_path):
-    """Recomputing activations (use_reentrant=False) and padded length-grouped batches change memory, not the math."""
+def test_gradient_checkpointing_and_padded_batches_train_the_same(tiny_recipe, tmp_path, capsys):
+    """Recomputing activations (use_reentrant=False), padded length-grouped batches and packed rows where every
+    example carries its own system prompt change memory and time, not the math."""
     tiny_recipe["lora"]["dropout"] = 0.0  # recomputation would redraw dropout masks
     reference = [r["loss"] for r in read_metrics(run(tiny_recipe)) if "loss" in r]
+    assert "una vez por fila empaquetada" in capsys.readouterr().out  # the reference shares the prefix
+    copies = dict(tiny_recipe, output_dir=str(tmp_path / "copies"), train={**tiny_recipe["train"], "shared_prefix": False})
+    assert [r["loss"] for r in read_metrics(run(copies)) if "loss" in r] == pytest.approx(reference, rel=1e-5)
+    assert "una vez por fila empaquetada" not in capsys.readouterr().out
     checkpointed = dict(tiny_recipe, output_dir=str(tmp_path / "gc"), train={**tiny_recipe["train"], "gradient_checkpointing": True})
     assert [r["loss"] for r in read_metrics(run(checkpointed)) if "loss" in r] == pytest.approx(reference, rel=1e-5)
     padded = dict(tiny_recipe, output_dir=str(tmp_path / "pad"), train={**tiny_recipe["train"], "packing": False})
