@@ -366,7 +366,8 @@ class Session:
         than a row (the mask path would let the examples see each other)."""
         shared = self.prepared.shared_prefix if self.run.cfg.packing and self.run.cfg.shared_prefix else 0
         window = getattr(getattr(self.model, "config", None), "sliding_window", None)
-        if shared < MIN_SHARED_PREFIX or not packed_attention_active(self.model) or (window and window < self.prepared.row_tokens):
+        if (shared < MIN_SHARED_PREFIX or not packed_attention_active(self.model)
+                or (window and window < self.prepared.row_tokens)):
             return 0
         self.run.say(f"Los {shared} tokens con que empiezan todos los ejemplos (prompt de sistema y apertura de la "
                      f"plantilla) se calculan una vez por fila empaquetada, no una por ejemplo: mismos gradientes")

@@ -427,7 +427,7 @@ def evaluate_loss(model, rows: list, batch_size: int, pad_id: int, autocast=null
 
     Rows are batched by length (the loss is a sum over tokens, so the order does not matter): little padding. The
     prefix they all share (`shared_prefix_length`) runs once; each batch starts from a copy of its KV cache, so
-    the model reads 15–20 % fewer tokens for the same numbers (the evaluation's losses are most of its time on a
+    the model reads 14–20 % fewer tokens for the same numbers (the evaluation's losses are most of its time on a
     CPU without bf16)."""
     import copy
 

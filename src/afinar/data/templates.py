@@ -128,7 +128,7 @@ def ids_and_labels(row) -> tuple[list[int], list[int]]:
 
 def shared_prefix_length(rows) -> int:
     """Tokens every row starts with whose hidden states predict no label: the system prompt and the chat
-    template's opening, the same in every example of a recipe (61 of a nursing example's ~300 tokens). `rows`:
+    template's opening, the same in every example of a recipe (61 of a nursing example's 269 on average). `rows`:
     `Encoded` or dict rows (an evaluation set); a tokenized dataset goes through `shared_prefix_of_batches`.
 
     Position t predicts token t+1, so the prefix stops before the position that predicts the first labelled token:
@@ -146,7 +146,7 @@ def shared_prefix_length(rows) -> int:
 
 def shared_prefix_of_batches(batches) -> int:
     """`shared_prefix_length` over batches of rows, each (ids, labels, lengths): the rows' tokens one after another
-    (1-D arrays) and each row's length. Vectorized: 100 000 examples in a couple of seconds."""
+    (1-D arrays) and each row's length. Vectorized: 100 000 examples in 0.2 s."""
     import numpy as np
 
     reference, common, first_label = None, 0, None
