@@ -70,6 +70,7 @@ def _llama_cpp(path, tokenizer, conversations, gen) -> list:
     import tempfile
     from pathlib import Path
 
+    from afinar.evaluate.llamacpp import prompt_ids
     from afinar.export import gguf
     from afinar.inference.engines import LlamaCppEngine, load_engine
     from afinar.inference.sampling import Reply, Sampling
@@ -96,8 +97,7 @@ def _llama_cpp(path, tokenizer, conversations, gen) -> list:
             penalty = "penalización de transformers" if like else "penalización de llama.cpp"
             rows.append((f"llama.cpp {label}, {penalty}", time.perf_counter() - t0, replies))
             if label == "f16" and like:  # afinar eval's way: the run's tokenizer's ids, every answer in one batch
-                ids = [tokenizer(tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False),
-                                 add_special_tokens=False)["input_ids"] for c in conversations]
+                ids = prompt_ids(tokenizer, conversations)
                 t0 = time.perf_counter()
                 replies = engine.answer_many(model_id, ids, [sampling] * len(ids))
                 rows.append(("llama.cpp f16, todas a la vez (afinar eval)", time.perf_counter() - t0, replies))

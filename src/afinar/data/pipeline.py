@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from afinar.data.batching import (
@@ -33,7 +34,6 @@ class TrainingData:
     stream: MicroBatchStream
     val_plan: list  # the held-out micro-batches
     row_tokens: int
-    shared_prefix: int = 0  # tokens every example (train and val) starts with, no label predicted in them
 
     def steps_per_epoch(self, grad_accum: int, processes: int = 1) -> int:
         return max(1, self.stream.micro_batches_per_epoch() // (grad_accum * processes))
@@ -42,6 +42,13 @@ class TrainingData:
         """Optimizer steps of the recipe: max_steps, else its epochs (a time budget may plan fewer)."""
         per_epoch = self.steps_per_epoch(train_cfg.grad_accum, processes)
         return train_cfg.max_steps or max(1, math.ceil(train_cfg.epochs * per_epoch))
+
+    @cached_property
+    def shared_prefix(self) -> int:
+        """Tokens every example (train and val) starts with, no label predicted in them: read when a packed run asks
+        (not by the plan's formula, nor with `packing: false`)."""
+        splits = (self.data.train, self.data.val)
+        return shared_prefix_of_batches(batch for split in splits for batch in _heads(split, PREFIX_PROBE_TOKENS))
 
     def micro_batch_tokens(self, epoch: int = 0) -> list[int]:
         """Real (unpadded) tokens of each micro-batch of an epoch, in training order."""
@@ -86,8 +93,7 @@ def prepare_training_data(recipe, tokenizer, progress: bool = True, say=print) -
     val_lengths = data.lengths("val")
     val_plan = plan_micro_batches(list(range(len(val_lengths))), val_lengths, cfg.batch_size,
                                   max(cfg.tokens_per_batch, max(val_lengths, default=0)), cfg.packing, row_tokens)
-    shared = shared_prefix_of_batches(batch for split in (data.train, data.val) for batch in _heads(split, PREFIX_PROBE_TOKENS))
-    return TrainingData(data, lengths, stream, val_plan, row_tokens, shared)
+    return TrainingData(data, lengths, stream, val_plan, row_tokens)
 
 
 def _heads(dataset, tokens: int):

@@ -110,11 +110,16 @@ def tuned_gguf(model, tokenizer, eos_token_ids: list[int], out_file: Path) -> Pa
         return gguf.convert(Path(folder), out_file, progress=False)
 
 
+def prompt_ids(tokenizer, prompts: list[list[dict]]) -> list[list[int]]:
+    """Each conversation as the run's own tokenizer writes it for an answer: the ids transformers gets."""
+    return [tokenizer(tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False),
+                      add_special_tokens=False)["input_ids"] for p in prompts]
+
+
 def answer_all(files: dict[str, Path], tokenizer, prompts: list[list[dict]], settings: dict, seed: int, stops,
                on_answer=None) -> dict[str, list[Reply]]:
     """pass → replies [base, tuned] × prompt (the order `afinar eval` reads), one model loaded at a time."""
-    ids = [tokenizer(tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False),
-                     add_special_tokens=False)["input_ids"] for p in prompts]
+    ids = prompt_ids(tokenizer, prompts)
     by_side: dict[str, dict[str, list[Reply]]] = {}
     for side in SIDES:
         first = next(iter(settings.values()))
